@@ -1,0 +1,373 @@
+"""One cell-model definition, and every right-hand side derived from it.
+
+A :class:`CellModel` is declared once (state names, parameters with defaults and units, and the
+right-hand side as SymPy-parsable text). From that single declaration this module derives
+
+* a NumPy right-hand side (:meth:`CellModel.numpy_rhs`), vectorised over cells;
+* a differentiable torch right-hand side (:meth:`CellModel.torch_rhs`), for physics-informed losses;
+* the scalar statements that the compiled CPU kernel (Numba) inlines (:meth:`CellModel.python_statements`);
+* C statements for the CUDA kernel (:meth:`CellModel.c_statements`), with ``expf``-style functions in
+  single precision.
+
+Nobody types a right-hand side twice: every backend prints the same expression tree with the small
+printer below, so they evaluate the same operations in the same order.
+"""
+from __future__ import annotations
+
+import keyword
+import math
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+import sympy as sp
+from sympy.parsing.sympy_parser import parse_expr
+
+from .errors import InvalidInputError
+
+__all__ = ["CellModel", "Parameter", "State", "vtrap", "DTYPES"]
+
+DTYPES = ("float32", "float64")
+
+# Series branch of vtrap: z / (1 - exp(-z)) = 1 + z/2 + z^2/12 - z^4/720 + ...; for |z| < 1e-4 the
+# truncation error (z^4/720 < 1.4e-19) is below float64 resolution.
+VTRAP_SERIES_BELOW = 1e-4
+
+
+class vtrap(sp.Function):
+    """``vtrap(x, k) = x / (1 - exp(-x / k))``, the Hodgkin-Huxley rate form with its removable
+    singularity at ``x = 0`` (value ``k``) handled: a Taylor series for ``|x/k| < 1e-4``, and
+    ``x / -expm1(-x/k)`` elsewhere, which keeps full precision right next to the singularity."""
+
+    nargs = 2
+
+    def _eval_rewrite_as_exp(self, x, k, **kwargs):
+        return x / (1 - sp.exp(-x / k))
+
+
+# Functions a model may use, with their names in Python array/scalar code and in C (double, float).
+_FUNCTIONS = {
+    sp.exp: ("exp", "exp", "expf"),
+    sp.log: ("log", "log", "logf"),
+    sp.sqrt: ("sqrt", "sqrt", "sqrtf"),
+    sp.tanh: ("tanh", "tanh", "tanhf"),
+}
+_ALLOWED_CALLS = {"exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "tanh": sp.tanh, "vtrap": vtrap}
+_PARSER_GLOBALS = {k: getattr(sp, k) for k in ("Integer", "Float", "Rational", "Symbol", "Function", "Mul", "Add", "Pow")}
+_C_KEYWORDS = {
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum", "extern",
+    "float", "for", "goto", "if", "inline", "int", "long", "register", "restrict", "return", "short", "signed",
+    "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void", "volatile", "while",
+}
+_RESERVED = {"F", "xp", "math", "np", "torch", "vtrap", "exp", "log", "sqrt", "tanh", "pow", "dt"} | set(_ALLOWED_CALLS)
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class State:
+    """A state variable: its default initial value and its units."""
+
+    initial: float
+    units: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A model parameter: its default value and its units."""
+
+    default: float
+    units: str
+    description: str = ""
+
+
+class _Printer:
+    """Prints a (possibly unevaluated) SymPy expression as Python or C source.
+
+    target ``"python"``: literals are wrapped as ``F(value)`` and functions called as ``xp.name``; the
+    same text runs on NumPy arrays (``xp = numpy``), torch tensors (``xp = torch``) and Numba scalars
+    (``xp = math``), with ``F`` the dtype constructor. target ``"c"``: C99 with ``f``-suffixed literals
+    and ``expf``-style functions when ``dtype == "float32"``. Everything is fully parenthesised.
+    """
+
+    def __init__(self, target: str, dtype: str = "float64"):
+        self.target, self.single = target, dtype == "float32"
+
+    def literal(self, value: float) -> str:
+        text = repr(float(value))
+        if self.target == "python":
+            return f"F({text})"
+        return f"({text}f)" if self.single else f"({text})"
+
+    def __call__(self, e: sp.Basic) -> str:
+        if isinstance(e, sp.Symbol):
+            return e.name
+        if isinstance(e, sp.Number):
+            return self.literal(float(e))
+        if isinstance(e, sp.Add):
+            return "(" + " + ".join(self(a) for a in e.args) + ")"
+        if isinstance(e, sp.Mul):
+            return self._mul(e)
+        if isinstance(e, sp.Pow):
+            return self._pow(e)
+        if isinstance(e, vtrap):
+            x, k = (self(a) for a in e.args)
+            if self.target == "python":
+                return f"_vtrap({x}, {k})"
+            return f"vtrap{'f' if self.single else ''}({x}, {k})"
+        for fn, (py, c64, c32) in _FUNCTIONS.items():
+            if isinstance(e, fn):
+                arg = self(e.args[0])
+                if self.target == "python":
+                    return f"xp.{py}({arg})"
+                return f"{c32 if self.single else c64}({arg})"
+        raise InvalidInputError(f"cannot generate code for {type(e).__name__} in {e}")
+
+    def _mul(self, e: sp.Mul) -> str:
+        num, den, negate = [], [], False
+        for a in e.args:
+            if a == -1:
+                negate = not negate
+            elif isinstance(a, sp.Pow) and a.exp.is_Integer and a.exp < 0:
+                den.append(self._power(a.base, -int(a.exp)))
+            else:
+                num.append(self(a))
+        text = "*".join(num) if num else self.literal(1.0)
+        if den:
+            text = f"{text}/{den[0] if len(den) == 1 else '(' + '*'.join(den) + ')'}"
+        return f"(-({text}))" if negate else f"({text})"
+
+    def _power(self, base: sp.Basic, n: int) -> str:
+        b = self(base)
+        return b if n == 1 else "(" + "*".join([b] * n) + ")"
+
+    def _pow(self, e: sp.Pow) -> str:
+        base, ex = e.args
+        if ex.is_Integer and ex > 0:
+            return self._power(base, int(ex))
+        if ex.is_Integer and ex < 0:
+            return f"({self.literal(1.0)}/{self._power(base, -int(ex))})"
+        if ex == sp.Rational(1, 2):
+            return self(sp.sqrt(base, evaluate=False))
+        if self.target == "python":
+            return f"({self(base)}**{self(ex)})"
+        return f"pow{'f' if self.single else ''}({self(base)}, {self(ex)})"
+
+
+def _vtrap_array(xp, F):
+    """vtrap for NumPy arrays or torch tensors (both branches are computed; gradients stay finite)."""
+
+    def _vtrap(x, k):
+        z = x / k
+        small = xp.abs(z) < F(VTRAP_SERIES_BELOW)
+        z_safe = xp.where(small, F(1.0), z)
+        series = k * (F(1.0) + z * (F(0.5) + z * F(1.0 / 12.0)))
+        return xp.where(small, series, x / -xp.expm1(-z_safe))
+
+    return _vtrap
+
+
+def _vtrap_scalar(F):
+    """vtrap for scalars (Numba compiles it with the kernel)."""
+
+    def _vtrap(x, k):
+        z = x / k
+        if abs(z) < F(VTRAP_SERIES_BELOW):
+            return k * (F(1.0) + z * (F(0.5) + z * F(1.0 / 12.0)))
+        return x / -math.expm1(-z)
+
+    return _vtrap
+
+
+def c_vtrap_source(dtype: str, qualifier: str = "static inline") -> str:
+    """C source of the vtrap helper for ``dtype`` (``vtrapf`` in single precision)."""
+    p = _Printer("c", dtype)
+    t, s = ("float", "f") if dtype == "float32" else ("double", "")
+    return (
+        f"{qualifier} {t} vtrap{s}(const {t} x, const {t} k) {{\n"
+        f"    const {t} z = x / k;\n"
+        f"    return fabs{s}(z) < {p.literal(VTRAP_SERIES_BELOW)}\n"
+        f"        ? k * ({p.literal(1.0)} + z * ({p.literal(0.5)} + z * {p.literal(1.0 / 12.0)}))\n"
+        f"        : x / -expm1{s}(-z);\n"
+        "}\n"
+    )
+
+
+class CellModel:
+    """A single-cell ODE model ``dy/dt = f(y, params)``, declared once.
+
+    Parameters
+    ----------
+    name, description
+        Registry name and one line of text.
+    states
+        Ordered mapping of state name to :class:`State`; the order is the column order of every array.
+    parameters
+        Ordered mapping of parameter name to :class:`Parameter`.
+    rhs
+        For each state, its time derivative as text (SymPy syntax; functions ``exp``, ``log``, ``sqrt``,
+        ``tanh`` and ``vtrap``). May use states, parameters and intermediates.
+    intermediates
+        Ordered named sub-expressions (rate functions, currents), each may use the ones before it.
+    time_units
+        Units of time (``"ms"``; ``"1"`` for dimensionless).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        states: Mapping[str, State],
+        parameters: Mapping[str, Parameter],
+        rhs: Mapping[str, str],
+        intermediates: Mapping[str, str] | None = None,
+        time_units: str = "1",
+        reference: str = "",
+    ):
+        intermediates = dict(intermediates or {})
+        self.name, self.description, self.time_units, self.reference = name, description, time_units, reference
+        names = [*states, *parameters, *intermediates]
+        for n in names:
+            if not _NAME.match(n) or n.startswith("d_") or keyword.iskeyword(n) or n in _C_KEYWORDS | _RESERVED:
+                raise InvalidInputError(
+                    f"model {name!r}: {n!r} cannot be a variable name (use letters, digits and '_', starting with a "
+                    f"letter, not 'd_...', not a Python or C keyword, not one of {sorted(_RESERVED)})"
+                )
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise InvalidInputError(f"model {name!r}: names used twice: {sorted(dup)}")
+        if list(rhs) != list(states):
+            raise InvalidInputError(
+                f"model {name!r}: rhs must give one expression per state, in state order {list(states)}; got {list(rhs)}"
+            )
+        self.states = MappingProxyType(dict(states))
+        self.parameters = MappingProxyType(dict(parameters))
+        symbols = {n: sp.Symbol(n, real=True) for n in names}
+        known = set()
+        known.update(states, parameters)
+        self.intermediates: dict[str, sp.Expr] = {}
+        for n, text in intermediates.items():
+            self.intermediates[n] = self._parse(n, text, symbols, known)
+            known.add(n)
+        self.rhs: dict[str, sp.Expr] = {s: self._parse(f"d{s}/dt", rhs[s], symbols, known) for s in states}
+        self._cache: dict = {}
+
+    def _parse(self, what: str, text: str, symbols: dict, known: set) -> sp.Expr:
+        local = {n: symbols[n] for n in symbols} | _ALLOWED_CALLS
+        try:
+            expr = parse_expr(text, local_dict=local, global_dict=dict(_PARSER_GLOBALS), evaluate=False)
+        except Exception as exc:  # SymPy raises SyntaxError, TokenError, TypeError, ...
+            raise InvalidInputError(f"model {self.name!r}: cannot parse {what} = {text!r}: {exc}") from exc
+        unknown = {s.name for s in expr.free_symbols} - known
+        calls = {type(f).__name__ for f in expr.atoms(sp.Function)} - set(_ALLOWED_CALLS)
+        if unknown or calls:
+            raise InvalidInputError(
+                f"model {self.name!r}: {what} uses unknown names {sorted(unknown | calls)}; known: {sorted(known)}, "
+                f"functions: {sorted(_ALLOWED_CALLS)}"
+            )
+        return expr
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(self.states)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(self.parameters)
+
+    @property
+    def n_states(self) -> int:
+        return len(self.states)
+
+    @property
+    def defaults(self) -> dict[str, float]:
+        """Default parameter values."""
+        return {n: p.default for n, p in self.parameters.items()}
+
+    def initial_state(self, n_cells: int = 1, dtype: str = "float64") -> np.ndarray:
+        """The default initial state, repeated for ``n_cells`` cells: shape ``(n_cells, n_states)``."""
+        return np.tile(np.array([s.initial for s in self.states.values()], dtype=dtype), (n_cells, 1))
+
+    def describe(self) -> dict:
+        """A JSON-serialisable description (written next to every output the model produced)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "time_units": self.time_units,
+            "states": {n: {"initial": s.initial, "units": s.units} for n, s in self.states.items()},
+            "parameters": {n: {"default": p.default, "units": p.units} for n, p in self.parameters.items()},
+            "rhs": {n: str(e) for n, e in self.rhs.items()},
+            "intermediates": {n: str(e) for n, e in self.intermediates.items()},
+        }
+
+    def __repr__(self) -> str:
+        return f"CellModel({self.name!r}, states={list(self.states)}, parameters={list(self.parameters)})"
+
+    # ------------------------------------------------------------------ code generation
+    def uses_vtrap(self) -> bool:
+        return any(e.has(vtrap) for e in [*self.intermediates.values(), *self.rhs.values()])
+
+    def python_statements(self) -> list[str]:
+        """Assignments computing ``d_<state>`` from states and parameters (Python syntax, see _Printer)."""
+        p = _Printer("python")
+        out = [f"{n} = {p(e)}" for n, e in self.intermediates.items()]
+        return out + [f"d_{s} = {p(e)}" for s, e in self.rhs.items()]
+
+    def c_statements(self, dtype: str) -> list[str]:
+        """C declarations computing ``d_<state>`` in ``dtype`` (``float`` with ``expf``-style calls for float32)."""
+        _check_dtype(dtype)
+        p, t = _Printer("c", dtype), "float" if dtype == "float32" else "double"
+        out = [f"const {t} {n} = {p(e)};" for n, e in self.intermediates.items()]
+        return out + [f"const {t} d_{s} = {p(e)};" for s, e in self.rhs.items()]
+
+    def python_rhs_source(self) -> str:
+        """Source of ``rhs(<states>, <params>) -> tuple of derivatives``, for NumPy and torch namespaces."""
+        args = ", ".join([*self.states, *self.parameters])
+        body = "".join(f"    {line}\n" for line in self.python_statements())
+        ret = ", ".join(f"d_{s}" for s in self.states)
+        return f"def rhs({args}):\n{body}    return ({ret},)\n"
+
+    def _array_rhs(self, xp, F):
+        key = ("array_rhs", xp.__name__, F)
+        if key not in self._cache:
+            ns = {"xp": xp, "F": F, "_vtrap": _vtrap_array(xp, F)}
+            exec(compile(self.python_rhs_source(), f"<{self.name} rhs>", "exec"), ns)
+            self._cache[key] = ns["rhs"]
+        return self._cache[key]
+
+    def _param_values(self, params: Mapping | None) -> dict:
+        params = dict(params or {})
+        unknown = set(params) - set(self.parameters)
+        if unknown:
+            raise InvalidInputError(
+                f"model {self.name!r} has no parameter(s) {sorted(unknown)}; valid: {list(self.parameters)}"
+            )
+        return {n: params.get(n, p.default) for n, p in self.parameters.items()}
+
+    def numpy_rhs(self, y: np.ndarray, params: Mapping | None = None) -> np.ndarray:
+        """``dy/dt`` for NumPy states ``y`` of shape ``(..., n_states)``; parameters are scalars or arrays
+        broadcastable to ``y.shape[:-1]``. Computed in ``y``'s floating dtype."""
+        y = np.asarray(y)
+        if y.dtype not in (np.float32, np.float64):
+            y = y.astype(np.float64)
+        F = y.dtype.type
+        vals = {n: F(v) if np.isscalar(v) else np.asarray(v, dtype=y.dtype) for n, v in self._param_values(params).items()}
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            d = self._array_rhs(np, F)(*(y[..., i] for i in range(self.n_states)), **vals)
+        return np.stack(np.broadcast_arrays(*d), axis=-1)
+
+    def torch_rhs(self, y, params: Mapping | None = None):
+        """Differentiable ``dy/dt`` for a torch tensor ``y`` of shape ``(..., n_states)``. Parameters are
+        floats or tensors broadcastable to ``y.shape[:-1]``. Output on ``y``'s device, in its dtype."""
+        import torch
+
+        d = self._array_rhs(torch, float)(*y.unbind(-1), **self._param_values(params))
+        return torch.stack(torch.broadcast_tensors(*d), dim=-1)
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; valid: {list(DTYPES)}")

@@ -1,0 +1,30 @@
+"""Registry of cell models: one file per model, each defining ``MODEL``."""
+from __future__ import annotations
+
+from ..errors import InvalidInputError
+from ..model import CellModel
+from . import fhn, fhn_classic, hh
+
+_REGISTRY: dict[str, CellModel] = {m.name: m for m in (fhn.MODEL, fhn_classic.MODEL, hh.MODEL)}
+
+
+def list_models() -> list[str]:
+    """Names of the registered models."""
+    return sorted(_REGISTRY)
+
+
+def get_model(model: str | CellModel) -> CellModel:
+    """The model called ``model`` (a :class:`CellModel` is returned as is)."""
+    if isinstance(model, CellModel):
+        return model
+    try:
+        return _REGISTRY[model]
+    except (KeyError, TypeError):
+        raise InvalidInputError(f"unknown model {model!r}; valid: {list_models()}") from None
+
+
+def register_model(model: CellModel) -> None:
+    """Add a model to the registry (its name must be new)."""
+    if model.name in _REGISTRY:
+        raise InvalidInputError(f"a model named {model.name!r} is already registered")
+    _REGISTRY[model.name] = model

@@ -1,0 +1,136 @@
+"""The single model definition and what is derived from it."""
+import mpmath
+import numpy as np
+import pytest
+import torch
+
+import solvers
+from solvers import CellModel, InvalidInputError, Parameter, State
+from solvers.model import _vtrap_array
+
+MODELS = ["fhn", "fhn_classic", "hh"]
+
+
+def _random_states(model, n, rng):
+    if model.name == "hh":
+        lo, hi = [-90.0, 0.0, 0.0, 0.0], [50.0, 1.0, 1.0, 1.0]
+    else:
+        lo, hi = [-2.0, -1.0], [2.0, 2.0]
+    return rng.uniform(lo, hi, size=(n, model.n_states))
+
+
+def test_registry_lists_models_and_rejects_unknown():
+    assert solvers.list_models() == ["fhn", "fhn_classic", "hh"]
+    with pytest.raises(ValueError, match=r"unknown model 'fhm'.*valid: \['fhn', 'fhn_classic', 'hh'\]"):
+        solvers.get_model("fhm")
+
+
+def test_fhn_rhs_is_the_papers_form(rng):
+    m = solvers.get_model("fhn")
+    y = rng.uniform(-1, 1, size=(50, 2))
+    I = rng.uniform(0.08, 0.12, size=50)
+    u, w = y.T
+    expected = np.stack([10 * (u * (u - 0.4) * (1 - u) - w + I), 0.04 * u - 0.16 * w], axis=-1)
+    np.testing.assert_allclose(m.numpy_rhs(y, {"I": I}), expected, rtol=1e-13, atol=1e-15)
+
+
+def test_fhn_classic_rhs_is_the_readmes_form(rng):
+    m = solvers.get_model("fhn_classic")
+    y = rng.uniform(-2, 2, size=(50, 2))
+    u, w = y.T
+    a, b, c, tau, I = 0.7, 0.8, 1.0, 12.5, 0.5
+    expected = np.stack([c * (u - u**3 / 3 - w) + I, (u + a - b * w) / tau], axis=-1)
+    np.testing.assert_allclose(m.numpy_rhs(y), expected, rtol=1e-13, atol=1e-15)
+
+
+def test_hh_rates_match_the_seed_notebook(rng):
+    m = solvers.get_model("hh")
+    V = rng.uniform(-90, 50, size=200)
+    y = np.stack([V, np.full_like(V, 0.3), np.full_like(V, 0.6), np.full_like(V, 0.4)], axis=-1)
+    a_m = 0.1 * (V + 40.0) / (1.0 - np.exp(-(V + 40.0) / 10.0))
+    b_m = 4.0 * np.exp(-(V + 65.0) / 18.0)
+    np.testing.assert_allclose(m.numpy_rhs(y)[:, 1], a_m * (1 - 0.3) - b_m * 0.3, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_numpy_and_torch_rhs_agree(name, rng):
+    m = solvers.get_model(name)
+    y = _random_states(m, 64, rng)
+    ref = m.numpy_rhs(y)
+    got = m.torch_rhs(torch.tensor(y)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_float32_rhs_stays_float32(name, rng):
+    m = solvers.get_model(name)
+    y = _random_states(m, 8, rng).astype(np.float32)
+    assert m.numpy_rhs(y).dtype == np.float32
+    assert m.torch_rhs(torch.tensor(y)).dtype == torch.float32
+
+
+def test_torch_rhs_follows_per_row_parameters_and_is_differentiable():
+    m = solvers.get_model("fhn")
+    y = torch.tensor([[0.3, 0.05], [0.3, 0.05]], dtype=torch.float64, requires_grad=True)
+    I = torch.tensor([0.08, 0.12], dtype=torch.float64)
+    d = m.torch_rhs(y, {"I": I})
+    assert (d[1, 0] - d[0, 0]).item() == pytest.approx(10 * 0.04)
+    (g,) = torch.autograd.grad(d[:, 0].sum(), y)
+    u = 0.3  # d(du/dt)/du = 10 (-3u^2 + 2.8u - 0.4)
+    assert g[0, 0].item() == pytest.approx(10 * (-3 * u**2 + 2.8 * u - 0.4))
+    assert g[0, 1].item() == pytest.approx(-10.0)
+
+
+@pytest.mark.parametrize("V", [-40.0, -55.0])
+def test_hh_removable_singularities_give_no_nan_in_values_or_gradients(V):
+    m = solvers.get_model("hh")
+    y = np.array([[V, 0.1, 0.6, 0.3]])
+    assert np.isfinite(m.numpy_rhs(y)).all()
+    yt = torch.tensor(y, requires_grad=True)
+    d = m.torch_rhs(yt)
+    (g,) = torch.autograd.grad(d.sum(), yt)
+    assert torch.isfinite(d).all() and torch.isfinite(g).all()
+    # continuity across the singular point
+    eps = np.array([[1e-7, 0, 0, 0]])
+    np.testing.assert_allclose(m.numpy_rhs(y), m.numpy_rhs(y + eps), rtol=1e-6, atol=1e-9)
+
+
+def test_vtrap_keeps_full_precision_next_to_the_singularity():
+    mpmath.mp.dps = 40
+    x = np.concatenate([[0.0], np.geomspace(1e-12, 5.0, 80), -np.geomspace(1e-12, 5.0, 80)])
+    exact = np.array([float(mpmath.mpf(v) / (1 - mpmath.exp(-mpmath.mpf(v) / 10))) if v else 10.0 for v in x])
+    got64 = _vtrap_array(np, np.float64)(x, np.float64(10.0))
+    np.testing.assert_allclose(got64, exact, rtol=4e-16 * 8)
+    got32 = _vtrap_array(np, np.float32)(x.astype(np.float32), np.float32(10.0))
+    np.testing.assert_allclose(got32, exact, rtol=6e-8 * 8)
+    with np.errstate(invalid="ignore"):
+        naive = x / (1 - np.exp(-x / 10))  # the seed notebook's formula: NaN at 0, imprecise next to it
+    assert np.isnan(naive[0]) and np.abs(naive[1:] / exact[1:] - 1).max() > 1e-6
+
+
+def test_model_declaration_is_validated():
+    st = {"u": State(0.0, "1")}
+    with pytest.raises(ValueError, match=r"unknown names \['q'\]"):
+        CellModel("x", "", st, {"a": Parameter(1.0, "1")}, {"u": "a*u + q"})
+    with pytest.raises(ValueError, match=r"unknown names \['sin'\]"):
+        CellModel("x", "", st, {}, {"u": "sin(u)"})
+    with pytest.raises(ValueError, match="one expression per state"):
+        CellModel("x", "", st, {}, {"v": "u"})
+    with pytest.raises(ValueError, match="cannot be a variable name"):
+        CellModel("x", "", {"float": State(0.0, "1")}, {}, {"float": "1"})
+    with pytest.raises(ValueError, match="used twice"):
+        CellModel("x", "", st, {"u": Parameter(1.0, "1")}, {"u": "u"})
+    with pytest.raises(ValueError, match="cannot parse"):
+        CellModel("x", "", st, {}, {"u": "u +* 2"})
+    with pytest.raises(ValueError, match=r"no parameter\(s\) \['J'\]"):
+        solvers.get_model("fhn").numpy_rhs(np.zeros((1, 2)), {"J": 1.0})
+
+
+def test_generated_code_comes_from_the_definition():
+    m = solvers.get_model("hh")
+    c32 = "\n".join(m.c_statements("float32"))
+    c64 = "\n".join(m.c_statements("float64"))
+    assert "expf(" in c32 and "vtrapf(" in c32 and "0.07f" in c32
+    assert "expf(" not in c64 and "exp(" in c64 and "0.07f" not in c64
+    assert any(line.startswith("d_V = ") for line in m.python_statements())
+    assert m.describe()["parameters"]["g_Na"] == {"default": 120.0, "units": "mS/cm^2"}
