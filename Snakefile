@@ -1,0 +1,15 @@
+# The surrogate benchmark pipeline. This file only includes the stages and defines `rule all`;
+# each stage lives in workflow/rules/<stage>.smk and calls package functions through short scripts.
+#   snakemake --cores all                       the configured grid (config/config.yaml)
+#   snakemake --cores all --configfile config/quick.yaml   a small, fast preset
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/datasets.smk"
+
+
+rule all:
+    input:
+        dataset_targets(),
+    default_target: True

@@ -1,0 +1,349 @@
+"""Datasets for the paper's problems A-D and the Hodgkin-Huxley gating problem ``hh_m``.
+
+Every label is an exact forward-Euler state (``solver.dt``, float64 by default) computed with
+``solvers.simulate``. Designs:
+
+* continuous inputs (B, C, D): a scrambled Sobol sequence seeded with ``datasets.seed``; the training set
+  of size n is the first n points, so smaller training sets are subsets of larger ones (validation sets
+  likewise, from a second sequence seeded ``seed + 1``). ``t`` takes the Sobol coordinate onto the saved
+  grid, so each row has its own initial condition and time.
+* pools of time points (A, hh_m): the test rows are a share of the time grid drawn with ``test_seed``;
+  the remaining points are permuted with ``seed`` and training takes the first n (nested too), validation
+  the next ones.
+* test sets: whole trajectories from initial conditions drawn with ``test_seed`` (B, C), C's trajectories
+  for the iterative problem D, the held-out time points for A and hh_m. One per problem, shared by every
+  size and surrogate.
+
+Next to each test set the "solver floor" is written: the error of the Euler labels against
+``solve_ivp`` (DOP853, rtol ``solver.floor_rtol``). A surrogate error below it means little.
+
+CLI (what the Snakemake rules call)::
+
+    python -m surrogates.datasets split --problem B --n 1000 --train out/train.npz --val out/val.npz
+    python -m surrogates.datasets test --problem B --out results/datasets/B/test.npz
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy.integrate import solve_ivp
+from scipy.stats import qmc
+
+import solvers
+from solvers.errors import InvalidInputError
+
+from .io import save_dataset, project_version
+from .metrics import error_metrics
+from .problems import Problem, load_config, problem_from_config
+
+MAX_SOBOL_POINTS = 2**30
+
+
+# ---------------------------------------------------------------- designs
+def _sobol(d: int, n: int, seed: int) -> np.ndarray:
+    """The first n points of a scrambled Sobol sequence in [0, 1)^d (prefixes nest across n)."""
+    with warnings.catch_warnings():  # prefixes of any length are wanted, not only powers of two
+        warnings.filterwarnings("ignore", message=".*balance properties.*")
+        return qmc.Sobol(d, scramble=True, seed=seed).random(n)
+
+
+def _scale(u: np.ndarray, names, ranges) -> dict:
+    return {n: ranges[n][0] + u[:, i] * (ranges[n][1] - ranges[n][0]) for i, n in enumerate(names)}
+
+
+def n_val(n: int, val_fraction: float) -> int:
+    return max(1, math.ceil(val_fraction * n))
+
+
+def max_rows(p: Problem, val_fraction: float) -> int:
+    """The largest training size the problem's design allows."""
+    if not p.uses_pool:
+        return MAX_SOBOL_POINTS
+    free = _pool_size(p) - _n_test_pool(p)
+    n = free
+    while n > 0 and n + n_val(n, val_fraction) > free:
+        n -= 1
+    return n
+
+
+def _check_n(p: Problem, n, val_fraction: float) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise InvalidInputError(f"training size n must be a positive integer, got {n!r}")
+    limit = max_rows(p, val_fraction)
+    if n > limit:
+        raise InvalidInputError(
+            f"problem {p.name!r}: n = {n} is larger than its design allows ({limit} distinct training rows "
+            f"besides the test and validation rows)"
+        )
+    return int(n)
+
+
+# ---------------------------------------------------------------- simulation helpers
+def _grid(p: Problem) -> np.ndarray:
+    k = round(p.t_end / p.save_interval)
+    return np.arange(k + 1) * p.save_interval
+
+
+def _split_values(p: Problem, values: dict):
+    """Initial states (n, n_states) and parameters from sampled and fixed values."""
+    m = p.model
+    all_vals = {**{k: v for k, v in p.fixed.items()}, **values}
+    n = max((np.size(v) for v in values.values()), default=1)
+    y0 = m.initial_state(n)
+    for j, s in enumerate(m.state_names):
+        if f"{s}0" in all_vals:
+            y0[:, j] = all_vals[f"{s}0"]
+    params = {k: v for k, v in all_vals.items() if k in m.parameters}
+    return y0, params
+
+
+def _simulate(p: Problem, y0, params, t_end, save_interval):
+    return solvers.simulate(p.model, y0, t_end, p.dt, round(save_interval / p.dt), params,
+                            backend=p.backend, dtype=p.dtype)
+
+
+def _trace(p: Problem):
+    """Time grid and states (K, n_states) of the trace problem under its pulse protocol."""
+    segments = _protocol_segments(p)
+    y = p.model.initial_state(1)
+    out = [y.copy()]  # the state at t = 0
+    for length, amp in segments:
+        _, Y = _simulate(p, y, {"I_stim": amp}, length, p.save_interval)
+        out.append(Y[1:, 0])
+        y = Y[-1]
+    return _grid(p), np.concatenate(out)
+
+
+def _protocol_segments(p: Problem) -> list[tuple[float, float]]:
+    """(duration, I_stim) pieces covering [0, t_end]: pulses of ``amplitude`` for ``duration`` every ``period``."""
+    pr = p.protocol
+    edges = {0.0, p.t_end}
+    t = pr["start"]
+    while t < p.t_end:
+        edges.update({t, min(t + pr["duration"], p.t_end)})
+        t += pr["period"]
+    edges = sorted(edges)
+    segs = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        mid = 0.5 * (a + b)
+        on = mid >= pr["start"] and ((mid - pr["start"]) % pr["period"]) < pr["duration"]
+        segs.append((round((b - a) / p.save_interval) * p.save_interval, pr["amplitude"] if on else 0.0))
+    return segs
+
+
+# ---------------------------------------------------------------- pools (A, hh_m)
+def _pool(p: Problem):
+    """All labelled rows of a pool problem: X (K, inputs), Y (K, outputs)."""
+    m = p.model
+    if p.kind == "trace":
+        t, S = _trace(p)
+    else:
+        y0, params = _split_values(p, {})
+        t, Y = _simulate(p, y0, params, p.t_end, p.save_interval)
+        S = Y[:, 0]
+    cols = {"t": t, **{s: S[:, j] for j, s in enumerate(m.state_names)}}
+    X = np.stack([cols[n] for n in p.inputs], axis=1)
+    Y = np.stack([cols[o] for o in p.outputs], axis=1)
+    return X, Y
+
+
+def _pool_size(p: Problem) -> int:
+    return len(_grid(p))
+
+
+def _n_test_pool(p: Problem) -> int:
+    return max(1, round(p.test_fraction * _pool_size(p)))
+
+
+def _pool_indices(p: Problem, test_seed: int, seed: int):
+    K = _pool_size(p)
+    test = np.sort(np.random.default_rng(test_seed).permutation(K)[: _n_test_pool(p)])
+    rest = np.setdiff1d(np.arange(K), test)
+    order = rest[np.random.default_rng(seed).permutation(rest.size)]
+    return test, order
+
+
+# ---------------------------------------------------------------- public functions
+def make_split(p: Problem, n: int, seed: int, test_seed: int, val_fraction: float = 0.1):
+    """Training (n rows) and validation sets of problem ``p``; returns two dicts of arrays."""
+    n = _check_n(p, n, val_fraction)
+    nv = n_val(n, val_fraction)
+    names = dict(input_names=np.array(p.inputs), output_names=np.array(p.outputs))
+    if p.uses_pool:
+        X, Y = _pool(p)
+        _, order = _pool_indices(p, test_seed, seed)
+        tr, va = np.sort(order[:n]), np.sort(order[n:n + nv])
+        return dict(X=X[tr], Y=Y[tr], **names), dict(X=X[va], Y=Y[va], **names)
+    return (dict(**_sobol_rows(p, n, seed), **names), dict(**_sobol_rows(p, nv, seed + 1), **names))
+
+
+def _sobol_rows(p: Problem, n: int, seed: int) -> dict:
+    m = p.model
+    if p.kind == "step":
+        u = _sobol(len(p.inputs), n, seed)
+        vals = _scale(u, p.inputs, p.ranges)
+        y0 = m.initial_state(n)
+        for j, s in enumerate(m.state_names):
+            if s in vals:
+                y0[:, j] = vals[s]
+        params = {k: v for k, v in vals.items() if k in m.parameters}
+        _, Y = _simulate(p, y0, params, p.step, p.step)
+        X = np.stack([vals[i] for i in p.inputs], axis=1)
+        out = np.stack([Y[-1, :, m.state_names.index(o)] for o in p.outputs], axis=1)
+        return dict(X=X, Y=out)
+    grid = _grid(p)
+    u = _sobol(1 + len(p.sampled), n, seed)
+    k = np.minimum((u[:, 0] * len(grid)).astype(np.int64), len(grid) - 1)
+    vals = _scale(u[:, 1:], p.sampled, p.ranges)
+    y0, params = _split_values(p, vals)
+    # integrate only as far as the latest time asked for
+    t_last = grid[k.max()] if k.max() > 0 else p.save_interval
+    _, Y = _simulate(p, y0, params, t_last, p.save_interval)
+    rows = np.arange(n)
+    X = np.stack([grid[k] if name == "t" else vals[name] for name in p.inputs], axis=1)
+    out = np.stack([Y[k, rows, m.state_names.index(o)] for o in p.outputs], axis=1)
+    return dict(X=X, Y=out)
+
+
+def make_test(p: Problem, test_seed: int, seed: int, problems: dict | None = None, rtol: float = 1e-10):
+    """The fixed held-out test set of ``p`` (dict of arrays), and the Euler solver floor (dict): the
+    error of the Euler labels against ``solve_ivp`` at tolerance ``rtol``."""
+    if p.kind == "step":
+        if problems is None or p.test_from not in problems:
+            raise InvalidInputError(f"problem {p.name!r} takes its test set from {p.test_from!r}; pass it in `problems`")
+        return make_test(problems[p.test_from], test_seed, seed, rtol=rtol)
+    names = dict(input_names=np.array(p.inputs), output_names=np.array(p.outputs))
+    if p.uses_pool:
+        X, Y = _pool(p)
+        test, _ = _pool_indices(p, test_seed, seed)
+        ref = _reference_pool(p, rtol)
+        floor = error_metrics(Y[test], ref[test], X[test, 0])
+        return dict(X=X[test], Y=Y[test], **names), floor
+    m = p.model
+    n_traj = p.test_trajectories
+    grid = _grid(p)
+    vals = _scale(_sobol(len(p.sampled), n_traj, test_seed), p.sampled, p.ranges)
+    y0, params = _split_values(p, vals)
+    _, Y = _simulate(p, y0, params, p.t_end, p.save_interval)  # (K, n_traj, n_states)
+    K = len(grid)
+    traj = np.repeat(np.arange(n_traj), K)
+    tt = np.tile(grid, n_traj)
+    X = np.stack([tt if name == "t" else np.repeat(vals[name], K) for name in p.inputs], axis=1)
+    idx = [m.state_names.index(o) for o in p.outputs]
+    Yo = Y[:, :, idx].transpose(1, 0, 2).reshape(-1, len(idx))
+    ref = _reference_trajectories(p, y0, params, grid, rtol)[:, :, idx].transpose(1, 0, 2).reshape(-1, len(idx))
+    floor = error_metrics(Yo, ref, tt)
+    return dict(X=X, Y=Yo, trajectory=traj, **names), floor
+
+
+# ---------------------------------------------------------------- high-accuracy reference (solver floor)
+def _reference_trajectories(p: Problem, y0, params, grid, rtol: float) -> np.ndarray:
+    """solve_ivp (DOP853) for all trajectories at once: (K, n, n_states)."""
+    m = p.model
+    n, ns = y0.shape
+    pv = {k: (np.asarray(v) if np.ndim(v) else v) for k, v in params.items()}
+
+    def f(t, y):
+        return m.numpy_rhs(y.reshape(n, ns), pv).reshape(-1)
+
+    sol = solve_ivp(f, (0.0, grid[-1]), y0.reshape(-1), method="DOP853", t_eval=grid, rtol=rtol, atol=rtol * 1e-2)
+    if not sol.success:
+        raise RuntimeError(f"reference solve_ivp failed for problem {p.name!r}: {sol.message}")
+    return sol.y.T.reshape(len(grid), n, ns)
+
+
+def _reference_pool(p: Problem, rtol: float) -> np.ndarray:
+    """High-accuracy solution at every pool row, in the problem's output columns: (K, outputs)."""
+    m = p.model
+    grid = _grid(p)
+    if p.kind == "trace":
+        pieces, y = [m.initial_state(1)], m.initial_state(1)
+        for length, amp in _protocol_segments(p):
+            k = round(length / p.save_interval)
+            local = np.arange(k + 1) * p.save_interval
+            S = _reference_trajectories(p, y, {"I_stim": amp}, local, rtol)
+            pieces.append(S[1:, 0])
+            y = S[-1]
+        S = np.concatenate(pieces)
+    else:
+        y0, params = _split_values(p, {})
+        S = _reference_trajectories(p, y0, params, grid, rtol)[:, 0]
+    cols = {"t": grid, **{s: S[:, j] for j, s in enumerate(m.state_names)}}
+    return np.stack([cols[o] for o in p.outputs], axis=1)
+
+
+# ---------------------------------------------------------------- files
+def _meta(p: Problem, cfg: dict, part: str, **extra) -> dict:
+    return {
+        "problem": p.describe(),
+        "part": part,
+        "model": p.model.name,
+        "parameters": {**p.model.defaults, **{k: v for k, v in p.fixed.items() if k in p.model.parameters}},
+        "dt": p.dt,
+        "save_interval": p.save_interval,
+        "solver": {"method": "forward Euler", "backend": p.backend, "dtype": p.dtype},
+        "design": "permutation of the time grid" if p.uses_pool else "scrambled Sobol (scipy.stats.qmc)",
+        "seed": cfg["datasets"]["seed"],
+        "test_seed": cfg["datasets"]["test_seed"],
+        "version": project_version(),
+        **extra,
+    }
+
+
+def write_split(cfg: dict, problem: str, n: int, train_path, val_path) -> None:
+    """Generate and write the training and validation sets of ``problem`` at size ``n``."""
+    p = problem_from_config(problem, cfg)
+    d = cfg["datasets"]
+    train, val = make_split(p, n, d["seed"], d["test_seed"], d["val_fraction"])
+    save_dataset(train_path, train, _meta(p, cfg, "train", n=n))
+    save_dataset(val_path, val, _meta(p, cfg, "val", n=n, val_fraction=d["val_fraction"]))
+
+
+def write_test(cfg: dict, problem: str, out_path) -> None:
+    """Generate and write the test set of ``problem`` with its solver floor in the sidecar."""
+    p = problem_from_config(problem, cfg)
+    d = cfg["datasets"]
+    problems = {p.test_from: problem_from_config(p.test_from, cfg)} if p.kind == "step" else None
+    rtol = float(cfg["solver"]["floor_rtol"])
+    test, floor = make_test(p, d["test_seed"], d["seed"], problems, rtol)
+    extra = {"euler_floor": {**floor, "reference": f"solve_ivp DOP853 rtol={rtol:g}"}}
+    if p.kind == "step":
+        extra["test_from"] = p.test_from
+    save_dataset(out_path, test, _meta(p, cfg, "test", **extra))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m surrogates.datasets", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=None, help="YAML config (default config/config.yaml)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("split", help="training and validation sets")
+    s.add_argument("--problem", required=True)
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--train", type=Path, required=True)
+    s.add_argument("--val", type=Path, required=True)
+    t = sub.add_parser("test", help="the held-out test set and its solver floor")
+    t.add_argument("--problem", required=True)
+    t.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_config(a.config)
+        if a.cmd == "split":
+            write_split(cfg, a.problem, a.n, a.train, a.val)
+            print(f"wrote {a.train} and {a.val}")
+        else:
+            write_test(cfg, a.problem, a.out)
+            print(f"wrote {a.out}")
+    except InvalidInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
