@@ -21,6 +21,7 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python -m benchmarks.solver_throughput --quick
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile config/quick.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

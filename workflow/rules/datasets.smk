@@ -13,6 +13,8 @@ rule dataset_split:
         design=config["datasets"],
     log:
         f"{RESULTS}/logs/datasets/{{problem}}_n{{n}}.log",
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../scripts/dataset_split.py"
 
@@ -27,5 +29,7 @@ rule dataset_test:
         test_seed=config["datasets"]["test_seed"],
     log:
         f"{RESULTS}/logs/datasets/{{problem}}_test.log",
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../scripts/dataset_test.py"
