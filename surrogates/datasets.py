@@ -107,7 +107,7 @@ def _simulate(p: Problem, y0, params, t_end, save_interval):
                             backend=p.backend, dtype=p.dtype)
 
 
-def _trace(p: Problem):
+def trace_states(p: Problem):
     """Time grid and states (K, n_states) of the trace problem under its pulse protocol."""
     segments = _protocol_segments(p)
     y = p.model.initial_state(1)
@@ -141,7 +141,7 @@ def _pool(p: Problem):
     """All labelled rows of a pool problem: X (K, inputs), Y (K, outputs)."""
     m = p.model
     if p.kind == "trace":
-        t, S = _trace(p)
+        t, S = trace_states(p)
     else:
         y0, params = _split_values(p, {})
         t, Y = _simulate(p, y0, params, p.t_end, p.save_interval)

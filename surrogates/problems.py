@@ -18,6 +18,9 @@ from solvers.errors import InvalidInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
+# surrogate kind -> the problem kinds it can learn
+SURROGATE_KINDS = {"ddnn": ("trajectory", "trace"), "pinn": ("trajectory", "trace"), "pinn_seed": ("trace",),
+                   "itnn": ("step",)}
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -40,13 +43,38 @@ def validate_config(cfg: Mapping) -> dict:
         raise InvalidInputError("config key datasets.test_seed: must differ from datasets.seed (held-out test set)")
     for name in cfg["problems"]:
         problem_from_config(name, cfg)
+    check_training_config(cfg)
     return cfg
+
+
+def check_training_config(cfg: dict) -> None:
+    """What the schema cannot check in ``training``; errors name the key."""
+    t = cfg["training"]
+    if t["architecture"] not in t["architectures"]:
+        raise InvalidInputError(f"config key training.architecture: {t['architecture']!r} is not in training.architectures "
+                                f"{sorted(t['architectures'])}")
+    for kind, problems in t["surrogates"].items():
+        for p in problems:
+            if p not in cfg["problems"]:
+                raise InvalidInputError(f"config key training.surrogates.{kind}: unknown problem {p!r}; valid: {sorted(cfg['problems'])}")
+            if cfg["problems"][p]["kind"] not in SURROGATE_KINDS[kind]:
+                raise InvalidInputError(f"config key training.surrogates.{kind}: {kind} cannot train on {p!r} "
+                                        f"(a {cfg['problems'][p]['kind']} problem; {kind} takes {list(SURROGATE_KINDS[kind])})")
+    for p, over in t.get("overrides", {}).items():
+        if p not in cfg["problems"]:
+            raise InvalidInputError(f"config key training.overrides.{p}: unknown problem; valid: {sorted(cfg['problems'])}")
+        if "architecture" in over and over["architecture"] not in t["architectures"]:
+            raise InvalidInputError(f"config key training.overrides.{p}.architecture: {over['architecture']!r} is not in "
+                                    f"training.architectures")
 
 
 def _with_defaults(obj, node, schema):
     """Fill the schema's ``default`` values into ``obj`` (recursively, for fixed properties)."""
-    if "$ref" in node:
-        node = schema["$defs"][node["$ref"].split("/")[-1]]
+    while "$ref" in node:  # a local JSON pointer such as "#/$defs/train_keys/device"
+        target = schema
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = target
     if isinstance(obj, dict):
         out = dict(obj)
         for k, sub in node.get("properties", {}).items():

@@ -1,0 +1,310 @@
+"""Losses a :class:`~surrogates.trainer.Trainer` combines with weights.
+
+Every loss is called with the model and returns a scalar tensor for the next batch. Losses that draw
+batches keep their random state in ``state_dict`` so an interrupted run resumes exactly. Data and
+physics residuals are divided by the model's output scale (when it has one), so outputs of different
+magnitudes (u ~ 1, w ~ 0.1) weigh alike.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import numpy as np
+import torch
+
+from solvers.errors import InvalidInputError
+
+from .problems import Problem
+
+
+def _device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _out_scale(model, n: int, device) -> torch.Tensor:
+    s = getattr(model, "out_scale", None)
+    return s.to(device) if s is not None else torch.ones(n, device=device)
+
+
+# ---------------------------------------------------------------- metrics on tensors
+def mse(p, y):
+    return torch.mean((p - y) ** 2)
+
+
+def mae(p, y):
+    return torch.mean(torch.abs(p - y))
+
+
+def rmse(p, y):
+    return torch.sqrt(mse(p, y))
+
+
+def rel_l2(p, y):
+    return torch.linalg.vector_norm(p - y) / torch.linalg.vector_norm(y)
+
+
+DATA_METRICS: dict[str, Callable] = {"mse": mse, "mae": mae, "rmse": rmse, "rel_l2": rel_l2}
+
+
+class Loss(ABC):
+    """A named term of the training objective."""
+
+    name: str = "loss"
+
+    @abstractmethod
+    def __call__(self, model) -> torch.Tensor:
+        """The loss on the next batch."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class DataLoss(Loss):
+    """Supervised loss on (input, target) pairs, minibatches reshuffled every pass by a seeded generator.
+
+    ``metric`` is one of ``mse``, ``mae``, ``rmse``, ``rel_l2``. ``batch_size=None`` (or >= rows) uses the
+    full set each step. Errors are divided by the model's output scale (``rel_l2`` is already relative).
+    """
+
+    def __init__(self, data_in, target, batch_size: int | None = None, metric: str = "mse", seed: int = 0,
+                 name: str | None = None):
+        if metric not in DATA_METRICS:
+            raise InvalidInputError(f"unknown data loss {metric!r}; valid: {sorted(DATA_METRICS)}")
+        X = torch.as_tensor(np.asarray(data_in) if not torch.is_tensor(data_in) else data_in).float()
+        Y = torch.as_tensor(np.asarray(target) if not torch.is_tensor(target) else target).float()
+        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0:
+            raise InvalidInputError(f"data_in and target must be 2-D with the same number of rows, got {tuple(X.shape)} and {tuple(Y.shape)}")
+        if not (torch.isfinite(X).all() and torch.isfinite(Y).all()):
+            raise InvalidInputError("data_in or target holds NaN or infinite values")
+        self.X, self.Y = X, Y
+        self.metric, self.fn = metric, DATA_METRICS[metric]
+        self.name = name or metric
+        n = X.shape[0]
+        self.batch_size = n if batch_size is None or batch_size >= n else int(batch_size)
+        if self.batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+        self._gen = torch.Generator().manual_seed(int(seed))
+        self._perm: torch.Tensor | None = None
+        self._pos = 0
+
+    def _batch(self, device):
+        if self.X.device != device:
+            self.X, self.Y = self.X.to(device), self.Y.to(device)
+        n = self.X.shape[0]
+        if self.batch_size == n:
+            return self.X, self.Y
+        if self._perm is None or self._pos + self.batch_size > n:
+            self._perm, self._pos = torch.randperm(n, generator=self._gen), 0
+        idx = self._perm[self._pos:self._pos + self.batch_size].to(device)
+        self._pos += self.batch_size
+        return self.X[idx], self.Y[idx]
+
+    def __call__(self, model):
+        device = _device(model)
+        x, y = self._batch(device)
+        p = model(x)
+        if self.metric == "rel_l2":
+            return self.fn(p, y)
+        s = _out_scale(model, y.shape[1], device)
+        return self.fn(p / s, y / s)
+
+    def state_dict(self):
+        return {"gen": self._gen.get_state(), "perm": self._perm, "pos": self._pos}
+
+    def load_state_dict(self, state):
+        self._gen.set_state(state["gen"])
+        self._perm, self._pos = state["perm"], state["pos"]
+
+
+class _BoxSampler:
+    """Collocation points drawn afresh each call, uniformly or quasi-randomly, over a box."""
+
+    def __init__(self, lo, hi, sampler: str, seed: int):
+        if sampler not in ("uniform", "sobol"):
+            raise InvalidInputError(f"unknown collocation sampler {sampler!r}; valid: ['sobol', 'uniform']")
+        self.lo, self.hi = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+        self.sampler, self.seed = sampler, int(seed)
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self._sobol = torch.quasirandom.SobolEngine(len(lo), scramble=True, seed=self.seed) if sampler == "sobol" else None
+
+    def __call__(self, n: int, device) -> torch.Tensor:
+        u = self._sobol.draw(n) if self._sobol is not None else torch.rand(n, len(self.lo), generator=self._gen)
+        return (self.lo + u * (self.hi - self.lo)).to(device)
+
+    def state_dict(self):
+        return {"gen": self._gen.get_state(), "drawn": self._sobol.num_generated if self._sobol is not None else 0}
+
+    def load_state_dict(self, s):
+        self._gen.set_state(s["gen"])
+        if self._sobol is not None:
+            self._sobol.reset()
+            self._sobol.fast_forward(s["drawn"])
+
+
+def problem_box(p: Problem) -> tuple[list[float], list[float]]:
+    """Lower and upper bounds of each input of a trajectory or step problem."""
+    lo, hi = [], []
+    for name in p.inputs:
+        if name == "t":
+            lo.append(0.0), hi.append(p.t_end)
+        elif name in p.ranges:
+            lo.append(p.ranges[name][0]), hi.append(p.ranges[name][1])
+        else:
+            raise InvalidInputError(f"problem {p.name!r}: input {name!r} has no range")
+    return lo, hi
+
+
+class _TrajectoryPhysics:
+    """How the columns of a trajectory problem map onto the cell model's states and parameters."""
+
+    def __init__(self, p: Problem):
+        if p.kind != "trajectory":
+            raise InvalidInputError(f"physics-informed losses need a trajectory problem; {p.name!r} is {p.kind!r}")
+        m = p.model
+        if sorted(p.outputs) != sorted(m.state_names):
+            raise InvalidInputError(
+                f"problem {p.name!r}: the ODE residual needs every state of {m.name!r} {list(m.state_names)} as an output")
+        self.p, self.m = p, m
+        self.out_idx = [p.outputs.index(s) for s in m.state_names]  # outputs -> model state order
+        self.col = {n: i for i, n in enumerate(p.inputs)}
+
+    def params(self, x: torch.Tensor) -> dict:
+        out = {}
+        for name in self.m.param_names:
+            if name in self.col:
+                out[name] = x[:, self.col[name]]
+            elif name in self.p.fixed:
+                out[name] = float(self.p.fixed[name])
+        return out
+
+    def initial_states(self, x: torch.Tensor) -> torch.Tensor:
+        cols = []
+        for s, st in zip(self.m.state_names, self.m.states.values()):
+            key = f"{s}0"
+            if key in self.col:
+                cols.append(x[:, self.col[key]])
+            else:
+                cols.append(torch.full((x.shape[0],), float(self.p.fixed.get(key, st.initial)), device=x.device))
+        return torch.stack(cols, dim=1)
+
+
+class ODEResidualLoss(Loss):
+    """Mean squared ODE residual ``dy/dt - f(y, params)`` of a trajectory problem's network.
+
+    ``f`` is the torch right-hand side derived from the solvers' model definition; ``dy/dt`` comes from
+    autograd with respect to the ``t`` input. Collocation points are drawn afresh every call over the
+    problem's input box.
+    """
+
+    def __init__(self, problem: Problem, n_points: int = 4096, sampler: str = "uniform", seed: int = 0,
+                 name: str = "physics"):
+        self.phys = _TrajectoryPhysics(problem)
+        self.sample = _BoxSampler(*problem_box(problem), sampler, seed)
+        self.n_points, self.name = int(n_points), name
+        self.t_col = problem.inputs.index("t")
+
+    def __call__(self, model):
+        device = _device(model)
+        x = self.sample(self.n_points, device).requires_grad_(True)
+        y = model(x)
+        dydt = torch.stack([
+            torch.autograd.grad(y[:, j].sum(), x, create_graph=True)[0][:, self.t_col] for j in range(y.shape[1])
+        ], dim=1)
+        states = y[:, self.phys.out_idx]
+        f = self.phys.m.torch_rhs(states, self.phys.params(x))
+        f_out = f[:, [self.phys.m.state_names.index(o) for o in self.phys.p.outputs]]
+        res = (dydt - f_out) / _out_scale(model, y.shape[1], device)
+        return torch.mean(res ** 2)
+
+    def state_dict(self):
+        return self.sample.state_dict()
+
+    def load_state_dict(self, s):
+        self.sample.load_state_dict(s)
+
+
+class InitialConditionLoss(Loss):
+    """Mean squared error of the network at t = 0 against the initial state it was given."""
+
+    def __init__(self, problem: Problem, n_points: int = 1024, sampler: str = "uniform", seed: int = 1,
+                 name: str = "initial"):
+        self.phys = _TrajectoryPhysics(problem)
+        self.sample = _BoxSampler(*problem_box(problem), sampler, seed)
+        self.n_points, self.name = int(n_points), name
+        self.t_col = problem.inputs.index("t")
+
+    def __call__(self, model):
+        device = _device(model)
+        x = self.sample(self.n_points, device)
+        x[:, self.t_col] = 0.0
+        y0 = self.phys.initial_states(x)[:, [self.phys.m.state_names.index(o) for o in self.phys.p.outputs]]
+        res = (model(x) - y0) / _out_scale(model, y0.shape[1], device)
+        return torch.mean(res ** 2)
+
+    def state_dict(self):
+        return self.sample.state_dict()
+
+    def load_state_dict(self, s):
+        self.sample.load_state_dict(s)
+
+
+class ResidualLoss(Loss):
+    """A user's physics loss: ``pinn_func(batch, model) -> scalar`` on ``batch_generator(batch_size, device)``.
+
+    This is the seed README's scenario B (``LOSS_PINN``). The generator's own randomness is the user's.
+    """
+
+    def __init__(self, pinn_func: Callable, batch_generator: Callable, batch_size: int, name: str = "residual"):
+        if not callable(pinn_func) or not callable(batch_generator):
+            raise InvalidInputError("pinn_func and batch_generator must be callables")
+        self.pinn_func, self.batch_generator = pinn_func, batch_generator
+        self.batch_size, self.name = int(batch_size), name
+
+    def __call__(self, model):
+        batch = self.batch_generator(self.batch_size, _device(model))
+        out = self.pinn_func(batch, model)
+        if not torch.is_tensor(out) or out.numel() != 1:
+            raise InvalidInputError(f"pinn_func of loss {self.name!r} must return a scalar tensor, got {type(out).__name__}"
+                                    f"{'' if not torch.is_tensor(out) else ' of shape ' + str(tuple(out.shape))}")
+        return out.reshape(())
+
+
+class GateResidualLoss(Loss):
+    """hh_m: residual of the gate equation for a network (t, V) -> m along a recorded voltage trace.
+
+    ``variant="seed"`` differentiates m with respect to t at fixed V, as the seed notebook does (not the
+    ODE's derivative, since V changes with t). ``variant="total"`` uses the total derivative along the
+    trace, dm/dt = dm/dt|_V + dm/dV|_t * dV/dt, with dV/dt from the model's right-hand side on the
+    recorded states. Collocation points are the trace's time points (as in the notebook).
+    """
+
+    def __init__(self, cell_model, gate: str, t, states, variant: str = "total", name: str | None = None):
+        if variant not in ("seed", "total"):
+            raise InvalidInputError(f"unknown gate residual {variant!r}; valid: ['seed', 'total']")
+        m = cell_model
+        self.m, self.variant, self.name = m, variant, name or f"physics_{variant}"
+        self.gate = m.state_names.index(gate)
+        S = np.asarray(states, dtype=np.float64)
+        dS = m.numpy_rhs(S)
+        self.x = torch.tensor(np.stack([np.asarray(t), S[:, 0]], axis=1), dtype=torch.float32)
+        self.dVdt = torch.tensor(dS[:, 0], dtype=torch.float32)
+        self.S = torch.tensor(S, dtype=torch.float32)
+
+    def __call__(self, model):
+        device = _device(model)
+        x = self.x.to(device).requires_grad_(True)
+        g_pred = model(x)[:, 0]
+        grad = torch.autograd.grad(g_pred.sum(), x, create_graph=True)[0]
+        dgdt = grad[:, 0] if self.variant == "seed" else grad[:, 0] + grad[:, 1] * self.dVdt.to(device)
+        states = self.S.to(device).clone()
+        states = torch.cat([states[:, :self.gate], g_pred[:, None], states[:, self.gate + 1:]], dim=1)
+        rhs = self.m.torch_rhs(states)[:, self.gate]
+        scale = _out_scale(model, 1, device)[0]
+        return torch.mean(((dgdt - rhs) / scale) ** 2)

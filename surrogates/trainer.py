@@ -1,0 +1,280 @@
+"""The Trainer: weighted losses, validation, best checkpoint, resume, and the files users know.
+
+It writes into its output folder:
+
+* ``best_model.pth``: the weights with the best validation metric (a real copy taken at that moment), with
+  the architecture, so :func:`surrogates.network.load_checkpoint` rebuilds the network alone;
+* ``losses.csv``: iteration, each named loss, total, validation metrics, learning rate, elapsed seconds;
+* ``model_stats.txt``: per layer, weight and gradient norms, min and max (vanishing/exploding gradients);
+* ``checkpoint.pth``: everything needed to resume (weights, optimiser, schedule, random states, logs).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from solvers.errors import InvalidInputError, PipelineError
+
+from .losses import Loss
+from .network import _atomic_torch_save, load_weights, save_checkpoint, state_copy
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+SCHEDULES = ("constant", "cosine", "exponential")
+
+
+class TrainingDivergedError(PipelineError, FloatingPointError):
+    """A loss became NaN or infinite; the best checkpoint so far is kept."""
+
+
+class Trainer:
+    """Train ``model`` on a weighted sum of losses.
+
+    Parameters
+    ----------
+    model : the network (its device is where training happens).
+    output_folder : where the files above are written.
+    validation : callable ``model -> dict`` of metrics (computed under ``torch.no_grad``), or ``None``.
+    monitor : the validation metric that picks the best checkpoint (lower is better); without validation,
+        the total training loss.
+    val_every : validate (and write a resumable checkpoint) every this many iterations.
+    optimizer, lr, lr_schedule, lr_final : Adam by default; schedule ``constant``, ``cosine`` (to
+        ``lr * lr_final``) or ``exponential`` (to ``lr * lr_final`` at the end).
+    patience : stop after this many validations without improvement (``None``: never).
+    lbfgs_iterations : optional L-BFGS polish after the first-order optimiser, on the same losses.
+    seed : seeds torch for anything the losses do not seed themselves.
+    resume : continue from ``checkpoint.pth`` in the output folder when there is one.
+    progress : show a progress line (default: when stderr is a terminal).
+    """
+
+    def __init__(self, model, output_folder, validation: Callable | None = None, monitor: str = "val_mae",
+                 val_every: int = 100, optimizer: str = "adam", lr: float = 1e-3, lr_schedule: str = "constant",
+                 lr_final: float = 0.01, patience: int | None = None, lbfgs_iterations: int = 0, seed: int = 0,
+                 resume: bool = True, progress: bool | None = None):
+        if optimizer not in OPTIMIZERS:
+            raise InvalidInputError(f"unknown optimizer {optimizer!r}; valid: {sorted(OPTIMIZERS)}")
+        if lr_schedule not in SCHEDULES:
+            raise InvalidInputError(f"unknown lr_schedule {lr_schedule!r}; valid: {list(SCHEDULES)}")
+        if val_every < 1:
+            raise InvalidInputError(f"val_every must be >= 1, got {val_every}")
+        self.model, self.out = model, Path(output_folder)
+        self.validation, self.monitor, self.val_every = validation, monitor, int(val_every)
+        self.optimizer_name, self.lr, self.lr_schedule, self.lr_final = optimizer, float(lr), lr_schedule, float(lr_final)
+        self.patience, self.lbfgs_iterations, self.seed = patience, int(lbfgs_iterations), int(seed)
+        self.resume = resume
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.losses: list[tuple[Loss, float]] = []
+        self.iteration = 0
+        self.best_metric = math.inf
+        self.best_iteration = -1
+        self.best_state: dict | None = None
+        self.rows: list[dict] = []
+        self.elapsed = 0.0
+        self._stale = 0
+        torch.manual_seed(self.seed)
+
+    # ------------------------------------------------------------------ set-up
+    def add_loss(self, loss: Loss, weight: float = 1.0) -> None:
+        """Add a loss term with its weight. Names must be unique (they are columns of losses.csv)."""
+        if not isinstance(loss, Loss):
+            raise InvalidInputError(f"add_loss takes a Loss, got {type(loss).__name__}")
+        if any(l.name == loss.name for l, _ in self.losses):
+            raise InvalidInputError(f"a loss named {loss.name!r} was already added; give it another name")
+        self.losses.append((loss, float(weight)))
+
+    def _make_optimizer(self, total: int):
+        opt = OPTIMIZERS[self.optimizer_name](self.model.parameters(), lr=self.lr)
+        if self.lr_schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1), eta_min=self.lr * self.lr_final)
+        elif self.lr_schedule == "exponential":
+            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.lr_final ** (1.0 / max(total, 1)))
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        return opt, sched
+
+    # ------------------------------------------------------------------ one step
+    def _objective(self):
+        terms = {}
+        total = 0.0
+        for loss, w in self.losses:
+            v = loss(self.model)
+            terms[loss.name] = v
+            total = total + w * v
+        return total, terms
+
+    def _check_finite(self, total, terms):
+        if not torch.isfinite(total):
+            bad = [n for n, v in terms.items() if not torch.isfinite(v)]
+            raise TrainingDivergedError(
+                f"training stopped at iteration {self.iteration}: loss {', '.join(bad) or 'total'} became "
+                f"{float(total.detach())}; the best checkpoint (iteration {self.best_iteration}) was kept in "
+                f"{self.out / 'best_model.pth'}. Lower the learning rate or check the data.")
+
+    def _validate(self) -> dict:
+        if self.validation is None:
+            return {}
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in self.validation(self.model).items()}
+        self.model.train(was)
+        return metrics
+
+    def _record(self, terms, total, lr, metrics):
+        score = metrics.get(self.monitor, float(total)) if self.validation else float(total)
+        improved = score < self.best_metric
+        if improved:
+            self.best_metric, self.best_iteration = score, self.iteration
+            self.best_state = state_copy(self.model)
+            save_checkpoint(self.model, self.out / "best_model.pth", self.best_state,
+                            {"iteration": self.iteration, self.monitor: score})
+            self._stale = 0
+        else:
+            self._stale += 1
+        row = {"iteration": self.iteration, **{n: float(v) for n, v in terms.items()}, "total": float(total),
+               **metrics, "lr": lr, "elapsed_s": round(self.elapsed, 4)}
+        self.rows.append(row)
+        return improved
+
+    # ------------------------------------------------------------------ files
+    def _write_losses(self):
+        if not self.rows:
+            return
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        tmp = self.out / ".losses.csv.tmp"
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.out / "losses.csv")
+
+    def _write_stats(self):
+        lines = [f"# iteration {self.iteration}; per layer: weight and gradient norms, min and max",
+                 f"{'layer':<28s}{'|W|':>12s}{'|grad W|':>12s}{'min W':>12s}{'max W':>12s}{'|grad|/|W|':>12s}"]
+        for name, p in self.model.named_parameters():
+            g, p = p.grad, p.detach()
+            gn = float(g.norm()) if g is not None else float("nan")
+            wn = float(p.norm())
+            lines.append(f"{name:<28s}{wn:12.4e}{gn:12.4e}{float(p.min()):12.4e}{float(p.max()):12.4e}"
+                         f"{gn / wn if wn else float('nan'):12.4e}")
+        tmp = self.out / ".model_stats.txt.tmp"
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.out / "model_stats.txt")
+
+    def _save_resume(self, opt, sched):
+        _atomic_torch_save({
+            "iteration": self.iteration, "model": state_copy(self.model), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "losses": [l.state_dict() for l, _ in self.losses],
+            "torch_rng": torch.get_rng_state(), "best_metric": self.best_metric, "best_iteration": self.best_iteration,
+            "best_state": self.best_state, "rows": self.rows, "elapsed": self.elapsed, "stale": self._stale,
+        }, self.out / "checkpoint.pth")
+
+    def _load_resume(self, opt, sched) -> bool:
+        path = self.out / "checkpoint.pth"
+        if not (self.resume and path.exists()):
+            return False
+        try:
+            s = torch.load(path, map_location="cpu", weights_only=False)
+            load_weights(self.model, s["model"], str(path))
+            opt.load_state_dict(s["optimizer"])
+            sched.load_state_dict(s["scheduler"])
+        except InvalidInputError:
+            raise
+        except Exception as exc:
+            raise InvalidInputError(f"cannot resume from {path} ({type(exc).__name__}: {exc}); delete it to start over") from exc
+        for (loss, _), st in zip(self.losses, s["losses"]):
+            loss.load_state_dict(st)
+        torch.set_rng_state(s["torch_rng"])
+        self.iteration, self.best_metric, self.best_iteration = s["iteration"], s["best_metric"], s["best_iteration"]
+        self.best_state, self.rows, self.elapsed, self._stale = s["best_state"], s["rows"], s["elapsed"], s["stale"]
+        return True
+
+    # ------------------------------------------------------------------ training
+    def train(self, num_iterations: int) -> dict:
+        """Run until ``num_iterations`` first-order steps are done (counting a resumed run's), then the
+        optional L-BFGS polish. Returns a summary; the best weights are loaded into the model."""
+        if not self.losses:
+            raise InvalidInputError("add at least one loss with add_loss before train")
+        if num_iterations < 1:
+            raise InvalidInputError(f"num_iterations must be >= 1, got {num_iterations}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        opt, sched = self._make_optimizer(num_iterations)
+        resumed = self._load_resume(opt, sched)
+        stopped_early = False
+        t0 = time.perf_counter() - self.elapsed
+        while self.iteration < num_iterations:
+            opt.zero_grad(set_to_none=True)
+            total, terms = self._objective()
+            self._check_finite(total, terms)
+            total.backward()
+            opt.step()
+            sched.step()
+            self.iteration += 1
+            if self.iteration % self.val_every == 0 or self.iteration == num_iterations:
+                self.elapsed = time.perf_counter() - t0
+                lr = opt.param_groups[0]["lr"]
+                self._record({n: v.detach() for n, v in terms.items()}, total.detach(), lr, self._validate())
+                self._write_stats()
+                self._write_losses()
+                self._save_resume(opt, sched)
+                if self.progress:
+                    self._show(num_iterations)
+                if self.patience is not None and self._stale >= self.patience:
+                    stopped_early = True
+                    break
+        if self.lbfgs_iterations and not stopped_early:
+            self._lbfgs()
+            self.elapsed = time.perf_counter() - t0
+        if self.progress:
+            print(file=sys.stderr)
+        self._write_losses()
+        if self.best_state is not None:
+            load_weights(self.model, self.best_state)
+        return {"iterations": self.iteration, "best_iteration": self.best_iteration, "best_metric": self.best_metric,
+                "stopped_early": stopped_early, "resumed": resumed, "train_seconds": self.elapsed}
+
+    def _lbfgs(self):
+        # a deterministic objective: data losses use their whole set (physics losses still resample)
+        saved = {id(l): l.batch_size for l, _ in self.losses if hasattr(l, "batch_size") and hasattr(l, "X")}
+        for l, _ in self.losses:
+            if id(l) in saved:
+                l.batch_size = l.X.shape[0]
+        try:
+            self._lbfgs_steps()
+        finally:
+            for l, _ in self.losses:
+                if id(l) in saved:
+                    l.batch_size = saved[id(l)]
+
+    def _lbfgs_steps(self):
+        opt = torch.optim.LBFGS(self.model.parameters(), lr=1.0, max_iter=20, history_size=50,
+                                line_search_fn="strong_wolfe")
+        for _ in range(max(1, self.lbfgs_iterations // 20)):
+            def closure():
+                opt.zero_grad(set_to_none=True)
+                total, terms = self._objective()
+                self._check_finite(total, terms)
+                total.backward()
+                return total
+
+            opt.step(closure)
+            self.iteration += 20
+            with torch.no_grad():
+                total, terms = self._objective()
+            self._check_finite(total, terms)
+            self._record(terms, total, float("nan"), self._validate())
+        self._write_stats()
+
+    def _show(self, total):
+        last = self.rows[-1]
+        metric = f" {self.monitor} {last[self.monitor]:.3e}" if self.monitor in last else ""
+        sys.stderr.write(f"\r[{self.iteration}/{total}] loss {last['total']:.3e}{metric} best@{self.best_iteration}   ")
+        sys.stderr.flush()
