@@ -66,3 +66,21 @@ def time_cuda(fn: Callable[[], object], repeats: int = 10, warmup: int = 1) -> T
         end.synchronize()
         out.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
     return summarize(out, warmup)
+
+
+def time_torch_cuda(fn: Callable[[], object], repeats: int = 10, warmup: int = 1) -> TimingStats:
+    """As :func:`time_cuda`, with torch's CUDA events on torch's current stream."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end) * 1e-3)
+    return summarize(out, warmup)

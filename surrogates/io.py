@@ -39,7 +39,8 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -66,13 +67,13 @@ def write_npz(path, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(buf, np.asanyarray(arr), allow_pickle=False)
                 zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE), buf.getvalue())
 
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def write_json(path, obj) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     data = (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
-    _atomic_write(Path(path), lambda fh: fh.write(data))
+    atomic_write(Path(path), lambda fh: fh.write(data))
 
 
 def _json_default(o):

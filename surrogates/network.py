@@ -11,7 +11,7 @@ from torch import nn
 
 from solvers.errors import InvalidInputError
 
-from .io import _atomic_write
+from .io import atomic_write
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "ReLU": nn.ReLU,
@@ -117,7 +117,7 @@ class MLP(nn.Module):
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+    atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 
 def state_copy(model: nn.Module) -> dict:

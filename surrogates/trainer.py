@@ -236,7 +236,9 @@ class Trainer:
         if self.progress:
             print(file=sys.stderr)
         self._write_losses()
-        if self.best_state is not None:
+        if self.best_state is not None:  # rewritten at the end too: a resumed run may never improve again
+            save_checkpoint(self.model, self.out / "best_model.pth", self.best_state,
+                            {"iteration": self.best_iteration, self.monitor: self.best_metric})
             load_weights(self.model, self.best_state)
         return {"iterations": self.iteration, "best_iteration": self.best_iteration, "best_metric": self.best_metric,
                 "stopped_early": stopped_early, "resumed": resumed, "train_seconds": self.elapsed}

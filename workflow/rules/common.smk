@@ -9,7 +9,7 @@ from surrogates.problems import problem_from_config, validate_config
 config.update(validate_config(config))
 
 PROBLEMS = list(config["problems"])
-RESULTS = "results"
+RESULTS = config["results_dir"].rstrip("/")
 
 
 wildcard_constraints:
@@ -27,3 +27,41 @@ def dataset_targets():
         out.append(f"{RESULTS}/datasets/{p}/test.npz")
         out += [f"{RESULTS}/datasets/{p}/n{n}/train.npz" for n in sizes(p)]
     return out
+
+
+# ---------------------------------------------------------------- training targets
+from surrogates.train import training_settings
+
+SURROGATES = list(config["training"]["surrogates"])
+MODELS = f"{RESULTS}/models"
+
+
+def arch_of(problem):
+    return training_settings(config, problem)["architecture"]
+
+
+def model_dir(problem, surrogate, n, seed):
+    return f"{MODELS}/{problem}/{surrogate}/n{n}/{arch_of(problem)}/seed{seed}"
+
+
+def trained(problem=None, surrogate=None, filename="metrics.json"):
+    """Every training target of the configured grid (optionally of one problem / surrogate)."""
+    out = []
+    for kind, problems in config["training"]["surrogates"].items():
+        for p in problems:
+            if (problem and p != problem) or (surrogate and kind != surrogate):
+                continue
+            for n in sizes(p):
+                for seed in config["training"]["seeds"]:
+                    out.append(f"{model_dir(p, kind, n, seed)}/{filename}")
+    return out
+
+
+def test_sidecars():
+    return [f"{RESULTS}/datasets/{p}/test.json" for p in PROBLEMS]
+
+
+wildcard_constraints:
+    surrogate="|".join(["ddnn", "pinn", "pinn_seed", "itnn"]),
+    arch=r"[A-Za-z0-9_]+",
+    seed=r"[0-9]+",

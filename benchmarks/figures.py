@@ -1,0 +1,133 @@
+"""Figures of the paper (seaborn), each written as PNG and PDF with labelled axes and units."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from surrogates.io import atomic_write  # noqa: E402
+
+
+def _style():
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
+
+
+def save(fig, png, pdf) -> None:
+    """Save ``fig`` to both files atomically, then close it."""
+    for path, fmt in ((png, "png"), (pdf, "pdf")):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
+        atomic_write(Path(path), lambda fh: fh.write(buf.getvalue()))
+    plt.close(fig)
+
+
+def error_vs_size(accuracy_csv, png, pdf) -> None:
+    """Test MAE against training-set size, per problem and surrogate, with the Euler floor."""
+    _style()
+    df = pd.read_csv(accuracy_csv)
+    runs, floor = df[df.surrogate != "euler_floor"], df[df.surrogate == "euler_floor"].set_index("problem")
+    problems = sorted(runs.problem.unique())
+    fig, axes = plt.subplots(1, len(problems), figsize=(3.6 * len(problems), 3.4), squeeze=False)
+    for ax, p in zip(axes[0], problems):
+        d = runs[runs.problem == p]
+        sns.lineplot(d, x="n_train", y="mae_mean", hue="surrogate", style="surrogate", markers=True, ax=ax,
+                     err_style=None)
+        for _, r in d.iterrows():
+            ax.errorbar(r.n_train, r.mae_mean, yerr=r.mae_std, fmt="none", ecolor="gray", capsize=2)
+        if p in floor.index:
+            ax.axhline(floor.loc[p, "mae_mean"], color="k", ls="--", lw=1, label="Euler floor")
+        ax.set(xscale="log", yscale="log", title=f"problem {p}", xlabel="training rows n", ylabel="test MAE (state units)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Held-out test error vs training-set size (mean over seeds; dashed: Euler dt=0.01 vs exact)")
+    save(fig, png, pdf)
+
+
+def training_curves(losses_files, png, pdf) -> None:
+    """Validation MAE over iterations for each trained model (files under models/{problem}/{surrogate}/n{n}/...)."""
+    _style()
+    frames = []
+    for f in losses_files:
+        parts = Path(f).parts
+        d = pd.read_csv(f)
+        if "val_mae" not in d:
+            continue
+        i = parts.index("models")
+        d = d.assign(problem=parts[i + 1], surrogate=parts[i + 2], n=parts[i + 3], seed=parts[i + 5])
+        frames.append(d[["iteration", "val_mae", "problem", "surrogate", "n", "seed"]])
+    df = pd.concat(frames, ignore_index=True)
+    g = sns.relplot(df, x="iteration", y="val_mae", hue="surrogate", style="n", units="seed", estimator=None,
+                    col="problem", kind="line", col_wrap=min(3, df.problem.nunique()), height=3, facet_kws={"sharey": False})
+    g.set(yscale="log")
+    g.set_axis_labels("iteration", "validation MAE (state units)")
+    g.figure.suptitle("Training curves", y=1.02)
+    save(g.figure, png, pdf)
+
+
+def rollout_error(metrics_files, png, pdf) -> None:
+    """Mean absolute error of ITNN rollouts over time on the held-out trajectories."""
+    _style()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for f in metrics_files:
+        m = json.loads(Path(f).read_text())
+        if "rollout_error" not in m:
+            continue
+        ax.plot(m["rollout_error"]["t"], m["rollout_error"]["mae"], label=f"n={m['n_train']} seed {m['seed']}")
+    ax.set(yscale="log", xlabel="time (dimensionless)", ylabel="rollout MAE (state units)",
+           title="ITNN: error accumulated along the rollout")
+    ax.legend(fontsize=7)
+    save(fig, png, pdf)
+
+
+def trajectories(test_npz, checkpoints: dict, png, pdf, n_show: int = 3) -> None:
+    """Held-out test trajectories: reference u(t) and each surrogate's prediction."""
+    import torch
+
+    from surrogates.network import load_checkpoint
+
+    _style()
+    with np.load(test_npz) as z:
+        X, Y, traj, outs = z["X"], z["Y"], z["trajectory"], list(z["output_names"])
+    picks = np.linspace(0, traj.max(), n_show).astype(int)
+    fig, axes = plt.subplots(1, n_show, figsize=(4 * n_show, 3.2), squeeze=False, sharey=True)
+    models = {name: load_checkpoint(path)[0].eval() for name, path in checkpoints.items()}
+    for ax, j in zip(axes[0], picks):
+        rows = traj == j
+        t = X[rows, 0]
+        ax.plot(t, Y[rows, 0], "k-", lw=2, label="Euler reference (held out)")
+        with torch.no_grad():
+            for name, m in models.items():
+                ax.plot(t, m(torch.as_tensor(X[rows], dtype=torch.float32)).numpy()[:, 0], "--", label=name)
+        ic = ", ".join(f"{n}={v:.3g}" for n, v in zip(["u0", "w0", "I"], X[rows][0, 1:]))
+        ax.set(xlabel="time (dimensionless)", ylabel=f"{outs[0]} (dimensionless)", title=ic)
+    axes[0][0].legend(fontsize=7)
+    save(fig, png, pdf)
+
+
+def hh_m_figure(t, V, m_true, test_t, predictions: dict, losses: dict, png, pdf) -> None:
+    """The seed notebook's figure: voltage; m true vs predicted with the test points; loss curves."""
+    _style()
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=False)
+    axes[0].plot(t, V, "b-")
+    axes[0].set(ylabel="V (mV)", xlabel="time (ms)", title="Hodgkin-Huxley voltage under the pulse protocol")
+    axes[1].plot(t, m_true, "r-", lw=2, label="m reference")
+    for name, pred in predictions.items():
+        axes[1].plot(t, pred, "--", label=name)
+    idx = np.searchsorted(t, test_t)
+    axes[1].scatter(test_t, m_true[np.clip(idx, 0, len(t) - 1)], c="orange", s=6, zorder=5, label="test points")
+    axes[1].set(ylabel="m (1)", xlabel="time (ms)")
+    axes[1].legend(fontsize=7)
+    for name, df in losses.items():
+        for col in [c for c in df.columns if c not in ("iteration", "lr", "elapsed_s")]:
+            axes[2].plot(df["iteration"], df[col], label=f"{name}: {col}")
+    axes[2].set(yscale="log", xlabel="iteration", ylabel="loss / metric")
+    axes[2].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    save(fig, png, pdf)

@@ -1,0 +1,286 @@
+"""Inference backends behind one interface, and ONNX export.
+
+A backend ``prepare``s a trained network for a device and precision and returns a :class:`Runner` with
+
+* ``device_input(x)``: the input placed where the backend computes (untimed set-up),
+* ``run(xd)``: compute on already-placed input, returning a device-side result (timed as "kernel"),
+* ``to_host(yd)``: the result as a NumPy array,
+
+so the harness can time kernel-only (``run``) and end-to-end (``device_input`` + ``run`` + ``to_host``).
+Every runner is checked against eager torch (float64 reference) within its precision's tolerance before
+it is timed; a mismatch raises :class:`BackendMismatchError`. A backend whose library or hardware is
+missing reports why through ``unavailable_reason`` and is skipped, never crashing the benchmark.
+GPU libraries (CuPy, TensorRT) are imported only inside the backends that need them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from solvers.errors import InvalidInputError, PipelineError
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}  # relative to the output's range, against a float64 reference
+
+
+class BackendMismatchError(PipelineError, AssertionError):
+    """A backend's outputs differ from eager torch beyond its precision's tolerance."""
+
+
+def export_onnx(model, path, precision: str = "fp32") -> Path:
+    """Export ``model`` to ONNX with a dynamic batch dimension (input ``x``, output ``y``).
+
+    ``fp16`` exports a half-precision graph (weights and I/O in FP16), which is how strongly typed
+    TensorRT builds (TensorRT 11) get FP16. Written to a temporary name and renamed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = _copy_for(model, precision, "cpu")
+    x = torch.zeros(2, model.n_inputs, dtype=torch.float16 if precision == "fp16" else torch.float32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.onnx.export(m, (x,), str(tmp), input_names=["x"], output_names=["y"], dynamo=False,
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17)
+    os.replace(tmp, path)
+    return path
+
+
+def _copy_for(model, precision, device):
+    import copy
+
+    m = copy.deepcopy(model).eval().to(device)
+    return m.half() if precision == "fp16" else m.float()
+
+
+class Runner:
+    def __init__(self, device_input, run, to_host, label=""):
+        self.device_input, self.run, self.to_host, self.label = device_input, run, to_host, label
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.to_host(self.run(self.device_input(x)))
+
+
+class InferenceBackend(ABC):
+    name = ""
+    device = "cpu"
+    precisions = ("fp32",)
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    @abstractmethod
+    def prepare(self, model, precision: str, workdir: Path) -> Runner:
+        """A runner for ``model`` in ``precision``; ``workdir`` holds exported files and engine caches."""
+
+
+def _torch_runner(fn, device, dtype):
+    def device_input(x):
+        return torch.as_tensor(x, dtype=dtype).to(device)
+
+    def to_host(y):
+        return y.float().cpu().numpy()
+
+    def run(xd):
+        with torch.inference_mode():
+            return fn(xd)
+
+    return Runner(device_input, run, to_host)
+
+
+class TorchEager(InferenceBackend):
+    def __init__(self, device: str):
+        self.device, self.name = device, "torch" if device == "cpu" else "torch_cuda"
+        self.precisions = ("fp32",) if device == "cpu" else ("fp32", "fp16")
+
+    def unavailable_reason(self):
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return "torch sees no CUDA device"
+        return None
+
+    def prepare(self, model, precision, workdir):
+        if self.device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False  # FP32 means FP32
+            torch.backends.cudnn.allow_tf32 = False
+        m = _copy_for(model, precision, self.device)
+        return _torch_runner(m, self.device, torch.float16 if precision == "fp16" else torch.float32)
+
+
+class TorchCompile(InferenceBackend):
+    """torch.compile with CUDA graphs (mode="reduce-overhead"); GPU only."""
+
+    name, device, precisions = "torch_compile", "cuda", ("fp32", "fp16")
+
+    def __init__(self, mode: str = "reduce-overhead"):
+        self.mode = mode
+
+    def unavailable_reason(self):
+        return None if torch.cuda.is_available() else "torch.compile is benchmarked on the GPU; torch sees no CUDA device"
+
+    def prepare(self, model, precision, workdir):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        m = _copy_for(model, precision, "cuda")
+        compiled = torch.compile(m, mode=self.mode, dynamic=False)
+        return _torch_runner(lambda x: compiled(x).clone(), "cuda", torch.float16 if precision == "fp16" else torch.float32)
+
+
+class OnnxRuntime(InferenceBackend):
+    def __init__(self, device: str = "cpu"):
+        self.device, self.name = device, "onnxruntime" if device == "cpu" else "onnxruntime_cuda"
+
+    def unavailable_reason(self):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            return f"onnxruntime is not installed ({exc})"
+        if self.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a GPU machine)"
+        return None
+
+    def prepare(self, model, precision, workdir):
+        import onnxruntime as ort
+
+        path = export_onnx(model, Path(workdir) / f"model_{precision}.onnx", precision)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        provider = "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
+        sess = ort.InferenceSession(str(path), opts, providers=[provider])
+        dtype = np.float16 if precision == "fp16" else np.float32
+        return Runner(lambda x: np.ascontiguousarray(x, dtype=dtype), lambda xd: sess.run(["y"], {"x": xd})[0],
+                      lambda y: np.asarray(y, dtype=np.float32))
+
+
+class TensorRT(InferenceBackend):
+    """TensorRT engine built from the ONNX export (TensorRT 10/11 Python API, named I/O tensors).
+
+    FP32 builds clear the TF32 flag, so FP32 means FP32. FP16: TensorRT 11 networks are strongly typed,
+    so the FP16 engine is built from the FP16 ONNX graph; on TensorRT 10 the FP16 builder flag is also
+    set. Engines are cached on disk, keyed by the ONNX file's hash, precision, GPU and TensorRT version.
+    """
+
+    name, device, precisions = "tensorrt", "cuda", ("fp32", "fp16")
+    MAX_BATCH = 1 << 24
+
+    def unavailable_reason(self):
+        try:
+            import tensorrt  # noqa: F401
+        except Exception as exc:
+            return f"tensorrt is not importable ({type(exc).__name__}: {exc})"
+        return None if torch.cuda.is_available() else "TensorRT needs a CUDA device; torch sees none"
+
+    def engine_path(self, onnx_path: Path, precision: str) -> Path:
+        import tensorrt as trt
+
+        digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+        gpu = torch.cuda.get_device_name().replace(" ", "_")
+        return onnx_path.parent / f"engine_{digest}_{precision}_{gpu}_trt{trt.__version__}.plan"
+
+    def build(self, onnx_path: Path, precision: str, max_batch: int):
+        import tensorrt as trt
+
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        major = int(trt.__version__.split(".")[0])
+        # TensorRT 11: strongly typed (precision from the ONNX graph); 10: weakly typed plus builder flags
+        strongly = major >= 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly else 0
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(onnx_path.read_bytes()):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        config = builder.create_builder_config()
+        if hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)
+        if precision == "fp16" and major < 11:
+            config.set_flag(trt.BuilderFlag.FP16)
+        profile = builder.create_optimization_profile()
+        n_in = network.get_input(0).shape[1]
+        profile.set_shape("x", (1, n_in), (min(max_batch, 1 << 20), n_in), (max_batch, n_in))
+        config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
+        return bytes(serialized)
+
+    def prepare(self, model, precision, workdir):
+        import tensorrt as trt
+
+        onnx_path = export_onnx(model, Path(workdir) / f"model_{precision}.onnx", precision)
+        plan = self.engine_path(onnx_path, precision)
+        if not plan.exists():
+            data = self.build(onnx_path, precision, self.MAX_BATCH)
+            tmp = plan.with_name(f".{plan.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, plan)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engine = runtime.deserialize_cuda_engine(plan.read_bytes())
+        context = engine.create_execution_context()
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        n_out = model.n_outputs
+
+        def run(xd):
+            y = torch.empty((xd.shape[0], n_out), dtype=dtype, device="cuda")
+            context.set_input_shape("x", tuple(xd.shape))
+            context.set_tensor_address("x", xd.data_ptr())
+            context.set_tensor_address("y", y.data_ptr())
+            if not context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
+            return y
+
+        r = _torch_runner(lambda x: x, "cuda", dtype)
+        return Runner(lambda x: torch.as_tensor(x, dtype=dtype).cuda().contiguous(), run, r.to_host)
+
+
+class Fused(InferenceBackend):
+    """Our single-kernel MLP (benchmarks.fused_mlp) through CuPy."""
+
+    name, device, precisions = "fused", "cuda", ("fp32", "fp16")
+
+    def unavailable_reason(self):
+        from solvers.backends import available_backends
+
+        return available_backends()["cuda"]  # the same requirement as the CUDA solver: CuPy and a GPU
+
+    def prepare(self, model, precision, workdir):
+        import cupy as cp
+
+        from .fused_mlp import FusedMLP
+
+        f = FusedMLP(model, precision)
+        return Runner(lambda x: cp.asarray(x, dtype=f.dtype), f, lambda y: cp.asnumpy(y).astype(np.float32))
+
+
+REGISTRY: dict[str, InferenceBackend] = {
+    b.name: b for b in (TorchEager("cpu"), OnnxRuntime("cpu"), TorchEager("cuda"), TorchCompile(), OnnxRuntime("cuda"),
+                        TensorRT(), Fused())
+}
+
+
+def get_inference_backend(name: str) -> InferenceBackend:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InvalidInputError(f"unknown inference backend {name!r}; valid: {sorted(REGISTRY)}") from None
+
+
+def check_against_torch(model, runner: Runner, x: np.ndarray, precision: str, name: str) -> float:
+    """Largest error of ``runner`` against a float64 eager-torch reference, relative to the output range;
+    raises :class:`BackendMismatchError` past the precision's tolerance."""
+    import copy
+
+    ref_model = copy.deepcopy(model).double().cpu().eval()
+    with torch.no_grad():
+        ref = ref_model(torch.as_tensor(x, dtype=torch.float64)).numpy()
+    got = runner(x)
+    if got.shape != ref.shape:
+        raise BackendMismatchError(f"backend {name} ({precision}) returned shape {got.shape}, expected {ref.shape}")
+    span = np.maximum(ref.max(axis=0) - ref.min(axis=0), 1e-12)
+    err = float((np.abs(got - ref) / span).max())
+    if not np.isfinite(err) or err > TOLERANCE[precision]:
+        raise BackendMismatchError(
+            f"backend {name} ({precision}) differs from eager torch by {err:.3g} of the output range "
+            f"(tolerance {TOLERANCE[precision]:g}); its timings would be meaningless")
+    return err

@@ -1,0 +1,131 @@
+"""Surrogate inference against the Euler solver on the same outputs: the paper's N and a sweep over K.
+
+    python -m benchmarks.speedup --model ddnn=results/models/C/ddnn/n100000/mlp3x64/seed0/best_model.pth
+
+For each (N cells, K kept states): the solver side runs the project's fastest solver backend on the
+device (``cpu`` on a CPU, ``cuda`` on a GPU) in float32; each surrogate backend evaluates the same N x K
+outputs (rows drawn from problem C's box). Every backend is checked against eager torch first. Kernel-only
+and end-to-end times are both recorded (on a CPU they coincide). Writes a tidy CSV with the machine and
+versions in every row; the speedup columns compare medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import solvers
+from solvers.backends import available_backends, get_backend
+from surrogates.network import load_checkpoint
+from surrogates.problems import load_config, problem_from_config
+
+from .inference import REGISTRY, check_against_torch
+from .machine import machine_info
+from .timing import time_cpu, time_cuda, time_torch_cuda
+from .workloads import K_SWEEP, PAPER_N, direct_rows, save_every, solver_inputs
+
+
+def solver_time(problem, c, t_end, n_outputs, device, repeats):
+    y0, params = solver_inputs(problem, c)
+    se = save_every(t_end, problem.dt, n_outputs)
+    name = "cuda" if device == "cuda" else "cpu"
+    e2e = time_cpu(lambda: solvers.simulate(problem.model, y0, t_end, problem.dt, se, params, backend=name,
+                                            dtype="float32"), repeats=repeats, warmup=1)
+    kernel = e2e
+    if name == "cuda":
+        be, m = get_backend("cuda"), problem.model
+        P = np.stack([np.broadcast_to(params.get(p, m.parameters[p].default), (len(y0),)) for p in m.param_names])
+        import cupy as cp
+
+        y0_d, P_d = cp.asarray(y0, dtype=np.float32), cp.asarray(P, dtype=np.float32)
+        n_saves = round(t_end / problem.dt) // se
+        kernel = time_cuda(lambda: be.integrate_device(m, y0_d, P_d, problem.dt, n_saves, se, "float32"), repeats=repeats)
+    return name, kernel, e2e
+
+
+def run(models: dict, backends, precisions, n_cells, n_outputs_list, t_end=50.0, repeats=10, config=None,
+        problem_name="C", workdir=None) -> pd.DataFrame:
+    cfg = load_config(config)
+    problem = problem_from_config(problem_name, cfg)
+    info = machine_info()
+    status = {n: b.unavailable_reason() for n, b in REGISTRY.items()}
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="speedup_"))
+    nets = {}
+    for label, path in models.items():
+        net, _ = load_checkpoint(path)
+        metrics = Path(path).with_name("metrics.json")
+        mae = json.loads(metrics.read_text())["mae"] if metrics.exists() else np.nan
+        arch = "x".join(f"{a}{w}" for a, w in net.hidden)
+        nets[label] = (net.eval(), mae, arch)
+    rows, runners = [], {}
+    for name in backends:
+        if status.get(name) is not None:
+            rows.append({"backend": name, "skipped": status[name]})
+            print(f"{name}: skipped ({status[name]})", flush=True)
+    live = [b for b in backends if status.get(b) is None]
+    for N in n_cells:
+        for K in n_outputs_list:
+            X, c = direct_rows(problem, N, K, t_end)
+            for device in sorted({REGISTRY[b].device for b in live}):
+                sb, s_kernel, s_e2e = solver_time(problem, c, t_end, K, device, max(3, repeats // 2))
+                for label, (net, mae, arch) in nets.items():
+                    for b in [b for b in live if REGISTRY[b].device == device]:
+                        for prec in [p for p in precisions if p in REGISTRY[b].precisions]:
+                            key = (label, b, prec)
+                            if key not in runners:
+                                r = REGISTRY[b].prepare(net, prec, workdir / f"{label}_{b}")
+                                err = check_against_torch(net, r, X[:4096], prec, b)
+                                runners[key] = (r, err)
+                            r, err = runners[key]
+                            timer = time_torch_cuda if device == "cuda" else time_cpu
+                            xd = r.device_input(X)
+                            k = timer(lambda: r.run(xd), repeats=repeats, warmup=1)
+                            e = time_cpu(lambda: r.to_host(r.run(r.device_input(X))), repeats=repeats, warmup=1)
+                            rows.append({
+                                "workload": f"direct N x K, T={t_end:g}", "device": device, "n_cells": N, "n_outputs": K,
+                                "rows": len(X), "solver_backend": sb, "solver_seconds": s_e2e.median,
+                                "solver_kernel_seconds": s_kernel.median, "surrogate": label, "arch": arch,
+                                "backend": b, "precision": prec, "surrogate_seconds": e.median,
+                                "surrogate_kernel_seconds": k.median, "speedup": s_e2e.median / e.median,
+                                "kernel_speedup": s_kernel.median / k.median, "mae": mae, "max_rel_diff_vs_torch": err,
+                                "rows_per_s": len(X) / k.median, **k.as_dict("kernel_"), **e.as_dict("e2e_")})
+                            print(f"N={N:>7d} K={K:>5d} {b:14s} {prec} {label}: solver {s_e2e.median:.4f} s, "
+                                  f"surrogate {e.median:.4f} s -> speedup {rows[-1]['speedup']:.3g}", flush=True)
+    df = pd.DataFrame(rows)
+    for k, v in info.items():
+        df[k] = v
+    return df
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", required=True, help="label=path/to/best_model.pth")
+    ap.add_argument("--backends", nargs="+", default=list(REGISTRY))
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "fp16"])
+    ap.add_argument("--n", type=int, nargs="+", default=list(PAPER_N))
+    ap.add_argument("--k", type=int, nargs="+", default=[26])
+    ap.add_argument("--k-sweep", action="store_true", help=f"K in {K_SWEEP} at the first N")
+    ap.add_argument("--t-end", type=float, default=50.0)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--config", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("results/benchmarks/speedup.csv"))
+    a = ap.parse_args(argv)
+    models = dict(m.split("=", 1) for m in a.model)
+    frames = [run(models, a.backends, a.precisions, a.n, a.k, a.t_end, a.repeats, a.config)]
+    if a.k_sweep:
+        frames.append(run(models, a.backends, a.precisions, a.n[:1], list(K_SWEEP), a.t_end, a.repeats, a.config))
+    df = pd.concat(frames, ignore_index=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(a.out, index=False)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Inference backends, ONNX export, the fused kernel, the timing harness and the workloads."""
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import speedup
+from benchmarks.fused_mlp import kernel_source, packed_parameters
+from benchmarks.inference import (REGISTRY, BackendMismatchError, Runner, check_against_torch, export_onnx,
+                                  get_inference_backend)
+from benchmarks.timing import time_cpu
+from benchmarks.workloads import direct_rows, kept_times, save_every, solver_inputs
+from solvers.errors import InvalidInputError
+from surrogates.network import MLP, save_checkpoint
+from surrogates.problems import load_config, problem_from_config
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return MLP(4, 2, [("SiLU", 32), ("Sigmoid", 32), ("Tanh", 16)], input_range=([0, -0.1, 0, 0.08], [50, 0.81, 0.12, 0.12]),
+               output_center=[0.4, 0.1], output_scale=[0.6, 0.1]).eval()
+
+
+@pytest.fixture(scope="module")
+def problem_c():
+    return problem_from_config("C", load_config())
+
+
+def test_onnx_export_and_onnxruntime_agree_with_torch(net, tmp_path, problem_c):
+    X, _ = direct_rows(problem_c, 300, 26)
+    runner = REGISTRY["onnxruntime"].prepare(net, "fp32", tmp_path)
+    assert (tmp_path / "model_fp32.onnx").exists()
+    err = check_against_torch(net, runner, X, "fp32", "onnxruntime")
+    assert err < 1e-5
+    assert runner(X[:7]).shape == (7, 2) and runner(X).shape == (len(X), 2)  # dynamic batch
+    import onnx
+
+    model = onnx.load(str(tmp_path / "model_fp32.onnx"))
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_fp16_export_is_a_half_precision_graph(net, tmp_path):
+    import onnx
+
+    path = export_onnx(net, tmp_path / "m16.onnx", "fp16")
+    g = onnx.load(str(path)).graph
+    assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_wrong_backend_fails_loudly_before_timing(net, problem_c):
+    X, _ = direct_rows(problem_c, 50, 26)
+    good = REGISTRY["torch"].prepare(net, "fp32", None)
+    bad = Runner(good.device_input, lambda xd: good.run(xd) * 1.01, good.to_host)
+    assert check_against_torch(net, good, X, "fp32", "torch") < 1e-5
+    with pytest.raises(BackendMismatchError, match="differs from eager torch"):
+        check_against_torch(net, bad, X, "fp32", "bad")
+
+
+def test_missing_backends_are_skipped_with_their_reason(net, tmp_path, problem_c):
+    path = tmp_path / "m" / "best_model.pth"
+    save_checkpoint(net, path)
+    df = speedup.run({"toy": path}, ["torch", "onnxruntime", "tensorrt", "fused", "torch_compile"], ["fp32"],
+                     [500], [26], repeats=2, workdir=tmp_path / "w")
+    skipped = df[df.skipped.notna()].set_index("backend").skipped if "skipped" in df else {}
+    if not torch.cuda.is_available():
+        assert "tensorrt" in skipped and "torch_compile" in skipped and "fused" in skipped
+        assert "CUDA" in skipped["torch_compile"] and "tensorrt" in skipped["tensorrt"]
+    timed = df[df.skipped.isna()] if "skipped" in df else df
+    assert set(timed.backend) >= {"torch", "onnxruntime"}
+    assert (timed.rows == 500 * 26).all() and (timed.speedup > 0).all() and (timed.solver_backend == "cpu").all()
+    assert {"cpu", "cores", "numpy", "torch"} <= set(df.columns)
+
+
+def test_unknown_backend_lists_the_valid_ones():
+    with pytest.raises(InvalidInputError, match=r"unknown inference backend 'trt'; valid: \["):
+        get_inference_backend("trt")
+
+
+# ---------------------------------------------------------------- timing harness
+def test_harness_statistics_on_a_known_sleep():
+    calls = []
+
+    def work():
+        calls.append(1)
+        time.sleep(0.2 if len(calls) == 1 else 0.01)  # the first (warm-up) call is slow
+
+    s = time_cpu(work, repeats=10, warmup=1)
+    assert s.repeats == 10 and len(calls) == 11
+    assert 0.0099 <= s.min <= s.median < 0.03 and s.max < 0.1  # warm-up excluded
+    assert 0 <= s.iqr < 0.01
+
+
+# ---------------------------------------------------------------- workloads
+def test_direct_workload_has_exactly_n_times_k_rows_of_real_inputs(problem_c):
+    X, c = direct_rows(problem_c, 37, 26)
+    assert X.shape == (37 * 26, 4) and X.dtype == np.float32
+    np.testing.assert_allclose(X[:26, 0], np.arange(26) * 2.0)
+    np.testing.assert_allclose(X[26:52, 0], np.arange(26) * 2.0)
+    per_cell = X[::26, 1:]
+    assert len(np.unique(per_cell, axis=0)) == 37 and per_cell.std(axis=0).min() > 0
+    for j, name in enumerate(["u0", "w0", "I"]):
+        lo, hi = problem_c.ranges[name]
+        assert (per_cell[:, j] >= lo).all() and (per_cell[:, j] <= hi).all()
+    y0, params = solver_inputs(problem_c, c)
+    np.testing.assert_allclose(y0[:, 0], c["u0"]) and np.testing.assert_allclose(params["I"], c["I"])
+    assert save_every(50.0, 0.01, 26) == 200 and list(kept_times(50.0, 1)) == [50.0]
+    with pytest.raises(InvalidInputError, match="do not split into 6 equal gaps"):
+        save_every(50.0, 0.01, 7)
+
+
+# ---------------------------------------------------------------- fused kernel
+SHIM = r"""
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+struct Dim { unsigned x; };
+static Dim blockIdx, threadIdx, blockDim;
+#define __global__
+#define __restrict__ __restrict
+#define __syncthreads()
+#define __shared__
+unsigned char smem_raw[1 << 20];
+"""
+HARNESS = r"""
+int main(int argc, char** argv) {
+    long long n = atoll(argv[1]); int n_in = atoi(argv[2]), n_out = atoi(argv[3]), n_par = atoi(argv[4]);
+    float* x = (float*)malloc(sizeof(float) * n * n_in); float* p = (float*)malloc(sizeof(float) * n_par);
+    float* y = (float*)malloc(sizeof(float) * n * n_out);
+    FILE* f = fopen(argv[5], "rb"); fread(x, sizeof(float), n * n_in, f); fclose(f);
+    f = fopen(argv[6], "rb"); fread(p, sizeof(float), n_par, f); fclose(f);
+    blockDim.x = 1; threadIdx.x = 0;   /* one thread per block: the shared-memory copy needs no barrier */
+    for (long long r = 0; r < n; ++r) { blockIdx.x = (unsigned)r; mlp_fused(x, y, p, n); }
+    f = fopen(argv[7], "wb"); fwrite(y, sizeof(float), n * n_out, f); fclose(f);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("hidden", [[("SiLU", 32), ("Sigmoid", 32), ("Tanh", 16)],
+                                    [("ReLU", 8), ("LeakyReLU", 8), ("ELU", 8), ("GELU", 8), ("Softplus", 8)]])
+def test_fused_kernel_source_computes_the_network_when_compiled_for_the_cpu(hidden, tmp_path):
+    """The generated CUDA source, compiled by g++ with a shim for the CUDA keywords, matches torch."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ is not installed")
+    torch.manual_seed(1)
+    m = MLP(4, 2, hidden, input_range=([0, -1, 0, 0], [20, 1, 0.2, 0.2]), output_center=[0.3, 0.05],
+            output_scale=[0.7, 0.1]).eval()
+    src = kernel_source(m.config(), "fp32")
+    (tmp_path / "k.cpp").write_text(SHIM + src + HARNESS)
+    res = subprocess.run([gxx, "-O1", "-o", str(tmp_path / "k"), str(tmp_path / "k.cpp"), "-lm"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    X = np.random.default_rng(0).uniform([0, -1, 0, 0], [20, 1, 0.2, 0.2], size=(257, 4)).astype(np.float32)
+    P = packed_parameters(m)
+    X.tofile(tmp_path / "x.bin")
+    P.tofile(tmp_path / "p.bin")
+    run = subprocess.run([str(tmp_path / "k"), "257", "4", "2", str(P.size), str(tmp_path / "x.bin"),
+                          str(tmp_path / "p.bin"), str(tmp_path / "y.bin")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    y = np.fromfile(tmp_path / "y.bin", dtype=np.float32).reshape(257, 2)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_fused_kernel_compiles_with_nvcc(precision, tmp_path, net):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not installed")
+    (tmp_path / "k.cu").write_text(kernel_source(net.config(), precision))
+    res = subprocess.run([nvcc, "-arch=sm_90", "--ptx", "-o", str(tmp_path / "k.ptx"), str(tmp_path / "k.cu")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "mlp_fused" in (tmp_path / "k.ptx").read_text()
+
+
+def test_fused_kernel_rejects_what_it_cannot_run():
+    with pytest.raises(InvalidInputError, match="widths up to 128"):
+        kernel_source({"n_inputs": 2, "n_outputs": 1, "hidden": [["Tanh", 256]]})
+    with pytest.raises(InvalidInputError, match="unknown precision"):
+        kernel_source({"n_inputs": 2, "n_outputs": 1, "hidden": [["Tanh", 8]]}, "int8")
+
+
+# ---------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch_cuda", "torch_compile", "fused", "tensorrt", "onnxruntime_cuda"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gpu_backends_agree_with_torch(backend, precision, net, tmp_path, problem_c):
+    b = REGISTRY[backend]
+    if b.unavailable_reason() is not None:
+        pytest.skip(b.unavailable_reason())
+    if precision not in b.precisions:
+        pytest.skip(f"{backend} has no {precision}")
+    X, _ = direct_rows(problem_c, 2000, 26)
+    assert check_against_torch(net, b.prepare(net, precision, tmp_path), X, precision, backend) <= 2e-2

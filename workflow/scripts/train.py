@@ -1,0 +1,18 @@
+"""Rule train: one surrogate, scored on the held-out test set."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir)))
+from _log import to_log  # noqa: E402
+
+to_log(snakemake)
+import torch  # noqa: E402
+
+from surrogates.train import train_surrogate  # noqa: E402
+
+torch.set_num_threads(snakemake.threads)
+w = snakemake.wildcards
+r = train_surrogate(snakemake.config, w.problem, w.surrogate, int(w.n), int(w.seed),
+                    Path(snakemake.input.train).parents[1], Path(snakemake.output.metrics).parent,
+                    architecture=w.arch, test_path=snakemake.input.test)
+print(f"test MAE {r['mae']:.3e}, max {r['max_abs_err']:.3e} ({r['train_seconds']:.1f} s)")
