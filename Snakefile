@@ -12,6 +12,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -19,5 +20,8 @@ rule all:
     input:
         dataset_targets(),
         rules.accuracy_table.output,
+        rules.speedup_table.output,
+        rules.figure_speed.output,
         figure_targets(),
+        rules.provenance.output,
     default_target: True

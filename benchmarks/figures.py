@@ -79,7 +79,8 @@ def rollout_error(metrics_files, png, pdf) -> None:
         m = json.loads(Path(f).read_text())
         if "rollout_error" not in m:
             continue
-        ax.plot(m["rollout_error"]["t"], m["rollout_error"]["mae"], label=f"n={m['n_train']} seed {m['seed']}")
+        t, e = m["rollout_error"]["t"][1:], m["rollout_error"]["mae"][1:]  # t = 0 is the given initial state
+        ax.plot(t, e, label=f"n={m['n_train']} seed {m['seed']}")
     ax.set(yscale="log", xlabel="time (dimensionless)", ylabel="rollout MAE (state units)",
            title="ITNN: error accumulated along the rollout")
     ax.legend(fontsize=7)
@@ -130,4 +131,66 @@ def hh_m_figure(t, V, m_true, test_t, predictions: dict, losses: dict, png, pdf)
     axes[2].set(yscale="log", xlabel="iteration", ylabel="loss / metric")
     axes[2].legend(fontsize=6, ncol=2)
     fig.tight_layout()
+    save(fig, png, pdf)
+
+
+def _timed(raw_csv) -> pd.DataFrame:
+    df = pd.read_csv(raw_csv)
+    df = df[df["skipped"].isna()] if "skipped" in df else df
+    df = df.copy()
+    df["backend / precision"] = df["backend"] + " " + df["precision"] + " (" + df["device"] + ")"
+    return df
+
+
+def speedup_vs_n(raw_csv, n_outputs: int, png, pdf) -> None:
+    """Speedup over the solver against the number of cells, at the paper's K."""
+    _style()
+    df = _timed(raw_csv)
+    df = df[df.n_outputs == n_outputs]
+    g = sns.relplot(df, x="n_cells", y="speedup", hue="backend / precision", style="surrogate", kind="line",
+                    markers=True, height=3.6, aspect=1.4)
+    g.set(xscale="log", yscale="log")
+    for ax in g.axes.flat:
+        ax.axhline(1.0, color="k", ls="--", lw=1)
+    g.set_axis_labels("cells N", f"speedup vs Euler solver (K = {n_outputs} kept states)")
+    g.figure.suptitle("Surrogate speedup (> 1: faster than the solver)", y=1.02)
+    save(g.figure, png, pdf)
+
+
+def speedup_vs_k(raw_csv, png, pdf) -> None:
+    """Speedup against the number of kept outputs per cell: the crossover where a surrogate pays off."""
+    _style()
+    df = _timed(raw_csv)
+    n0 = df.n_cells.min()
+    df = df[df.n_cells == n0]
+    if df.n_outputs.nunique() < 2:
+        raise ValueError("the K sweep needs at least two values of K")
+    g = sns.relplot(df, x="n_outputs", y="speedup", hue="backend / precision", style="surrogate", kind="line",
+                    markers=True, height=3.6, aspect=1.4)
+    g.set(xscale="log", yscale="log")
+    for ax in g.axes.flat:
+        ax.axhline(1.0, color="k", ls="--", lw=1, label="break-even")
+    g.set_axis_labels("kept states per cell K", f"speedup vs Euler solver (N = {n0})")
+    g.figure.suptitle("Where a surrogate starts to pay off: few outputs per cell favour the network", y=1.02)
+    save(g.figure, png, pdf)
+
+
+def time_vs_error(raw_csv, accuracy_csv, problem: str, n_outputs: int, png, pdf) -> None:
+    """Inference time against held-out error, with the solver's time (and its Euler floor) as reference lines."""
+    _style()
+    df = _timed(raw_csv)
+    df = df[(df.n_outputs == n_outputs) & (df.n_cells == df.n_cells.max())]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.scatterplot(df, x="surrogate_seconds", y="mae", hue="backend / precision", style="surrogate", s=70, ax=ax)
+    for dev, sub in df.groupby("device"):
+        ax.axvline(sub.solver_seconds.median(), color="k", ls="--", lw=1)
+        ax.annotate(f"Euler solver ({sub.solver_backend.iloc[0]}, {dev})", (sub.solver_seconds.median(), ax.get_ylim()[0]),
+                    rotation=90, va="bottom", ha="right", fontsize=7)
+    acc = pd.read_csv(accuracy_csv)
+    floor = acc[(acc.problem == problem) & (acc.surrogate == "euler_floor")]
+    if len(floor):
+        ax.axhline(float(floor.mae_mean.iloc[0]), color="gray", ls=":", lw=1, label="Euler floor (MAE)")
+    ax.set(xscale="log", yscale="log", xlabel=f"seconds for N = {int(df.n_cells.max())} cells x K = {n_outputs}",
+           ylabel="held-out test MAE", title="Inference time vs error")
+    ax.legend(fontsize=6)
     save(fig, png, pdf)

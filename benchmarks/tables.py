@@ -34,7 +34,8 @@ def accuracy_table(metrics_files, test_sidecars) -> pd.DataFrame:
     table = pd.concat([table, pd.DataFrame(floors)], ignore_index=True)
     table["n_train"] = table["n_train"].astype("Int64")
     table["n_params"] = table["n_params"].astype("Int64")
-    table = table.sort_values(["problem", "surrogate", "n_train"], na_position="first", kind="stable")
+    table["_floor_last"] = table["surrogate"] != "euler_floor"  # the floor row first in each problem
+    table = table.sort_values(["problem", "_floor_last", "surrogate", "n_train"], kind="stable")
     return table[ACCURACY_COLUMNS].reset_index(drop=True)
 
 
@@ -47,3 +48,17 @@ def write_table(df: pd.DataFrame, csv_path, md_path, tex_path, caption: str) -> 
     atomic_write(Path(md_path), lambda fh: fh.write(md.encode()))
     tex = df.to_latex(index=False, float_format="%.3g", na_rep="--", caption=caption, escape=True)
     atomic_write(Path(tex_path), lambda fh: fh.write(tex.encode()))
+
+
+SPEEDUP_COLUMNS = ["workload", "device", "n_cells", "n_outputs", "solver_backend", "solver_seconds", "surrogate", "arch",
+                   "backend", "precision", "surrogate_seconds", "speedup", "mae"]
+
+
+def speedup_table(raw: pd.DataFrame) -> pd.DataFrame:
+    """The speedup contract from ``benchmarks.speedup`` output: timed rows only, in a stable order."""
+    timed = raw[raw["skipped"].isna()] if "skipped" in raw else raw
+    if timed.empty:
+        raise ValueError("no timed rows: every inference backend was skipped")
+    out = timed[SPEEDUP_COLUMNS].sort_values(["device", "surrogate", "backend", "precision", "n_outputs", "n_cells"],
+                                             kind="stable")
+    return out.reset_index(drop=True)

@@ -172,7 +172,8 @@ class _TrajectoryPhysics:
             raise InvalidInputError(
                 f"problem {p.name!r}: the ODE residual needs every state of {m.name!r} {list(m.state_names)} as an output")
         self.p, self.m = p, m
-        self.out_idx = [p.outputs.index(s) for s in m.state_names]  # outputs -> model state order
+        self.out_idx = [p.outputs.index(s) for s in m.state_names]  # network outputs -> model state order
+        self.state_idx = [m.state_names.index(o) for o in p.outputs]  # model states -> network output order
         self.col = {n: i for i, n in enumerate(p.inputs)}
 
     def params(self, x: torch.Tensor) -> dict:
@@ -195,7 +196,23 @@ class _TrajectoryPhysics:
         return torch.stack(cols, dim=1)
 
 
-class ODEResidualLoss(Loss):
+class _CollocationLoss(Loss):
+    """A loss on points drawn afresh every call over a trajectory problem's input box."""
+
+    def __init__(self, problem: Problem, n_points: int, sampler: str, seed: int, name: str):
+        self.phys = _TrajectoryPhysics(problem)
+        self.sample = _BoxSampler(*problem_box(problem), sampler, seed)
+        self.n_points, self.name = int(n_points), name
+        self.t_col = problem.inputs.index("t")
+
+    def state_dict(self):
+        return self.sample.state_dict()
+
+    def load_state_dict(self, s):
+        self.sample.load_state_dict(s)
+
+
+class ODEResidualLoss(_CollocationLoss):
     """Mean squared ODE residual ``dy/dt - f(y, params)`` of a trajectory problem's network.
 
     ``f`` is the torch right-hand side derived from the solvers' model definition; ``dy/dt`` comes from
@@ -205,10 +222,7 @@ class ODEResidualLoss(Loss):
 
     def __init__(self, problem: Problem, n_points: int = 4096, sampler: str = "uniform", seed: int = 0,
                  name: str = "physics"):
-        self.phys = _TrajectoryPhysics(problem)
-        self.sample = _BoxSampler(*problem_box(problem), sampler, seed)
-        self.n_points, self.name = int(n_points), name
-        self.t_col = problem.inputs.index("t")
+        super().__init__(problem, n_points, sampler, seed, name)
 
     def __call__(self, model):
         device = _device(model)
@@ -217,42 +231,25 @@ class ODEResidualLoss(Loss):
         dydt = torch.stack([
             torch.autograd.grad(y[:, j].sum(), x, create_graph=True)[0][:, self.t_col] for j in range(y.shape[1])
         ], dim=1)
-        states = y[:, self.phys.out_idx]
-        f = self.phys.m.torch_rhs(states, self.phys.params(x))
-        f_out = f[:, [self.phys.m.state_names.index(o) for o in self.phys.p.outputs]]
-        res = (dydt - f_out) / _out_scale(model, y.shape[1], device)
+        f = self.phys.m.torch_rhs(y[:, self.phys.out_idx], self.phys.params(x))
+        res = (dydt - f[:, self.phys.state_idx]) / _out_scale(model, y.shape[1], device)
         return torch.mean(res ** 2)
 
-    def state_dict(self):
-        return self.sample.state_dict()
 
-    def load_state_dict(self, s):
-        self.sample.load_state_dict(s)
-
-
-class InitialConditionLoss(Loss):
+class InitialConditionLoss(_CollocationLoss):
     """Mean squared error of the network at t = 0 against the initial state it was given."""
 
     def __init__(self, problem: Problem, n_points: int = 1024, sampler: str = "uniform", seed: int = 1,
                  name: str = "initial"):
-        self.phys = _TrajectoryPhysics(problem)
-        self.sample = _BoxSampler(*problem_box(problem), sampler, seed)
-        self.n_points, self.name = int(n_points), name
-        self.t_col = problem.inputs.index("t")
+        super().__init__(problem, n_points, sampler, seed, name)
 
     def __call__(self, model):
         device = _device(model)
         x = self.sample(self.n_points, device)
         x[:, self.t_col] = 0.0
-        y0 = self.phys.initial_states(x)[:, [self.phys.m.state_names.index(o) for o in self.phys.p.outputs]]
+        y0 = self.phys.initial_states(x)[:, self.phys.state_idx]
         res = (model(x) - y0) / _out_scale(model, y0.shape[1], device)
         return torch.mean(res ** 2)
-
-    def state_dict(self):
-        return self.sample.state_dict()
-
-    def load_state_dict(self, s):
-        self.sample.load_state_dict(s)
 
 
 class ResidualLoss(Loss):

@@ -44,6 +44,13 @@ def validate_config(cfg: Mapping) -> dict:
     for name in cfg["problems"]:
         problem_from_config(name, cfg)
     check_training_config(cfg)
+    sp = cfg["speed"]
+    if sp["problem"] not in cfg["problems"] or cfg["problems"][sp["problem"]]["kind"] != "trajectory":
+        raise InvalidInputError(f"config key speed.problem: {sp['problem']!r} is not a trajectory problem of this config")
+    for kind in sp["surrogates"]:
+        if sp["problem"] not in cfg["training"]["surrogates"].get(kind, []):
+            raise InvalidInputError(f"config key speed.surrogates: no {kind!r} is trained on {sp['problem']!r} "
+                                    "(see training.surrogates)")
     return cfg
 
 

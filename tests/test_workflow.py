@@ -28,16 +28,29 @@ def test_dry_run_of_the_default_config_builds_the_full_grid(tmp_path):
     jobs = _job_counts(res.stdout)
     # ddnn on A(1 size) B C(3 sizes) hh_m(2 sizes); pinn likewise; pinn_seed on hh_m; itnn on D(3): x 3 seeds
     assert jobs["train"] == 3 * ((1 + 3 + 3 + 2) * 2 + 2 + 3)
-    assert jobs["dataset_test"] == 5 and jobs["accuracy_table"] == 1
+    assert jobs["dataset_test"] == 5 and jobs["accuracy_table"] == 1 and jobs["speedup_table"] == 1
+    assert jobs["benchmark_speed"] == 1 and jobs["figure_speed"] == 1
+
+
+def test_slurm_profile_dry_run_submits_every_job_with_account_and_partition(tmp_path):
+    res = snakemake("-n", "--profile", "workflow/profiles/slurm", "--config", f"results_dir={tmp_path}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert "Using profile workflow/profiles/slurm" in out
+    assert "slurm_account=MYPROJECT" in out and "slurm_partition=sequana_cpu_shared" in out
+    assert (ROOT / "workflow/profiles/slurm/profile.yaml").resolve() == (ROOT / "workflow/profiles/slurm/config.yaml")
 
 
 @pytest.mark.parametrize("override,message", [
-    ("datasets={'sizes': [-5], 'seed': 0, 'test_seed': 1}", r"datasets\.sizes\.0"),
-    ("solver={'dt': 0.01, 'backend': 'gpu', 'dtype': 'float64'}", r"solver\.backend"),
-    ("trainning={'x': 1}", r"'trainning' was unexpected"),
+    ({"datasets": {"sizes": [-5]}}, r"config key datasets\.sizes\.0: -5 is less than the minimum of 1"),
+    ({"solver": {"backend": "gpu"}}, r"config key solver\.backend: 'gpu' is not one of"),
+    ({"trainning": {"iterations": 5}}, r"'trainning' was unexpected"),
+    ({"problems": {"B": {"ranges": {"u0": [0.5, 0.1]}}}}, r"config key problems\.B\.ranges\.u0: empty or invalid range"),
 ])
-def test_config_errors_fail_at_load_naming_the_key(override, message):
-    res = snakemake("-n", "--config", override)
+def test_config_errors_fail_at_load_naming_the_key(override, message, tmp_path):
+    extra = tmp_path / "bad.yaml"
+    extra.write_text(yaml.safe_dump(override))
+    res = snakemake("-n", "--configfile", "config/config.yaml", str(extra))
     assert res.returncode != 0
     assert re.search(message, res.stderr + res.stdout), (res.stderr + res.stdout)[-2000:]
 
@@ -50,6 +63,8 @@ def test_tiny_preset_runs_end_to_end_and_tables_are_finite(tmp_path):
         "datasets": {"sizes": [300]},
         "training": {"iterations": 60, "val_every": 20, "seeds": [0], "physics": {"collocation_points": 256},
                      "overrides": {"hh_m": {"iterations": 40, "val_every": 20}}},
+        "speed": {"n_cells": [300, 600], "k_sweep": [1, 26], "repeats": 2, "backends": ["torch", "onnxruntime"],
+                  "precisions": ["fp32"]},
     }
     extra = tmp_path / "tiny.yaml"
     extra.write_text(yaml.safe_dump(cfg))
@@ -62,7 +77,12 @@ def test_tiny_preset_runs_end_to_end_and_tables_are_finite(tmp_path):
     assert (table.surrogate == "euler_floor").sum() == 5
     runs = table[table.surrogate != "euler_floor"]
     assert all(math.isfinite(v) for v in runs[["mae_mean", "max_abs_err_mean", "rel_l2_mean"]].to_numpy().ravel())
-    for f in ("error_vs_size", "training_curves", "itnn_rollout_error", "trajectories_C", "hh_m"):
+    speed = pd.read_csv(tmp_path / "results/tables/speedup.csv")
+    assert list(speed.columns) == ["workload", "device", "n_cells", "n_outputs", "solver_backend", "solver_seconds",
+                                   "surrogate", "arch", "backend", "precision", "surrogate_seconds", "speedup", "mae"]
+    assert (speed.speedup > 0).all() and speed.mae.notna().all() and set(speed.device) == {"cpu"}
+    for f in ("error_vs_size", "training_curves", "itnn_rollout_error", "trajectories_C", "hh_m", "speedup_vs_n",
+              "speedup_vs_k", "time_vs_error"):
         for ext in ("png", "pdf"):
             assert (tmp_path / f"results/figures/{f}.{ext}").stat().st_size > 1000, f
     assert (tmp_path / "results/tables/accuracy.md").read_text().startswith("Test-set accuracy")

@@ -85,3 +85,24 @@ def figure_targets():
     if "hh_m" in PROBLEMS and any("hh_m" in v for v in config["training"]["surrogates"].values()):
         out.append(rules.figure_hh_m.output.png)
     return out
+
+
+rule figure_speed:
+    input:
+        raw=rules.benchmark_speed.output.raw,
+        accuracy=rules.accuracy_table.output.csv,
+    output:
+        n_png=report(f"{FIG}/speedup_vs_n.png", caption="../report/speedup_vs_n.rst", category="Figures"),
+        n_pdf=f"{FIG}/speedup_vs_n.pdf",
+        k_png=report(f"{FIG}/speedup_vs_k.png", caption="../report/speedup_vs_k.rst", category="Figures"),
+        k_pdf=f"{FIG}/speedup_vs_k.pdf",
+        e_png=report(f"{FIG}/time_vs_error.png", caption="../report/time_vs_error.rst", category="Figures"),
+        e_pdf=f"{FIG}/time_vs_error.pdf",
+    params:
+        speed=config["speed"],
+    log:
+        f"{RESULTS}/logs/figures/speed.log",
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/figures.py"

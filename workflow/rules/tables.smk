@@ -15,3 +15,16 @@ rule accuracy_table:
         "../envs/pipeline.yaml"
     script:
         "../scripts/accuracy_table.py"
+
+
+rule provenance:
+    output:
+        report(f"{RESULTS}/provenance.json", caption="../report/provenance.rst", category="Provenance"),
+    params:
+        config=config,
+    log:
+        f"{RESULTS}/logs/provenance.log",
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/provenance.py"

@@ -40,5 +40,10 @@ elif rule == "figure_hh_m":
             preds[kind] = net(X).numpy()[:, 0]
         losses[kind] = pd.read_csv(Path(m).with_name("losses.csv"))
     F.hh_m_figure(t, S[:, 0], S[:, p.model.state_names.index("m")], test_t, preds, losses, out.png, out.pdf)
+elif rule == "figure_speed":
+    sp = snakemake.params.speed
+    F.speedup_vs_n(snakemake.input.raw, sp["n_outputs"], out.n_png, out.n_pdf)
+    F.speedup_vs_k(snakemake.input.raw, out.k_png, out.k_pdf)
+    F.time_vs_error(snakemake.input.raw, snakemake.input.accuracy, sp["problem"], sp["n_outputs"], out.e_png, out.e_pdf)
 else:
     raise ValueError(f"no figure for rule {rule!r}")

@@ -1,0 +1,31 @@
+"""Rule benchmark_speed: the paper's N at K kept states, then the K sweep at the first N."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir)))
+from _log import to_log  # noqa: E402
+
+to_log(snakemake)
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks import speedup  # noqa: E402
+from benchmarks.inference import REGISTRY  # noqa: E402
+from surrogates.io import atomic_write  # noqa: E402
+
+torch.set_num_threads(snakemake.threads)
+sp = snakemake.params.speed
+backends = [b for b in sp["backends"] if snakemake.params.device == "cuda" or REGISTRY[b].device == "cpu"]
+models = dict(snakemake.input.items())
+cfgfile = Path(snakemake.output.raw).with_suffix(".config.yaml")
+import yaml  # noqa: E402
+
+cfgfile.write_text(yaml.safe_dump(dict(snakemake.config)))
+frames = [speedup.run(models, backends, sp["precisions"], sp["n_cells"], [sp["n_outputs"]], sp["t_end"], sp["repeats"],
+                      cfgfile, sp["problem"], workdir=Path(snakemake.output.raw).parent / "speed_work")]
+if sp["k_sweep"]:
+    frames.append(speedup.run(models, backends, sp["precisions"], sp["n_cells"][:1], sp["k_sweep"], sp["t_end"],
+                              sp["repeats"], cfgfile, sp["problem"], workdir=Path(snakemake.output.raw).parent / "speed_work"))
+df = pd.concat(frames, ignore_index=True)
+atomic_write(Path(snakemake.output.raw), lambda fh: fh.write(df.to_csv(index=False).encode()))
+cfgfile.unlink()
