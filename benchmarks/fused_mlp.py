@@ -64,7 +64,7 @@ def kernel_source(config: dict, precision: str = "fp32", name: str = "mlp_fused"
         f'extern "C" __global__ void {name}(const {T}* __restrict__ x, {T}* __restrict__ y,',
         f"                                  const {T}* __restrict__ params, const long long n_rows)",
         "{",
-        f"    extern __shared__ unsigned char smem_raw[];",
+        "    extern __shared__ unsigned char smem_raw[];",
         f"    {T}* w = reinterpret_cast<{T}*>(smem_raw);",
         "    for (int i = threadIdx.x; i < TOTAL_PARAMS; i += blockDim.x) w[i] = params[i];",
         "    __syncthreads();",

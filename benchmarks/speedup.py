@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 import solvers
-from solvers.backends import available_backends, get_backend
+from solvers.backends import get_backend
 from surrogates.network import load_checkpoint
 from surrogates.problems import load_config, problem_from_config
 

@@ -12,7 +12,6 @@ seeds, with the Euler floor of each problem's test set.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor

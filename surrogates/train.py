@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from .io import load_dataset, project_version, write_json
 from .itnn import rollout
 from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, problem_box
 from .metrics import error_metrics
-from .network import MLP, load_checkpoint
+from .network import MLP
 from .problems import SURROGATE_KINDS as KINDS, Problem, load_config, problem_from_config
 from .trainer import Trainer
 

@@ -11,18 +11,18 @@ It writes into its output folder:
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from solvers.errors import InvalidInputError, PipelineError
 
+from .io import atomic_write
 from .losses import Loss
 from .network import _atomic_torch_save, load_weights, save_checkpoint, state_copy
 
@@ -147,13 +147,11 @@ class Trainer:
     def _write_losses(self):
         if not self.rows:
             return
-        keys = list(dict.fromkeys(k for r in self.rows for k in r))
-        tmp = self.out / ".losses.csv.tmp"
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, self.out / "losses.csv")
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in self.rows for k in r)))
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write(self.out / "losses.csv", lambda fh: fh.write(buf.getvalue().encode()))
 
     def _write_stats(self):
         lines = [f"# iteration {self.iteration}; per layer: weight and gradient norms, min and max",
@@ -164,9 +162,8 @@ class Trainer:
             wn = float(p.norm())
             lines.append(f"{name:<28s}{wn:12.4e}{gn:12.4e}{float(p.min()):12.4e}{float(p.max()):12.4e}"
                          f"{gn / wn if wn else float('nan'):12.4e}")
-        tmp = self.out / ".model_stats.txt.tmp"
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, self.out / "model_stats.txt")
+        text = "\n".join(lines) + "\n"
+        atomic_write(self.out / "model_stats.txt", lambda fh: fh.write(text.encode()))
 
     def _save_resume(self, opt, sched):
         _atomic_torch_save({

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 
-import solvers
 from solvers.errors import InvalidInputError
 from surrogates import datasets as ds
 from surrogates.io import load_dataset, sha256_array

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import solvers
-from solvers import CellModel, InvalidInputError, Parameter, State
+from solvers import CellModel, Parameter, State
 from solvers.model import _vtrap_array
 
 MODELS = ["fhn", "fhn_classic", "hh"]

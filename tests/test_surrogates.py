@@ -1,7 +1,6 @@
 """Surrogate library: networks, losses, physics residual, trainer, ITNN rollout, seed README scenarios."""
 import copy
 import json
-import os
 import textwrap
 
 import numpy as np
@@ -10,7 +9,6 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import nn
 
-import solvers
 from solvers.errors import InvalidInputError
 from surrogates import datasets as ds
 from surrogates.itnn import rollout

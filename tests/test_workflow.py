@@ -1,8 +1,10 @@
 """The Snakemake workflow: full DAG, config errors at load, a tiny end-to-end run of the whole chain."""
 import math
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -55,7 +57,7 @@ def test_config_errors_fail_at_load_naming_the_key(override, message, tmp_path):
     assert re.search(message, res.stderr + res.stdout), (res.stderr + res.stdout)[-2000:]
 
 
-def test_tiny_preset_runs_end_to_end_and_tables_are_finite(tmp_path):
+def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_finite(tmp_path):
     cfg = {
         "results_dir": str(tmp_path / "results"),
         "problems": {"B": {"test_trajectories": 20}, "C": {"test_trajectories": 20},
@@ -68,8 +70,21 @@ def test_tiny_preset_runs_end_to_end_and_tables_are_finite(tmp_path):
     }
     extra = tmp_path / "tiny.yaml"
     extra.write_text(yaml.safe_dump(cfg))
+    # interrupt the run (SIGTERM) once two models are trained ...
+    first = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "config/quick.yaml",
+                              str(extra)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    models = tmp_path / "results/models"
+    deadline = time.monotonic() + 600
+    while len(list(models.glob("*/*/*/*/*/metrics.json"))) < 2 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=300)
+    done = {p: p.stat().st_mtime_ns for p in models.glob("*/*/*/*/*/metrics.json")}
+    assert len(done) >= 2 and not (tmp_path / "results/tables/accuracy.csv").exists()
+    # ... and the rerun finishes the work, keeping what was complete
     res = snakemake("--cores", "2", "--configfile", "config/quick.yaml", str(extra))
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items()), "completed models were trained again"
     table = pd.read_csv(tmp_path / "results/tables/accuracy.csv")
     assert list(table.columns) == ["problem", "surrogate", "n_train", "arch", "seeds", "mae_mean", "mae_std",
                                    "max_abs_err_mean", "rel_l2_mean", "train_seconds_mean", "n_params"]
