@@ -284,3 +284,28 @@ def check_against_torch(model, runner: Runner, x: np.ndarray, precision: str, na
             f"backend {name} ({precision}) differs from eager torch by {err:.3g} of the output range "
             f"(tolerance {TOLERANCE[precision]:g}); its timings would be meaningless")
     return err
+
+
+def fastest_cpu_backend(model, rows: int = 65536, repeats: int = 5, workdir=None) -> tuple[str, dict]:
+    """Time the CPU backends on ``rows`` random in-range rows of this network and return the faster name
+    with each backend's rows/s. Each is checked against torch first."""
+    import tempfile
+
+    from .timing import time_cpu
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="cpu_backend_"))
+    lo = (model.in_center - model.in_halfwidth).numpy()
+    hi = (model.in_center + model.in_halfwidth).numpy()
+    x = np.random.default_rng(0).uniform(lo, hi, size=(rows, len(lo))).astype(np.float32)
+    rates = {}
+    for name in ("torch", "onnxruntime"):
+        b = REGISTRY[name]
+        if b.unavailable_reason() is not None:
+            continue
+        r = b.prepare(model, "fp32", workdir / name)
+        check_against_torch(model, r, x[:4096], "fp32", name)
+        xd = r.device_input(x)
+        rates[name] = rows / time_cpu(lambda: r.run(xd), repeats=repeats, warmup=1).median
+    if not rates:
+        raise PipelineError("no CPU inference backend can run here")
+    return max(rates, key=rates.get), rates

@@ -10,6 +10,7 @@ import torch
 from benchmarks import speedup
 from benchmarks.fused_mlp import kernel_source, packed_parameters
 from benchmarks.inference import (REGISTRY, BackendMismatchError, Runner, check_against_torch, export_onnx,
+                                  fastest_cpu_backend,
                                   get_inference_backend)
 from benchmarks.timing import time_cpu
 from benchmarks.workloads import direct_rows, kept_times, save_every, solver_inputs
@@ -199,3 +200,9 @@ def test_gpu_backends_agree_with_torch(backend, precision, net, tmp_path, proble
         pytest.skip(f"{backend} has no {precision}")
     X, _ = direct_rows(problem_c, 2000, 26)
     assert check_against_torch(net, b.prepare(net, precision, tmp_path), X, precision, backend) <= 2e-2
+
+
+def test_the_faster_cpu_backend_is_picked_per_architecture(net, tmp_path):
+    best, rates = fastest_cpu_backend(net, rows=4096, repeats=3, workdir=tmp_path)
+    assert set(rates) == {"torch", "onnxruntime"} and all(r > 0 for r in rates.values())
+    assert rates[best] == max(rates.values())
