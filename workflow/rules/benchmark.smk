@@ -2,24 +2,6 @@
 # Timing jobs declare the GPU as a resource, so two of them never share it (run with --resources gpu=1).
 
 
-def speed_device():
-    d = config["speed"]["device"]
-    if d == "auto":
-        import torch
-
-        d = "cuda" if torch.cuda.is_available() else "cpu"
-    return d
-
-
-def speed_models():
-    p = config["speed"]["problem"]
-    return {k: f"{model_dir(p, k, max(sizes(p)), config['training']['seeds'][0])}/best_model.pth"
-            for k in config["speed"]["surrogates"]}
-
-
-SPEED_DEVICE = speed_device()
-
-
 rule benchmark_speed:
     input:
         **speed_models(),

@@ -65,3 +65,36 @@ wildcard_constraints:
     surrogate="|".join(["ddnn", "pinn", "pinn_seed", "itnn"]),
     arch=r"[A-Za-z0-9_]+",
     seed=r"[0-9]+",
+
+
+# ---------------------------------------------------------------- speed and figures
+FIG = f"{RESULTS}/figures"
+
+
+def speed_device():
+    d = config["speed"]["device"]
+    if d == "auto":
+        import torch
+
+        d = "cuda" if torch.cuda.is_available() else "cpu"
+    return d
+
+
+def speed_models():
+    p = config["speed"]["problem"]
+    return {k: f"{model_dir(p, k, max(sizes(p)), config['training']['seeds'][0])}/best_model.pth"
+            for k in config["speed"]["surrogates"]}
+
+
+SPEED_DEVICE = speed_device()
+
+
+def figure_targets():
+    out = [rules.figure_error_vs_size.output.png, rules.figure_training_curves.output.png]
+    if config["training"]["surrogates"].get("itnn"):
+        out.append(rules.figure_rollout_error.output.png)
+    if "C" in PROBLEMS and any("C" in v for v in config["training"]["surrogates"].values()):
+        out.append(rules.figure_trajectories.output.png)
+    if "hh_m" in PROBLEMS and any("hh_m" in v for v in config["training"]["surrogates"].values()):
+        out.append(rules.figure_hh_m.output.png)
+    return out

@@ -1,5 +1,4 @@
 # Figures (PNG and PDF), each with a caption in workflow/report/.
-FIG = f"{RESULTS}/figures"
 
 
 rule figure_error_vs_size:
@@ -74,17 +73,6 @@ rule figure_hh_m:
         "../envs/pipeline.yaml"
     script:
         "../scripts/figures.py"
-
-
-def figure_targets():
-    out = [rules.figure_error_vs_size.output.png, rules.figure_training_curves.output.png]
-    if config["training"]["surrogates"].get("itnn"):
-        out.append(rules.figure_rollout_error.output.png)
-    if "C" in PROBLEMS and any("C" in v for v in config["training"]["surrogates"].values()):
-        out.append(rules.figure_trajectories.output.png)
-    if "hh_m" in PROBLEMS and any("hh_m" in v for v in config["training"]["surrogates"].values()):
-        out.append(rules.figure_hh_m.output.png)
-    return out
 
 
 rule figure_speed:
