@@ -5,21 +5,21 @@
 configfile: "config/config.yaml"
 
 
-report: "workflow/report/workflow.rst"
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/export.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         dataset_targets(),
         rules.accuracy_table.output,
+        trained(filename="onnx_check.json"),
         rules.speedup_table.output,
         rules.figure_speed.output,
         figure_targets(),

@@ -31,7 +31,7 @@ def test_dry_run_of_the_default_config_builds_the_full_grid(tmp_path):
     # ddnn on A(1 size) B C(3 sizes) hh_m(2 sizes); pinn likewise; pinn_seed on hh_m; itnn on D(3): x 3 seeds
     assert jobs["train"] == 3 * ((1 + 3 + 3 + 2) * 2 + 2 + 3)
     assert jobs["dataset_test"] == 5 and jobs["accuracy_table"] == 1 and jobs["speedup_table"] == 1
-    assert jobs["benchmark_speed"] == 1 and jobs["figure_speed"] == 1
+    assert jobs["benchmark_speed"] == 1 and jobs["figure_speed"] == 1 and jobs["export_onnx"] == jobs["train"]
 
 
 def test_slurm_profile_dry_run_submits_every_job_with_account_and_partition(tmp_path):
@@ -92,6 +92,9 @@ def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_f
     assert (table.surrogate == "euler_floor").sum() == 5
     runs = table[table.surrogate != "euler_floor"]
     assert all(math.isfinite(v) for v in runs[["mae_mean", "max_abs_err_mean", "rel_l2_mean"]].to_numpy().ravel())
+    checks = list(models.glob("*/*/*/*/*/onnx_check.json"))
+    assert len(checks) == len(list(models.glob("*/*/*/*/*/metrics.json"))) == 10
+    assert all(yaml.safe_load(c.read_text())["max_rel_diff_vs_torch"] < 1e-4 for c in checks)
     speed = pd.read_csv(tmp_path / "results/tables/speedup.csv")
     assert list(speed.columns) == ["workload", "device", "n_cells", "n_outputs", "solver_backend", "solver_seconds",
                                    "surrogate", "arch", "backend", "precision", "surrogate_seconds", "speedup", "mae"]
