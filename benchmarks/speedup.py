@@ -5,7 +5,8 @@
 For each (N cells, K kept states): the solver side runs the project's fastest solver backend on the
 device (``cpu`` on a CPU, ``cuda`` on a GPU) in float32; each surrogate backend evaluates the same N x K
 outputs (rows drawn from problem C's box). Every backend is checked against eager torch first. Kernel-only
-and end-to-end times are both recorded (on a CPU they coincide). Writes a tidy CSV with the machine and
+and end-to-end times are both recorded (on a CPU they coincide). Networks are called on at most
+2^20 rows at a time, so memory stays bounded for any N x K. Writes a tidy CSV with the machine and
 versions in every row; the speedup columns compare medians.
 """
 from __future__ import annotations
@@ -28,6 +29,14 @@ from .inference import REGISTRY, check_against_torch
 from .machine import machine_info
 from .timing import time_cpu, time_cuda, time_torch_cuda
 from .workloads import K_SWEEP, PAPER_N, direct_rows, save_every, solver_inputs
+
+
+CHUNK_ROWS = 1 << 20  # rows per network call: bounded memory for any N x K (100 M rows at K = 5001)
+
+
+def run_chunked(runner, xd) -> list:
+    """Evaluate all rows in calls of at most CHUNK_ROWS rows (device-side results, one per call)."""
+    return [runner.run(xd[i:i + CHUNK_ROWS]) for i in range(0, len(xd), CHUNK_ROWS)]
 
 
 def solver_time(problem, c, t_end, n_outputs, device, repeats):
@@ -72,7 +81,7 @@ def run(models: dict, backends, precisions, n_cells, n_outputs_list, t_end=50.0,
         for K in n_outputs_list:
             X, c = direct_rows(problem, N, K, t_end)
             for device in sorted({REGISTRY[b].device for b in live}):
-                sb, s_kernel, s_e2e = solver_time(problem, c, t_end, K, device, max(3, repeats // 2))
+                sb, s_kernel, s_e2e = solver_time(problem, c, t_end, K, device, max(10, repeats))
                 for label, (net, mae, arch) in nets.items():
                     for b in [b for b in live if REGISTRY[b].device == device]:
                         for prec in [p for p in precisions if p in REGISTRY[b].precisions]:
@@ -84,8 +93,9 @@ def run(models: dict, backends, precisions, n_cells, n_outputs_list, t_end=50.0,
                             r, err = runners[key]
                             timer = time_torch_cuda if device == "cuda" else time_cpu
                             xd = r.device_input(X)
-                            k = timer(lambda: r.run(xd), repeats=repeats, warmup=1)
-                            e = time_cpu(lambda: r.to_host(r.run(r.device_input(X))), repeats=repeats, warmup=1)
+                            k = timer(lambda: run_chunked(r, xd), repeats=repeats, warmup=1)
+                            e = time_cpu(lambda: [r.to_host(y) for y in run_chunked(r, r.device_input(X))],
+                                         repeats=repeats, warmup=1)
                             rows.append({
                                 "workload": f"direct N x K, T={t_end:g}", "device": device, "n_cells": N, "n_outputs": K,
                                 "rows": len(X), "solver_backend": sb, "solver_seconds": s_e2e.median,

@@ -206,3 +206,12 @@ def test_the_faster_cpu_backend_is_picked_per_architecture(net, tmp_path):
     best, rates = fastest_cpu_backend(net, rows=4096, repeats=3, workdir=tmp_path)
     assert set(rates) == {"torch", "onnxruntime"} and all(r > 0 for r in rates.values())
     assert rates[best] == max(rates.values())
+
+
+def test_large_workloads_are_evaluated_in_bounded_chunks(net, monkeypatch, problem_c):
+    monkeypatch.setattr(speedup, "CHUNK_ROWS", 1000)
+    X, _ = direct_rows(problem_c, 97, 26)  # 2522 rows -> 3 calls
+    r = REGISTRY["torch"].prepare(net, "fp32", None)
+    parts = speedup.run_chunked(r, r.device_input(X))
+    assert [len(p) for p in parts] == [1000, 1000, 522]
+    np.testing.assert_array_equal(np.concatenate([r.to_host(p) for p in parts]), r(X))
