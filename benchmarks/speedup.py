@@ -23,7 +23,7 @@ import pandas as pd
 import solvers
 from solvers.backends import get_backend
 from surrogates.network import load_checkpoint
-from surrogates.problems import load_config, problem_from_config
+from surrogates.problems import load_config, problem_from_config, validate_config
 
 from .inference import REGISTRY, check_against_torch
 from .machine import machine_info
@@ -59,7 +59,7 @@ def solver_time(problem, c, t_end, n_outputs, device, repeats):
 
 def run(models: dict, backends, precisions, n_cells, n_outputs_list, t_end=50.0, repeats=10, config=None,
         problem_name="C", workdir=None) -> pd.DataFrame:
-    cfg = load_config(config)
+    cfg = validate_config(config) if isinstance(config, dict) else load_config(config)
     problem = problem_from_config(problem_name, cfg)
     info = machine_info()
     status = {n: b.unavailable_reason() for n, b in REGISTRY.items()}

@@ -104,13 +104,10 @@ def _initial_state(m: CellModel, y0, dtype) -> np.ndarray:
 
 
 def _parameter_matrix(m: CellModel, params, n_cells: int, dtype) -> np.ndarray:
-    params = dict(params or {})
-    unknown = set(params) - set(m.param_names)
-    if unknown:
-        raise InvalidInputError(f"model {m.name!r} has no parameter(s) {sorted(unknown)}; valid: {list(m.param_names)}")
+    values = m._param_values(params)  # defaults filled in; unknown names rejected with the valid ones
     P = np.empty((len(m.param_names), n_cells), dtype=dtype)
     for i, name in enumerate(m.param_names):
-        v = np.asarray(params.get(name, m.parameters[name].default), dtype=np.float64)
+        v = np.asarray(values[name], dtype=np.float64)
         if v.ndim not in (0, 1) or (v.ndim == 1 and v.shape[0] != n_cells):
             raise InvalidInputError(
                 f"parameter {name!r} must be a scalar or an array of shape ({n_cells},) (one per cell), got shape {v.shape}"

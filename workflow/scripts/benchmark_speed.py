@@ -17,15 +17,11 @@ torch.set_num_threads(snakemake.threads)
 sp = snakemake.params.speed
 backends = [b for b in sp["backends"] if snakemake.params.device == "cuda" or REGISTRY[b].device == "cpu"]
 models = dict(snakemake.input.items())
-cfgfile = Path(snakemake.output.raw).with_suffix(".config.yaml")
-import yaml  # noqa: E402
-
-cfgfile.write_text(yaml.safe_dump(dict(snakemake.config)))
+cfg, workdir = dict(snakemake.config), Path(snakemake.output.raw).parent / "speed_work"
 frames = [speedup.run(models, backends, sp["precisions"], sp["n_cells"], [sp["n_outputs"]], sp["t_end"], sp["repeats"],
-                      cfgfile, sp["problem"], workdir=Path(snakemake.output.raw).parent / "speed_work")]
+                      cfg, sp["problem"], workdir=workdir)]
 if sp["k_sweep"]:
     frames.append(speedup.run(models, backends, sp["precisions"], sp["n_cells"][:1], sp["k_sweep"], sp["t_end"],
-                              sp["repeats"], cfgfile, sp["problem"], workdir=Path(snakemake.output.raw).parent / "speed_work"))
+                              sp["repeats"], cfg, sp["problem"], workdir=workdir))
 df = pd.concat(frames, ignore_index=True)
 atomic_write(Path(snakemake.output.raw), lambda fh: fh.write(df.to_csv(index=False).encode()))
-cfgfile.unlink()
