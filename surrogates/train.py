@@ -120,8 +120,8 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
         raise InvalidInputError(f"unknown architecture {arch!r}; valid: {sorted(s['architectures'])}")
     hidden = [tuple(h) for h in s["architectures"][arch]]
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    train, _ = load_dataset(data_dir / f"n{n}" / "train.npz")
-    val, _ = load_dataset(data_dir / f"n{n}" / "val.npz")
+    train, train_meta = load_dataset(data_dir / f"n{n}" / "train.npz")
+    val, val_meta = load_dataset(data_dir / f"n{n}" / "val.npz")
     test, test_meta = load_dataset(Path(test_path) if test_path else data_dir / "test.npz")
     for name, d in (("train", train), ("val", val)):
         if list(d["input_names"]) != list(p.inputs) or list(d["output_names"]) != list(p.outputs):
@@ -139,9 +139,13 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
     def validation(m):
         return {"val_mae": torch.mean(torch.abs(base + m(Xv_t) - Yv_t))}
 
+    total = int(iterations or s["iterations"])
     trainer = Trainer(model, out_dir, validation=validation, monitor="val_mae", val_every=s["val_every"],
                       optimizer=s["optimizer"], lr=s["lr"], lr_schedule=s["lr_schedule"], lr_final=s["lr_final"],
-                      patience=s["patience"], lbfgs_iterations=s["lbfgs_iterations"], seed=seed, progress=None)
+                      patience=s["patience"], lbfgs_iterations=s["lbfgs_iterations"], seed=seed, progress=None,
+                      fingerprint={"problem": problem, "surrogate": surrogate, "n": int(n), "seed": int(seed),
+                                   "iterations": total, "hidden": hidden, "settings": {k: v for k, v in s.items() if k != "architectures"},
+                                   "train_sha256": train_meta.get("sha256"), "val_sha256": val_meta.get("sha256")})
     trainer.add_loss(DataLoss(Xtr, Ytr, batch_size=s["batch_size"], metric="mse", seed=seed, name="data"), 1.0)
     phys = s["physics"]
     if surrogate == "pinn" and p.kind == "trajectory":
@@ -155,7 +159,6 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
         gate = p.outputs[0]
         variant = "seed" if surrogate == "pinn_seed" else "total"
         trainer.add_loss(GateResidualLoss(p.model, gate, t_full, S, variant), phys["weight"])
-    total = int(iterations or s["iterations"])
     summary = trainer.train(total)
     problems = {p.test_from: problem_from_config(p.test_from, cfg)} if p.kind == "step" else None
     metrics, extras = evaluate(model, p, test, problems)
@@ -165,12 +168,16 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
         "max_abs_err": metrics["max_abs_err"], "rel_l2": metrics["rel_l2"], "n_params": model.n_params,
         "train_seconds": summary["train_seconds"], "iterations": summary["iterations"],
         "best_iteration": summary["best_iteration"], "val_mae": summary["best_metric"],
-        "stopped_early": summary["stopped_early"], "device": str(device),
+        "stopped_early": summary["stopped_early"], "resumed_from_iteration": summary["resumed_from"],
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "torch": torch.__version__, "euler_floor": test_meta.get("euler_floor"), "version": project_version(),
         "settings": {k: v for k, v in s.items() if k != "architectures"}, **extras,
     }
     write_json(out_dir / "metrics.json", result)
+    # done: the resume point goes, so a rerun (new settings, new code) trains afresh instead of resuming
+    # a finished run; only a run that was killed leaves its checkpoint.pth behind
+    (out_dir / "checkpoint.pth").unlink(missing_ok=True)
     return result
 
 

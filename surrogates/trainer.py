@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import sys
 import time
@@ -57,7 +58,7 @@ class Trainer:
     def __init__(self, model, output_folder, validation: Callable | None = None, monitor: str = "val_mae",
                  val_every: int = 100, optimizer: str = "adam", lr: float = 1e-3, lr_schedule: str = "constant",
                  lr_final: float = 0.01, patience: int | None = None, lbfgs_iterations: int = 0, seed: int = 0,
-                 resume: bool = True, progress: bool | None = None):
+                 resume: bool = True, progress: bool | None = None, fingerprint: dict | None = None):
         if optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"unknown optimizer {optimizer!r}; valid: {sorted(OPTIMIZERS)}")
         if lr_schedule not in SCHEDULES:
@@ -69,6 +70,8 @@ class Trainer:
         self.optimizer_name, self.lr, self.lr_schedule, self.lr_final = optimizer, float(lr), lr_schedule, float(lr_final)
         self.patience, self.lbfgs_iterations, self.seed = patience, int(lbfgs_iterations), int(seed)
         self.resume = resume
+        # what the run is (settings, data): a checkpoint.pth written for anything else is not resumed
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str)) if fingerprint else None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.losses: list[tuple[Loss, float]] = []
         self.iteration = 0
@@ -171,6 +174,7 @@ class Trainer:
             "scheduler": sched.state_dict(), "losses": [l.state_dict() for l, _ in self.losses],
             "torch_rng": torch.get_rng_state(), "best_metric": self.best_metric, "best_iteration": self.best_iteration,
             "best_state": self.best_state, "rows": self.rows, "elapsed": self.elapsed, "stale": self._stale,
+            "fingerprint": self.fingerprint,
         }, self.out / "checkpoint.pth")
 
     def _load_resume(self, opt, sched) -> bool:
@@ -179,6 +183,12 @@ class Trainer:
             return False
         try:
             s = torch.load(path, map_location="cpu", weights_only=False)
+            if s.get("fingerprint") != self.fingerprint:
+                old, new = s.get("fingerprint") or {}, self.fingerprint or {}
+                keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["(none recorded)"]
+                print(f"not resuming from {path}: it was written for a different run (differs in: "
+                      f"{', '.join(keys)}); starting over", file=sys.stderr)
+                return False
             load_weights(self.model, s["model"], str(path))
             opt.load_state_dict(s["optimizer"])
             sched.load_state_dict(s["scheduler"])
@@ -205,6 +215,9 @@ class Trainer:
         self.model.train()
         opt, sched = self._make_optimizer(num_iterations)
         resumed = self._load_resume(opt, sched)
+        resumed_from = self.iteration if resumed else None
+        if resumed:
+            print(f"resuming from {self.out / 'checkpoint.pth'} at iteration {self.iteration}", file=sys.stderr)
         stopped_early = False
         t0 = time.perf_counter() - self.elapsed
         while self.iteration < num_iterations:
@@ -238,7 +251,8 @@ class Trainer:
                             {"iteration": self.best_iteration, self.monitor: self.best_metric})
             load_weights(self.model, self.best_state)
         return {"iterations": self.iteration, "best_iteration": self.best_iteration, "best_metric": self.best_metric,
-                "stopped_early": stopped_early, "resumed": resumed, "train_seconds": self.elapsed}
+                "stopped_early": stopped_early, "resumed": resumed, "resumed_from": resumed_from,
+                "train_seconds": self.elapsed}
 
     def _lbfgs(self):
         # a deterministic objective: data losses use their whole set (physics losses still resample)
