@@ -9,9 +9,9 @@ rule benchmark_speed:
         raw=f"{RESULTS}/benchmarks/speed_raw.csv",
     params:
         speed=config["speed"],
-        device=SPEED_DEVICE,
+        device=config["speed"]["device"],  # `auto` is resolved on the node that runs the job
     resources:
-        gpu=1 if SPEED_DEVICE == "cuda" else 0,
+        gpu=1 if speed_wants_gpu() else 0,
     threads: 64  # timings own the machine (Snakemake scales this down to --cores)
     log:
         f"{RESULTS}/logs/benchmarks/speed.log",

@@ -15,7 +15,10 @@ from surrogates.io import atomic_write  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 sp = snakemake.params.speed
-backends = [b for b in sp["backends"] if snakemake.params.device == "cuda" or REGISTRY[b].device == "cpu"]
+device = snakemake.params.device
+if device == "auto":  # resolved here, on the node that runs the timings (a GPU node on a cluster)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+backends = [b for b in sp["backends"] if device == "cuda" or REGISTRY[b].device == "cpu"]
 models = dict(snakemake.input.items())
 cfg, workdir = dict(snakemake.config), Path(snakemake.output.raw).parent / "speed_work"
 frames = [speedup.run(models, backends, sp["precisions"], sp["n_cells"], [sp["n_outputs"]], sp["t_end"], sp["repeats"],
