@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 
-.PHONY: run test setup clean
+.PHONY: run test slurm-test setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the quick preset on a one-node SLURM cluster started here (root, Debian/apt), compared with a local run
+slurm-test: $(STAMP)
+	tests/slurm/run_e2e.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
