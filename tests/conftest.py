@@ -1,5 +1,11 @@
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from solvers.backends import available_backends
 
@@ -20,3 +26,51 @@ def _skip_gpu(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# ---------------------------------------------------------------- the workflow's tiny preset
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "problems": {"B": {"test_trajectories": 20}, "C": {"test_trajectories": 20},
+                 "hh_m": {"t_end": 40.0, "sizes": [300]}},
+    "datasets": {"sizes": [300]},
+    "training": {"iterations": 60, "val_every": 20, "seeds": [0], "physics": {"collocation_points": 256},
+                 "overrides": {"hh_m": {"iterations": 40, "val_every": 20}}},
+    "speed": {"n_cells": [300, 600], "k_sweep": [1, 26], "repeats": 2, "backends": ["torch", "onnxruntime"],
+              "precisions": ["fp32"]},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """Write the tiny preset (merged over config/quick.yaml), results under tmp_path/results.
+    Returns a function taking overrides (deep-merged) that returns the config file's path."""
+    def make(overrides=None, name="tiny.yaml"):
+        cfg = copy.deepcopy(TINY)
+        cfg["results_dir"] = str(tmp_path / "results")
+        _merge(cfg, overrides or {})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+    return make
+
+
+def _merge(base, extra):
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def snakemake_cmd(*args):
+    return [sys.executable, "-m", "snakemake", *map(str, args)]
+
+
+@pytest.fixture
+def snakemake():
+    """Run snakemake in the repository; returns the CompletedProcess (stdout and stderr as text)."""
+    def run(*args, timeout=900):
+        return subprocess.run(snakemake_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return run

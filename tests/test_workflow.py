@@ -1,5 +1,6 @@
 """The Snakemake workflow: full DAG, config errors at load, a tiny end-to-end run of the whole chain."""
 import math
+import os
 import re
 import signal
 import subprocess
@@ -43,10 +44,25 @@ def test_slurm_profile_dry_run_submits_every_job_with_account_and_partition(tmp_
     assert (ROOT / "workflow/profiles/slurm/profile.yaml").resolve() == (ROOT / "workflow/profiles/slurm/config.yaml")
 
 
+def test_slurm_profile_takes_the_site_settings_from_the_environment_keeping_the_rest(tmp_path):
+    env = {**os.environ, "SBATCH_ACCOUNT": "proj42", "SBATCH_PARTITION": "cpu_small", "SPEED_PARTITION": "gpu_small",
+           "SPEED_GPUS": "0", "SPEED_CPUS": "4"}
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "workflow/profiles/slurm", "--config",
+                          f"results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    jobs = {m.group(1): m.group(2) for m in re.finditer(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.M)}
+    assert "slurm_account=proj42, slurm_partition=cpu_small, runtime=240" in jobs["train"]
+    assert "mem_mb=8000" in jobs["train"]  # the profile's other settings stay
+    speed = jobs["benchmark_speed"]
+    assert "slurm_partition=gpu_small" in speed and "gpu=0" in speed and "runtime=120" in speed
+
+
 @pytest.mark.parametrize("override,message", [
     ({"datasets": {"sizes": [-5]}}, r"config key datasets\.sizes\.0: -5 is less than the minimum of 1"),
     ({"solver": {"backend": "gpu"}}, r"config key solver\.backend: 'gpu' is not one of"),
     ({"trainning": {"iterations": 5}}, r"'trainning' was unexpected"),
+    ({"training": {"iterations": "many"}}, r"config key training\.iterations: 'many' is not of type 'integer'"),
+    ({"problems": {"C": {"sizes": "1000"}}}, r"config key problems\.C\.sizes: '1000' is not of type 'array'"),
     ({"problems": {"B": {"ranges": {"u0": [0.5, 0.1]}}}}, r"config key problems\.B\.ranges\.u0: empty or invalid range"),
 ])
 def test_config_errors_fail_at_load_naming_the_key(override, message, tmp_path):
@@ -57,19 +73,8 @@ def test_config_errors_fail_at_load_naming_the_key(override, message, tmp_path):
     assert re.search(message, res.stderr + res.stdout), (res.stderr + res.stdout)[-2000:]
 
 
-def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_finite(tmp_path):
-    cfg = {
-        "results_dir": str(tmp_path / "results"),
-        "problems": {"B": {"test_trajectories": 20}, "C": {"test_trajectories": 20},
-                     "hh_m": {"t_end": 40.0, "sizes": [300]}},
-        "datasets": {"sizes": [300]},
-        "training": {"iterations": 60, "val_every": 20, "seeds": [0], "physics": {"collocation_points": 256},
-                     "overrides": {"hh_m": {"iterations": 40, "val_every": 20}}},
-        "speed": {"n_cells": [300, 600], "k_sweep": [1, 26], "repeats": 2, "backends": ["torch", "onnxruntime"],
-                  "precisions": ["fp32"]},
-    }
-    extra = tmp_path / "tiny.yaml"
-    extra.write_text(yaml.safe_dump(cfg))
+def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_finite(tmp_path, tiny_config):
+    extra = tiny_config()
     # interrupt the run (SIGTERM) once two models are trained ...
     first = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "config/quick.yaml",
                               str(extra)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
