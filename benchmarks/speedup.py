@@ -3,8 +3,10 @@
     python -m benchmarks.speedup --model ddnn=results/models/C/ddnn/n100000/mlp3x64/seed0/best_model.pth
 
 For each (N cells, K kept states): the solver side runs the project's fastest solver backend on the
-device (``cpu`` on a CPU, ``cuda`` on a GPU) in float32; each surrogate backend evaluates the same N x K
-outputs (rows drawn from problem C's box). Every backend is checked against eager torch first. Kernel-only
+device (``cpu`` on a CPU, ``cuda`` on a GPU) in float32; each surrogate backend produces the same N x K
+outputs from cells drawn from problem C's box: a direct network evaluates N x K rows; an iterative one
+(ITNN, trained on a step problem such as D) rolls the N cells out for T / step steps and keeps the same K
+states (fp32 only; K - 1 must divide the number of steps). Every backend is checked against eager torch first. Kernel-only
 and end-to-end times are both recorded (on a CPU they coincide). Networks are called on at most
 2^20 rows at a time, so memory stays bounded for any N x K. Writes a tidy CSV with the machine and
 versions in every row; the speedup columns compare medians.
@@ -39,6 +41,50 @@ def run_chunked(runner, xd) -> list:
     return [runner.run(xd[i:i + CHUNK_ROWS]) for i in range(0, len(xd), CHUNK_ROWS)]
 
 
+def _concat(a, b):
+    """[a, b] along columns for the array types runners use (NumPy, torch, CuPy)."""
+    if isinstance(a, np.ndarray):
+        return np.concatenate([a, b], axis=1)
+    lib = type(a).__module__.split(".")[0]
+    if lib == "torch":
+        import torch
+
+        return torch.cat([a, b], dim=1)
+    if lib == "cupy":
+        import cupy
+
+        return cupy.concatenate([a, b], axis=1)
+    raise TypeError(f"cannot concatenate arrays of type {type(a).__name__}")
+
+
+def rollout_runner(runner, y0, params, n_steps: int, keep_every: int, keep_first: bool) -> list:
+    """Roll an increment network out through an inference runner: y <- y + net([y, params]).
+    Cells go in chunks of at most CHUNK_ROWS; returns the kept states (device arrays), chunk by chunk."""
+    kept = []
+    for i in range(0, len(y0), CHUNK_ROWS):
+        y, p = runner.device_input(y0[i:i + CHUNK_ROWS]), runner.device_input(params[i:i + CHUNK_ROWS])
+        if keep_first:
+            kept.append(y)
+        for step in range(1, n_steps + 1):
+            y = y + runner.run(_concat(y, p))
+            if step % keep_every == 0:
+                kept.append(y)
+    return kept
+
+
+def iterative_inputs(step_problem, traj_problem, c: dict):
+    """Initial states (N, n_states) in the step problem's state order and its per-cell parameters."""
+    y0, params = solver_inputs(traj_problem, c)
+    m = step_problem.model
+    Y = np.stack([y0[:, m.state_names.index(o)] for o in step_problem.outputs], axis=1).astype(np.float32)
+    n = len(y0)
+    P = np.stack([np.broadcast_to(np.asarray(params.get(name, step_problem.fixed.get(name, np.nan)), dtype=np.float64), (n,))
+                  for name in step_problem.inputs if name not in step_problem.outputs], axis=1).astype(np.float32)
+    if not np.isfinite(P).all():
+        raise ValueError(f"problem {step_problem.name!r}: a parameter input has no value from {traj_problem.name!r}")
+    return Y, P
+
+
 def solver_time(problem, c, t_end, n_outputs, device, repeats):
     y0, params = solver_inputs(problem, c)
     se = save_every(t_end, problem.dt, n_outputs)
@@ -68,9 +114,11 @@ def run(models: dict, backends, precisions, n_cells, n_outputs_list, t_end=50.0,
     for label, path in models.items():
         net, _ = load_checkpoint(path)
         metrics = Path(path).with_name("metrics.json")
-        mae = json.loads(metrics.read_text())["mae"] if metrics.exists() else np.nan
+        meta = json.loads(metrics.read_text()) if metrics.exists() else {}
+        trained_on = problem_from_config(meta["problem"], cfg) if meta.get("problem") in cfg["problems"] else None
+        step = trained_on if trained_on is not None and trained_on.kind == "step" else None
         arch = "x".join(f"{a}{w}" for a, w in net.hidden)
-        nets[label] = (net.eval(), mae, arch)
+        nets[label] = (net.eval(), meta.get("mae", np.nan), arch, step)
     rows, runners = [], {}
     for name in backends:
         if status.get(name) is not None:
@@ -82,7 +130,11 @@ def run(models: dict, backends, precisions, n_cells, n_outputs_list, t_end=50.0,
             X, c = direct_rows(problem, N, K, t_end)
             for device in sorted({REGISTRY[b].device for b in live}):
                 sb, s_kernel, s_e2e = solver_time(problem, c, t_end, K, device, max(10, repeats))
-                for label, (net, mae, arch) in nets.items():
+                for label, (net, mae, arch, step) in nets.items():
+                    if step is not None:
+                        rows += _iterative(label, net, mae, arch, step, problem, c, N, K, t_end, device, live,
+                                           precisions, runners, workdir, repeats, (sb, s_kernel, s_e2e))
+                        continue
                     for b in [b for b in live if REGISTRY[b].device == device]:
                         for prec in [p for p in precisions if p in REGISTRY[b].precisions]:
                             key = (label, b, prec)
@@ -96,20 +148,61 @@ def run(models: dict, backends, precisions, n_cells, n_outputs_list, t_end=50.0,
                             k = timer(lambda: run_chunked(r, xd), repeats=repeats, warmup=1)
                             e = time_cpu(lambda: [r.to_host(y) for y in run_chunked(r, r.device_input(X))],
                                          repeats=repeats, warmup=1)
-                            rows.append({
-                                "workload": f"direct N x K, T={t_end:g}", "device": device, "n_cells": N, "n_outputs": K,
-                                "rows": len(X), "solver_backend": sb, "solver_seconds": s_e2e.median,
-                                "solver_kernel_seconds": s_kernel.median, "surrogate": label, "arch": arch,
-                                "backend": b, "precision": prec, "surrogate_seconds": e.median,
-                                "surrogate_kernel_seconds": k.median, "speedup": s_e2e.median / e.median,
-                                "kernel_speedup": s_kernel.median / k.median, "mae": mae, "max_rel_diff_vs_torch": err,
-                                "rows_per_s": len(X) / k.median, **k.as_dict("kernel_"), **e.as_dict("e2e_")})
-                            print(f"N={N:>7d} K={K:>5d} {b:14s} {prec} {label}: solver {s_e2e.median:.4f} s, "
-                                  f"surrogate {e.median:.4f} s -> speedup {rows[-1]['speedup']:.3g}", flush=True)
+                            rows.append(_row(f"direct N x K, T={t_end:g}", device, N, K, len(X), (sb, s_kernel, s_e2e),
+                                             label, arch, b, prec, k, e, mae, err))
     df = pd.DataFrame(rows)
     for k, v in info.items():
         df[k] = v
     return df
+
+
+def _row(workload, device, N, K, n_rows, solver, label, arch, backend, prec, k, e, mae, err) -> dict:
+    sb, s_kernel, s_e2e = solver
+    row = {"workload": workload, "device": device, "n_cells": N, "n_outputs": K, "rows": n_rows,
+           "solver_backend": sb, "solver_seconds": s_e2e.median, "solver_kernel_seconds": s_kernel.median,
+           "surrogate": label, "arch": arch, "backend": backend, "precision": prec, "surrogate_seconds": e.median,
+           "surrogate_kernel_seconds": k.median, "speedup": s_e2e.median / e.median,
+           "kernel_speedup": s_kernel.median / k.median, "mae": mae, "max_rel_diff_vs_torch": err,
+           "rows_per_s": n_rows / k.median, **k.as_dict("kernel_"), **e.as_dict("e2e_")}
+    print(f"N={N:>7d} K={K:>5d} {backend:14s} {prec} {label}: solver {s_e2e.median:.4f} s, "
+          f"surrogate {e.median:.4f} s -> speedup {row['speedup']:.3g}", flush=True)
+    return row
+
+
+def _iterative(label, net, mae, arch, step, traj, c, N, K, t_end, device, live, precisions, runners, workdir,
+               repeats, solver) -> list:
+    """The ITNN side of one (N, K) point: roll N cells out for T / step steps, keeping K states."""
+    n_steps = round(t_end / step.step)
+    workload = f"iterative rollout N x K, T={t_end:g}, step={step.step:g}"
+    skip = None
+    if abs(n_steps * step.step - t_end) > 1e-9:
+        skip = f"T = {t_end:g} is not a whole number of steps of {step.step:g}"
+    elif K > 1 and n_steps % (K - 1):
+        skip = f"K - 1 = {K - 1} does not divide the {n_steps} rollout steps"
+    base = {"workload": workload, "device": device, "n_cells": N, "n_outputs": K, "surrogate": label, "arch": arch}
+    if skip:
+        return [{**base, "backend": b, "skipped": skip} for b in live if REGISTRY[b].device == device]
+    keep_every = n_steps if K == 1 else n_steps // (K - 1)
+    Y0, P = iterative_inputs(step, traj, c)
+    rows = []
+    for b in [b for b in live if REGISTRY[b].device == device]:
+        for prec in [p for p in precisions if p in REGISTRY[b].precisions]:
+            if prec != "fp32":
+                rows.append({**base, "backend": b, "precision": prec,
+                             "skipped": "iterative rollouts are timed in fp32 only (fp16 increments drift)"})
+                continue
+            key = (label, b, prec)
+            if key not in runners:
+                r = REGISTRY[b].prepare(net, prec, workdir / f"{label}_{b}")
+                err = check_against_torch(net, r, np.concatenate([Y0, P], axis=1)[:4096], prec, b)
+                runners[key] = (r, err)
+            r, err = runners[key]
+            timer = time_torch_cuda if device == "cuda" else time_cpu
+            k = timer(lambda: rollout_runner(r, Y0, P, n_steps, keep_every, K > 1), repeats=repeats, warmup=1)
+            e = time_cpu(lambda: [r.to_host(y) for y in rollout_runner(r, Y0, P, n_steps, keep_every, K > 1)],
+                         repeats=repeats, warmup=1)
+            rows.append(_row(workload, device, N, K, N * n_steps, solver, label, arch, b, prec, k, e, mae, err))
+    return rows
 
 
 def main(argv=None) -> int:

@@ -48,10 +48,23 @@ def validate_config(cfg: Mapping) -> dict:
     if sp["problem"] not in cfg["problems"] or cfg["problems"][sp["problem"]]["kind"] != "trajectory":
         raise InvalidInputError(f"config key speed.problem: {sp['problem']!r} is not a trajectory problem of this config")
     for kind in sp["surrogates"]:
-        if sp["problem"] not in cfg["training"]["surrogates"].get(kind, []):
-            raise InvalidInputError(f"config key speed.surrogates: no {kind!r} is trained on {sp['problem']!r} "
-                                    "(see training.surrogates)")
+        speed_problem_of(cfg, kind)
     return cfg
+
+
+def speed_problem_of(cfg: dict, kind: str) -> str:
+    """The problem whose `kind` surrogate the speed benchmark times: ``speed.problem`` itself, or for an
+    iterative surrogate the step problem judged on it (``test_from``, e.g. D for C)."""
+    target = cfg["speed"]["problem"]
+    trained = cfg["training"]["surrogates"].get(kind, [])
+    if target in trained:
+        return target
+    for name in trained:
+        q = cfg["problems"].get(name, {})
+        if q.get("kind") == "step" and q.get("test_from") == target:
+            return name
+    raise InvalidInputError(f"config key speed.surrogates: no {kind!r} is trained on {target!r} or on a step problem "
+                            f"judged on it (see training.surrogates)")
 
 
 def check_training_config(cfg: dict) -> None:

@@ -215,3 +215,50 @@ def test_large_workloads_are_evaluated_in_bounded_chunks(net, monkeypatch, probl
     parts = speedup.run_chunked(r, r.device_input(X))
     assert [len(p) for p in parts] == [1000, 1000, 522]
     np.testing.assert_array_equal(np.concatenate([r.to_host(p) for p in parts]), r(X))
+
+
+# ---------------------------------------------------------------- the iterative (ITNN) workload
+@pytest.fixture(scope="module")
+def step_net():
+    """An increment network of problem D: [u, w, I] -> [du, dw] (small, so a rollout stays bounded)."""
+    torch.manual_seed(1)
+    return MLP(3, 2, [("Tanh", 16), ("Tanh", 16)], input_range=([-0.1, 0.0, 0.08], [1.0, 0.2, 0.12]),
+               output_center=[0.0, 0.0], output_scale=[0.01, 0.001]).eval()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_rollout_through_a_runner_matches_the_itnn_rollout(step_net, backend, tmp_path, monkeypatch):
+    from surrogates.itnn import rollout
+
+    cfg = load_config()
+    d, c_problem = problem_from_config("D", cfg), problem_from_config("C", cfg)
+    _, c = direct_rows(c_problem, 37, 2)
+    Y0, P = speedup.iterative_inputs(d, c_problem, c)
+    assert Y0.shape == (37, 2) and P.shape == (37, 1)
+    np.testing.assert_array_equal(P[:, 0], c["I"].astype(np.float32))  # real, per-cell currents
+    assert len(np.unique(Y0[:, 0])) == 37
+    ref = rollout(step_net, Y0, P, n_steps=40, keep_every=8)  # (6, 37, 2): y0 and 5 kept states
+    monkeypatch.setattr(speedup, "CHUNK_ROWS", 16)  # 3 chunks of cells
+    r = REGISTRY[backend].prepare(step_net, "fp32", tmp_path)
+    kept = speedup.rollout_runner(r, Y0, P, n_steps=40, keep_every=8, keep_first=True)
+    assert len(kept) == 3 * 6
+    got = np.stack([np.concatenate([r.to_host(k) for k in kept[j::6]]) for j in range(6)])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    final_only = speedup.rollout_runner(r, Y0, P, n_steps=40, keep_every=40, keep_first=False)
+    np.testing.assert_allclose(np.concatenate([r.to_host(k) for k in final_only]), ref[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_speed_run_times_an_itnn_by_rollout_on_the_same_k_states(step_net, tmp_path):
+    import json
+
+    path = tmp_path / "D/itnn/best_model.pth"
+    save_checkpoint(step_net, path)
+    (path.parent / "metrics.json").write_text(json.dumps({"problem": "D", "surrogate": "itnn", "mae": 0.01}))
+    df = speedup.run({"itnn": path}, ["torch", "onnxruntime"], ["fp32"], [300], [26, 2501], repeats=2,
+                     workdir=tmp_path / "w")
+    timed = df[df.skipped.isna()]
+    assert set(timed.backend) == {"torch", "onnxruntime"} and (timed.n_outputs == 26).all()
+    assert timed.workload.str.startswith("iterative rollout").all()
+    assert (timed.rows == 300 * 500).all() and (timed.speedup > 0).all() and (timed.mae == 0.01).all()
+    skipped = df[df.skipped.notna()]
+    assert (skipped.n_outputs == 2501).all() and skipped.skipped.str.contains("does not divide the 500").all()

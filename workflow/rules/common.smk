@@ -3,7 +3,7 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-from surrogates.problems import problem_from_config, validate_config
+from surrogates.problems import problem_from_config, speed_problem_of, validate_config
 
 # Fails at load, naming the key, on unknown keys, wrong types, empty ranges, unknown models, ...
 config.update(validate_config(config))
@@ -71,22 +71,23 @@ wildcard_constraints:
 FIG = f"{RESULTS}/figures"
 
 
-def speed_device():
+def speed_wants_gpu():
+    """Whether the timing job should hold the GPU resource. On a cluster the job runs on another node than
+    this one, so the profile sets the resource there and the job script resolves `auto` where it runs."""
     d = config["speed"]["device"]
     if d == "auto":
         import torch
 
-        d = "cuda" if torch.cuda.is_available() else "cpu"
-    return d
+        return torch.cuda.is_available()
+    return d == "cuda"
 
 
 def speed_models():
-    p = config["speed"]["problem"]
-    return {k: f"{model_dir(p, k, max(sizes(p)), config['training']['seeds'][0])}/best_model.pth"
-            for k in config["speed"]["surrogates"]}
-
-
-SPEED_DEVICE = speed_device()
+    out = {}
+    for k in config["speed"]["surrogates"]:
+        p = speed_problem_of(config, k)  # an ITNN is trained on the step problem (D), timed on C's cells
+        out[k] = f"{model_dir(p, k, max(sizes(p)), config['training']['seeds'][0])}/best_model.pth"
+    return out
 
 
 def figure_targets():
