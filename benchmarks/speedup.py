@@ -189,7 +189,7 @@ def _iterative(label, net, mae, arch, step, traj, c, N, K, t_end, device, live, 
         for prec in [p for p in precisions if p in REGISTRY[b].precisions]:
             if prec != "fp32":
                 rows.append({**base, "backend": b, "precision": prec,
-                             "skipped": "iterative rollouts are timed in fp32 only (fp16 increments drift)"})
+                             "skipped": "iterative rollouts are timed in fp32 only"})
                 continue
             key = (label, b, prec)
             if key not in runners:
