@@ -140,11 +140,12 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
         return {"val_mae": torch.mean(torch.abs(base + m(Xv_t) - Yv_t))}
 
     total = int(iterations or s["iterations"])
+    settings = {k: v for k, v in s.items() if k != "architectures"}
     trainer = Trainer(model, out_dir, validation=validation, monitor="val_mae", val_every=s["val_every"],
                       optimizer=s["optimizer"], lr=s["lr"], lr_schedule=s["lr_schedule"], lr_final=s["lr_final"],
                       patience=s["patience"], lbfgs_iterations=s["lbfgs_iterations"], seed=seed, progress=None,
                       fingerprint={"problem": problem, "surrogate": surrogate, "n": int(n), "seed": int(seed),
-                                   "iterations": total, "hidden": hidden, "settings": {k: v for k, v in s.items() if k != "architectures"},
+                                   "iterations": total, "hidden": hidden, "settings": settings,
                                    "train_sha256": train_meta.get("sha256"), "val_sha256": val_meta.get("sha256")})
     trainer.add_loss(DataLoss(Xtr, Ytr, batch_size=s["batch_size"], metric="mse", seed=seed, name="data"), 1.0)
     phys = s["physics"]
@@ -172,7 +173,7 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "torch": torch.__version__, "euler_floor": test_meta.get("euler_floor"), "version": project_version(),
-        "settings": {k: v for k, v in s.items() if k != "architectures"}, **extras,
+        "settings": settings, **extras,
     }
     write_json(out_dir / "metrics.json", result)
     # done: the resume point goes, so a rerun (new settings, new code) trains afresh instead of resuming

@@ -68,9 +68,11 @@ def snakemake_cmd(*args):
     return [sys.executable, "-m", "snakemake", *map(str, args)]
 
 
+def run_snakemake(*args, timeout=900, env=None):
+    """Run snakemake in the repository; returns the CompletedProcess (stdout and stderr as text)."""
+    return subprocess.run(snakemake_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
 @pytest.fixture
 def snakemake():
-    """Run snakemake in the repository; returns the CompletedProcess (stdout and stderr as text)."""
-    def run(*args, timeout=900):
-        return subprocess.run(snakemake_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    return run
+    return run_snakemake

@@ -58,10 +58,6 @@ def checkpoint_iteration(d: Path) -> int:
         return 0
 
 
-def no_temporaries(results: Path):
-    return [p for p in results.rglob(".*.tmp")]
-
-
 # ---------------------------------------------------------------- killed in the middle of training
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_mid_training_the_rerun_resumes_and_keeps_completed_work(sig, tiny_config, snakemake, tmp_path):
@@ -102,7 +98,7 @@ def test_killed_mid_training_the_rerun_resumes_and_keeps_completed_work(sig, tin
     assert not (slow / "checkpoint.pth").exists()  # a finished run leaves no resume point behind
     for f in results.glob("datasets/**/*.npz"):
         load_dataset(f)  # every dataset is complete: its sha256 matches its sidecar
-    assert no_temporaries(results) == []
+    assert list(results.rglob(".*.tmp")) == []  # no temporary file left behind
 
 
 # ---------------------------------------------------------------- one job fails

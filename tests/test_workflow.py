@@ -4,20 +4,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def snakemake(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+from conftest import ROOT, snakemake_cmd
+from conftest import run_snakemake as snakemake
 
 
 def _job_counts(out: str) -> dict:
@@ -47,8 +41,7 @@ def test_slurm_profile_dry_run_submits_every_job_with_account_and_partition(tmp_
 def test_slurm_profile_takes_the_site_settings_from_the_environment_keeping_the_rest(tmp_path):
     env = {**os.environ, "SBATCH_ACCOUNT": "proj42", "SBATCH_PARTITION": "cpu_small", "SPEED_PARTITION": "gpu_small",
            "SPEED_GPUS": "0", "SPEED_CPUS": "4"}
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "workflow/profiles/slurm", "--config",
-                          f"results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    res = snakemake("-n", "--profile", "workflow/profiles/slurm", "--config", f"results_dir={tmp_path}", env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     jobs = {m.group(1): m.group(2) for m in re.finditer(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.M)}
     assert "slurm_account=proj42, slurm_partition=cpu_small, runtime=240" in jobs["train"]
@@ -76,8 +69,8 @@ def test_config_errors_fail_at_load_naming_the_key(override, message, tmp_path):
 def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_finite(tmp_path, tiny_config):
     extra = tiny_config()
     # interrupt the run (SIGTERM) once two models are trained ...
-    first = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "config/quick.yaml",
-                              str(extra)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(snakemake_cmd("--cores", "1", "--configfile", "config/quick.yaml", extra), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     models = tmp_path / "results/models"
     deadline = time.monotonic() + 600
     while len(list(models.glob("*/*/*/*/*/metrics.json"))) < 2 and first.poll() is None and time.monotonic() < deadline:
