@@ -1,5 +1,7 @@
-"""Benchmark programs (not tests): they warm up, repeat, report median and spread, and write the
-machine and library versions beside every figure. Nothing here needs a GPU to import."""
-from .machine import machine_info
+"""Benchmark programs and reporting, built on the inference library (:mod:`inference`).
 
-__all__ = ["machine_info"]
+Programs (``python -m benchmarks.NAME``; each reads the configuration, ``--config`` presets merged over
+``config/config.yaml``, and writes below its ``results_dir``): ``solver_throughput``, ``speedup``,
+``cpu_backends``, ``surrogate_accuracy``, ``training_speed``, ``gpu_check``. Reporting: ``tables``, ``figures``.
+These are programs, not tests: they warm up, repeat, and write the machine beside every number.
+"""

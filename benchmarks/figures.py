@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from surrogates.io import atomic_write  # noqa: E402
+from core.io import read_json, write_bytes  # noqa: E402
 
 
 def _style():
@@ -25,7 +24,7 @@ def save(fig, png, pdf) -> None:
     for path, fmt in ((png, "png"), (pdf, "pdf")):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
-        atomic_write(Path(path), lambda fh: fh.write(buf.getvalue()))
+        write_bytes(path, buf.getvalue())
     plt.close(fig)
 
 
@@ -50,17 +49,16 @@ def error_vs_size(accuracy_csv, png, pdf) -> None:
     save(fig, png, pdf)
 
 
-def training_curves(losses_files, png, pdf) -> None:
-    """Validation MAE over iterations for each trained model (files under models/{problem}/{surrogate}/n{n}/...)."""
+def training_curves(losses_files, metrics_files, png, pdf) -> None:
+    """Validation MAE over iterations for each trained model; what each run is comes from its metrics.json."""
     _style()
     frames = []
-    for f in losses_files:
-        parts = Path(f).parts
+    for f, mf in zip(losses_files, metrics_files):
+        m = read_json(mf, "metrics file")
         d = pd.read_csv(f)
         if "val_mae" not in d:
             continue
-        i = parts.index("models")
-        d = d.assign(problem=parts[i + 1], surrogate=parts[i + 2], n=parts[i + 3], seed=parts[i + 5])
+        d = d.assign(problem=m["problem"], surrogate=m["surrogate"], n=f"n = {m['n_train']}", seed=m["seed"])
         frames.append(d[["iteration", "val_mae", "problem", "surrogate", "n", "seed"]])
     df = pd.concat(frames, ignore_index=True)
     g = sns.relplot(df, x="iteration", y="val_mae", hue="surrogate", style="n", units="seed", estimator=None,
@@ -76,7 +74,7 @@ def rollout_error(metrics_files, png, pdf) -> None:
     _style()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for f in metrics_files:
-        m = json.loads(Path(f).read_text())
+        m = read_json(f, "metrics file")
         if "rollout_error" not in m:
             continue
         t, e = m["rollout_error"]["t"][1:], m["rollout_error"]["mae"][1:]  # t = 0 is the given initial state

@@ -1,232 +1,378 @@
 """Surrogate inference against the Euler solver on the same outputs: the paper's N and a sweep over K.
 
-    python -m benchmarks.speedup --model ddnn=results/models/C/ddnn/n100000/mlp3x64/seed0/best_model.pth
+    python -m benchmarks.speedup --config config/quick.yaml --model ddnn=results/quick/models/C/ddnn/.../best_model.pth
 
-For each (N cells, K kept states): the solver side runs the project's fastest solver backend on the
-device (``cpu`` on a CPU, ``cuda`` on a GPU) in float32; each surrogate backend produces the same N x K
-outputs from cells drawn from problem C's box: a direct network evaluates N x K rows; an iterative one
-(ITNN, trained on a step problem such as D) rolls the N cells out for T / step steps and keeps the same K
-states (fp32 only; K - 1 must divide the number of steps). Every backend is checked against eager torch first. Kernel-only
-and end-to-end times are both recorded (on a CPU they coincide). Networks are called on at most
-2^20 rows at a time, so memory stays bounded for any N x K. Writes a tidy CSV with the machine and
-versions in every row; the speedup columns compare medians.
+Everything the study fixes comes from the configuration's ``speed`` section (problem, T, the N list, K and
+the K sweep, backends, precisions, repeats); the command line may narrow it. For each point (N cells, K
+kept states): the solver side runs the project's fastest solver backend on the device (``cpu`` on a CPU,
+the ``cuda`` kernel on a GPU) in float32; each surrogate backend produces the same N x K outputs from cells
+drawn from the problem's box. A direct network evaluates N x K rows; an iterative one (ITNN, trained on a
+step problem such as D) rolls the N cells out for T / step steps and keeps the same K states (through the
+backend's fused rollout where it has one). Every backend is checked against eager torch first.
+
+Kernel-only and end-to-end times are both recorded (on a CPU they coincide). Repeats continue while a
+measurement's spread (IQR / median) is above 10%, up to ``speed.max_repeats``; a point that stays noisy is
+flagged. A backend that fails to prepare, mismatches or exceeds ``speed.backend_time_limit_s`` is recorded
+as a failed row with the reason; the others go on, and the program exits non-zero at the end.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import signal
 import sys
 import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 import solvers
-from solvers.backends import get_backend
+from core.errors import InvalidInputError, PipelineError
+from core.io import read_json, write_text
+from core.layout import Layout
+from core.machine import machine_info
+from inference.backends import REGISTRY, check_against_torch, check_outputs
+from inference.timing import TimingStats, measure
+from inference.workloads import Case, rollout_runner, run_chunked
+from surrogates.config import load_config, speed_problem_of, training_settings, validate_config
 from surrogates.network import load_checkpoint
-from surrogates.problems import load_config, problem_from_config, validate_config
+from surrogates.problems import Problem, problem_from_config
 
-from .inference import REGISTRY, check_against_torch
-from .machine import machine_info
-from .timing import time_cpu, time_cuda, time_torch_cuda
-from .workloads import K_SWEEP, PAPER_N, direct_rows, save_every, solver_inputs
+ROLLOUT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "bf16": 1e-1}  # of the state range, after the whole rollout
 
 
-CHUNK_ROWS = 1 << 20  # rows per network call: bounded memory for any N x K (100 M rows at K = 5001)
+@dataclass(frozen=True)
+class Surrogate:
+    """A trained network to time: its kind (the label), its test MAE, architecture, and for an iterative
+    network the step problem it advances."""
+
+    label: str
+    net: object
+    mae: float
+    arch: str
+    step: Problem | None = None
 
 
-def run_chunked(runner, xd) -> list:
-    """Evaluate all rows in calls of at most CHUNK_ROWS rows (device-side results, one per call)."""
-    return [runner.run(xd[i:i + CHUNK_ROWS]) for i in range(0, len(xd), CHUNK_ROWS)]
+@dataclass(frozen=True)
+class SolverTiming:
+    backend: str
+    device: str
+    kernel: TimingStats
+    e2e: TimingStats
 
 
-def _concat(a, b):
-    """[a, b] along columns for the array types runners use (NumPy, torch, CuPy)."""
-    if isinstance(a, np.ndarray):
-        return np.concatenate([a, b], axis=1)
-    lib = type(a).__module__.split(".")[0]
-    if lib == "torch":
-        import torch
+@dataclass(frozen=True)
+class Settings:
+    """How to measure: repeats (adaptive up to ``max_repeats``) and the per-backend time limit."""
 
-        return torch.cat([a, b], dim=1)
-    if lib == "cupy":
-        import cupy
-
-        return cupy.concatenate([a, b], axis=1)
-    raise TypeError(f"cannot concatenate arrays of type {type(a).__name__}")
+    repeats: int = 10
+    max_repeats: int = 30
+    backend_time_limit_s: float = 600.0
 
 
-def rollout_runner(runner, y0, params, n_steps: int, keep_every: int, keep_first: bool) -> list:
-    """Roll an increment network out through an inference runner: y <- y + net([y, params]).
-    Cells go in chunks of at most CHUNK_ROWS; returns the kept states (device arrays), chunk by chunk."""
-    kept = []
-    for i in range(0, len(y0), CHUNK_ROWS):
-        y, p = runner.device_input(y0[i:i + CHUNK_ROWS]), runner.device_input(params[i:i + CHUNK_ROWS])
-        if keep_first:
-            kept.append(y)
-        for step in range(1, n_steps + 1):
-            y = y + runner.run(_concat(y, p))
-            if step % keep_every == 0:
-                kept.append(y)
-    return kept
+# ---------------------------------------------------------------- what to measure
+def cases(cfg: dict, n_cells=None, n_outputs=None, k_sweep=None) -> list[Case]:
+    """The points of the ``speed`` section: the N sweep at K, then the K sweep at the first N; a point that is
+    in both is measured once (``sweep="N,K"``)."""
+    sp = cfg["speed"]
+    problem = problem_from_config(sp["problem"], cfg)
+    n_cells = list(n_cells or sp["n_cells"])
+    K = int(n_outputs or sp["n_outputs"])
+    sweep = list(sp["k_sweep"] if k_sweep is None else k_sweep)
+    points: dict[tuple[int, int], str] = {(N, K): "N" for N in n_cells}
+    for k in sweep:
+        key = (n_cells[0], int(k))
+        points[key] = "N,K" if points.get(key) == "N" else "K"
+    return [Case(problem, N, k, float(sp["t_end"]), s) for (N, k), s in points.items()]
 
 
-def iterative_inputs(step_problem, traj_problem, c: dict):
-    """Initial states (N, n_states) in the step problem's state order and its per-cell parameters."""
-    y0, params = solver_inputs(traj_problem, c)
-    m = step_problem.model
-    Y = np.stack([y0[:, m.state_names.index(o)] for o in step_problem.outputs], axis=1).astype(np.float32)
-    n = len(y0)
-    P = np.stack([np.broadcast_to(np.asarray(params.get(name, step_problem.fixed.get(name, np.nan)), dtype=np.float64), (n,))
-                  for name in step_problem.inputs if name not in step_problem.outputs], axis=1).astype(np.float32)
-    if not np.isfinite(P).all():
-        raise ValueError(f"problem {step_problem.name!r}: a parameter input has no value from {traj_problem.name!r}")
-    return Y, P
+def load_surrogates(cfg: dict, models: dict, expect: dict | None = None) -> dict[str, Surrogate]:
+    """Load ``label -> checkpoint`` (the label is the surrogate kind), checking that each was made for the
+    problem the speed benchmark times it on (``expect[label]`` adds n, seed, arch where the caller knows them)."""
+    from core.provenance import check_provenance
 
-
-def solver_time(problem, c, t_end, n_outputs, device, repeats):
-    y0, params = solver_inputs(problem, c)
-    se = save_every(t_end, problem.dt, n_outputs)
-    name = "cuda" if device == "cuda" else "cpu"
-    e2e = time_cpu(lambda: solvers.simulate(problem.model, y0, t_end, problem.dt, se, params, backend=name,
-                                            dtype="float32"), repeats=repeats, warmup=1)
-    kernel = e2e
-    if name == "cuda":
-        be, m = get_backend("cuda"), problem.model
-        P = np.stack([np.broadcast_to(params.get(p, m.parameters[p].default), (len(y0),)) for p in m.param_names])
-        import cupy as cp
-
-        y0_d, P_d = cp.asarray(y0, dtype=np.float32), cp.asarray(P, dtype=np.float32)
-        n_saves = round(t_end / problem.dt) // se
-        kernel = time_cuda(lambda: be.integrate_device(m, y0_d, P_d, problem.dt, n_saves, se, "float32"), repeats=repeats)
-    return name, kernel, e2e
-
-
-def run(models: dict, backends, precisions, n_cells, n_outputs_list, t_end=50.0, repeats=10, config=None,
-        problem_name="C", workdir=None) -> pd.DataFrame:
-    cfg = validate_config(config) if isinstance(config, dict) else load_config(config)
-    problem = problem_from_config(problem_name, cfg)
-    info = machine_info()
-    status = {n: b.unavailable_reason() for n, b in REGISTRY.items()}
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="speedup_"))
-    nets = {}
+    out = {}
     for label, path in models.items():
-        net, _ = load_checkpoint(path)
-        metrics = Path(path).with_name("metrics.json")
-        meta = json.loads(metrics.read_text()) if metrics.exists() else {}
-        trained_on = problem_from_config(meta["problem"], cfg) if meta.get("problem") in cfg["problems"] else None
-        step = trained_on if trained_on is not None and trained_on.kind == "step" else None
-        arch = "x".join(f"{a}{w}" for a, w in net.hidden)
-        nets[label] = (net.eval(), meta.get("mae", np.nan), arch, step)
-    rows, runners = [], {}
+        problem = speed_problem_of(cfg, label)
+        p = problem_from_config(problem, cfg)
+        need = {"problem": p.name, "problem_fingerprint": p.fingerprint, "surrogate": label,
+                **((expect or {}).get(label) or {})}
+        net, meta = load_checkpoint(path, expect=need)
+        metrics_path = Path(path).with_name("metrics.json")
+        metrics = read_json(metrics_path, "metrics file") if metrics_path.exists() else {}
+        if metrics:
+            check_provenance(metrics.get("provenance", {}), need, f"metrics file {metrics_path}")
+        arch = meta["provenance"].get("arch") or "x".join(f"{a}{w}" for a, w in net.hidden)
+        out[label] = Surrogate(label, net.eval(), metrics.get("mae", np.nan), arch, p if p.kind == "step" else None)
+    return out
+
+
+# ---------------------------------------------------------------- the solver side
+def time_solver(case: Case, device: str, s: Settings) -> SolverTiming:
+    """The project's fastest solver for this device, float32, on the case's cells: kernel and end to end."""
+    p = case.problem
+    y0, params = case.solver_inputs()
+    name = "cuda" if device == "cuda" else "cpu"
+
+    def e2e():
+        return solvers.simulate(p.model, y0, case.t_end, p.dt, case.save_every, params, backend=name, dtype="float32")
+
+    e = measure(e2e, "cpu", s.repeats, 1, s.max_repeats)
+    if name != "cuda":
+        return SolverTiming(name, device, e, e)
+    launch = solvers.get_backend("cuda").launcher(p.model, y0, p.parameter_matrix(case.cells, case.n_cells),
+                                                 p.dt, case.n_saves, case.save_every, "float32")
+    k = measure(launch, "cupy", s.repeats, 3, s.max_repeats)
+    return SolverTiming(name, device, k, e)
+
+
+# ---------------------------------------------------------------- the surrogate side
+class _Timeout(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """Interrupt Python-level work after ``seconds`` (main thread only; a call stuck in C is interrupted when
+    it returns)."""
+    if seconds <= 0 or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Timeout()
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class _Bench:
+    """Runs the surrogate side, keeping prepared runners, each backend's time used, and its failures."""
+
+    def __init__(self, settings: Settings, workdir: Path):
+        self.s, self.workdir = settings, workdir
+        self.runners: dict = {}
+        self.used: dict[str, float] = {}
+        self.broken: dict = {}  # (label, backend, precision) -> why it failed: never tried again
+        self.skips: dict = {}  # (label, backend, precision) -> why it does not apply
+
+    def _runner(self, sur: Surrogate, backend: str, prec: str, case: Case):
+        key = (sur.label, backend, prec)
+        if key not in self.runners:
+            b = REGISTRY[backend]
+            r = b.prepare(sur.net, prec, self.workdir / f"{sur.label}_{backend}")
+            if sur.step is None:
+                err = check_against_torch(sur.net, r, case.direct_rows()[:4096], prec, backend)
+                fused = None
+            else:
+                Y0, P = case.rollout_inputs(sur.step)
+                err = check_against_torch(sur.net, r, np.concatenate([Y0, P], axis=1)[:4096], prec, backend)
+                fused = b.prepare_rollout(sur.net, Y0.shape[1], prec, self.workdir / f"{sur.label}_{backend}")
+                if fused is None and prec != "fp32":
+                    raise _Skip("step-by-step rollouts are timed in fp32 only (a fused rollout keeps the state in "
+                                "fp32 registers; a step-by-step one would round it every step)")
+                if fused is not None:
+                    self._check_rollout(sur, fused, r, case, prec, backend)
+            self.runners[key] = (r, err, fused)
+        return self.runners[key]
+
+    def _check_rollout(self, sur, fused, runner, case, prec, backend):
+        from surrogates.itnn import rollout
+
+        plan = case.rollout_plan(sur.step)
+        if isinstance(plan, str):
+            return
+        n_steps, keep_every = plan
+        Y0, P = case.rollout_inputs(sur.step)
+        Y0, P = Y0[:1024], P[:1024]
+        ref = rollout(sur.net, Y0, P, n_steps, keep_every)
+        got = np.concatenate([runner.to_host(k) for k in fused(Y0, P, n_steps, keep_every, True)]).reshape(ref.shape)
+        span = np.maximum(ref.max(axis=(0, 1)) - ref.min(axis=(0, 1)), 1e-12)
+        err = float((np.abs(got - ref) / span).max())
+        if not np.isfinite(err) or err > ROLLOUT_TOLERANCE[prec]:
+            from inference.backends import BackendMismatchError
+
+            raise BackendMismatchError(f"fused rollout of {backend} ({prec}) differs from the torch rollout by {err:.3g} "
+                                       f"of the state range after {n_steps} steps (tolerance {ROLLOUT_TOLERANCE[prec]:g})")
+
+    def point(self, case: Case, sur: Surrogate, backend: str, prec: str, solver: SolverTiming) -> dict:
+        base = _base(case, sur, backend, prec, solver)
+        key = (sur.label, backend, prec)
+        if key in self.broken:
+            return {**base, "failed": self.broken[key]}
+        if key in self.skips:
+            return {**base, "skipped": self.skips[key]}
+        if self.used.get(backend, 0.0) > self.s.backend_time_limit_s:
+            return {**base, "failed": f"{backend} exceeded its time limit of {self.s.backend_time_limit_s:g} s "
+                                      "(speed.backend_time_limit_s) earlier in this run"}
+        if sur.step is not None:
+            plan = case.rollout_plan(sur.step)
+            if isinstance(plan, str):
+                return {**base, "skipped": plan}
+        t0 = time.perf_counter()
+        try:
+            left = self.s.backend_time_limit_s - self.used.get(backend, 0.0)
+            with _time_limit(left):
+                return {**base, **self._measure(case, sur, backend, prec, solver)}
+        except _Skip as exc:
+            self.skips[key] = str(exc)
+            return {**base, "skipped": str(exc)}
+        except _Timeout:
+            return {**base, "failed": f"{backend} exceeded its time limit of {self.s.backend_time_limit_s:g} s "
+                                      "(speed.backend_time_limit_s)"}
+        except Exception as exc:  # a failing backend is recorded, never allowed to lose the other rows
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            print(f"{backend} {prec} {sur.label}: FAILED: {reason}\n{traceback.format_exc(limit=3)}", file=sys.stderr,
+                  flush=True)
+            self.broken[key] = reason
+            return {**base, "failed": reason}
+        finally:
+            self.used[backend] = self.used.get(backend, 0.0) + time.perf_counter() - t0
+
+    def _measure(self, case, sur, backend, prec, solver) -> dict:
+        r, err, fused = self._runner(sur, backend, prec, case)
+        b = REGISTRY[backend]
+        clock = "torch" if b.device == "cuda" else "cpu"
+        s = self.s
+        if sur.step is None:
+            X = case.direct_rows()
+            xd = r.device_input(X)
+            k = measure(lambda: run_chunked(r, xd), clock, s.repeats, b.warmup, s.max_repeats)
+            e = measure(lambda: [r.to_host(y) for y in run_chunked(r, r.device_input(X))], "cpu", s.repeats, b.warmup,
+                        s.max_repeats)
+            rows = len(X)
+        else:
+            n_steps, keep_every = case.rollout_plan(sur.step)
+            Y0, P = case.rollout_inputs(sur.step)
+            roll = fused or (lambda y, p, n, ke, kf: rollout_runner(r, y, p, n, ke, kf))
+            if fused is not None:  # inputs placed once, as for the direct kernel-only time
+                y_d, p_d = r.device_input(Y0), r.device_input(P)
+                k = measure(lambda: roll(y_d, p_d, n_steps, keep_every, case.n_outputs > 1), clock, s.repeats,
+                            b.warmup, s.max_repeats)
+            else:
+                k = measure(lambda: roll(Y0, P, n_steps, keep_every, case.n_outputs > 1), clock, s.repeats, b.warmup,
+                            s.max_repeats)
+            e = measure(lambda: [r.to_host(y) for y in roll(Y0, P, n_steps, keep_every, case.n_outputs > 1)], "cpu",
+                        s.repeats, b.warmup, s.max_repeats)
+            rows = case.n_cells * n_steps
+        row = {"rows": rows, "surrogate_seconds": e.median, "surrogate_kernel_seconds": k.median,
+               "speedup": solver.e2e.median / e.median, "kernel_speedup": solver.kernel.median / k.median,
+               "max_rel_diff_vs_torch": err, "rows_per_s": rows / k.median,
+               "noisy": bool(k.noisy or e.noisy or solver.kernel.noisy or solver.e2e.noisy),
+               **k.as_dict("kernel_"), **e.as_dict("e2e_")}
+        print(f"[{case.sweep}] N={case.n_cells:>7d} K={case.n_outputs:>5d} {backend:14s} {prec} {sur.label}: solver "
+              f"{solver.e2e.median:.4g} s (kernel {solver.kernel.median:.4g}), surrogate {e.median:.4g} s (kernel "
+              f"{k.median:.4g}) -> speedup {row['speedup']:.3g} (kernel {row['kernel_speedup']:.3g})"
+              f"{' NOISY' if row['noisy'] else ''}", flush=True)
+        return row
+
+
+class _Skip(Exception):
+    pass
+
+
+def _base(case: Case, sur: Surrogate, backend: str, prec: str, solver: SolverTiming) -> dict:
+    if sur.step is None:
+        workload = f"direct N x K, T={case.t_end:g}"
+    else:
+        workload = f"iterative rollout N x K, T={case.t_end:g}, step={sur.step.step:g}"
+    return {"sweep": case.sweep, "workload": workload, "device": solver.device, "n_cells": case.n_cells,
+            "n_outputs": case.n_outputs, "solver_backend": solver.backend, "solver_seconds": solver.e2e.median,
+            "solver_kernel_seconds": solver.kernel.median, "solver_noisy": bool(solver.e2e.noisy or solver.kernel.noisy),
+            "surrogate": sur.label, "arch": sur.arch, "backend": backend, "precision": prec, "mae": sur.mae,
+            **solver.kernel.as_dict("solver_kernel_"), **solver.e2e.as_dict("solver_e2e_")}
+
+
+def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Case] | None = None,
+        settings: Settings | None = None, workdir=None, expect: dict | None = None) -> pd.DataFrame:
+    """Measure every (point, surrogate, backend, precision); returns the tidy table (one row each, timed,
+    ``skipped`` with the reason, or ``failed`` with the reason)."""
+    cfg = validate_config(cfg)
+    sp = cfg["speed"]
+    backends = list(backends or sp["backends"])
+    precisions = list(precisions or sp["precisions"])
+    settings = settings or Settings(sp["repeats"], sp["max_repeats"], sp["backend_time_limit_s"])
+    points = points if points is not None else cases(cfg)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="speedup_"))
+    info = machine_info()
+    surs = load_surrogates(cfg, models, expect)
+    status = {n: REGISTRY[n].unavailable_reason() for n in backends}
+    rows = []
     for name in backends:
-        if status.get(name) is not None:
+        if status[name] is not None:
             rows.append({"backend": name, "skipped": status[name]})
             print(f"{name}: skipped ({status[name]})", flush=True)
-    live = [b for b in backends if status.get(b) is None]
-    for N in n_cells:
-        for K in n_outputs_list:
-            X, c = direct_rows(problem, N, K, t_end)
-            for device in sorted({REGISTRY[b].device for b in live}):
-                sb, s_kernel, s_e2e = solver_time(problem, c, t_end, K, device, max(10, repeats))
-                for label, (net, mae, arch, step) in nets.items():
-                    if step is not None:
-                        rows += _iterative(label, net, mae, arch, step, problem, c, N, K, t_end, device, live,
-                                           precisions, runners, workdir, repeats, (sb, s_kernel, s_e2e))
-                        continue
-                    for b in [b for b in live if REGISTRY[b].device == device]:
-                        for prec in [p for p in precisions if p in REGISTRY[b].precisions]:
-                            key = (label, b, prec)
-                            if key not in runners:
-                                r = REGISTRY[b].prepare(net, prec, workdir / f"{label}_{b}")
-                                err = check_against_torch(net, r, X[:4096], prec, b)
-                                runners[key] = (r, err)
-                            r, err = runners[key]
-                            timer = time_torch_cuda if device == "cuda" else time_cpu
-                            xd = r.device_input(X)
-                            k = timer(lambda: run_chunked(r, xd), repeats=repeats, warmup=1)
-                            e = time_cpu(lambda: [r.to_host(y) for y in run_chunked(r, r.device_input(X))],
-                                         repeats=repeats, warmup=1)
-                            rows.append(_row(f"direct N x K, T={t_end:g}", device, N, K, len(X), (sb, s_kernel, s_e2e),
-                                             label, arch, b, prec, k, e, mae, err))
+    live = [b for b in backends if status[b] is None]
+    bench = _Bench(settings, workdir)
+    for case in points:
+        for device in sorted({REGISTRY[b].device for b in live}):
+            solver = time_solver(case, device, settings)
+            for sur in surs.values():
+                for b in [b for b in live if REGISTRY[b].device == device]:
+                    for prec in [p for p in precisions if p in REGISTRY[b].precisions]:
+                        rows.append(bench.point(case, sur, b, prec, solver))
     df = pd.DataFrame(rows)
+    for col in ("skipped", "failed"):
+        if col not in df:
+            df[col] = None
     for k, v in info.items():
         df[k] = v
     return df
 
 
-def _row(workload, device, N, K, n_rows, solver, label, arch, backend, prec, k, e, mae, err) -> dict:
-    sb, s_kernel, s_e2e = solver
-    row = {"workload": workload, "device": device, "n_cells": N, "n_outputs": K, "rows": n_rows,
-           "solver_backend": sb, "solver_seconds": s_e2e.median, "solver_kernel_seconds": s_kernel.median,
-           "surrogate": label, "arch": arch, "backend": backend, "precision": prec, "surrogate_seconds": e.median,
-           "surrogate_kernel_seconds": k.median, "speedup": s_e2e.median / e.median,
-           "kernel_speedup": s_kernel.median / k.median, "mae": mae, "max_rel_diff_vs_torch": err,
-           "rows_per_s": n_rows / k.median, **k.as_dict("kernel_"), **e.as_dict("e2e_")}
-    print(f"N={N:>7d} K={K:>5d} {backend:14s} {prec} {label}: solver {s_e2e.median:.4f} s, "
-          f"surrogate {e.median:.4f} s -> speedup {row['speedup']:.3g}", flush=True)
-    return row
-
-
-def _iterative(label, net, mae, arch, step, traj, c, N, K, t_end, device, live, precisions, runners, workdir,
-               repeats, solver) -> list:
-    """The ITNN side of one (N, K) point: roll N cells out for T / step steps, keeping K states."""
-    n_steps = round(t_end / step.step)
-    workload = f"iterative rollout N x K, T={t_end:g}, step={step.step:g}"
-    skip = None
-    if abs(n_steps * step.step - t_end) > 1e-9:
-        skip = f"T = {t_end:g} is not a whole number of steps of {step.step:g}"
-    elif K > 1 and n_steps % (K - 1):
-        skip = f"K - 1 = {K - 1} does not divide the {n_steps} rollout steps"
-    base = {"workload": workload, "device": device, "n_cells": N, "n_outputs": K, "surrogate": label, "arch": arch}
-    if skip:
-        return [{**base, "backend": b, "skipped": skip} for b in live if REGISTRY[b].device == device]
-    keep_every = n_steps if K == 1 else n_steps // (K - 1)
-    Y0, P = iterative_inputs(step, traj, c)
-    rows = []
-    for b in [b for b in live if REGISTRY[b].device == device]:
-        for prec in [p for p in precisions if p in REGISTRY[b].precisions]:
-            if prec != "fp32":
-                rows.append({**base, "backend": b, "precision": prec,
-                             "skipped": "iterative rollouts are timed in fp32 only"})
-                continue
-            key = (label, b, prec)
-            if key not in runners:
-                r = REGISTRY[b].prepare(net, prec, workdir / f"{label}_{b}")
-                err = check_against_torch(net, r, np.concatenate([Y0, P], axis=1)[:4096], prec, b)
-                runners[key] = (r, err)
-            r, err = runners[key]
-            timer = time_torch_cuda if device == "cuda" else time_cpu
-            k = timer(lambda: rollout_runner(r, Y0, P, n_steps, keep_every, K > 1), repeats=repeats, warmup=1)
-            e = time_cpu(lambda: [r.to_host(y) for y in rollout_runner(r, Y0, P, n_steps, keep_every, K > 1)],
-                         repeats=repeats, warmup=1)
-            rows.append(_row(workload, device, N, K, N * n_steps, solver, label, arch, b, prec, k, e, mae, err))
-    return rows
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True, help="label=path/to/best_model.pth")
-    ap.add_argument("--backends", nargs="+", default=list(REGISTRY))
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "fp16"])
-    ap.add_argument("--n", type=int, nargs="+", default=list(PAPER_N))
-    ap.add_argument("--k", type=int, nargs="+", default=[26])
-    ap.add_argument("--k-sweep", action="store_true", help=f"K in {K_SWEEP} at the first N")
-    ap.add_argument("--t-end", type=float, default=50.0)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--config", type=Path)
-    ap.add_argument("--out", type=Path, default=Path("results/benchmarks/speedup.csv"))
+    ap.add_argument("--config", type=Path, nargs="*", default=[], help="config files merged over config/config.yaml")
+    ap.add_argument("--model", action="append", default=[],
+                    help="KIND=path/to/best_model.pth (default: the configured speed.surrogates of results_dir)")
+    ap.add_argument("--backends", nargs="+", help="default: speed.backends")
+    ap.add_argument("--precisions", nargs="+", help="default: speed.precisions")
+    ap.add_argument("--n", type=int, nargs="+", help="default: speed.n_cells")
+    ap.add_argument("--k", type=int, help="default: speed.n_outputs")
+    ap.add_argument("--k-sweep", type=int, nargs="*", help="default: speed.k_sweep (give none to skip the sweep)")
+    ap.add_argument("--out", type=Path, help="default: RESULTS/benchmarks/speed_raw.csv")
     a = ap.parse_args(argv)
-    models = dict(m.split("=", 1) for m in a.model)
-    frames = [run(models, a.backends, a.precisions, a.n, a.k, a.t_end, a.repeats, a.config)]
-    if a.k_sweep:
-        frames.append(run(models, a.backends, a.precisions, a.n[:1], list(K_SWEEP), a.t_end, a.repeats, a.config))
-    df = pd.concat(frames, ignore_index=True)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(a.out, index=False)
-    print(f"wrote {a.out}")
+    try:
+        cfg = load_config(*a.config)
+        layout = Layout(cfg["results_dir"])
+        models = dict(m.split("=", 1) for m in a.model) or configured_models(cfg)
+        df = run(cfg, models, a.backends, a.precisions, cases(cfg, a.n, a.k, a.k_sweep))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = a.out or layout.benchmark("speed_raw.csv")
+    write_text(out, df.to_csv(index=False))
+    print(f"wrote {out}")
+    failed = df[df["failed"].notna()]
+    if len(failed):
+        print(f"{len(failed)} row(s) FAILED:\n" + failed[["backend", "precision", "surrogate", "failed"]]
+              .drop_duplicates().to_string(index=False), file=sys.stderr)
+        return 1
     return 0
+
+
+def configured_models(cfg: dict) -> dict:
+    """``kind -> best_model.pth`` of the surrogates the configuration times (largest n, first seed)."""
+    layout = Layout(cfg["results_dir"])
+    out = {}
+    for kind in cfg["speed"]["surrogates"]:
+        p = speed_problem_of(cfg, kind)
+        size = max(problem_from_config(p, cfg).sizes)
+        out[kind] = layout.run_file("model", p, kind, size, training_settings(cfg, p)["architecture"],
+                                    cfg["training"]["seeds"][0])
+        if not out[kind].exists():
+            raise InvalidInputError(f"no trained {kind} model at {out[kind]}: run the workflow first, or name one "
+                                    f"with --model {kind}=PATH")
+    return out
 
 
 if __name__ == "__main__":

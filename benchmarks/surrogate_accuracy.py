@@ -1,13 +1,16 @@
-"""Surrogate accuracy on the held-out test sets: a grid of training runs, summarised with the solver floor.
+"""Surrogate accuracy on the held-out test sets: the configuration's training grid without Snakemake.
 
-Datasets must exist (``snakemake`` or ``python -m surrogates.datasets``). Each run is
-``surrogates.train.train_surrogate``; runs go to worker processes, one torch thread each.
+The runs are those of the configuration (``training.surrogates`` x sizes x ``training.seeds``, the same
+list the workflow builds), optionally narrowed with ``--only PROBLEM:KIND[:N]``; datasets and models go
+where the workflow puts them (``results_dir``, :mod:`core.layout`), so the two can be mixed. Missing
+datasets are made first; a run whose ``metrics.json`` already exists is kept. Runs go to worker processes,
+one torch thread each (or one after the other on a GPU).
 
-    python -m benchmarks.surrogate_accuracy --runs B:ddnn:1000 B:pinn:1000 --seeds 0 1 2 --iterations 5000
-    python -m benchmarks.surrogate_accuracy --preset report      # the runs quoted in benchmarks/README.md
+    python -m benchmarks.surrogate_accuracy --config config/quick.yaml
+    python -m benchmarks.surrogate_accuracy --config config/config.yaml --only C:ddnn:100000 --seeds 0 1 2
 
-Writes ``results/benchmarks/surrogate_accuracy.csv`` (one row per run) and prints a table of means over
-seeds, with the Euler floor of each problem's test set.
+Prints a table of means over seeds with the Euler floor of each problem's test set, and writes it with
+one row per run to ``results_dir/benchmarks/surrogate_accuracy.csv``.
 """
 from __future__ import annotations
 
@@ -19,91 +22,126 @@ from pathlib import Path
 
 import pandas as pd
 
-PRESETS = {
-    # (problem, surrogate, n, iterations or None for the config's)
-    "report": [
-        ("A", "ddnn", 1000, 5000), ("A", "pinn", 1000, 5000),
-        ("B", "ddnn", 1000, 5000), ("B", "pinn", 1000, 5000),
-        ("C", "ddnn", 1000, 5000), ("C", "pinn", 1000, 5000),
-        ("hh_m", "ddnn", 7000, None), ("hh_m", "pinn_seed", 7000, None), ("hh_m", "pinn", 7000, None),
-        ("D", "itnn", 100000, 30000),
-    ],
-}
+from core.errors import InvalidInputError, PipelineError
+from core.io import write_text
+from core.layout import Layout
+from core.machine import machine_info
+
+
+def select_runs(cfg: dict, only=()) -> list[tuple]:
+    """The configuration's runs ``(problem, surrogate, n, arch, seed)``, narrowed by ``only`` filters
+    (``"C"``, ``"C:ddnn"``, ``"C:ddnn:1000"``)."""
+    from surrogates.config import training_grid
+
+    runs = training_grid(cfg)
+    if only:
+        keep = []
+        for spec in only:
+            parts = spec.split(":")
+            if not 1 <= len(parts) <= 3:
+                raise InvalidInputError(f"--only takes PROBLEM[:KIND[:N]], got {spec!r}")
+            match = [r for r in runs if r[0] == parts[0] and (len(parts) < 2 or r[1] == parts[1])
+                     and (len(parts) < 3 or r[2] == int(parts[2]))]
+            if not match:
+                raise InvalidInputError(f"--only {spec}: no run of this configuration matches")
+            keep += [r for r in match if r not in keep]
+        runs = keep
+    return runs
+
+
+def ensure_datasets(cfg: dict, runs) -> None:
+    """Write the training, validation and test sets the runs need, where they are missing."""
+    from surrogates.datasets import write_split, write_test
+    from surrogates.problems import problem_from_config
+
+    layout = Layout(cfg["results_dir"])
+    for p, _, n, _, _ in runs:
+        tr, va = layout.split(p, n, "train"), layout.split(p, n, "val")
+        if not (tr.exists() and va.exists()):
+            write_split(cfg, p, n, tr, va)
+        if not layout.test(p).exists():
+            write_test(cfg, p, layout.test(p))
+        src = problem_from_config(p, cfg).test_from
+        if src and not layout.test(src).exists():
+            write_test(cfg, src, layout.test(src))
 
 
 def _one(args):
-    cfg_path, problem, surrogate, n, seed, arch, iterations, data_root, out_root = args
+    cfg, (problem, surrogate, n, arch, seed), iterations, threads = args
     import torch
 
-    torch.set_num_threads(1)
-    from surrogates.problems import load_config
+    torch.set_num_threads(threads)
     from surrogates.train import train_surrogate
 
-    cfg = load_config(cfg_path)
-    out = Path(out_root) / problem / surrogate / f"n{n}" / (arch or "default") / f"seed{seed}"
-    r = train_surrogate(cfg, problem, surrogate, n, seed, Path(data_root) / problem, out, arch, iterations=iterations)
+    layout = Layout(cfg["results_dir"])
+    out = layout.model_dir(problem, surrogate, n, arch, seed)
+    if (out / "metrics.json").exists():
+        from core.io import read_json
+
+        return read_json(out / "metrics.json")
+    r = train_surrogate(cfg, problem, surrogate, n, seed, layout.dataset_dir(problem), out, arch,
+                        test_path=layout.test(problem), iterations=iterations)
     print(f"{problem:5s} {surrogate:9s} n={n:<6d} seed={seed}  MAE {r['mae']:.3e}  max {r['max_abs_err']:.3e}  "
-          f"({r['train_seconds']:.0f} s)", flush=True)
-    keep = ("problem", "surrogate", "n_train", "seed", "arch", "mae", "max_abs_err", "rel_l2", "n_params",
-            "train_seconds", "iterations", "best_iteration", "val_mae", "device", "device_name")
-    row = {k: r[k] for k in keep}
-    row["floor_mae"], row["floor_max_abs_err"] = r["euler_floor"]["mae"], r["euler_floor"]["max_abs_err"]
-    if "rollout_bounded" in r:
-        row["rollout_bounded"] = r["rollout_bounded"]
-        row["rollout_mae_at_end"] = r["rollout_error"]["mae"][-1]
-    return row
+          f"({r['train_seconds']:.0f} s, {r['device']})", flush=True)
+    return r
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(["problem", "surrogate", "n_train", "arch"], sort=False)
-    out = g.agg(seeds=("seed", "count"), mae_mean=("mae", "mean"), mae_std=("mae", "std"),
-                max_abs_err_mean=("max_abs_err", "mean"), rel_l2_mean=("rel_l2", "mean"),
-                train_seconds_mean=("train_seconds", "mean"), iterations=("iterations", "first"),
-                floor_mae=("floor_mae", "first"), floor_max_abs_err=("floor_max_abs_err", "first")).reset_index()
-    return out
+    return g.agg(seeds=("seed", "count"), mae_mean=("mae", "mean"), mae_std=("mae", "std"),
+                 max_abs_err_mean=("max_abs_err", "mean"), max_abs_err_std=("max_abs_err", "std"),
+                 rel_l2_mean=("rel_l2", "mean"), train_seconds_mean=("train_seconds", "mean"),
+                 iterations=("iterations", "first"), floor_mae=("floor_mae", "first"),
+                 floor_max_abs_err=("floor_max_abs_err", "first")).reset_index()
+
+
+def run(cfg: dict, runs, iterations=None, workers: int = 1) -> pd.DataFrame:
+    ensure_datasets(cfg, runs)
+    jobs = [(cfg, r, iterations, 1 if workers > 1 else max(1, os.cpu_count() or 1)) for r in runs]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            results = list(ex.map(_one, jobs))
+    else:
+        results = [_one(j) for j in jobs]
+    keep = ("problem", "surrogate", "n_train", "seed", "arch", "mae", "max_abs_err", "rel_l2", "n_params",
+            "train_seconds", "iterations", "best_iteration", "val_mae", "device", "device_name")
+    rows = []
+    for r in results:
+        row = {k: r[k] for k in keep}
+        row["floor_mae"], row["floor_max_abs_err"] = r["euler_floor"]["mae"], r["euler_floor"]["max_abs_err"]
+        if "rollout_bounded" in r:
+            row["rollout_bounded"] = r["rollout_bounded"]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for k, v in machine_info(gpu=False).items():
+        df[k] = v
+    return df
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=None)
-    ap.add_argument("--runs", nargs="*", default=[], help="problem:surrogate:n[:iterations]")
-    ap.add_argument("--preset", choices=sorted(PRESETS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--arch", default=None)
-    ap.add_argument("--iterations", type=int, default=None, help="override every run's iterations")
-    ap.add_argument("--data", type=Path, default=Path("results/datasets"))
-    ap.add_argument("--out", type=Path, default=Path("results/benchmarks/accuracy_runs"))
-    ap.add_argument("--csv", type=Path, default=Path("results/benchmarks/surrogate_accuracy.csv"))
-    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--config", type=Path, nargs="*", default=[], help="config files merged over config/config.yaml")
+    ap.add_argument("--only", nargs="*", default=[], help="PROBLEM[:KIND[:N]] filters of the configured runs")
+    ap.add_argument("--seeds", type=int, nargs="+", help="default: training.seeds")
+    ap.add_argument("--iterations", type=int, help="override every run's iterations (default: the config's)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel training processes (CPU)")
     a = ap.parse_args(argv)
-    runs = list(PRESETS[a.preset]) if a.preset else []
-    for spec in a.runs:
-        parts = spec.split(":")
-        runs.append((parts[0], parts[1], int(parts[2]), int(parts[3]) if len(parts) > 3 else None))
-    if not runs:
-        ap.error("give --runs or --preset")
-    jobs = [(a.config, p, s, n, seed, a.arch, a.iterations or it, a.data, a.out)
-            for p, s, n, it in runs for seed in a.seeds]
-    with ProcessPoolExecutor(max_workers=a.workers) as ex:
-        rows = list(ex.map(_one, jobs))
-    df = pd.DataFrame(rows)
-    from benchmarks.machine import machine_info
+    from surrogates.config import load_config
 
-    for k, v in machine_info(gpu=False).items():
-        df[k] = v
-    a.csv.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(a.csv, index=False)
-    print(summarise(df).to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else summarise(df).to_string())
-    print(f"wrote {a.csv}")
-    return 0
-
-
-def _has_tabulate() -> bool:
     try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
+        cfg = load_config(*a.config)
+        if a.seeds is not None:
+            cfg["training"]["seeds"] = list(a.seeds)
+        runs = select_runs(cfg, a.only)
+        df = run(cfg, runs, a.iterations, a.workers)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Layout(cfg["results_dir"]).benchmark("surrogate_accuracy.csv")
+    write_text(out, df.to_csv(index=False))
+    print(summarise(df).to_markdown(index=False, floatfmt=".3g"))
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

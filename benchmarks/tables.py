@@ -1,37 +1,88 @@
-"""Tables of the paper, from the pipeline's outputs: CSV (the contract), Markdown and LaTeX."""
+"""Tables of the paper, from the pipeline's outputs: CSV (the contract), Markdown and LaTeX.
+
+Rows are built from the fields each ``metrics.json`` records (never from where a file lies); given the
+configuration, every metrics file and test sidecar is first checked against what it stands for.
+"""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from surrogates.io import atomic_write
+from core.errors import InvalidInputError
+from core.io import read_json, read_sidecar, write_text
+from core.layout import Layout
+from core.provenance import check_provenance
 
 ACCURACY_COLUMNS = ["problem", "surrogate", "n_train", "arch", "seeds", "mae_mean", "mae_std", "max_abs_err_mean",
                     "rel_l2_mean", "train_seconds_mean", "n_params"]
 
 
-def accuracy_table(metrics_files, test_sidecars) -> pd.DataFrame:
+def _expected_runs(cfg) -> dict:
+    """metrics.json path -> the provenance its model must have, for every run of the configuration."""
+    from surrogates.config import training_grid
+    from surrogates.train import expected_model
+
+    layout = Layout(cfg["results_dir"])
+    return {layout.run_file("metrics", p, s, n, a, seed): expected_model(cfg, p, s, n, seed, a)
+            for p, s, n, a, seed in training_grid(cfg)}
+
+
+def read_runs(metrics_files, cfg=None) -> pd.DataFrame:
+    """One row per metrics file (its recorded fields); with ``cfg``, each file is checked to be the run its
+    place in the layout stands for (a copied or stale file is refused, naming it and the differing key)."""
+    expected = _expected_runs(cfg) if cfg is not None else {}
+    rows = []
+    for f in metrics_files:
+        m = read_json(f, "metrics file")
+        want = expected.get(Path(f).resolve())
+        if cfg is not None and want is None:
+            raise InvalidInputError(f"metrics file {f} is not a run of this configuration")
+        if want is not None:
+            check_provenance(m.get("provenance", {}), want, f"metrics file {f}")
+        rows.append(m)
+    return pd.DataFrame(rows)
+
+
+def read_floors(test_sidecars, cfg=None) -> pd.DataFrame:
+    """One ``euler_floor`` row per test sidecar; each sidecar's own checksum is verified, and with ``cfg`` its
+    problem must be the one its place names."""
+    from surrogates.datasets import expected_provenance
+    from surrogates.problems import problem_from_config
+
+    layout = Layout(cfg["results_dir"]) if cfg is not None else None
+    by_path = {layout.sidecar(layout.test(p)): p for p in cfg["problems"]} if cfg is not None else {}
+    floors = []
+    for f in test_sidecars:
+        meta = read_sidecar(Path(f).with_suffix(".npz"))
+        name = meta.get("provenance", {}).get("problem")
+        if cfg is not None:
+            want = by_path.get(Path(f).resolve())
+            if want is None:
+                raise InvalidInputError(f"test sidecar {f} is not a test set of this configuration")
+            check_provenance(meta.get("provenance", {}), expected_provenance(problem_from_config(want, cfg), cfg, "test"),
+                             f"test sidecar {f}")
+            name = want
+        fl = meta["euler_floor"]
+        floors.append({"problem": name, "surrogate": "euler_floor", "n_train": np.nan, "arch": "", "seeds": 0,
+                       "mae_mean": fl["mae"], "mae_std": 0.0, "max_abs_err_mean": fl["max_abs_err"],
+                       "rel_l2_mean": fl["rel_l2"], "train_seconds_mean": np.nan, "n_params": np.nan})
+    return pd.DataFrame(floors)
+
+
+def accuracy_table(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
     """One row per (problem, surrogate, n_train, arch), means over seeds; plus one ``euler_floor`` row per
     problem (the Euler labels' own error against the high-accuracy solution)."""
-    runs = pd.DataFrame([json.loads(Path(f).read_text()) for f in metrics_files])
+    runs = read_runs(metrics_files, cfg)
     if runs.empty:
-        raise ValueError("no training results to tabulate")
+        raise InvalidInputError("no training results to tabulate")
     g = runs.groupby(["problem", "surrogate", "n_train", "arch"], sort=True)
     table = g.agg(seeds=("seed", "nunique"), mae_mean=("mae", "mean"), mae_std=("mae", "std"),
                   max_abs_err_mean=("max_abs_err", "mean"), rel_l2_mean=("rel_l2", "mean"),
                   train_seconds_mean=("train_seconds", "mean"), n_params=("n_params", "first")).reset_index()
     table["mae_std"] = table["mae_std"].fillna(0.0)
-    floors = []
-    for f in test_sidecars:
-        meta = json.loads(Path(f).read_text())
-        fl = meta["euler_floor"]
-        floors.append({"problem": meta["problem"]["name"], "surrogate": "euler_floor", "n_train": np.nan, "arch": "",
-                       "seeds": 0, "mae_mean": fl["mae"], "mae_std": 0.0, "max_abs_err_mean": fl["max_abs_err"],
-                       "rel_l2_mean": fl["rel_l2"], "train_seconds_mean": np.nan, "n_params": np.nan})
-    table = pd.concat([table, pd.DataFrame(floors)], ignore_index=True)
+    table = pd.concat([table, read_floors(test_sidecars, cfg)], ignore_index=True)
     table["n_train"] = table["n_train"].astype("Int64")
     table["n_params"] = table["n_params"].astype("Int64")
     table["_floor_last"] = table["surrogate"] != "euler_floor"  # the floor row first in each problem
@@ -42,23 +93,26 @@ def accuracy_table(metrics_files, test_sidecars) -> pd.DataFrame:
 def write_table(df: pd.DataFrame, csv_path, md_path, tex_path, caption: str) -> None:
     """Write ``df`` as CSV, Markdown and LaTeX, each atomically."""
     if not np.isfinite(df.select_dtypes("number").astype(float).fillna(0).to_numpy()).all():
-        raise ValueError("refusing to write a table holding infinite values")
-    atomic_write(Path(csv_path), lambda fh: fh.write(df.to_csv(index=False).encode()))
-    md = f"{caption}\n\n" + df.to_markdown(index=False, floatfmt=".3g") + "\n"
-    atomic_write(Path(md_path), lambda fh: fh.write(md.encode()))
-    tex = df.to_latex(index=False, float_format="%.3g", na_rep="--", caption=caption, escape=True)
-    atomic_write(Path(tex_path), lambda fh: fh.write(tex.encode()))
+        raise InvalidInputError("refusing to write a table holding infinite values")
+    write_text(csv_path, df.to_csv(index=False))
+    write_text(md_path, f"{caption}\n\n" + df.to_markdown(index=False, floatfmt=".3g") + "\n")
+    write_text(tex_path, df.to_latex(index=False, float_format="%.3g", na_rep="--", caption=caption, escape=True))
 
 
-SPEEDUP_COLUMNS = ["workload", "device", "n_cells", "n_outputs", "solver_backend", "solver_seconds", "surrogate", "arch",
-                   "backend", "precision", "surrogate_seconds", "speedup", "mae"]
+SPEEDUP_COLUMNS = ["sweep", "workload", "device", "n_cells", "n_outputs", "solver_backend", "solver_seconds",
+                   "solver_kernel_seconds", "surrogate", "arch", "backend", "precision", "surrogate_seconds",
+                   "surrogate_kernel_seconds", "speedup", "kernel_speedup", "mae", "noisy"]
 
 
 def speedup_table(raw: pd.DataFrame) -> pd.DataFrame:
-    """The speedup contract from ``benchmarks.speedup`` output: timed rows only, in a stable order."""
-    timed = raw[raw["skipped"].isna()] if "skipped" in raw else raw
+    """The speedup contract from ``benchmarks.speedup`` output: timed rows only, in a stable order; ``noisy``
+    marks a point whose repeats kept a spread above 10% (IQR / median)."""
+    timed = raw
+    for col in ("skipped", "failed"):
+        if col in timed:
+            timed = timed[timed[col].isna()]
     if timed.empty:
-        raise ValueError("no timed rows: every inference backend was skipped")
+        raise InvalidInputError("no timed rows: every inference backend was skipped or failed")
     out = timed[SPEEDUP_COLUMNS].sort_values(["device", "surrogate", "backend", "precision", "n_outputs", "n_cells"],
                                              kind="stable")
     return out.reset_index(drop=True)

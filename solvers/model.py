@@ -25,7 +25,7 @@ import numpy as np
 import sympy as sp
 from sympy.parsing.sympy_parser import parse_expr
 
-from .errors import InvalidInputError
+from core.errors import InvalidInputError
 
 __all__ = ["CellModel", "Parameter", "State", "vtrap", "DTYPES"]
 

@@ -6,8 +6,11 @@ from typing import Mapping
 
 import numpy as np
 
+from core.errors import InvalidInputError, NonFiniteStateError
+from core.precision import numpy_name, precision
+from core.steps import divides, whole_steps
+
 from .backends import get_backend
-from .errors import InvalidInputError, NonFiniteStateError
 from .model import DTYPES, CellModel
 from .models import get_model
 
@@ -34,8 +37,10 @@ def simulate(
     save_every : keep the state every ``save_every`` steps (and at t = 0).
     params : parameter name -> scalar or per-cell array of shape (n_cells,); others take their defaults.
     backend : ``"numpy"``, ``"cpu"``, ``"cuda"`` or ``"auto"`` (the fastest that runs here).
-    dtype : ``"float32"`` or ``"float64"``: the precision of the whole integration.
-    backend_options : backend-specific tuning (``cpu``: block, threads; ``cuda``: fast_math).
+    dtype : ``"float32"`` or ``"float64"`` (also spelt ``"fp32"``, ``"fp64"``): the precision of the whole
+        integration.
+    backend_options : backend-specific tuning (``cpu``: block, threads; ``cuda``: fast_math, block, and
+        ``device_output=True`` to get ``Y`` as a CuPy array that stays on the GPU).
 
     Returns
     -------
@@ -47,8 +52,10 @@ def simulate(
     variable, cell and time when a state becomes NaN or infinite.
     """
     m = get_model(model)
-    if dtype not in DTYPES:
-        raise InvalidInputError(f"unknown dtype {dtype!r}; valid: {list(DTYPES)}")
+    try:
+        dtype = numpy_name(precision(dtype, allowed=DTYPES))
+    except InvalidInputError:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; valid: {list(DTYPES)} (or fp32, fp64)") from None
     be = get_backend(backend)
     unknown_opts = set(backend_options) - set(be.options)
     if unknown_opts:
@@ -57,10 +64,11 @@ def simulate(
         )
     n_saves, save_every = _time_grid(t_end, dt, save_every)
     y0 = _initial_state(m, y0, dtype)
-    P = _parameter_matrix(m, params, y0.shape[0], dtype)
+    P = parameter_matrix(m, params, y0.shape[0], dtype)
     Y, first_bad = be.integrate(m, y0, P, float(dt), n_saves, save_every, dtype, **backend_options)
     if first_bad is not None:
-        raise _locate_nonfinite(m, Y, P, first_bad, float(dt), save_every, dtype)
+        host = Y if isinstance(Y, np.ndarray) else Y.get()  # device_output: locate on a host copy
+        raise _locate_nonfinite(m, host, P, first_bad, float(dt), save_every, dtype)
     t = np.arange(n_saves + 1, dtype=np.float64) * (save_every * float(dt))
     return t, Y
 
@@ -75,20 +83,21 @@ def _time_grid(t_end, dt, save_every) -> tuple[int, int]:
         raise InvalidInputError(f"t_end must be at least dt ({dt}), got {t_end}")
     if isinstance(save_every, bool) or not isinstance(save_every, (int, np.integer)) or save_every < 1:
         raise InvalidInputError(f"save_every must be an integer >= 1, got {save_every!r}")
-    n_steps = round(t_end / dt)
-    if abs(n_steps * dt - t_end) > 1e-9 * max(1.0, abs(t_end)):
-        raise InvalidInputError(f"t_end ({t_end}) is not a whole number of steps dt ({dt})")
+    n_steps = whole_steps(t_end, dt, "t_end")
     if n_steps % save_every:
         raise InvalidInputError(
             f"t_end / dt = {n_steps} steps is not a multiple of save_every ({save_every}); "
             f"choose t_end as a multiple of {save_every * dt:g}"
         )
-    return n_steps // int(save_every), int(save_every)
+    return divides(n_steps, int(save_every), "save_every"), int(save_every)
 
 
 def _initial_state(m: CellModel, y0, dtype) -> np.ndarray:
     y0 = np.asarray(y0)
-    if y0.ndim != 2 or y0.shape[1] != m.n_states or y0.shape[0] < 1:
+    if y0.ndim == 2 and y0.shape[0] == 0:
+        raise InvalidInputError(f"y0 holds no cell: give at least one initial state of shape ({m.n_states},) "
+                                f"(states {list(m.state_names)})")
+    if y0.ndim != 2 or y0.shape[1] != m.n_states:
         raise InvalidInputError(
             f"y0 must have shape (n_cells, {m.n_states}) for model {m.name!r} (states {list(m.state_names)}), "
             f"got shape {y0.shape}"
@@ -103,7 +112,11 @@ def _initial_state(m: CellModel, y0, dtype) -> np.ndarray:
     return y0
 
 
-def _parameter_matrix(m: CellModel, params, n_cells: int, dtype) -> np.ndarray:
+def parameter_matrix(model, params, n_cells: int, dtype="float64") -> np.ndarray:
+    """Every parameter of ``model``, one row each in its order, for ``n_cells`` cells: the layout the backends
+    take. ``params`` maps names to scalars or per-cell arrays; the others take their defaults."""
+    m = get_model(model)
+    dtype = numpy_name(dtype)
     values = m._param_values(params)  # defaults filled in; unknown names rejected with the valid ones
     P = np.empty((len(m.param_names), n_cells), dtype=dtype)
     for i, name in enumerate(m.param_names):

@@ -35,11 +35,12 @@ from scipy.integrate import solve_ivp
 from scipy.stats import qmc
 
 import solvers
-from solvers.errors import InvalidInputError
+from core.errors import InvalidInputError
+from core.io import save_dataset
+from core.provenance import project_version
 
-from .io import save_dataset, project_version
 from .metrics import error_metrics
-from .problems import Problem, load_config, problem_from_config
+from .problems import Problem, problem_from_config
 
 MAX_SOBOL_POINTS = 2**30
 
@@ -84,26 +85,8 @@ def _check_n(p: Problem, n, val_fraction: float) -> int:
 
 
 # ---------------------------------------------------------------- simulation helpers
-def _grid(p: Problem) -> np.ndarray:
-    k = round(p.t_end / p.save_interval)
-    return np.arange(k + 1) * p.save_interval
-
-
-def _split_values(p: Problem, values: dict):
-    """Initial states (n, n_states) and parameters from sampled and fixed values."""
-    m = p.model
-    all_vals = {**{k: v for k, v in p.fixed.items()}, **values}
-    n = max((np.size(v) for v in values.values()), default=1)
-    y0 = m.initial_state(n)
-    for j, s in enumerate(m.state_names):
-        if f"{s}0" in all_vals:
-            y0[:, j] = all_vals[f"{s}0"]
-    params = {k: v for k, v in all_vals.items() if k in m.parameters}
-    return y0, params
-
-
 def _simulate(p: Problem, y0, params, t_end, save_interval):
-    return solvers.simulate(p.model, y0, t_end, p.dt, round(save_interval / p.dt), params,
+    return solvers.simulate(p.model, y0, t_end, p.dt, p.euler_steps(save_interval, "save interval"), params,
                             backend=p.backend, dtype=p.dtype)
 
 
@@ -116,7 +99,7 @@ def trace_states(p: Problem):
         _, Y = _simulate(p, y, {"I_stim": amp}, length, p.save_interval)
         out.append(Y[1:, 0])
         y = Y[-1]
-    return _grid(p), np.concatenate(out)
+    return p.time_grid(), np.concatenate(out)
 
 
 def _protocol_segments(p: Problem) -> list[tuple[float, float]]:
@@ -143,7 +126,7 @@ def _pool(p: Problem):
     if p.kind == "trace":
         t, S = trace_states(p)
     else:
-        y0, params = _split_values(p, {})
+        y0, params = p.split({})
         t, Y = _simulate(p, y0, params, p.t_end, p.save_interval)
         S = Y[:, 0]
     cols = {"t": t, **{s: S[:, j] for j, s in enumerate(m.state_names)}}
@@ -153,7 +136,7 @@ def _pool(p: Problem):
 
 
 def _pool_size(p: Problem) -> int:
-    return len(_grid(p))
+    return len(p.time_grid())
 
 
 def _n_test_pool(p: Problem) -> int:
@@ -185,22 +168,17 @@ def make_split(p: Problem, n: int, seed: int, test_seed: int, val_fraction: floa
 def _sobol_rows(p: Problem, n: int, seed: int) -> dict:
     m = p.model
     if p.kind == "step":
-        u = _sobol(len(p.inputs), n, seed)
-        vals = _scale(u, p.inputs, p.ranges)
-        y0 = m.initial_state(n)
-        for j, s in enumerate(m.state_names):
-            if s in vals:
-                y0[:, j] = vals[s]
-        params = {k: v for k, v in vals.items() if k in m.parameters}
+        vals = _scale(_sobol(len(p.inputs), n, seed), p.inputs, p.ranges)
+        y0, params = p.split(vals, n)
         _, Y = _simulate(p, y0, params, p.step, p.step)
         X = np.stack([vals[i] for i in p.inputs], axis=1)
         out = np.stack([Y[-1, :, m.state_names.index(o)] for o in p.outputs], axis=1)
         return dict(X=X, Y=out)
-    grid = _grid(p)
+    grid = p.time_grid()
     u = _sobol(1 + len(p.sampled), n, seed)
     k = np.minimum((u[:, 0] * len(grid)).astype(np.int64), len(grid) - 1)
     vals = _scale(u[:, 1:], p.sampled, p.ranges)
-    y0, params = _split_values(p, vals)
+    y0, params = p.split(vals, n)
     # integrate only as far as the latest time asked for
     t_last = grid[k.max()] if k.max() > 0 else p.save_interval
     _, Y = _simulate(p, y0, params, t_last, p.save_interval)
@@ -226,9 +204,9 @@ def make_test(p: Problem, test_seed: int, seed: int, problems: dict | None = Non
         return dict(X=X[test], Y=Y[test], **names), floor
     m = p.model
     n_traj = p.test_trajectories
-    grid = _grid(p)
+    grid = p.time_grid()
     vals = _scale(_sobol(len(p.sampled), n_traj, test_seed), p.sampled, p.ranges)
-    y0, params = _split_values(p, vals)
+    y0, params = p.split(vals, n_traj)
     _, Y = _simulate(p, y0, params, p.t_end, p.save_interval)  # (K, n_traj, n_states)
     K = len(grid)
     traj = np.repeat(np.arange(n_traj), K)
@@ -260,7 +238,7 @@ def _reference_trajectories(p: Problem, y0, params, grid, rtol: float) -> np.nda
 def _reference_pool(p: Problem, rtol: float) -> np.ndarray:
     """High-accuracy solution at every pool row, in the problem's output columns: (K, outputs)."""
     m = p.model
-    grid = _grid(p)
+    grid = p.time_grid()
     if p.kind == "trace":
         pieces, y = [m.initial_state(1)], m.initial_state(1)
         for length, amp in _protocol_segments(p):
@@ -271,19 +249,32 @@ def _reference_pool(p: Problem, rtol: float) -> np.ndarray:
             y = S[-1]
         S = np.concatenate(pieces)
     else:
-        y0, params = _split_values(p, {})
+        y0, params = p.split({})
         S = _reference_trajectories(p, y0, params, grid, rtol)[:, 0]
     cols = {"t": grid, **{s: S[:, j] for j, s in enumerate(m.state_names)}}
     return np.stack([cols[o] for o in p.outputs], axis=1)
 
 
 # ---------------------------------------------------------------- files
-def _meta(p: Problem, cfg: dict, part: str, **extra) -> dict:
+def provenance(p: Problem, cfg: dict, part: str, n: int | None = None) -> dict:
+    """What a dataset file is: the problem (name and fingerprint), the part, its size and the design's seeds.
+    Training checks it against what it is asked to train on before any work is done."""
+    d = cfg["datasets"]
+    out = {"problem": p.name, "problem_fingerprint": p.fingerprint, "part": part, "test_seed": d["test_seed"]}
+    if part != "test":
+        out.update({"n": int(n), "seed": d["seed"], "val_fraction": d["val_fraction"]})
+    elif p.kind == "step":  # judged on another problem's trajectories: that problem's definition counts too
+        out.update({"test_from": p.test_from, "test_from_fingerprint": problem_from_config(p.test_from, cfg).fingerprint})
+    return out
+
+
+def _meta(p: Problem, cfg: dict, part: str, n: int | None = None, **extra) -> dict:
     return {
+        "provenance": provenance(p, cfg, part, n),
         "problem": p.describe(),
         "part": part,
         "model": p.model.name,
-        "parameters": {**p.model.defaults, **{k: v for k, v in p.fixed.items() if k in p.model.parameters}},
+        "parameters": p.used_parameters(),
         "dt": p.dt,
         "save_interval": p.save_interval,
         "solver": {"method": "forward Euler", "backend": p.backend, "dtype": p.dtype},
@@ -300,8 +291,8 @@ def write_split(cfg: dict, problem: str, n: int, train_path, val_path) -> None:
     p = problem_from_config(problem, cfg)
     d = cfg["datasets"]
     train, val = make_split(p, n, d["seed"], d["test_seed"], d["val_fraction"])
-    save_dataset(train_path, train, _meta(p, cfg, "train", n=n))
-    save_dataset(val_path, val, _meta(p, cfg, "val", n=n, val_fraction=d["val_fraction"]))
+    save_dataset(train_path, train, _meta(p, cfg, "train", n))
+    save_dataset(val_path, val, _meta(p, cfg, "val", n, val_fraction=d["val_fraction"]))
 
 
 def write_test(cfg: dict, problem: str, out_path) -> None:
@@ -315,6 +306,12 @@ def write_test(cfg: dict, problem: str, out_path) -> None:
     if p.kind == "step":
         extra["test_from"] = p.test_from
     save_dataset(out_path, test, _meta(p, cfg, "test", **extra))
+
+
+def expected_provenance(p: Problem, cfg: dict, part: str, n: int | None = None) -> dict:
+    """What a consumer requires of a dataset it reads: everything :func:`provenance` records but the
+    validation share (whose effect the row count and checksums already pin)."""
+    return {k: v for k, v in provenance(p, cfg, part, n).items() if k != "val_fraction"}
 
 
 def main(argv=None) -> int:
@@ -331,6 +328,8 @@ def main(argv=None) -> int:
     t.add_argument("--problem", required=True)
     t.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
+    from .config import load_config
+
     try:
         cfg = load_config(a.config)
         if a.cmd == "split":

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from solvers.errors import InvalidInputError
+from core.errors import InvalidInputError
 
 from .problems import Problem
 
@@ -148,19 +148,6 @@ class _BoxSampler:
             self._sobol.fast_forward(s["drawn"])
 
 
-def problem_box(p: Problem) -> tuple[list[float], list[float]]:
-    """Lower and upper bounds of each input of a trajectory or step problem."""
-    lo, hi = [], []
-    for name in p.inputs:
-        if name == "t":
-            lo.append(0.0), hi.append(p.t_end)
-        elif name in p.ranges:
-            lo.append(p.ranges[name][0]), hi.append(p.ranges[name][1])
-        else:
-            raise InvalidInputError(f"problem {p.name!r}: input {name!r} has no range")
-    return lo, hi
-
-
 class _TrajectoryPhysics:
     """How the columns of a trajectory problem map onto the cell model's states and parameters."""
 
@@ -174,26 +161,12 @@ class _TrajectoryPhysics:
         self.p, self.m = p, m
         self.out_idx = [p.outputs.index(s) for s in m.state_names]  # network outputs -> model state order
         self.state_idx = [m.state_names.index(o) for o in p.outputs]  # model states -> network output order
-        self.col = {n: i for i, n in enumerate(p.inputs)}
 
     def params(self, x: torch.Tensor) -> dict:
-        out = {}
-        for name in self.m.param_names:
-            if name in self.col:
-                out[name] = x[:, self.col[name]]
-            elif name in self.p.fixed:
-                out[name] = float(self.p.fixed[name])
-        return out
+        return self.p.parameters(self.p.columns(x))
 
     def initial_states(self, x: torch.Tensor) -> torch.Tensor:
-        cols = []
-        for s, st in zip(self.m.state_names, self.m.states.values()):
-            key = f"{s}0"
-            if key in self.col:
-                cols.append(x[:, self.col[key]])
-            else:
-                cols.append(torch.full((x.shape[0],), float(self.p.fixed.get(key, st.initial)), device=x.device))
-        return torch.stack(cols, dim=1)
+        return self.p.initial_states(self.p.columns(x), x.shape[0])
 
 
 class _CollocationLoss(Loss):
@@ -201,7 +174,7 @@ class _CollocationLoss(Loss):
 
     def __init__(self, problem: Problem, n_points: int, sampler: str, seed: int, name: str):
         self.phys = _TrajectoryPhysics(problem)
-        self.sample = _BoxSampler(*problem_box(problem), sampler, seed)
+        self.sample = _BoxSampler(*problem.box(), sampler, seed)
         self.n_points, self.name = int(n_points), name
         self.t_col = problem.inputs.index("t")
 

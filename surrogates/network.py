@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from solvers.errors import InvalidInputError
-
-from .io import atomic_write
+from core.errors import InvalidInputError
+from core.io import write_bytes
+from core.provenance import check_provenance
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "ReLU": nn.ReLU,
@@ -116,8 +117,12 @@ class MLP(nn.Module):
         return [m for m in self.net if isinstance(m, nn.Linear)]
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+def torch_save(obj, path) -> None:
+    """``torch.save`` into memory, then written atomically: a full disk gives a clear ``WriteError`` naming
+    the file, never a half-written checkpoint."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getbuffer())
 
 
 def state_copy(model: nn.Module) -> dict:
@@ -127,7 +132,7 @@ def state_copy(model: nn.Module) -> dict:
 
 def save_checkpoint(model: MLP, path, state: dict | None = None, meta: dict | None = None) -> None:
     """Save a network with its architecture, so :func:`load_checkpoint` needs nothing else."""
-    _atomic_torch_save({
+    torch_save({
         "format": CHECKPOINT_FORMAT,
         "config": model.config(),
         "state_dict": copy.deepcopy(state) if state is not None else state_copy(model),
@@ -135,8 +140,13 @@ def save_checkpoint(model: MLP, path, state: dict | None = None, meta: dict | No
     }, path)
 
 
-def load_checkpoint(path, map_location="cpu") -> tuple[MLP, dict]:
-    """Rebuild a network from a checkpoint written by :func:`save_checkpoint`; returns (model, meta)."""
+def load_checkpoint(path, map_location="cpu", expect: Mapping | None = None) -> tuple[MLP, dict]:
+    """Rebuild a network from a checkpoint written by :func:`save_checkpoint`; returns (model, meta).
+
+    ``expect`` maps provenance keys (``problem``, ``problem_fingerprint``, ``surrogate``, ``n``, ``seed``,
+    ``arch``, ...) to what the caller needs; a checkpoint made for something else raises
+    :class:`~core.errors.ProvenanceError` naming the file and the key.
+    """
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -146,9 +156,12 @@ def load_checkpoint(path, map_location="cpu") -> tuple[MLP, dict]:
         raise InvalidInputError(f"checkpoint {path} is damaged or not a checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt:
         raise InvalidInputError(f"{path} is not a checkpoint of this project (format {CHECKPOINT_FORMAT})")
+    meta = ckpt.get("meta", {})
+    if expect:
+        check_provenance(meta.get("provenance", {}), expect, f"checkpoint {path}")
     model = MLP(**ckpt["config"])
     load_weights(model, ckpt["state_dict"], str(path))
-    return model, ckpt.get("meta", {})
+    return model, meta
 
 
 def load_weights(model: nn.Module, state_dict: dict, source: str = "state dict") -> None:

@@ -1,131 +1,45 @@
-"""The configuration, validated once, and the problems it declares.
+"""The learning problems of the study, each owning its geometry.
 
-``load_config`` checks ``config/config.yaml`` against ``workflow/schemas/config.schema.yaml`` (types,
-unknown keys) and then checks what a schema cannot (ranges, names that must exist in the model). Every
-error names the key, e.g. ``problems.B.ranges.u0``.
+A :class:`Problem` knows what its surrogate maps (inputs -> outputs), how its inputs split into the cell
+model's initial states and parameters, its input box, its time grid, and a fingerprint of its whole
+definition (model equations included) that every artefact made for it records. Nothing else in the
+project re-derives these facts; the datasets, the losses, the speed workloads and the ITNN rollout ask
+the problem. Building one from the configuration is :func:`problem_from_config` (the configuration itself
+is validated in :mod:`surrogates.config`). Nothing here imports torch.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import cached_property
 from typing import Mapping
 
-import yaml
+import numpy as np
 
 import solvers
-from solvers.errors import InvalidInputError
+from core.errors import InvalidInputError
+from core.io import sha256_json
+from core.steps import whole_steps
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 # surrogate kind -> the problem kinds it can learn
 SURROGATE_KINDS = {"ddnn": ("trajectory", "trace"), "pinn": ("trajectory", "trace"), "pinn_seed": ("trace",),
                    "itnn": ("step",)}
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+PROBLEM_KINDS = ("trajectory", "step", "trace")
 
 
-def _key(path) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
-
-
-def validate_config(cfg: Mapping) -> dict:
-    """Validate a configuration mapping; returns it with schema defaults filled in."""
-    import jsonschema
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        raise InvalidInputError(f"config key {_key(e.absolute_path)}: {e.message}")
-    cfg = _with_defaults(dict(cfg), schema, schema)
-    if cfg["datasets"]["seed"] == cfg["datasets"]["test_seed"]:
-        raise InvalidInputError("config key datasets.test_seed: must differ from datasets.seed (held-out test set)")
-    for name in cfg["problems"]:
-        problem_from_config(name, cfg)
-    check_training_config(cfg)
-    sp = cfg["speed"]
-    if sp["problem"] not in cfg["problems"] or cfg["problems"][sp["problem"]]["kind"] != "trajectory":
-        raise InvalidInputError(f"config key speed.problem: {sp['problem']!r} is not a trajectory problem of this config")
-    for kind in sp["surrogates"]:
-        speed_problem_of(cfg, kind)
-    return cfg
-
-
-def speed_problem_of(cfg: dict, kind: str) -> str:
-    """The problem whose `kind` surrogate the speed benchmark times: ``speed.problem`` itself, or for an
-    iterative surrogate the step problem judged on it (``test_from``, e.g. D for C)."""
-    target = cfg["speed"]["problem"]
-    trained = cfg["training"]["surrogates"].get(kind, [])
-    if target in trained:
-        return target
-    for name in trained:
-        q = cfg["problems"].get(name, {})
-        if q.get("kind") == "step" and q.get("test_from") == target:
-            return name
-    raise InvalidInputError(f"config key speed.surrogates: no {kind!r} is trained on {target!r} or on a step problem "
-                            f"judged on it (see training.surrogates)")
-
-
-def check_training_config(cfg: dict) -> None:
-    """What the schema cannot check in ``training``; errors name the key."""
-    t = cfg["training"]
-    if t["architecture"] not in t["architectures"]:
-        raise InvalidInputError(f"config key training.architecture: {t['architecture']!r} is not in training.architectures "
-                                f"{sorted(t['architectures'])}")
-    for kind, problems in t["surrogates"].items():
-        for p in problems:
-            if p not in cfg["problems"]:
-                raise InvalidInputError(f"config key training.surrogates.{kind}: unknown problem {p!r}; valid: {sorted(cfg['problems'])}")
-            if cfg["problems"][p]["kind"] not in SURROGATE_KINDS[kind]:
-                raise InvalidInputError(f"config key training.surrogates.{kind}: {kind} cannot train on {p!r} "
-                                        f"(a {cfg['problems'][p]['kind']} problem; {kind} takes {list(SURROGATE_KINDS[kind])})")
-    for p, over in t.get("overrides", {}).items():
-        if p not in cfg["problems"]:
-            raise InvalidInputError(f"config key training.overrides.{p}: unknown problem; valid: {sorted(cfg['problems'])}")
-        if "architecture" in over and over["architecture"] not in t["architectures"]:
-            raise InvalidInputError(f"config key training.overrides.{p}.architecture: {over['architecture']!r} is not in "
-                                    f"training.architectures")
-
-
-def _with_defaults(obj, node, schema):
-    """Fill the schema's ``default`` values into ``obj`` (recursively, for fixed properties)."""
-    while "$ref" in node:  # a local JSON pointer such as "#/$defs/train_keys/device"
-        target = schema
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        node = target
-    if isinstance(obj, dict):
-        out = dict(obj)
-        for k, sub in node.get("properties", {}).items():
-            if k not in out and "default" in sub:
-                out[k] = sub["default"]
-            if k in out:
-                out[k] = _with_defaults(out[k], sub, schema)
-        extra = node.get("additionalProperties")
-        if isinstance(extra, dict):
-            for k in out:
-                if k not in node.get("properties", {}):
-                    out[k] = _with_defaults(out[k], extra, schema)
-        return out
-    return obj
-
-
-def load_config(path=None) -> dict:
-    """Read and validate a YAML configuration (default: ``config/config.yaml``)."""
-    path = Path(path or DEFAULT_CONFIG)
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidInputError(f"cannot read config {path}: {exc}") from exc
-    if not isinstance(cfg, dict):
-        raise InvalidInputError(f"config {path} must be a mapping of keys to values")
-    return validate_config(cfg)
+def _lib(x):
+    """The array library of ``x``: torch for tensors, NumPy otherwise (torch is never imported here)."""
+    return type(x).__module__.split(".")[0] == "torch"
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One learning problem: what the surrogate maps, and how its data are drawn and labelled."""
+    """One learning problem: what the surrogate maps, and how its data are drawn and labelled.
+
+    Kinds: ``trajectory`` (``t`` and sampled initial states ``<state>0`` / parameters -> states at t),
+    ``step`` (states and parameters -> states after ``step`` time units; an ITNN's one-step map), ``trace``
+    (one trace under a stimulus ``protocol``; rows are its saved time points).
+    """
 
     name: str
     kind: str
@@ -146,6 +60,7 @@ class Problem:
     backend: str = "cpu"
     dtype: str = "float64"
 
+    # ------------------------------------------------------------ what is sampled, and how rows arise
     @property
     def sampled(self) -> tuple[str, ...]:
         """Inputs drawn from a range (everything but ``t`` for trajectory problems)."""
@@ -156,6 +71,99 @@ class Problem:
         """True when the rows come from a finite pool of time points (problem A, hh_m)."""
         return self.kind == "trace" or (self.kind == "trajectory" and not self.sampled)
 
+    # ------------------------------------------------------------ geometry
+    def box(self) -> tuple[list[float], list[float]]:
+        """Lower and upper bounds of each input (``t`` spans ``[0, t_end]``); trajectory and step problems."""
+        lo, hi = [], []
+        for name in self.inputs:
+            if name == "t" and self.t_end is not None:
+                lo.append(0.0), hi.append(float(self.t_end))
+            elif name in self.ranges:
+                lo.append(self.ranges[name][0]), hi.append(self.ranges[name][1])
+            else:
+                raise InvalidInputError(f"problem {self.name!r}: input {name!r} has no range")
+        return lo, hi
+
+    def time_grid(self) -> np.ndarray:
+        """The saved times ``0, save_interval, ..., t_end`` of a trajectory or trace problem."""
+        k = whole_steps(self.t_end, self.save_interval, f"problem {self.name!r} t_end")
+        return np.arange(k + 1) * self.save_interval
+
+    def euler_steps(self, span: float, what: str = "span") -> int:
+        """Euler steps of ``dt`` in ``span`` (a whole number, else a clear error)."""
+        return whole_steps(span, self.dt, f"problem {self.name!r} {what}")
+
+    def state_key(self, state: str) -> str:
+        """The input naming a state's value: ``<state>0`` (initial state) for trajectories, ``<state>`` for steps."""
+        return state if self.kind == "step" else f"{state}0"
+
+    def columns(self, x) -> dict:
+        """The input columns of ``x`` (rows x inputs; NumPy array or torch tensor) by input name."""
+        return {n: x[:, i] for i, n in enumerate(self.inputs)}
+
+    def initial_states(self, values: Mapping, n: int | None = None):
+        """States (n, n_states) in the model's order from input ``values`` (name -> column or scalar).
+
+        A state comes from its input (``<state>0`` for a trajectory, ``<state>`` for a step problem), else from
+        ``fixed``, else the model's default initial value. Columns may be NumPy arrays or torch tensors; the
+        result is of the same kind (and on the same device).
+        """
+        ref = next((v for v in values.values() if _lib(v) or np.ndim(v)), None)
+        n = int(n if n is not None else (len(ref) if ref is not None else 1))
+        cols = []
+        for s, st in self.model.states.items():
+            v = values.get(self.state_key(s), self.fixed.get(self.state_key(s), st.initial))
+            cols.append(v)
+        if ref is not None and _lib(ref):
+            import torch
+
+            return torch.stack([c if torch.is_tensor(c) else torch.full((n,), float(c), dtype=ref.dtype, device=ref.device)
+                                for c in cols], dim=1)
+        return np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), (n,)) for c in cols], axis=1).copy()
+
+    def parameters(self, values: Mapping) -> dict:
+        """Model parameters from input ``values`` and ``fixed`` (inputs win); others keep the model's defaults."""
+        out = {k: float(v) for k, v in self.fixed.items() if k in self.model.parameters}
+        out.update({k: v for k, v in values.items() if k in self.model.parameters})
+        return out
+
+    def split(self, values: Mapping, n: int | None = None):
+        """``(initial_states, parameters)`` of :meth:`initial_states` and :meth:`parameters`."""
+        return self.initial_states(values, n), self.parameters(values)
+
+    def parameter_matrix(self, values: Mapping, n: int, dtype: str = "float32") -> np.ndarray:
+        """All model parameters, one row each in the model's order, for ``n`` cells (solver layout)."""
+        return solvers.parameter_matrix(self.model, self.parameters(values), n, dtype)
+
+    # ------------------------------------------------------------ step problems (ITNN)
+    @property
+    def state_inputs(self) -> list[int]:
+        """Columns of a step problem's inputs that hold its outputs' states (the increment's base)."""
+        return [self.inputs.index(o) for o in self.outputs]
+
+    @property
+    def param_inputs(self) -> tuple[str, ...]:
+        """A step problem's inputs that are parameters (they stay fixed along a rollout)."""
+        return tuple(n for n in self.inputs if n not in self.outputs)
+
+    def rollout_inputs(self, states: np.ndarray, params: Mapping, n: int):
+        """A step problem's rollout start: states (n, outputs) in its output order, parameters (n, param inputs).
+
+        ``states`` are in the model's state order (from :meth:`initial_states` of the trajectory problem the
+        rollout replaces); ``params`` map parameter names to per-cell values or scalars.
+        """
+        if self.kind != "step":
+            raise InvalidInputError(f"problem {self.name!r} is not a step problem")
+        idx = [self.model.state_names.index(o) for o in self.outputs]
+        Y = np.asarray(states, dtype=np.float64)[:, idx]
+        cols = []
+        for name in self.param_inputs:
+            v = params.get(name, self.fixed.get(name, self.model.parameters[name].default))
+            cols.append(np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)))
+        P = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
+        return Y.astype(np.float32), P.astype(np.float32)
+
+    # ------------------------------------------------------------ what it is, for provenance
     def describe(self) -> dict:
         d = {k: getattr(self, k) for k in ("name", "kind", "inputs", "outputs", "t_end", "save_interval", "step",
                                            "test_fraction", "test_trajectories", "test_from", "dt")}
@@ -163,16 +171,29 @@ class Problem:
                   "protocol": dict(self.protocol) if self.protocol else None, "model": self.model.describe()})
         return d
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the problem's definition and its model's equations and defaults, plus the
+        labelling solver's settings: two problems with one fingerprint produce the same labels."""
+        return sha256_json({**self.describe(), "backend": self.backend, "dtype": self.dtype})[:16]
 
-def _whole_steps(value: float, unit: float, key: str) -> int:
-    n = round(value / unit)
-    if n < 1 or abs(n * unit - value) > 1e-9 * max(1.0, value):
-        raise InvalidInputError(f"config key {key}: {value} is not a whole number of {unit:g}")
-    return n
+    def used_parameters(self) -> dict:
+        """What each model parameter really was in the data: a fixed value, a sampled range, or a protocol."""
+        out = {}
+        for name, par in self.model.parameters.items():
+            if name in self.ranges and name in self.inputs:
+                out[name] = {"sampled": list(self.ranges[name]), "units": par.units}
+            elif name in self.fixed:
+                out[name] = float(self.fixed[name])
+            elif self.protocol and name == "I_stim":
+                out[name] = {"protocol": dict(self.protocol), "units": par.units}
+            else:
+                out[name] = par.default
+        return out
 
 
 def problem_from_config(name: str, cfg: Mapping) -> Problem:
-    """The problem called ``name`` in a (schema-valid) configuration."""
+    """The problem called ``name`` in a (schema-valid) configuration; errors name the config key."""
     problems = cfg["problems"]
     if name not in problems:
         raise InvalidInputError(f"unknown problem {name!r}; valid: {sorted(problems)}")
@@ -201,6 +222,10 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
             if key not in spec:
                 raise InvalidInputError(f"config key {k}.{key}: required for kind {kind!r}")
 
+    def grid():
+        whole_steps(spec["save_interval"], dt, f"config key {k}.save_interval")
+        whole_steps(spec["t_end"], spec["save_interval"], f"config key {k}.t_end")
+
     if kind == "trajectory":
         need("t_end", "save_interval")
         if inputs[0] != "t":
@@ -215,12 +240,8 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
         for n in inputs[1:]:
             if n not in ranges:
                 raise InvalidInputError(f"config key {k}.ranges: sampled input {n!r} needs a range")
-        if inputs[1:]:
-            need("test_trajectories")
-        else:
-            need("test_fraction")
-        _whole_steps(spec["save_interval"], dt, f"{k}.save_interval")
-        _whole_steps(spec["t_end"], spec["save_interval"], f"{k}.t_end")
+        need("test_trajectories" if inputs[1:] else "test_fraction")
+        grid()
         return Problem(**common, fixed=fixed, ranges=ranges, t_end=float(spec["t_end"]),
                        save_interval=float(spec["save_interval"]), test_fraction=spec.get("test_fraction"),
                        test_trajectories=spec.get("test_trajectories"))
@@ -233,10 +254,12 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
                 raise InvalidInputError(f"config key {k}.ranges: input {n!r} needs a range")
         if [n for n in inputs if n in states] != list(outputs):
             raise InvalidInputError(f"config key {k}.outputs: a step problem maps its state inputs to the same states")
-        _whole_steps(spec["step"], dt, f"{k}.step")
+        whole_steps(spec["step"], dt, f"config key {k}.step")
         src = spec["test_from"]
-        if src not in cfg["problems"] or cfg["problems"][src].get("kind") != "trajectory" or src == name:
+        if src not in problems or problems[src].get("kind") != "trajectory" or src == name:
             raise InvalidInputError(f"config key {k}.test_from: {src!r} is not a trajectory problem of this config")
+        whole_steps(problems[src]["save_interval"], spec["step"],
+                    f"config key {k}.step: the rollout over {src}'s test grid (save_interval)")
         return Problem(**common, ranges=ranges, step=float(spec["step"]), test_from=src)
     # trace
     need("t_end", "save_interval", "protocol", "test_fraction")
@@ -244,12 +267,11 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
         raise InvalidInputError(f"config key {k}.inputs: a trace problem's inputs are 't' and states of {model.name!r}")
     if "I_stim" not in params:
         raise InvalidInputError(f"config key {k}.protocol: model {model.name!r} has no I_stim parameter")
-    _whole_steps(spec["save_interval"], dt, f"{k}.save_interval")
-    _whole_steps(spec["t_end"], spec["save_interval"], f"{k}.t_end")
+    grid()
     proto = {p: float(v) for p, v in spec["protocol"].items()}
     for p in ("start", "period", "duration"):
         if proto[p] > 0:
-            _whole_steps(proto[p], spec["save_interval"], f"{k}.protocol.{p}")
+            whole_steps(proto[p], spec["save_interval"], f"config key {k}.protocol.{p}")
     if proto["duration"] >= proto["period"]:
         raise InvalidInputError(f"config key {k}.protocol.duration: must be shorter than the period")
     return Problem(**common, t_end=float(spec["t_end"]), save_interval=float(spec["save_interval"]),

@@ -12,32 +12,56 @@ parameters, the training time and iterations, the device, and the Euler solver f
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from solvers.errors import InvalidInputError, PipelineError
+from core.errors import InvalidInputError, PipelineError
+from core.io import load_dataset, write_json
+from core.lock import FolderLock
+from core.machine import describe_machine, machine_info
+from core.provenance import project_version
+from core.steps import whole_steps
 
-from .io import load_dataset, project_version, write_json
+from .config import load_config, training_settings
+from .datasets import expected_provenance
 from .itnn import rollout
-from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, problem_box
+from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss
 from .metrics import error_metrics
 from .network import MLP
-from .problems import SURROGATE_KINDS as KINDS, Problem, load_config, problem_from_config
+from .problems import SURROGATE_KINDS as KINDS, Problem, problem_from_config
 from .trainer import Trainer
 
+SEED_MAX = 2**32 - 1
 
-def training_settings(cfg: dict, problem: str) -> dict:
-    """The ``training`` section with the problem's ``overrides`` applied (``physics`` merged key by key)."""
-    t = copy.deepcopy(cfg["training"])
-    over = copy.deepcopy(t.pop("overrides", {}).get(problem, {}))
-    phys = over.pop("physics", {})
-    t.update(over)
-    t["physics"] = {**t.get("physics", {}), **phys}
-    return t
+
+def model_provenance(p: Problem, surrogate: str, n: int, seed: int, arch: str, hidden) -> dict:
+    """What a trained model is: recorded in its checkpoint and metrics.json, checked by every consumer."""
+    return {"problem": p.name, "problem_fingerprint": p.fingerprint, "surrogate": surrogate, "n": int(n),
+            "seed": int(seed), "arch": arch, "hidden": [list(h) for h in hidden], "inputs": list(p.inputs),
+            "outputs": list(p.outputs)}
+
+
+def expected_model(cfg: dict, problem: str, surrogate: str, n: int, seed: int, arch: str | None = None) -> dict:
+    """The provenance a consumer requires of the model trained for these settings (see :func:`model_provenance`)."""
+    p = problem_from_config(problem, cfg)
+    s = training_settings(cfg, problem)
+    arch = arch or s["architecture"]
+    if arch not in s["architectures"]:
+        raise InvalidInputError(f"unknown architecture {arch!r}; valid: {sorted(s['architectures'])}")
+    return model_provenance(p, surrogate, n, seed, arch, s["architectures"][arch])
+
+
+def check_count(value, name: str, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer setting within bounds, else ``InvalidInputError`` naming it (no silent replacement)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise InvalidInputError(f"{name} must be {bounds}, got {value}")
+    return int(value)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,7 +74,7 @@ def resolve_device(name: str) -> torch.device:
 
 def _input_range(p: Problem, X: np.ndarray):
     if p.kind in ("trajectory", "step"):
-        return problem_box(p)
+        return p.box()
     lo, hi = X.min(axis=0), X.max(axis=0)  # trace: t and the recorded states' span
     lo[0], hi[0] = 0.0, p.t_end
     pad = 0.05 * (hi - lo)
@@ -70,10 +94,6 @@ def build_model(p: Problem, hidden, X, Y, seed: int) -> MLP:
                output_scale=scale)
 
 
-def _state_columns(p: Problem) -> list[int]:
-    return [p.inputs.index(o) for o in p.outputs]
-
-
 def evaluate(model, p: Problem, test: dict, problems: dict | None = None) -> tuple[dict, dict]:
     """Test metrics (t = 0 excluded) and extras (ITNN: error over time)."""
     model.eval()
@@ -90,12 +110,9 @@ def evaluate(model, p: Problem, test: dict, problems: dict | None = None) -> tup
     n_traj = int(traj.max()) + 1
     K = len(X) // n_traj
     Xt, Yt = X.reshape(n_traj, K, -1), Y.reshape(n_traj, K, -1)
-    col = {n: i for i, n in enumerate(src.inputs)}
-    y0 = np.stack([Xt[:, 0, col[f"{s}0"]] for s in p.outputs], axis=1)
-    params = np.stack([Xt[:, 0, col[n]] for n in p.inputs if n not in p.outputs], axis=1)
-    per = round(src.save_interval / p.step)
-    if abs(per * p.step - src.save_interval) > 1e-9:
-        raise InvalidInputError(f"ITNN step {p.step} does not divide the test grid of {src.name!r} ({src.save_interval})")
+    states, params = src.split(src.columns(Xt[:, 0]), n_traj)
+    y0, params = p.rollout_inputs(states, params, n_traj)
+    per = whole_steps(src.save_interval, p.step, f"ITNN step {p.step:g} on the test grid of {src.name!r}")
     R = rollout(model, y0, params, (K - 1) * per, keep_every=per).transpose(1, 0, 2)  # (n_traj, K, n_states)
     t = Xt[:, :, 0]
     metrics = error_metrics(R.reshape(-1, R.shape[-1]), Yt.reshape(-1, Yt.shape[-1]), t.reshape(-1))
@@ -106,47 +123,59 @@ def evaluate(model, p: Problem, test: dict, problems: dict | None = None) -> tup
 
 
 def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, data_dir, out_dir,
-                    architecture: str | None = None, test_path=None, iterations: int | None = None) -> dict:
-    """Train and score one surrogate; writes the Trainer's files and ``metrics.json`` into ``out_dir``."""
+                    architecture: str | None = None, test_path=None, iterations: int | None = None,
+                    train_path=None, val_path=None) -> dict:
+    """Train and score one surrogate; writes the Trainer's files and ``metrics.json`` into ``out_dir``.
+
+    The datasets are ``data_dir/n{n}/{train,val}.npz`` and ``data_dir/test.npz`` unless given explicitly;
+    each must have been made for this problem (its definition's fingerprint), part and size, which is
+    checked before any work. ``iterations`` (>= 0) overrides the configured number, 0 meaning none: the
+    untrained network is scored. ``out_dir`` is locked for the run: a second run on it refuses at once.
+    """
     if surrogate not in KINDS:
         raise InvalidInputError(f"unknown surrogate {surrogate!r}; valid: {sorted(KINDS)}")
     p = problem_from_config(problem, cfg)
     if p.kind not in KINDS[surrogate]:
         raise InvalidInputError(f"surrogate {surrogate!r} cannot train on problem {problem!r} (kind {p.kind!r}); "
                                 f"it takes {list(KINDS[surrogate])} problems")
+    n = check_count(n, "n (training rows)", minimum=1)
+    seed = check_count(seed, "seed", 0, SEED_MAX)
     s = training_settings(cfg, problem)
     arch = architecture or s["architecture"]
-    if arch not in s["architectures"]:
-        raise InvalidInputError(f"unknown architecture {arch!r}; valid: {sorted(s['architectures'])}")
-    hidden = [tuple(h) for h in s["architectures"][arch]]
+    prov = expected_model(cfg, problem, surrogate, n, seed, arch)
+    hidden = [tuple(h) for h in prov["hidden"]]
+    total = s["iterations"] if iterations is None else check_count(iterations, "iterations", minimum=0)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    train, train_meta = load_dataset(data_dir / f"n{n}" / "train.npz")
-    val, val_meta = load_dataset(data_dir / f"n{n}" / "val.npz")
-    test, test_meta = load_dataset(Path(test_path) if test_path else data_dir / "test.npz")
-    for name, d in (("train", train), ("val", val)):
-        if list(d["input_names"]) != list(p.inputs) or list(d["output_names"]) != list(p.outputs):
-            raise InvalidInputError(f"{name} set in {data_dir} has columns {list(d['input_names'])} -> "
-                                    f"{list(d['output_names'])}, not those of problem {problem!r}")
+    with FolderLock(out_dir, what="training folder"):
+        train, train_meta = load_dataset(train_path or data_dir / f"n{n}" / "train.npz",
+                                         expect=expected_provenance(p, cfg, "train", n))
+        val, val_meta = load_dataset(val_path or data_dir / f"n{n}" / "val.npz", expect=expected_provenance(p, cfg, "val", n))
+        test, test_meta = load_dataset(test_path or data_dir / "test.npz", expect=expected_provenance(p, cfg, "test"))
+        return _train(cfg, p, surrogate, n, seed, arch, hidden, s, total, out_dir, prov,
+                      (train, train_meta), (val, val_meta), (test, test_meta))
+
+
+def _train(cfg, p, surrogate, n, seed, arch, hidden, s, total, out_dir, prov, train, val, test) -> dict:
+    (train, train_meta), (val, val_meta), (test, test_meta) = train, val, test
     device = resolve_device(s.get("device", "auto"))
     Xtr, Ytr, Xv, Yv = train["X"], train["Y"], val["X"], val["Y"]
     if surrogate == "itnn":  # learn the increment of the state over one step
-        Ytr = Ytr - Xtr[:, _state_columns(p)]
+        Ytr = Ytr - Xtr[:, p.state_inputs]
     model = build_model(p, hidden, Xtr, Ytr, seed).to(device)
     Xv_t = torch.as_tensor(Xv, dtype=torch.float32, device=device)
     Yv_t = torch.as_tensor(Yv, dtype=torch.float32, device=device)
-    base = Xv_t[:, _state_columns(p)] if surrogate == "itnn" else 0.0
+    base = Xv_t[:, p.state_inputs] if surrogate == "itnn" else 0.0
 
     def validation(m):
         return {"val_mae": torch.mean(torch.abs(base + m(Xv_t) - Yv_t))}
 
-    total = int(iterations or s["iterations"])
     settings = {k: v for k, v in s.items() if k != "architectures"}
     trainer = Trainer(model, out_dir, validation=validation, monitor="val_mae", val_every=s["val_every"],
                       optimizer=s["optimizer"], lr=s["lr"], lr_schedule=s["lr_schedule"], lr_final=s["lr_final"],
                       patience=s["patience"], lbfgs_iterations=s["lbfgs_iterations"], seed=seed, progress=None,
-                      fingerprint={"problem": problem, "surrogate": surrogate, "n": int(n), "seed": int(seed),
-                                   "iterations": total, "hidden": hidden, "settings": settings,
-                                   "train_sha256": train_meta.get("sha256"), "val_sha256": val_meta.get("sha256")})
+                      fingerprint={**prov, "iterations": total, "settings": settings,
+                                   "train_sha256": train_meta.get("sha256"), "val_sha256": val_meta.get("sha256")},
+                      checkpoint_meta={"provenance": prov})
     trainer.add_loss(DataLoss(Xtr, Ytr, batch_size=s["batch_size"], metric="mse", seed=seed, name="data"), 1.0)
     phys = s["physics"]
     if surrogate == "pinn" and p.kind == "trajectory":
@@ -164,16 +193,17 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
     problems = {p.test_from: problem_from_config(p.test_from, cfg)} if p.kind == "step" else None
     metrics, extras = evaluate(model, p, test, problems)
     result = {
-        "problem": problem, "surrogate": surrogate, "n_train": int(n), "seed": int(seed), "arch": arch,
-        "hidden": [list(h) for h in hidden], "test": metrics, "mae": metrics["mae"],
+        "provenance": prov, "problem": p.name, "surrogate": surrogate, "n_train": int(n), "seed": int(seed),
+        "arch": arch, "hidden": [list(h) for h in hidden], "test": metrics, "mae": metrics["mae"],
         "max_abs_err": metrics["max_abs_err"], "rel_l2": metrics["rel_l2"], "n_params": model.n_params,
         "train_seconds": summary["train_seconds"], "iterations": summary["iterations"],
         "best_iteration": summary["best_iteration"], "val_mae": summary["best_metric"],
         "stopped_early": summary["stopped_early"], "resumed_from_iteration": summary["resumed_from"],
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "torch": torch.__version__, "euler_floor": test_meta.get("euler_floor"), "version": project_version(),
-        "settings": settings, **extras,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else describe_machine(machine_info(gpu=False)),
+        "torch": torch.__version__, "euler_floor": test_meta.get("euler_floor"),
+        "test_set": {"problem": test_meta.get("provenance", {}).get("problem"), "sha256": test_meta.get("sha256")},
+        "version": project_version(), "settings": settings, **extras,
     }
     write_json(out_dir / "metrics.json", result)
     # done: the resume point goes, so a rerun (new settings, new code) trains afresh instead of resuming
@@ -182,29 +212,38 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
     return result
 
 
-def _cpu_name() -> str:
-    from benchmarks.machine import machine_info
-
-    info = machine_info(gpu=False)
-    return f"{info['cpu']} ({info['cores']} cores)"
+def _int_arg(name: str, minimum: int, maximum: int | None = None):
+    """An argparse type: an integer within bounds, with a message naming the option (never a traceback)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes an integer, got {text!r}") from None
+        try:
+            return check_count(value, name, minimum, maximum)
+        except InvalidInputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m surrogates.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path)
+    ap.add_argument("--config", type=Path, nargs="*", default=[],
+                    help="config files merged over config/config.yaml (e.g. config/quick.yaml)")
     ap.add_argument("--problem", required=True)
     ap.add_argument("--surrogate", required=True, choices=sorted(KINDS))
-    ap.add_argument("--n", type=int, required=True)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", type=_int_arg("--n", 1), required=True)
+    ap.add_argument("--seed", type=_int_arg("--seed", 0, SEED_MAX), default=0)
     ap.add_argument("--arch", default=None, help="a key of training.architectures (default: training.architecture)")
     ap.add_argument("--data", type=Path, required=True, help="the problem's dataset folder (holding n{n}/ and test.npz)")
     ap.add_argument("--test", type=Path, default=None, help="test set (default: DATA/test.npz)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--iterations", type=int, default=None)
+    ap.add_argument("--iterations", type=_int_arg("--iterations", 0), default=None,
+                    help="first-order steps (>= 0; 0 scores the untrained network); default: the config's")
     a = ap.parse_args(argv)
     try:
-        cfg = load_config(a.config)
+        cfg = load_config(*a.config)
         r = train_surrogate(cfg, a.problem, a.surrogate, a.n, a.seed, a.data, a.out, a.arch, a.test, a.iterations)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,11 +21,12 @@ from typing import Callable
 
 import torch
 
-from solvers.errors import InvalidInputError, PipelineError
+from core.errors import InvalidInputError, PipelineError
 
-from .io import atomic_write
+from core.io import write_text
+
 from .losses import Loss
-from .network import _atomic_torch_save, load_weights, save_checkpoint, state_copy
+from .network import load_weights, save_checkpoint, state_copy, torch_save
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULES = ("constant", "cosine", "exponential")
@@ -53,12 +54,15 @@ class Trainer:
     seed : seeds torch for anything the losses do not seed themselves.
     resume : continue from ``checkpoint.pth`` in the output folder when there is one.
     progress : show a progress line (default: when stderr is a terminal).
+    fingerprint : what the run is (settings, data); a ``checkpoint.pth`` written for another is not resumed.
+    checkpoint_meta : extra entries for the meta of ``best_model.pth`` (e.g. its ``provenance``).
     """
 
     def __init__(self, model, output_folder, validation: Callable | None = None, monitor: str = "val_mae",
                  val_every: int = 100, optimizer: str = "adam", lr: float = 1e-3, lr_schedule: str = "constant",
                  lr_final: float = 0.01, patience: int | None = None, lbfgs_iterations: int = 0, seed: int = 0,
-                 resume: bool = True, progress: bool | None = None, fingerprint: dict | None = None):
+                 resume: bool = True, progress: bool | None = None, fingerprint: dict | None = None,
+                 checkpoint_meta: dict | None = None):
         if optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"unknown optimizer {optimizer!r}; valid: {sorted(OPTIMIZERS)}")
         if lr_schedule not in SCHEDULES:
@@ -73,6 +77,7 @@ class Trainer:
         # what the run is (settings, data): a checkpoint.pth written for anything else is not resumed
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str)) if fingerprint else None
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.checkpoint_meta = dict(checkpoint_meta or {})
         self.losses: list[tuple[Loss, float]] = []
         self.iteration = 0
         self.best_metric = math.inf
@@ -136,8 +141,7 @@ class Trainer:
         if improved:
             self.best_metric, self.best_iteration = score, self.iteration
             self.best_state = state_copy(self.model)
-            save_checkpoint(self.model, self.out / "best_model.pth", self.best_state,
-                            {"iteration": self.iteration, self.monitor: score})
+            save_checkpoint(self.model, self.out / "best_model.pth", self.best_state, self._best_meta())
             self._stale = 0
         else:
             self._stale += 1
@@ -147,6 +151,9 @@ class Trainer:
         return improved
 
     # ------------------------------------------------------------------ files
+    def _best_meta(self) -> dict:
+        return {**self.checkpoint_meta, "iteration": self.best_iteration, self.monitor: self.best_metric}
+
     def _write_losses(self):
         if not self.rows:
             return
@@ -154,7 +161,7 @@ class Trainer:
         w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in self.rows for k in r)))
         w.writeheader()
         w.writerows(self.rows)
-        atomic_write(self.out / "losses.csv", lambda fh: fh.write(buf.getvalue().encode()))
+        write_text(self.out / "losses.csv", buf.getvalue())
 
     def _write_stats(self):
         lines = [f"# iteration {self.iteration}; per layer: weight and gradient norms, min and max",
@@ -166,10 +173,10 @@ class Trainer:
             lines.append(f"{name:<28s}{wn:12.4e}{gn:12.4e}{float(p.min()):12.4e}{float(p.max()):12.4e}"
                          f"{gn / wn if wn else float('nan'):12.4e}")
         text = "\n".join(lines) + "\n"
-        atomic_write(self.out / "model_stats.txt", lambda fh: fh.write(text.encode()))
+        write_text(self.out / "model_stats.txt", text)
 
     def _save_resume(self, opt, sched):
-        _atomic_torch_save({
+        torch_save({
             "iteration": self.iteration, "model": state_copy(self.model), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "losses": [l.state_dict() for l, _ in self.losses],
             "torch_rng": torch.get_rng_state(), "best_metric": self.best_metric, "best_iteration": self.best_iteration,
@@ -209,8 +216,8 @@ class Trainer:
         optional L-BFGS polish. Returns a summary; the best weights are loaded into the model."""
         if not self.losses:
             raise InvalidInputError("add at least one loss with add_loss before train")
-        if num_iterations < 1:
-            raise InvalidInputError(f"num_iterations must be >= 1, got {num_iterations}")
+        if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
+            raise InvalidInputError(f"num_iterations must be an integer >= 0, got {num_iterations!r}")
         self.out.mkdir(parents=True, exist_ok=True)
         self.model.train()
         opt, sched = self._make_optimizer(num_iterations)
@@ -220,6 +227,11 @@ class Trainer:
             print(f"resuming from {self.out / 'checkpoint.pth'} at iteration {self.iteration}", file=sys.stderr)
         stopped_early = False
         t0 = time.perf_counter() - self.elapsed
+        if num_iterations == 0 and not self.rows:  # nothing to train: score and keep the initial network
+            with torch.no_grad():
+                total, terms = self._objective()
+            self._record(terms, total, self.lr, self._validate())
+            self._write_stats()
         while self.iteration < num_iterations:
             opt.zero_grad(set_to_none=True)
             total, terms = self._objective()
@@ -247,8 +259,7 @@ class Trainer:
             print(file=sys.stderr)
         self._write_losses()
         if self.best_state is not None:  # rewritten at the end too: a resumed run may never improve again
-            save_checkpoint(self.model, self.out / "best_model.pth", self.best_state,
-                            {"iteration": self.best_iteration, self.monitor: self.best_metric})
+            save_checkpoint(self.model, self.out / "best_model.pth", self.best_state, self._best_meta())
             load_weights(self.model, self.best_state)
         return {"iterations": self.iteration, "best_iteration": self.best_iteration, "best_metric": self.best_metric,
                 "stopped_early": stopped_early, "resumed": resumed, "resumed_from": resumed_from,

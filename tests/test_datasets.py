@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from solvers.errors import InvalidInputError
+from core.errors import InvalidInputError
 from surrogates import datasets as ds
-from surrogates.io import load_dataset, sha256_array
-from surrogates.problems import load_config, problem_from_config, validate_config
+from core.io import load_dataset, sha256_array
+from surrogates.config import load_config, validate_config
+from surrogates.problems import problem_from_config
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +150,25 @@ def test_files_round_trip_with_checksums_and_detect_damage(cfg, tmp_path):
     assert list(data["input_names"]) == ["t", "u0", "w0"] and data["X"].shape == (100, 3)
     assert meta["seed"] == 0 and meta["dt"] == 0.01 and meta["solver"]["dtype"] == "float64"
     assert meta["sha256"]["X"] == sha256_array(data["X"]) and meta["parameters"]["I"] == 0.08
+    assert meta["provenance"] == {"problem": "B", "problem_fingerprint": problem_from_config("B", cfg).fingerprint,
+                                  "part": "train", "n": 100, "seed": 0, "test_seed": cfg["datasets"]["test_seed"],
+                                  "val_fraction": 0.1}
     first = (tmp_path / "n100/train.npz").read_bytes()
     ds.write_split(cfg, "B", 100, tmp_path / "again/train.npz", tmp_path / "again/val.npz")
     assert (tmp_path / "again/train.npz").read_bytes() == first  # byte-identical files
     assert not list(tmp_path.rglob("*.tmp"))
     assert (tmp_path / "n100/train.npz").stat().st_mode & 0o044 == 0o044  # readable by the group and others
-    # a sidecar that no longer matches, and a truncated file
+    # arrays that no longer match their sidecar, an edited sidecar, and a truncated file
+    data["Y"][0, 0] += 1e-9
+    np.savez(tmp_path / "again/changed.npz", **data)
+    (tmp_path / "again/changed.npz").replace(tmp_path / "again/train.npz")
+    with pytest.raises(InvalidInputError, match="sha256 of Y does not match"):
+        load_dataset(tmp_path / "again/train.npz")
     side = tmp_path / "n100/train.json"
     m = json.loads(side.read_text())
-    m["sha256"]["Y"] = "0" * 64
+    m["dt"] = 0.02
     side.write_text(json.dumps(m))
-    with pytest.raises(InvalidInputError, match="sha256 of Y does not match"):
+    with pytest.raises(InvalidInputError, match="train.json was changed after it was written"):
         load_dataset(tmp_path / "n100/train.npz")
     (tmp_path / "n100/val.npz").write_bytes((tmp_path / "n100/val.npz").read_bytes()[:200])
     with pytest.raises(InvalidInputError, match="is damaged"):

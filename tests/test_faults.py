@@ -17,7 +17,7 @@ import torch
 
 from conftest import ROOT, snakemake_cmd
 from surrogates import MLP, Trainer, DataLoss
-from surrogates.io import load_dataset
+from core.io import load_dataset
 
 ARCH = "mlp3x64"
 
@@ -159,6 +159,18 @@ def test_damaged_or_changed_inputs_stop_the_job_with_the_file_named(trained_b, s
     train.write_bytes(good)  # restored: the job runs again and succeeds
     rc, out = _rerun(snakemake, cfg, d / "metrics.json")
     assert rc == 0, out[-3000:]
+
+    # an edited sidecar (the arrays intact) is an input of the job: Snakemake reruns it, and the job refuses it
+    side = train.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["dt"], meta["problem"]["ranges"]["u0"] = 0.02, [0.0, 0.5]
+    side.write_text(json.dumps(meta))
+    dry = snakemake(d / "metrics.json", "-n", "--configfile", "config/quick.yaml", cfg)
+    assert "rule train:" in dry.stdout and str(side) in dry.stdout, dry.stdout[-3000:]
+    rc, out = _rerun(snakemake, cfg, d / "metrics.json")
+    assert rc != 0 and not (d / "metrics.json").exists()
+    log = train_log(results, "B").read_text()
+    assert f"sidecar {side} was changed after it was written" in log, log[-2000:]
 
 
 def test_a_damaged_checkpoint_is_refused_by_the_onnx_export(trained_b, snakemake):

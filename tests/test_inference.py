@@ -8,15 +8,39 @@ import pytest
 import torch
 
 from benchmarks import speedup
-from benchmarks.fused_mlp import kernel_source, packed_parameters
-from benchmarks.inference import (REGISTRY, BackendMismatchError, Runner, check_against_torch, export_onnx,
-                                  fastest_cpu_backend,
-                                  get_inference_backend)
-from benchmarks.timing import time_cpu
-from benchmarks.workloads import direct_rows, kept_times, save_every, solver_inputs
-from solvers.errors import InvalidInputError
+from core.config import merge
+from core.errors import InvalidInputError
+from inference import workloads
+from inference.backends import (REGISTRY, BackendMismatchError, Runner, check_against_torch, fastest_cpu_backend,
+                                get_inference_backend)
+from inference.export import export_onnx
+from inference.kernels.fused_cuda import kernel_source, packed_parameters
+from inference.timing import measure, time_cpu
+from inference.workloads import Case, kept_times
+from surrogates.config import load_config
 from surrogates.network import MLP, save_checkpoint
-from surrogates.problems import load_config, problem_from_config
+from surrogates.problems import problem_from_config
+from surrogates.train import expected_model
+
+
+def direct_rows(problem, n_cells, n_outputs, t_end=50.0):
+    case = Case(problem, n_cells, n_outputs, t_end)
+    return case.direct_rows(), case.cells
+
+
+def save_as(net, path, cfg, problem, kind, mae=0.01):
+    """A checkpoint and metrics.json recording that ``net`` is the ``kind`` surrogate of ``problem``."""
+    import json
+
+    prov = {**expected_model(cfg, problem, kind, 100, 0), "hidden": [list(h) for h in net.hidden]}
+    save_checkpoint(net, path, meta={"provenance": prov})
+    (path.parent / "metrics.json").write_text(json.dumps({"provenance": prov, "problem": problem, "surrogate": kind,
+                                                          "mae": mae}))
+    return path
+
+
+def speed_cfg(**speed):
+    return merge(load_config(), {"speed": {"repeats": 2, "max_repeats": 2, **speed}})
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +87,10 @@ def test_a_wrong_backend_fails_loudly_before_timing(net, problem_c):
 
 
 def test_missing_backends_are_skipped_with_their_reason(net, tmp_path, problem_c):
-    path = tmp_path / "m" / "best_model.pth"
-    save_checkpoint(net, path)
-    df = speedup.run({"toy": path}, ["torch", "onnxruntime", "tensorrt", "fused", "torch_compile"], ["fp32"],
-                     [500], [26], repeats=2, workdir=tmp_path / "w")
+    cfg = speed_cfg(n_cells=[500], k_sweep=[])
+    path = save_as(net, tmp_path / "m" / "best_model.pth", cfg, "C", "ddnn")
+    df = speedup.run(cfg, {"ddnn": path}, ["torch", "onnxruntime", "tensorrt", "fused", "torch_compile"], ["fp32"],
+                     workdir=tmp_path / "w")
     skipped = df[df.skipped.notna()].set_index("backend").skipped if "skipped" in df else {}
     if not torch.cuda.is_available():
         assert "tensorrt" in skipped and "torch_compile" in skipped and "fused" in skipped
@@ -107,11 +131,11 @@ def test_direct_workload_has_exactly_n_times_k_rows_of_real_inputs(problem_c):
     for j, name in enumerate(["u0", "w0", "I"]):
         lo, hi = problem_c.ranges[name]
         assert (per_cell[:, j] >= lo).all() and (per_cell[:, j] <= hi).all()
-    y0, params = solver_inputs(problem_c, c)
+    y0, params = Case(problem_c, 37, 26, 50.0, cells=c).solver_inputs()
     np.testing.assert_allclose(y0[:, 0], c["u0"]) and np.testing.assert_allclose(params["I"], c["I"])
-    assert save_every(50.0, 0.01, 26) == 200 and list(kept_times(50.0, 1)) == [50.0]
-    with pytest.raises(InvalidInputError, match="do not split into 6 equal gaps"):
-        save_every(50.0, 0.01, 7)
+    assert Case(problem_c, 37, 26, 50.0).save_every == 200 and list(kept_times(50.0, 1)) == [50.0]
+    with pytest.raises(InvalidInputError, match="do not split into 6 equal parts"):
+        Case(problem_c, 37, 7, 50.0).save_every
 
 
 # ---------------------------------------------------------------- fused kernel
@@ -209,10 +233,10 @@ def test_the_faster_cpu_backend_is_picked_per_architecture(net, tmp_path):
 
 
 def test_large_workloads_are_evaluated_in_bounded_chunks(net, monkeypatch, problem_c):
-    monkeypatch.setattr(speedup, "CHUNK_ROWS", 1000)
+    monkeypatch.setattr(workloads, "CHUNK_ROWS", 1000)
     X, _ = direct_rows(problem_c, 97, 26)  # 2522 rows -> 3 calls
     r = REGISTRY["torch"].prepare(net, "fp32", None)
-    parts = speedup.run_chunked(r, r.device_input(X))
+    parts = workloads.run_chunked(r, r.device_input(X))
     assert [len(p) for p in parts] == [1000, 1000, 522]
     np.testing.assert_array_equal(np.concatenate([r.to_host(p) for p in parts]), r(X))
 
@@ -232,30 +256,27 @@ def test_rollout_through_a_runner_matches_the_itnn_rollout(step_net, backend, tm
 
     cfg = load_config()
     d, c_problem = problem_from_config("D", cfg), problem_from_config("C", cfg)
-    _, c = direct_rows(c_problem, 37, 2)
-    Y0, P = speedup.iterative_inputs(d, c_problem, c)
+    case = Case(c_problem, 37, 2, 50.0)
+    c = case.cells
+    Y0, P = case.rollout_inputs(d)
     assert Y0.shape == (37, 2) and P.shape == (37, 1)
     np.testing.assert_array_equal(P[:, 0], c["I"].astype(np.float32))  # real, per-cell currents
     assert len(np.unique(Y0[:, 0])) == 37
     ref = rollout(step_net, Y0, P, n_steps=40, keep_every=8)  # (6, 37, 2): y0 and 5 kept states
-    monkeypatch.setattr(speedup, "CHUNK_ROWS", 16)  # 3 chunks of cells
+    monkeypatch.setattr(workloads, "CHUNK_ROWS", 16)  # 3 chunks of cells
     r = REGISTRY[backend].prepare(step_net, "fp32", tmp_path)
-    kept = speedup.rollout_runner(r, Y0, P, n_steps=40, keep_every=8, keep_first=True)
+    kept = workloads.rollout_runner(r, Y0, P, n_steps=40, keep_every=8, keep_first=True)
     assert len(kept) == 3 * 6
     got = np.stack([np.concatenate([r.to_host(k) for k in kept[j::6]]) for j in range(6)])
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-    final_only = speedup.rollout_runner(r, Y0, P, n_steps=40, keep_every=40, keep_first=False)
+    final_only = workloads.rollout_runner(r, Y0, P, n_steps=40, keep_every=40, keep_first=False)
     np.testing.assert_allclose(np.concatenate([r.to_host(k) for k in final_only]), ref[-1], rtol=1e-5, atol=1e-6)
 
 
 def test_speed_run_times_an_itnn_by_rollout_on_the_same_k_states(step_net, tmp_path):
-    import json
-
-    path = tmp_path / "D/itnn/best_model.pth"
-    save_checkpoint(step_net, path)
-    (path.parent / "metrics.json").write_text(json.dumps({"problem": "D", "surrogate": "itnn", "mae": 0.01}))
-    df = speedup.run({"itnn": path}, ["torch", "onnxruntime"], ["fp32"], [300], [26, 2501], repeats=2,
-                     workdir=tmp_path / "w")
+    cfg = speed_cfg(n_cells=[300], n_outputs=26, k_sweep=[2501])
+    path = save_as(step_net, tmp_path / "D/itnn/best_model.pth", cfg, "D", "itnn")
+    df = speedup.run(cfg, {"itnn": path}, ["torch", "onnxruntime"], ["fp32"], workdir=tmp_path / "w")
     timed = df[df.skipped.isna()]
     assert set(timed.backend) == {"torch", "onnxruntime"} and (timed.n_outputs == 26).all()
     assert timed.workload.str.startswith("iterative rollout").all()

@@ -9,12 +9,13 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import nn
 
-from solvers.errors import InvalidInputError
+from core.errors import InvalidInputError
 from surrogates import datasets as ds
 from surrogates.itnn import rollout
 from surrogates.losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, ResidualLoss
 from surrogates.network import MLP, load_checkpoint, load_weights, save_checkpoint
-from surrogates.problems import load_config, problem_from_config, validate_config
+from surrogates.config import load_config, validate_config
+from surrogates.problems import problem_from_config
 from surrogates.train import train_surrogate
 from surrogates.trainer import Trainer, TrainingDivergedError
 

@@ -94,9 +94,15 @@ def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_f
     assert len(checks) == len(list(models.glob("*/*/*/*/*/metrics.json"))) == 10
     assert all(yaml.safe_load(c.read_text())["max_rel_diff_vs_torch"] < 1e-4 for c in checks)
     speed = pd.read_csv(tmp_path / "results/tables/speedup.csv")
-    assert list(speed.columns) == ["workload", "device", "n_cells", "n_outputs", "solver_backend", "solver_seconds",
-                                   "surrogate", "arch", "backend", "precision", "surrogate_seconds", "speedup", "mae"]
+    assert list(speed.columns) == ["sweep", "workload", "device", "n_cells", "n_outputs", "solver_backend",
+                                   "solver_seconds", "solver_kernel_seconds", "surrogate", "arch", "backend", "precision",
+                                   "surrogate_seconds", "surrogate_kernel_seconds", "speedup", "kernel_speedup", "mae",
+                                   "noisy"]
     assert (speed.speedup > 0).all() and speed.mae.notna().all() and set(speed.device) == {"cpu"}
+    # one row per measured point: (N = 300, K = 26) is in both sweeps and measured once
+    key = ["n_cells", "n_outputs", "surrogate", "backend", "precision"]
+    assert not speed.duplicated(key).any()
+    assert set(speed[(speed.n_cells == 300) & (speed.n_outputs == 26)].sweep) == {"N,K"}
     for f in ("error_vs_size", "training_curves", "itnn_rollout_error", "trajectories_C", "hh_m", "speedup_vs_n",
               "speedup_vs_k", "time_vs_error"):
         for ext in ("png", "pdf"):

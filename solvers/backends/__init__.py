@@ -1,7 +1,7 @@
 """Registry of forward-Euler backends. GPU backends import their libraries lazily."""
 from __future__ import annotations
 
-from ..errors import BackendUnavailableError, InvalidInputError
+from core.errors import BackendUnavailableError, InvalidInputError
 from .base import Backend
 from .cpu import CpuBackend
 from .cuda import CudaBackend

@@ -1,7 +1,7 @@
 """Registry of cell models: one file per model, each defining ``MODEL``."""
 from __future__ import annotations
 
-from ..errors import InvalidInputError
+from core.errors import InvalidInputError
 from ..model import CellModel
 from . import fhn, fhn_classic, hh
 

@@ -6,7 +6,7 @@ rule benchmark_speed:
     input:
         **speed_models(),
     output:
-        raw=f"{RESULTS}/benchmarks/speed_raw.csv",
+        raw=path(LAYOUT.benchmark("speed_raw.csv")),
     params:
         speed=config["speed"],
         device=config["speed"]["device"],  # `auto` is resolved on the node that runs the job
@@ -14,7 +14,7 @@ rule benchmark_speed:
         gpu=1 if speed_wants_gpu() else 0,
     threads: 64  # timings own the machine (Snakemake scales this down to --cores)
     log:
-        f"{RESULTS}/logs/benchmarks/speed.log",
+        path(LAYOUT.log("benchmarks", "speed.log")),
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -25,11 +25,11 @@ rule speedup_table:
     input:
         rules.benchmark_speed.output.raw,
     output:
-        csv=report(f"{RESULTS}/tables/speedup.csv", caption="../report/speedup.rst", category="Tables"),
-        md=f"{RESULTS}/tables/speedup.md",
-        tex=f"{RESULTS}/tables/speedup.tex",
+        csv=report(path(LAYOUT.table("speedup", "csv")), caption="../report/speedup.rst", category="Tables"),
+        md=path(LAYOUT.table("speedup", "md")),
+        tex=path(LAYOUT.table("speedup", "tex")),
     log:
-        f"{RESULTS}/logs/tables/speedup.log",
+        path(LAYOUT.log("tables", "speedup.log")),
     conda:
         "../envs/pipeline.yaml"
     script:

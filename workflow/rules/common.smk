@@ -1,20 +1,54 @@
-# Shared set-up: validate the configuration once, when the workflow loads, and derive the targets.
+# Shared set-up: validate the configuration once, when the workflow loads, resolve results_dir, and derive
+# the targets. Paths come from core.layout (the one definition of the run layout); nothing here imports
+# torch, so parsing the workflow stays fast.
 from snakemake.utils import min_version
 
 min_version("9.0")
 
-from surrogates.problems import problem_from_config, speed_problem_of, validate_config
+from core.layout import Layout, RUN_FILES
+from core.lock import hold_for_process
+from core.machine import cuda_device_count
+from surrogates.config import speed_problem_of, training_grid, training_settings, validate_config
+from surrogates.problems import SURROGATE_KINDS, problem_from_config
 
-# Fails at load, naming the key, on unknown keys, wrong types, empty ranges, unknown models, ...
+# Fails at load, naming the key, on unknown keys, wrong types, empty ranges, unknown models, K values the
+# time grid cannot produce, sizes a design cannot provide, ...
 config.update(validate_config(config))
 
+LAYOUT = Layout(config["results_dir"])  # resolved to a real absolute path: one folder, however it is spelt
+RESULTS = str(LAYOUT.root)
 PROBLEMS = list(config["problems"])
-RESULTS = config["results_dir"].rstrip("/")
+SURROGATES = list(SURROGATE_KINDS)
+
+
+onstart:
+    # one run per results folder: a second run on it (from anywhere, however spelt) refuses at once
+    if workflow.is_main_process:
+        hold_for_process(LAYOUT.root, ".run.lock", "results_dir")
 
 
 wildcard_constraints:
     problem="|".join(PROBLEMS),
     n=r"[1-9][0-9]*",
+    surrogate="|".join(SURROGATES),
+    arch=r"[A-Za-z0-9_]+",
+    seed=r"[0-9]+",
+
+
+def path(p):
+    return str(p)
+
+
+def split_pattern(part):
+    return path(LAYOUT.split("{problem}", "{n}", part))
+
+
+def run_pattern(kind):
+    return path(LAYOUT.run_file(kind, "{problem}", "{surrogate}", "{n}", "{arch}", "{seed}"))
+
+
+def sidecar(dataset):
+    return path(LAYOUT.sidecar(dataset))
 
 
 def sizes(problem):
@@ -24,78 +58,64 @@ def sizes(problem):
 def dataset_targets():
     out = []
     for p in PROBLEMS:
-        out.append(f"{RESULTS}/datasets/{p}/test.npz")
-        out += [f"{RESULTS}/datasets/{p}/n{n}/train.npz" for n in sizes(p)]
+        out.append(path(LAYOUT.test(p)))
+        out += [path(LAYOUT.split(p, n, "train")) for n in sizes(p)]
     return out
 
 
 # ---------------------------------------------------------------- training targets
-from surrogates.train import training_settings
-
-SURROGATES = list(config["training"]["surrogates"])
-MODELS = f"{RESULTS}/models"
-
-
 def arch_of(problem):
     return training_settings(config, problem)["architecture"]
 
 
-def model_dir(problem, surrogate, n, seed):
-    return f"{MODELS}/{problem}/{surrogate}/n{n}/{arch_of(problem)}/seed{seed}"
+def model_file(problem, surrogate, n, seed, kind="metrics"):
+    return path(LAYOUT.run_file(kind, problem, surrogate, n, arch_of(problem), seed))
 
 
 def trained(problem=None, surrogate=None, filename="metrics.json"):
     """Every training target of the configured grid (optionally of one problem / surrogate)."""
-    out = []
-    for kind, problems in config["training"]["surrogates"].items():
-        for p in problems:
-            if (problem and p != problem) or (surrogate and kind != surrogate):
-                continue
-            for n in sizes(p):
-                for seed in config["training"]["seeds"]:
-                    out.append(f"{model_dir(p, kind, n, seed)}/{filename}")
-    return out
+    kind = {v: k for k, v in RUN_FILES.items()}[filename]
+    return [path(LAYOUT.run_file(kind, p, s, n, a, seed)) for p, s, n, a, seed in training_grid(config)
+            if (problem is None or p == problem) and (surrogate is None or s == surrogate)]
 
 
 def test_sidecars():
-    return [f"{RESULTS}/datasets/{p}/test.json" for p in PROBLEMS]
-
-
-wildcard_constraints:
-    surrogate="|".join(["ddnn", "pinn", "pinn_seed", "itnn"]),
-    arch=r"[A-Za-z0-9_]+",
-    seed=r"[0-9]+",
+    return [sidecar(LAYOUT.test(p)) for p in PROBLEMS]
 
 
 # ---------------------------------------------------------------- speed and figures
-FIG = f"{RESULTS}/figures"
-
-
 def speed_wants_gpu():
     """Whether the timing job should hold the GPU resource. On a cluster the job runs on another node than
     this one, so the profile sets the resource there and the job script resolves `auto` where it runs."""
     d = config["speed"]["device"]
-    if d == "auto":
-        import torch
+    return cuda_device_count() > 0 if d == "auto" else d == "cuda"
 
-        return torch.cuda.is_available()
-    return d == "cuda"
+
+def speed_model(kind):
+    """(problem, n, seed) of the `kind` surrogate the speed benchmark times: largest n, first seed."""
+    p = speed_problem_of(config, kind)  # an ITNN is trained on the step problem (D), timed on C's cells
+    return p, max(sizes(p)), config["training"]["seeds"][0]
 
 
 def speed_models():
     out = {}
     for k in config["speed"]["surrogates"]:
-        p = speed_problem_of(config, k)  # an ITNN is trained on the step problem (D), timed on C's cells
-        out[k] = f"{model_dir(p, k, max(sizes(p)), config['training']['seeds'][0])}/best_model.pth"
+        p, n, seed = speed_model(k)
+        out[k] = model_file(p, k, n, seed, "model")
     return out
 
 
+def figure(name, ext="png"):
+    return path(LAYOUT.figure(name, ext))
+
+
 def figure_targets():
+    trains = config["training"]["surrogates"]
     out = [rules.figure_error_vs_size.output.png, rules.figure_training_curves.output.png]
-    if config["training"]["surrogates"].get("itnn"):
+    if trains.get("itnn"):
         out.append(rules.figure_rollout_error.output.png)
-    if "C" in PROBLEMS and any("C" in v for v in config["training"]["surrogates"].values()):
+    if "C" in PROBLEMS and any("C" in v for v in trains.values()):
         out.append(rules.figure_trajectories.output.png)
-    if "hh_m" in PROBLEMS and any("hh_m" in v for v in config["training"]["surrogates"].values()):
+    if "hh_m" in PROBLEMS and any("hh_m" in v for v in trains.values()):
         out.append(rules.figure_hh_m.output.png)
     return out

@@ -1,18 +1,20 @@
-# Datasets: training/validation sets per (problem, n), one held-out test set per problem.
+# Datasets: training/validation sets per (problem, n), one held-out test set per problem. Each file has a
+# JSON sidecar (provenance, checksums); the sidecars are outputs here and inputs of every rule that reads
+# them, so editing one triggers a rerun (where it is then refused: its own checksum no longer matches).
 
 
 rule dataset_split:
     output:
-        train=f"{RESULTS}/datasets/{{problem}}/n{{n}}/train.npz",
-        train_meta=f"{RESULTS}/datasets/{{problem}}/n{{n}}/train.json",
-        val=f"{RESULTS}/datasets/{{problem}}/n{{n}}/val.npz",
-        val_meta=f"{RESULTS}/datasets/{{problem}}/n{{n}}/val.json",
+        train=split_pattern("train"),
+        train_meta=sidecar(split_pattern("train")),
+        val=split_pattern("val"),
+        val_meta=sidecar(split_pattern("val")),
     params:
         spec=lambda w: config["problems"][w.problem],  # a changed problem reruns its datasets
         solver=config["solver"],
         design=config["datasets"],
     log:
-        f"{RESULTS}/logs/datasets/{{problem}}_n{{n}}.log",
+        path(LAYOUT.log("datasets", "{problem}_n{n}.log")),
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -21,14 +23,15 @@ rule dataset_split:
 
 rule dataset_test:
     output:
-        test=f"{RESULTS}/datasets/{{problem}}/test.npz",
-        meta=f"{RESULTS}/datasets/{{problem}}/test.json",
+        test=path(LAYOUT.test("{problem}")),
+        meta=sidecar(LAYOUT.test("{problem}")),
     params:
         spec=lambda w: config["problems"][w.problem],
+        source=lambda w: config["problems"].get(config["problems"][w.problem].get("test_from", ""), {}),
         solver=config["solver"],
         test_seed=config["datasets"]["test_seed"],
     log:
-        f"{RESULTS}/logs/datasets/{{problem}}_test.log",
+        path(LAYOUT.log("datasets", "{problem}_test.log")),
     conda:
         "../envs/pipeline.yaml"
     script:

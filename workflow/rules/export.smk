@@ -1,15 +1,17 @@
 # ONNX export of every trained surrogate (dynamic batch), checked against eager torch with onnxruntime.
+# The checkpoint must have been made for the model this folder names (problem, kind, n, arch, seed).
 
 
 rule export_onnx:
     input:
         model=rules.train.output.model,
         val=rules.dataset_split.output.val,
+        val_meta=rules.dataset_split.output.val_meta,
     output:
-        onnx=f"{MODELS}/{{problem}}/{{surrogate}}/n{{n}}/{{arch}}/seed{{seed}}/model.onnx",
-        check=f"{MODELS}/{{problem}}/{{surrogate}}/n{{n}}/{{arch}}/seed{{seed}}/onnx_check.json",
+        onnx=run_pattern("onnx"),
+        check=run_pattern("onnx_check"),
     log:
-        f"{RESULTS}/logs/export/{{problem}}_{{surrogate}}_n{{n}}_{{arch}}_seed{{seed}}.log",
+        path(LAYOUT.log("export", "{problem}_{surrogate}_n{n}_{arch}_seed{seed}.log")),
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -6,11 +6,11 @@ rule accuracy_table:
         metrics=trained(),
         floors=test_sidecars(),
     output:
-        csv=report(f"{RESULTS}/tables/accuracy.csv", caption="../report/accuracy.rst", category="Tables"),
-        md=f"{RESULTS}/tables/accuracy.md",
-        tex=f"{RESULTS}/tables/accuracy.tex",
+        csv=report(path(LAYOUT.table("accuracy", "csv")), caption="../report/accuracy.rst", category="Tables"),
+        md=path(LAYOUT.table("accuracy", "md")),
+        tex=path(LAYOUT.table("accuracy", "tex")),
     log:
-        f"{RESULTS}/logs/tables/accuracy.log",
+        path(LAYOUT.log("tables", "accuracy.log")),
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -19,11 +19,11 @@ rule accuracy_table:
 
 rule provenance:
     output:
-        report(f"{RESULTS}/provenance.json", caption="../report/provenance.rst", category="Provenance"),
+        report(path(LAYOUT.provenance), caption="../report/provenance.rst", category="Provenance"),
     params:
         config=config,
     log:
-        f"{RESULTS}/logs/provenance.log",
+        path(LAYOUT.log("provenance.log")),
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -1,23 +1,27 @@
 # Training: one job per (problem, surrogate, n, arch, seed). A killed job resumes from its
-# checkpoint.pth (not a declared output, so Snakemake keeps it) when it is run again.
+# checkpoint.pth (not a declared output, so Snakemake keeps it) when it is run again. The datasets'
+# sidecars are inputs: training checks that each file was made for this problem, part and size.
 
 
 rule train:
     input:
         train=rules.dataset_split.output.train,
+        train_meta=rules.dataset_split.output.train_meta,
         val=rules.dataset_split.output.val,
+        val_meta=rules.dataset_split.output.val_meta,
         test=rules.dataset_test.output.test,
+        test_meta=rules.dataset_test.output.meta,
     output:
-        metrics=f"{MODELS}/{{problem}}/{{surrogate}}/n{{n}}/{{arch}}/seed{{seed}}/metrics.json",
-        model=f"{MODELS}/{{problem}}/{{surrogate}}/n{{n}}/{{arch}}/seed{{seed}}/best_model.pth",
-        losses=f"{MODELS}/{{problem}}/{{surrogate}}/n{{n}}/{{arch}}/seed{{seed}}/losses.csv",
+        metrics=run_pattern("metrics"),
+        model=run_pattern("model"),
+        losses=run_pattern("losses"),
     params:
         settings=lambda w: training_settings(config, w.problem),
     threads: 1  # small networks train fastest on one thread; jobs run side by side
     resources:
         gpu=lambda w: 1 if training_settings(config, w.problem).get("device") == "cuda" else 0,
     log:
-        f"{RESULTS}/logs/train/{{problem}}_{{surrogate}}_n{{n}}_{{arch}}_seed{{seed}}.log",
+        path(LAYOUT.log("train", "{problem}_{surrogate}_n{n}_{arch}_seed{seed}.log")),
     conda:
         "../envs/pipeline.yaml"
     script:

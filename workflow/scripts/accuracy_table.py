@@ -1,4 +1,5 @@
-"""Rule accuracy_table."""
+"""Rule accuracy_table: one row per (problem, surrogate, n, arch) over seeds, with each problem's Euler floor.
+Every metrics file and test sidecar is checked against what it stands for before it is tabulated."""
 import sys
 from pathlib import Path
 
@@ -6,13 +7,13 @@ sys.path.insert(0, str(Path(snakemake.scriptdir)))
 from _log import to_log  # noqa: E402
 
 to_log(snakemake)
-from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.tables import accuracy_table, write_table  # noqa: E402
+from core.machine import describe_machine  # noqa: E402
 
-df = accuracy_table(snakemake.input.metrics, snakemake.input.floors)
-info = machine_info()
-device = info.get("gpu") or f"{info['cpu']} ({info['cores']} cores)"
+cfg = snakemake.config
+df = accuracy_table(snakemake.input.metrics, snakemake.input.floors, cfg)
 write_table(df, snakemake.output.csv, snakemake.output.md, snakemake.output.tex,
-            caption=f"Test-set accuracy (t = 0 excluded), mean over seeds; euler_floor: Euler dt=0.01 labels vs "
-                    f"solve_ivp. Trained on: {device}.")
+            caption=f"Test-set accuracy (t = 0 excluded), mean over seeds; euler_floor: the forward-Euler "
+                    f"(dt = {cfg['solver']['dt']:g}) labels against solve_ivp (DOP853, rtol "
+                    f"{cfg['solver']['floor_rtol']:g}). Tabulated on: {describe_machine()}.")
 print(df.to_string())

@@ -12,14 +12,23 @@ import pandas as pd  # noqa: E402
 from benchmarks import figures as F  # noqa: E402
 
 rule, out = snakemake.rule, snakemake.output
+
+
+def kind_of(checkpoint):
+    """The surrogate kind a checkpoint records (its provenance), not where it lies."""
+    from surrogates.network import load_checkpoint
+
+    return load_checkpoint(checkpoint)[1]["provenance"]["surrogate"]
+
+
 if rule == "figure_error_vs_size":
     F.error_vs_size(snakemake.input[0], out.png, out.pdf)
 elif rule == "figure_training_curves":
-    F.training_curves(list(snakemake.input), out.png, out.pdf)
+    F.training_curves(list(snakemake.input.losses), list(snakemake.input.metrics), out.png, out.pdf)
 elif rule == "figure_rollout_error":
     F.rollout_error(list(snakemake.input), out.png, out.pdf)
 elif rule == "figure_trajectories":
-    F.trajectories(snakemake.input.test, {Path(m).parts[-5]: m for m in snakemake.input.models}, out.png, out.pdf)
+    F.trajectories(snakemake.input.test, {kind_of(m): m for m in snakemake.input.models}, out.png, out.pdf)
 elif rule == "figure_hh_m":
     import torch
 
@@ -34,7 +43,7 @@ elif rule == "figure_hh_m":
     X = torch.tensor(np.stack([t, S[:, 0]], axis=1), dtype=torch.float32)
     preds, losses = {}, {}
     for m in snakemake.input.models:
-        kind = Path(m).parts[-5]
+        kind = kind_of(m)
         net = load_checkpoint(m)[0].eval()
         with torch.no_grad():
             preds[kind] = net(X).numpy()[:, 0]

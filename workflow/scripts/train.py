@@ -11,8 +11,8 @@ import torch  # noqa: E402
 from surrogates.train import train_surrogate  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
-w = snakemake.wildcards
-r = train_surrogate(snakemake.config, w.problem, w.surrogate, int(w.n), int(w.seed),
-                    Path(snakemake.input.train).parents[1], Path(snakemake.output.metrics).parent,
-                    architecture=w.arch, test_path=snakemake.input.test)
+w, i = snakemake.wildcards, snakemake.input
+r = train_surrogate(snakemake.config, w.problem, w.surrogate, int(w.n), int(w.seed), Path(i.train).parents[1],
+                    Path(snakemake.output.metrics).parent, architecture=w.arch, train_path=i.train, val_path=i.val,
+                    test_path=i.test)
 print(f"test MAE {r['mae']:.3e}, max {r['max_abs_err']:.3e} ({r['train_seconds']:.1f} s)")

@@ -1,4 +1,4 @@
-"""Inference backends behind one interface, and ONNX export.
+"""Inference backends behind one interface.
 
 A backend ``prepare``s a trained network for a device and precision and returns a :class:`Runner` with
 
@@ -9,53 +9,36 @@ A backend ``prepare``s a trained network for a device and precision and returns 
 so the harness can time kernel-only (``run``) and end-to-end (``device_input`` + ``run`` + ``to_host``).
 Every runner is checked against eager torch (float64 reference) within its precision's tolerance before
 it is timed; a mismatch raises :class:`BackendMismatchError`. A backend whose library or hardware is
-missing reports why through ``unavailable_reason`` and is skipped, never crashing the benchmark.
-GPU libraries (CuPy, TensorRT) are imported only inside the backends that need them.
+missing reports why through ``unavailable_reason`` and is skipped. A backend may also offer a fused
+rollout of an iterative network (``prepare_rollout``); the others are rolled out step by step.
+GPU libraries (CuPy, TensorRT, Triton) are imported only inside the backends that need them.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from solvers.errors import InvalidInputError, PipelineError
+from core.errors import InvalidInputError, PipelineError
+from core.io import write_bytes
+from core.precision import precision
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}  # relative to the output's range, against a float64 reference
+from .export import export_onnx, model_copy, torch_dtype
+
+# largest error against a float64 eager-torch reference, relative to each output's range
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 4e-2}
 
 
 class BackendMismatchError(PipelineError, AssertionError):
     """A backend's outputs differ from eager torch beyond its precision's tolerance."""
 
 
-def export_onnx(model, path, precision: str = "fp32") -> Path:
-    """Export ``model`` to ONNX with a dynamic batch dimension (input ``x``, output ``y``).
-
-    ``fp16`` exports a half-precision graph (weights and I/O in FP16), which is how strongly typed
-    TensorRT builds (TensorRT 11) get FP16. Written to a temporary name and renamed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    m = _copy_for(model, precision, "cpu")
-    x = torch.zeros(2, model.n_inputs, dtype=torch.float16 if precision == "fp16" else torch.float32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.onnx.export(m, (x,), str(tmp), input_names=["x"], output_names=["y"], dynamo=False,
-                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17)
-    os.replace(tmp, path)
-    return path
-
-
-def _copy_for(model, precision, device):
-    import copy
-
-    m = copy.deepcopy(model).eval().to(device)
-    return m.half() if precision == "fp16" else m.float()
-
-
 class Runner:
+    """A prepared network: ``device_input``, ``run`` and ``to_host`` (see the module docstring)."""
+
     def __init__(self, device_input, run, to_host, label=""):
         self.device_input, self.run, self.to_host, self.label = device_input, run, to_host, label
 
@@ -64,16 +47,25 @@ class Runner:
 
 
 class InferenceBackend(ABC):
+    """One way of running a network. Subclasses set ``name``, ``device`` and ``precisions`` and fill in
+    ``prepare``; ``warmup`` is how many untimed calls its runners need before they are steady."""
+
     name = ""
     device = "cpu"
-    precisions = ("fp32",)
+    precisions: tuple[str, ...] = ("fp32",)
+    warmup = 1
 
     def unavailable_reason(self) -> str | None:
         return None
 
     @abstractmethod
-    def prepare(self, model, precision: str, workdir: Path) -> Runner:
-        """A runner for ``model`` in ``precision``; ``workdir`` holds exported files and engine caches."""
+    def prepare(self, model, prec: str, workdir: Path) -> Runner:
+        """A runner for ``model`` in ``prec``; ``workdir`` holds exported files and engine caches."""
+
+    def prepare_rollout(self, model, n_states: int, prec: str, workdir: Path):
+        """A fused rollout ``f(y0, params, n_steps, keep_every, keep_first) -> list of device arrays``, or
+        ``None`` when this backend rolls out step by step through its :class:`Runner`."""
+        return None
 
 
 def _torch_runner(fn, device, dtype):
@@ -90,28 +82,43 @@ def _torch_runner(fn, device, dtype):
     return Runner(device_input, run, to_host)
 
 
+def _no_tf32():
+    torch.backends.cuda.matmul.allow_tf32 = False  # FP32 means FP32
+    torch.backends.cudnn.allow_tf32 = False
+
+
 class TorchEager(InferenceBackend):
     def __init__(self, device: str):
         self.device, self.name = device, "torch" if device == "cpu" else "torch_cuda"
-        self.precisions = ("fp32",) if device == "cpu" else ("fp32", "fp16")
+        self.precisions = ("fp32",) if device == "cpu" else ("fp32", "fp16", "bf16")
 
     def unavailable_reason(self):
         if self.device == "cuda" and not torch.cuda.is_available():
             return "torch sees no CUDA device"
         return None
 
-    def prepare(self, model, precision, workdir):
+    def prepare(self, model, prec, workdir):
         if self.device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False  # FP32 means FP32
-            torch.backends.cudnn.allow_tf32 = False
-        m = _copy_for(model, precision, self.device)
-        return _torch_runner(m, self.device, torch.float16 if precision == "fp16" else torch.float32)
+            _no_tf32()
+        m = model_copy(model, prec, self.device)
+        return _torch_runner(m, self.device, torch_dtype(prec))
+
+
+def bucket(rows: int, smallest: int = 1024) -> int:
+    """The padded size a shape-specialised backend is called with: the next power of two (>= ``smallest``)."""
+    return max(smallest, 1 << max(0, int(rows - 1).bit_length()))
 
 
 class TorchCompile(InferenceBackend):
-    """torch.compile with CUDA graphs (mode="reduce-overhead"); GPU only."""
+    """torch.compile with CUDA graphs (mode="reduce-overhead"); GPU only.
 
-    name, device, precisions = "torch_compile", "cuda", ("fp32", "fp16")
+    A compiled graph (and its CUDA graph) is specialised to one input shape, and every new shape costs a
+    recompilation and a re-recording. The runner therefore pads each call to a power-of-two bucket, so a
+    whole benchmark sees a handful of shapes, and needs a few untimed calls before it is steady (``warmup``).
+    """
+
+    name, device, precisions = "torch_compile", "cuda", ("fp32", "fp16", "bf16")
+    warmup = 3
 
     def __init__(self, mode: str = "reduce-overhead"):
         self.mode = mode
@@ -119,16 +126,26 @@ class TorchCompile(InferenceBackend):
     def unavailable_reason(self):
         return None if torch.cuda.is_available() else "torch.compile is benchmarked on the GPU; torch sees no CUDA device"
 
-    def prepare(self, model, precision, workdir):
-        torch.backends.cuda.matmul.allow_tf32 = False
-        m = _copy_for(model, precision, "cuda")
+    def prepare(self, model, prec, workdir):
+        _no_tf32()
+        m = model_copy(model, prec, "cuda")
         compiled = torch.compile(m, mode=self.mode, dynamic=False)
-        return _torch_runner(lambda x: compiled(x).clone(), "cuda", torch.float16 if precision == "fp16" else torch.float32)
+        dtype = torch_dtype(prec)
+
+        def fn(x):
+            rows = x.shape[0]
+            padded = bucket(rows)
+            if padded != rows:
+                x = torch.cat([x, x.new_zeros((padded - rows, x.shape[1]))])
+            return compiled(x)[:rows].clone()  # the CUDA graph's output buffer is reused by the next call
+
+        return _torch_runner(fn, "cuda", dtype)
 
 
 class OnnxRuntime(InferenceBackend):
     def __init__(self, device: str = "cpu"):
         self.device, self.name = device, "onnxruntime" if device == "cpu" else "onnxruntime_cuda"
+        self.precisions = ("fp32",) if device == "cpu" else ("fp32", "fp16")
 
     def unavailable_reason(self):
         try:
@@ -139,15 +156,15 @@ class OnnxRuntime(InferenceBackend):
             return "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a GPU machine)"
         return None
 
-    def prepare(self, model, precision, workdir):
+    def prepare(self, model, prec, workdir):
         import onnxruntime as ort
 
-        path = export_onnx(model, Path(workdir) / f"model_{precision}.onnx", precision)
+        path = export_onnx(model, Path(workdir) / f"model_{prec}.onnx", prec)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         provider = "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
         sess = ort.InferenceSession(str(path), opts, providers=[provider])
-        dtype = np.float16 if precision == "fp16" else np.float32
+        dtype = np.float16 if prec == "fp16" else np.float32
         return Runner(lambda x: np.ascontiguousarray(x, dtype=dtype), lambda xd: sess.run(["y"], {"x": xd})[0],
                       lambda y: np.asarray(y, dtype=np.float32))
 
@@ -158,6 +175,8 @@ class TensorRT(InferenceBackend):
     FP32 builds clear the TF32 flag, so FP32 means FP32. FP16: TensorRT 11 networks are strongly typed,
     so the FP16 engine is built from the FP16 ONNX graph; on TensorRT 10 the FP16 builder flag is also
     set. Engines are cached on disk, keyed by the ONNX file's hash, precision, GPU and TensorRT version.
+    Written from the TensorRT documentation; it has never run (TensorRT cannot be installed on the
+    machines this project was developed and measured on).
     """
 
     name, device, precisions = "tensorrt", "cuda", ("fp32", "fp16")
@@ -170,14 +189,14 @@ class TensorRT(InferenceBackend):
             return f"tensorrt is not importable ({type(exc).__name__}: {exc})"
         return None if torch.cuda.is_available() else "TensorRT needs a CUDA device; torch sees none"
 
-    def engine_path(self, onnx_path: Path, precision: str) -> Path:
+    def engine_path(self, onnx_path: Path, prec: str) -> Path:
         import tensorrt as trt
 
         digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
         gpu = torch.cuda.get_device_name().replace(" ", "_")
-        return onnx_path.parent / f"engine_{digest}_{precision}_{gpu}_trt{trt.__version__}.plan"
+        return onnx_path.parent / f"engine_{digest}_{prec}_{gpu}_trt{trt.__version__}.plan"
 
-    def build(self, onnx_path: Path, precision: str, max_batch: int):
+    def build(self, onnx_path: Path, prec: str, max_batch: int):
         import tensorrt as trt
 
         logger = trt.Logger(trt.Logger.WARNING)
@@ -194,7 +213,7 @@ class TensorRT(InferenceBackend):
         config = builder.create_builder_config()
         if hasattr(trt.BuilderFlag, "TF32"):
             config.clear_flag(trt.BuilderFlag.TF32)
-        if precision == "fp16" and major < 11:
+        if prec == "fp16" and major < 11:
             config.set_flag(trt.BuilderFlag.FP16)
         profile = builder.create_optimization_profile()
         n_in = network.get_input(0).shape[1]
@@ -205,20 +224,17 @@ class TensorRT(InferenceBackend):
             raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
         return bytes(serialized)
 
-    def prepare(self, model, precision, workdir):
+    def prepare(self, model, prec, workdir):
         import tensorrt as trt
 
-        onnx_path = export_onnx(model, Path(workdir) / f"model_{precision}.onnx", precision)
-        plan = self.engine_path(onnx_path, precision)
+        onnx_path = export_onnx(model, Path(workdir) / f"model_{prec}.onnx", prec)
+        plan = self.engine_path(onnx_path, prec)
         if not plan.exists():
-            data = self.build(onnx_path, precision, self.MAX_BATCH)
-            tmp = plan.with_name(f".{plan.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, plan)
+            write_bytes(plan, self.build(onnx_path, prec, self.MAX_BATCH))
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(plan.read_bytes())
         context = engine.create_execution_context()
-        dtype = torch.float16 if precision == "fp16" else torch.float32
+        dtype = torch_dtype(prec)
         n_out = model.n_outputs
 
         def run(xd):
@@ -234,28 +250,68 @@ class TensorRT(InferenceBackend):
         return Runner(lambda x: torch.as_tensor(x, dtype=dtype).cuda().contiguous(), run, r.to_host)
 
 
-class Fused(InferenceBackend):
-    """Our single-kernel MLP (benchmarks.fused_mlp) through CuPy."""
+def _triton_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "the Triton kernels run on a CUDA GPU; torch sees none"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:
+        return f"triton is not importable ({type(exc).__name__}: {exc})"
+    return None
 
-    name, device, precisions = "fused", "cuda", ("fp32", "fp16")
+
+class FusedTriton(InferenceBackend):
+    """Our whole-network Triton kernel on tensor cores (inference.kernels.triton_mlp): fp16/bf16 weights and
+    activations with fp32 accumulation, or an exact fp32 path; I/O in fp32. Also a fused ITNN rollout."""
+
+    name, device, precisions = "fused", "cuda", ("fp32", "fp16", "bf16")
+
+    def unavailable_reason(self):
+        return _triton_reason()
+
+    def prepare(self, model, prec, workdir):
+        from .kernels.triton_mlp import TritonMLP
+
+        f = TritonMLP(model, prec, device="cuda")
+        return Runner(lambda x: torch.as_tensor(x, dtype=torch.float32).cuda().contiguous(), f,
+                      lambda y: y.float().cpu().numpy())
+
+    def prepare_rollout(self, model, n_states, prec, workdir):
+        from .kernels.triton_mlp import TritonRollout
+
+        r = TritonRollout(model, n_states, prec, device="cuda")
+
+        def rollout(y0, params, n_steps, keep_every, keep_first):
+            y0 = torch.as_tensor(y0, dtype=torch.float32).cuda().contiguous()
+            p = torch.as_tensor(params, dtype=torch.float32).cuda().contiguous()
+            return [r(y0, p, n_steps, keep_every, keep_first)]
+
+        return rollout
+
+
+class FusedCuda(InferenceBackend):
+    """The earlier single-kernel CUDA C MLP (inference.kernels.fused_cuda) through CuPy: one thread per row,
+    fp32 on the CUDA cores (no tensor cores); kept as the SIMT reference point."""
+
+    name, device, precisions = "fused_cuda", "cuda", ("fp32",)
 
     def unavailable_reason(self):
         from solvers.backends import available_backends
 
         return available_backends()["cuda"]  # the same requirement as the CUDA solver: CuPy and a GPU
 
-    def prepare(self, model, precision, workdir):
+    def prepare(self, model, prec, workdir):
         import cupy as cp
 
-        from .fused_mlp import FusedMLP
+        from .kernels.fused_cuda import FusedMLP
 
-        f = FusedMLP(model, precision)
+        f = FusedMLP(model, prec)
         return Runner(lambda x: cp.asarray(x, dtype=f.dtype), f, lambda y: cp.asnumpy(y).astype(np.float32))
 
 
 REGISTRY: dict[str, InferenceBackend] = {
     b.name: b for b in (TorchEager("cpu"), OnnxRuntime("cpu"), TorchEager("cuda"), TorchCompile(), OnnxRuntime("cuda"),
-                        TensorRT(), Fused())
+                        TensorRT(), FusedTriton(), FusedCuda())
 }
 
 
@@ -266,24 +322,32 @@ def get_inference_backend(name: str) -> InferenceBackend:
         raise InvalidInputError(f"unknown inference backend {name!r}; valid: {sorted(REGISTRY)}") from None
 
 
-def check_against_torch(model, runner: Runner, x: np.ndarray, precision: str, name: str) -> float:
-    """Largest error of ``runner`` against a float64 eager-torch reference, relative to the output range;
-    raises :class:`BackendMismatchError` past the precision's tolerance."""
-    import copy
-
-    ref_model = copy.deepcopy(model).double().cpu().eval()
+def reference_outputs(model, x: np.ndarray) -> np.ndarray:
+    """The float64 eager-torch outputs every backend is checked against."""
+    ref_model = model_copy(model, "fp64", "cpu")
     with torch.no_grad():
-        ref = ref_model(torch.as_tensor(x, dtype=torch.float64)).numpy()
-    got = runner(x)
+        return ref_model(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+
+def check_outputs(got: np.ndarray, ref: np.ndarray, prec: str, name: str) -> float:
+    """Largest error of ``got`` against ``ref``, relative to each output's range; raises
+    :class:`BackendMismatchError` past the precision's tolerance."""
+    prec = precision(prec).name
     if got.shape != ref.shape:
-        raise BackendMismatchError(f"backend {name} ({precision}) returned shape {got.shape}, expected {ref.shape}")
+        raise BackendMismatchError(f"backend {name} ({prec}) returned shape {got.shape}, expected {ref.shape}")
     span = np.maximum(ref.max(axis=0) - ref.min(axis=0), 1e-12)
     err = float((np.abs(got - ref) / span).max())
-    if not np.isfinite(err) or err > TOLERANCE[precision]:
+    if not np.isfinite(err) or err > TOLERANCE[prec]:
         raise BackendMismatchError(
-            f"backend {name} ({precision}) differs from eager torch by {err:.3g} of the output range "
-            f"(tolerance {TOLERANCE[precision]:g}); its timings would be meaningless")
+            f"backend {name} ({prec}) differs from eager torch by {err:.3g} of the output range "
+            f"(tolerance {TOLERANCE[prec]:g}); its timings would be meaningless")
     return err
+
+
+def check_against_torch(model, runner: Runner, x: np.ndarray, prec: str, name: str) -> float:
+    """Largest error of ``runner`` against a float64 eager-torch reference, relative to the output range;
+    raises :class:`BackendMismatchError` past the precision's tolerance."""
+    return check_outputs(runner(x), reference_outputs(model, x), prec, name)
 
 
 def fastest_cpu_backend(model, rows: int = 65536, repeats: int = 5, workdir=None) -> tuple[str, dict]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers.errors import InvalidInputError
+from core.errors import InvalidInputError
 
 MAX_WIDTH = 128
 

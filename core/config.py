@@ -1,0 +1,101 @@
+"""Reading a configuration and checking it against the schema shipped in this package.
+
+``core/config.schema.yaml`` states the types, the allowed values and the defaults of every key. This
+module reads YAML, validates it against that schema (naming the key of the first error, e.g.
+``config key datasets.sizes.0: -5 is less than the minimum of 1``) and fills in the defaults. The checks
+that need the models and problems (ranges, names, time grids) live with them, in ``surrogates.config``.
+"""
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+
+from .errors import InvalidInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
+
+
+def schema() -> dict:
+    """The configuration schema (JSON Schema draft 2020-12), read from the package."""
+    return yaml.safe_load(resources.files("core").joinpath("config.schema.yaml").read_text())
+
+
+def key_name(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def read_yaml(path) -> dict:
+    """A YAML mapping from ``path``; unreadable files or non-mappings raise ``InvalidInputError``."""
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInputError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise InvalidInputError(f"config {path} must be a mapping of keys to values")
+    return cfg
+
+
+def merge(base: Mapping, extra: Mapping) -> dict:
+    """``extra`` merged into a copy of ``base``, mappings key by key (as Snakemake merges --configfile)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_config(*paths) -> dict:
+    """The default configuration (``config/config.yaml``) with each file of ``paths`` merged over it in turn.
+
+    A preset such as ``config/quick.yaml`` holds only what differs from the default, as with Snakemake's
+    ``--configfile``. A path that is itself the default file is not merged twice.
+    """
+    cfg = read_yaml(DEFAULT_CONFIG)
+    for p in paths:
+        if p is None or Path(p).resolve() == DEFAULT_CONFIG.resolve():
+            continue
+        cfg = merge(cfg, read_yaml(p))
+    return cfg
+
+
+def validate_schema(cfg: Mapping) -> dict:
+    """Check ``cfg`` against the schema; returns a copy with the schema's defaults filled in."""
+    import jsonschema
+
+    s = schema()
+    errors = sorted(jsonschema.Draft202012Validator(s).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        raise InvalidInputError(f"config key {key_name(e.absolute_path)}: {e.message}")
+    return _with_defaults(copy.deepcopy(dict(cfg)), s, s)
+
+
+def _with_defaults(obj, node, root):
+    """Fill the schema's ``default`` values into ``obj`` (recursively, for fixed properties)."""
+    while "$ref" in node:  # a local JSON pointer such as "#/$defs/train_keys/device"
+        target = root
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = target
+    if isinstance(obj, dict):
+        out = dict(obj)
+        for k, sub in node.get("properties", {}).items():
+            if k not in out and "default" in sub:
+                out[k] = copy.deepcopy(sub["default"])
+            if k in out:
+                out[k] = _with_defaults(out[k], sub, root)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            for k in out:
+                if k not in node.get("properties", {}):
+                    out[k] = _with_defaults(out[k], extra, root)
+        return out
+    return obj

@@ -1,0 +1,131 @@
+"""The study's configuration, validated once, completely, when it is loaded.
+
+``load_config`` reads ``config/config.yaml`` (with presets such as ``config/quick.yaml`` merged over it),
+checks it against the schema shipped in :mod:`core` (types, unknown keys, defaults) and then checks what
+a schema cannot: ranges, names that must exist in the models, time grids that must be whole numbers of
+steps, training sizes a design can provide, kept-state counts the speed workload can produce. Every error
+names the key, e.g. ``config key speed.n_outputs: ...``, so a bad setting fails at load and not after hours
+of training. Nothing here imports torch (the workflow calls it while it parses).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Mapping
+
+from core.config import read_config, validate_schema
+from core.errors import InvalidInputError
+from core.steps import whole_steps
+
+from .problems import SURROGATE_KINDS, problem_from_config
+
+
+def validate_config(cfg: Mapping) -> dict:
+    """Validate a configuration mapping; returns it with the schema's defaults filled in."""
+    cfg = validate_schema(cfg)
+    if cfg["datasets"]["seed"] == cfg["datasets"]["test_seed"]:
+        raise InvalidInputError("config key datasets.test_seed: must differ from datasets.seed (held-out test set)")
+    problems = {name: problem_from_config(name, cfg) for name in cfg["problems"]}
+    _check_sizes(cfg, problems)
+    check_training_config(cfg)
+    _check_speed(cfg, problems)
+    return cfg
+
+
+def load_config(*paths) -> dict:
+    """Read and validate the configuration: ``config/config.yaml`` with each of ``paths`` merged over it
+    (``load_config()`` is the default; ``load_config("config/quick.yaml")`` the quick preset)."""
+    return validate_config(read_config(*paths))
+
+
+def _check_sizes(cfg: dict, problems: dict) -> None:
+    from .datasets import max_rows
+
+    vf = cfg["datasets"]["val_fraction"]
+    for name, p in problems.items():
+        if p.kind == "step" or not p.uses_pool:
+            continue
+        limit = max_rows(p, vf)
+        for n in p.sizes:
+            if n > limit:
+                key = f"problems.{name}.sizes" if "sizes" in cfg["problems"][name] else "datasets.sizes"
+                raise InvalidInputError(f"config key {key}: n = {n} is larger than problem {name}'s design allows "
+                                        f"({limit} distinct training rows besides its test and validation rows)")
+
+
+def check_training_config(cfg: dict) -> None:
+    """What the schema cannot check in ``training``; errors name the key."""
+    t = cfg["training"]
+    if t["architecture"] not in t["architectures"]:
+        raise InvalidInputError(f"config key training.architecture: {t['architecture']!r} is not in training.architectures "
+                                f"{sorted(t['architectures'])}")
+    if len(set(t["seeds"])) != len(t["seeds"]):
+        raise InvalidInputError(f"config key training.seeds: {t['seeds']} repeats a seed")
+    for kind, problems in t["surrogates"].items():
+        for p in problems:
+            if p not in cfg["problems"]:
+                raise InvalidInputError(f"config key training.surrogates.{kind}: unknown problem {p!r}; valid: {sorted(cfg['problems'])}")
+            if cfg["problems"][p]["kind"] not in SURROGATE_KINDS[kind]:
+                raise InvalidInputError(f"config key training.surrogates.{kind}: {kind} cannot train on {p!r} "
+                                        f"(a {cfg['problems'][p]['kind']} problem; {kind} takes {list(SURROGATE_KINDS[kind])})")
+    for p, over in t.get("overrides", {}).items():
+        if p not in cfg["problems"]:
+            raise InvalidInputError(f"config key training.overrides.{p}: unknown problem; valid: {sorted(cfg['problems'])}")
+        if "architecture" in over and over["architecture"] not in t["architectures"]:
+            raise InvalidInputError(f"config key training.overrides.{p}.architecture: {over['architecture']!r} is not in "
+                                    f"training.architectures")
+
+
+def _check_speed(cfg: dict, problems: dict) -> None:
+    sp = cfg["speed"]
+    if sp["problem"] not in problems or problems[sp["problem"]].kind != "trajectory" or not problems[sp["problem"]].sampled:
+        raise InvalidInputError(f"config key speed.problem: {sp['problem']!r} is not a trajectory problem with sampled "
+                                "inputs of this config")
+    for kind in sp["surrogates"]:
+        speed_problem_of(cfg, kind)
+    n_steps = whole_steps(sp["t_end"], cfg["solver"]["dt"], "config key speed.t_end (in steps of solver.dt)")
+    for key, values in (("n_outputs", [sp["n_outputs"]]), ("k_sweep", sp["k_sweep"])):
+        for i, K in enumerate(values):
+            if K > 1 and n_steps % (K - 1):
+                where = f"speed.{key}" + (f".{i}" if key == "k_sweep" else "")
+                raise InvalidInputError(
+                    f"config key {where}: K = {K} kept states need K - 1 = {K - 1} to divide the {n_steps} Euler steps "
+                    f"of speed.t_end = {sp['t_end']:g} (solver.dt = {cfg['solver']['dt']:g}); valid K are 1 and "
+                    f"d + 1 for each divisor d of {n_steps}")
+
+
+def speed_problem_of(cfg: dict, kind: str) -> str:
+    """The problem whose ``kind`` surrogate the speed benchmark times: ``speed.problem`` itself, or for an
+    iterative surrogate the step problem judged on it (``test_from``, e.g. D for C)."""
+    target = cfg["speed"]["problem"]
+    trained = cfg["training"]["surrogates"].get(kind, [])
+    if target in trained:
+        return target
+    for name in trained:
+        q = cfg["problems"].get(name, {})
+        if q.get("kind") == "step" and q.get("test_from") == target:
+            return name
+    raise InvalidInputError(f"config key speed.surrogates: no {kind!r} is trained on {target!r} or on a step problem "
+                            f"judged on it (see training.surrogates)")
+
+
+def training_settings(cfg: Mapping, problem: str) -> dict:
+    """The ``training`` section with the problem's ``overrides`` applied (``physics`` merged key by key)."""
+    t = copy.deepcopy(dict(cfg["training"]))
+    over = copy.deepcopy(t.pop("overrides", {}).get(problem, {}))
+    phys = over.pop("physics", {})
+    t.update(over)
+    t["physics"] = {**t.get("physics", {}), **phys}
+    return t
+
+
+def training_grid(cfg: Mapping) -> list[tuple[str, str, int, str, int]]:
+    """Every training run of the configuration: ``(problem, surrogate, n, arch, seed)``, in a fixed order
+    (the workflow's targets, the accuracy table's rows and the runners of programs all take this list)."""
+    out = []
+    for kind, problems in cfg["training"]["surrogates"].items():
+        for p in problems:
+            arch = training_settings(cfg, p)["architecture"]
+            for n in problem_from_config(p, cfg).sizes:
+                for seed in cfg["training"]["seeds"]:
+                    out.append((p, kind, int(n), arch, int(seed)))
+    return out
