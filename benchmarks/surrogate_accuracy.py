@@ -8,6 +8,8 @@ one torch thread each (or one after the other on a GPU).
 
     python -m benchmarks.surrogate_accuracy --config config/quick.yaml
     python -m benchmarks.surrogate_accuracy --config config/config.yaml --only C:ddnn:100000 --seeds 0 1 2
+    python -m benchmarks.surrogate_accuracy --only A:pinn:1000 --set training.physics.collocation_points=1024 \
+        --set results_dir=results/ablation/coll1024          # one setting changed, into its own folder
 
 Prints a table of means over seeds with the Euler floor of each problem's test set, and writes it with
 one row per run to ``results_dir/benchmarks/surrogate_accuracy.csv``.
@@ -118,6 +120,23 @@ def run(cfg: dict, runs, iterations=None, workers: int = 1) -> pd.DataFrame:
     return df
 
 
+def overrides(items) -> dict:
+    """``["a.b=1", "c=[x, y]"]`` -> ``{"a": {"b": 1}, "c": ["x", "y"]}`` (values read as YAML)."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--set takes KEY=VALUE, got {item!r}")
+        node = out
+        parts = key.split(".")
+        for k in parts[:-1]:
+            node = node.setdefault(k, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, nargs="*", default=[], help="config files merged over config/config.yaml")
@@ -125,11 +144,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", help="default: training.seeds")
     ap.add_argument("--iterations", type=int, help="override every run's iterations (default: the config's)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel training processes (CPU)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one configuration key (dotted path, YAML value), e.g. training.iterations=5000")
     a = ap.parse_args(argv)
-    from surrogates.config import load_config
+    from core.config import merge, read_config
+    from surrogates.config import validate_config
 
     try:
-        cfg = load_config(*a.config)
+        cfg = validate_config(merge(read_config(*a.config), overrides(a.set)))
         if a.seeds is not None:
             cfg["training"]["seeds"] = list(a.seeds)
         runs = select_runs(cfg, a.only)

@@ -65,6 +65,19 @@ class Loss(ABC):
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    # the hand-written engine (surrogates.engine): a loss that has a fused form says how many rows it needs
+    # and returns a step ``weight -> loss`` that adds its gradient to the parameters' .grad
+    def fused_rows(self) -> int:
+        return 0
+
+    def fused(self, engine):
+        """A fused step for ``engine`` (an :class:`~surrogates.engine.MLPEngine`), or ``None`` (autograd only)."""
+        return None
+
+    def _is_own_call(self, cls) -> bool:
+        """True unless a subclass changed what the loss computes (then only the autograd path is faithful)."""
+        return type(self).__call__ is cls.__call__
+
 
 class DataLoss(Loss):
     """Supervised loss on (input, target) pairs, minibatches reshuffled every pass by a seeded generator.
@@ -91,20 +104,55 @@ class DataLoss(Loss):
         if self.batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         self._gen = torch.Generator().manual_seed(int(seed))
+        self._gen_at_perm = None  # the generator's state when the current pass's permutation was drawn
         self._perm: torch.Tensor | None = None
         self._pos = 0
+        self._shuffled = None  # the fused path's rows of this pass, in permuted order (scaled, on the device)
+
+    def _new_pass(self):
+        self._gen_at_perm = self._gen.get_state()
+        self._perm, self._pos, self._shuffled = torch.randperm(self.X.shape[0], generator=self._gen), 0, None
+
+    def _next_rows(self) -> slice:
+        """Where the next batch lies in this pass's permutation (a new pass when the rest is too short)."""
+        if self._perm is None or self._pos + self.batch_size > self.X.shape[0]:
+            self._new_pass()
+        rows = slice(self._pos, self._pos + self.batch_size)
+        self._pos += self.batch_size
+        return rows
 
     def _batch(self, device):
         if self.X.device != device:
             self.X, self.Y = self.X.to(device), self.Y.to(device)
-        n = self.X.shape[0]
-        if self.batch_size == n:
+        if self.batch_size == self.X.shape[0]:
             return self.X, self.Y
-        if self._perm is None or self._pos + self.batch_size > n:
-            self._perm, self._pos = torch.randperm(n, generator=self._gen), 0
-        idx = self._perm[self._pos:self._pos + self.batch_size].to(device)
-        self._pos += self.batch_size
+        idx = self._perm_rows(self._next_rows()).to(device)
         return self.X[idx], self.Y[idx]
+
+    def _perm_rows(self, rows: slice):
+        return self._perm[rows]
+
+    def fused_rows(self) -> int:
+        return self.batch_size
+
+    def fused(self, engine):
+        if not self._is_own_call(DataLoss) or self.metric != "mse":
+            return None
+        device = engine.W[0].device
+        Xs, Ys = engine.scale_x(self.X.to(device)), engine.scale_y(self.Y.to(device))
+        full = self.batch_size == self.X.shape[0]
+
+        def step(weight: float):
+            if full:
+                return engine.data_step(Xs, Ys, weight)
+            rows = self._next_rows()
+            if self._shuffled is None:  # one gather per pass, then contiguous batches (no copy per step)
+                perm = self._perm.to(device)
+                self._shuffled = (Xs.index_select(0, perm), Ys.index_select(0, perm))
+            xs, ys = self._shuffled
+            return engine.data_step(xs[rows], ys[rows], weight)
+
+        return step
 
     def __call__(self, model):
         device = _device(model)
@@ -116,11 +164,19 @@ class DataLoss(Loss):
         return self.fn(p / s, y / s)
 
     def state_dict(self):
-        return {"gen": self._gen.get_state(), "perm": self._perm, "pos": self._pos}
+        # the permutation is redrawn from the generator's state at its draw: a small checkpoint
+        return {"gen": self._gen.get_state(), "gen_at_perm": self._gen_at_perm, "pos": self._pos}
 
     def load_state_dict(self, state):
+        if state.get("gen_at_perm") is not None:
+            self._gen.set_state(state["gen_at_perm"])
+            self._new_pass()
+        elif state.get("perm") is not None:  # a checkpoint written before the permutation was redrawn
+            self._perm, self._shuffled = state["perm"], None
+        else:
+            self._perm = None
         self._gen.set_state(state["gen"])
-        self._perm, self._pos = state["perm"], state["pos"]
+        self._pos = state["pos"]
 
 
 class _BoxSampler:
@@ -133,19 +189,35 @@ class _BoxSampler:
         self.sampler, self.seed = sampler, int(seed)
         self._gen = torch.Generator().manual_seed(self.seed)
         self._sobol = torch.quasirandom.SobolEngine(len(lo), scramble=True, seed=self.seed) if sampler == "sobol" else None
+        self._pool, self._used = None, 0  # Sobol points drawn ahead (the same sequence, drawn in blocks)
+
+    POOL_CALLS = 64  # calls' worth of Sobol points drawn at once
 
     def __call__(self, n: int, device) -> torch.Tensor:
-        u = self._sobol.draw(n) if self._sobol is not None else torch.rand(n, len(self.lo), generator=self._gen)
+        if self._sobol is None:
+            u = torch.rand(n, len(self.lo), generator=self._gen)
+        else:
+            if self._pool is None or self._used + n > len(self._pool):
+                self._pool, self._used = self._sobol.draw(n * self.POOL_CALLS), 0
+            u = self._pool[self._used:self._used + n]
+            self._used += n
         return (self.lo + u * (self.hi - self.lo)).to(device)
 
+    def _consumed(self) -> int:
+        if self._sobol is None:
+            return 0
+        left = 0 if self._pool is None else len(self._pool) - self._used
+        return self._sobol.num_generated - left
+
     def state_dict(self):
-        return {"gen": self._gen.get_state(), "drawn": self._sobol.num_generated if self._sobol is not None else 0}
+        return {"gen": self._gen.get_state(), "drawn": self._consumed()}
 
     def load_state_dict(self, s):
         self._gen.set_state(s["gen"])
         if self._sobol is not None:
             self._sobol.reset()
             self._sobol.fast_forward(s["drawn"])
+            self._pool, self._used = None, 0
 
 
 class _TrajectoryPhysics:
@@ -204,9 +276,31 @@ class ODEResidualLoss(_CollocationLoss):
         dydt = torch.stack([
             torch.autograd.grad(y[:, j].sum(), x, create_graph=True)[0][:, self.t_col] for j in range(y.shape[1])
         ], dim=1)
+        return self._residual(y, dydt, x, _out_scale(model, y.shape[1], device))
+
+    def _residual(self, y, dydt, x, scale):
         f = self.phys.m.torch_rhs(y[:, self.phys.out_idx], self.phys.params(x))
-        res = (dydt - f[:, self.phys.state_idx]) / _out_scale(model, y.shape[1], device)
+        res = (dydt - f[:, self.phys.state_idx]) / scale
         return torch.mean(res ** 2)
+
+    def fused_rows(self) -> int:
+        return self.n_points
+
+    def fused(self, engine):
+        if not self._is_own_call(ODEResidualLoss):
+            return None
+        m = engine.model
+        device = engine.W[0].device
+        v = torch.zeros(len(self.phys.p.inputs), device=device, dtype=engine.W[0].dtype)
+        v[self.t_col] = 1.0 / m.in_halfwidth[self.t_col]  # d(scaled input)/dt
+        scale = m.out_scale
+
+        def step(weight: float):
+            x = self.sample(self.n_points, device)
+            return engine.tangent_step(engine.scale_x(x), v, lambda z, zt, _: self._residual(
+                m.out_center + scale * z, scale * zt, x, scale), weight)
+
+        return step
 
 
 class InitialConditionLoss(_CollocationLoss):
@@ -223,6 +317,22 @@ class InitialConditionLoss(_CollocationLoss):
         y0 = self.phys.initial_states(x)[:, self.phys.state_idx]
         res = (model(x) - y0) / _out_scale(model, y0.shape[1], device)
         return torch.mean(res ** 2)
+
+    def fused_rows(self) -> int:
+        return self.n_points
+
+    def fused(self, engine):
+        if not self._is_own_call(InitialConditionLoss):
+            return None
+        device = engine.W[0].device
+
+        def step(weight: float):
+            x = self.sample(self.n_points, device)
+            x[:, self.t_col] = 0.0
+            y0 = self.phys.initial_states(x)[:, self.phys.state_idx]
+            return engine.data_step(engine.scale_x(x), engine.scale_y(y0), weight)
+
+        return step
 
 
 class ResidualLoss(Loss):
@@ -273,8 +383,32 @@ class GateResidualLoss(Loss):
         g_pred = model(x)[:, 0]
         grad = torch.autograd.grad(g_pred.sum(), x, create_graph=True)[0]
         dgdt = grad[:, 0] if self.variant == "seed" else grad[:, 0] + grad[:, 1] * self.dVdt.to(device)
-        states = self.S.to(device).clone()
-        states = torch.cat([states[:, :self.gate], g_pred[:, None], states[:, self.gate + 1:]], dim=1)
+        return self._residual(g_pred, dgdt, self.S.to(device), _out_scale(model, 1, device)[0])
+
+    def _residual(self, g_pred, dgdt, S, scale):
+        states = torch.cat([S[:, :self.gate], g_pred[:, None], S[:, self.gate + 1:]], dim=1)
         rhs = self.m.torch_rhs(states)[:, self.gate]
-        scale = _out_scale(model, 1, device)[0]
         return torch.mean(((dgdt - rhs) / scale) ** 2)
+
+    def fused_rows(self) -> int:
+        return self.x.shape[0]
+
+    def fused(self, engine):
+        if not self._is_own_call(GateResidualLoss):
+            return None
+        m = engine.model
+        device = engine.W[0].device
+        x, S = self.x.to(device), self.S.to(device)
+        h = m.in_halfwidth
+        if self.variant == "seed":  # d/dt at fixed V: one direction for every row
+            v = torch.stack([1.0 / h[0], torch.zeros((), device=device)])
+        else:  # along the trace: d/dt + dV/dt d/dV, a direction per row
+            v = torch.stack([torch.full_like(self.dVdt, 1.0).to(device) / h[0], self.dVdt.to(device) / h[1]], dim=1)
+        xs = engine.scale_x(x)
+        scale = m.out_scale[0]
+
+        def step(weight: float):
+            return engine.tangent_step(xs, v, lambda z, zt, _: self._residual(
+                m.out_center[0] + scale * z[:, 0], scale * zt[:, 0], S, scale), weight)
+
+        return step

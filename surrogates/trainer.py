@@ -30,6 +30,65 @@ from .network import load_weights, save_checkpoint, state_copy, torch_save
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULES = ("constant", "cosine", "exponential")
+ENGINES = ("auto", "fused", "autograd")
+ADAMW_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's default, kept by the fused path
+
+
+def schedule_factor(schedule: str, lr_final: float, total: int):
+    """``iteration -> lr / lr0``: constant; cosine from 1 to ``lr_final`` over ``total`` steps; exponential to
+    ``lr_final`` at ``total``. One closed form for both training paths (and any resume point)."""
+    total = max(int(total), 1)
+    if schedule == "cosine":
+        return lambda it: lr_final + (1.0 - lr_final) * 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
+    if schedule == "exponential":
+        return lambda it: lr_final ** (it / total)
+    return lambda it: 1.0
+
+
+class _Stepper:
+    """The first-order optimiser with its learning-rate schedule, behind one interface for both paths:
+    ``torch.optim`` (+ ``LambdaLR``), or, on the fused path with Adam/AdamW, the lean :class:`FusedAdam`."""
+
+    def __init__(self, trainer, total: int, fused: bool):
+        self.factor = schedule_factor(trainer.lr_schedule, trainer.lr_final, total)
+        self.lr0, self.name = trainer.lr, trainer.optimizer_name
+        self.fused = fused and self.name in ("adam", "adamw")
+        params = list(trainer.model.parameters())
+        if self.fused:
+            from .engine import FusedAdam
+
+            self.opt = FusedAdam(params, weight_decay=ADAMW_WEIGHT_DECAY if self.name == "adamw" else 0.0,
+                                 decoupled=self.name == "adamw")
+            self.sched = None
+        else:
+            self.opt = OPTIMIZERS[self.name](params, lr=self.lr0)
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.factor)
+
+    def lr(self, iteration: int) -> float:
+        return self.lr0 * self.factor(iteration)
+
+    def zero_grad(self):
+        if not self.fused:
+            self.opt.zero_grad(set_to_none=True)
+
+    def step(self, iteration: int):
+        """The update of step ``iteration`` (0-based), at that step's learning rate."""
+        if self.fused:
+            self.opt.step(self.lr(iteration))
+        else:
+            self.opt.step()
+            self.sched.step()
+
+    def state_dict(self) -> dict:
+        return {"fused": self.fused, "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched is not None else None}
+
+    def load_state_dict(self, s: dict) -> None:
+        if s.get("fused", False) != self.fused:
+            raise InvalidInputError("the checkpoint was written by the other training path (fused vs autograd)")
+        self.opt.load_state_dict(s["optimizer"])
+        if self.sched is not None:
+            self.sched.load_state_dict(s["scheduler"])
 
 
 class TrainingDivergedError(PipelineError, FloatingPointError):
@@ -56,19 +115,25 @@ class Trainer:
     progress : show a progress line (default: when stderr is a terminal).
     fingerprint : what the run is (settings, data); a ``checkpoint.pth`` written for another is not resumed.
     checkpoint_meta : extra entries for the meta of ``best_model.pth`` (e.g. its ``provenance``).
+    engine : ``"auto"`` (the hand-written :mod:`~surrogates.engine` when the model is an ``MLP`` and every loss
+        has a fused form, else autograd), ``"fused"`` (required: an error names the loss that has none) or
+        ``"autograd"``. Both paths compute the same losses and gradients (tests: to 1e-5).
     """
 
     def __init__(self, model, output_folder, validation: Callable | None = None, monitor: str = "val_mae",
                  val_every: int = 100, optimizer: str = "adam", lr: float = 1e-3, lr_schedule: str = "constant",
                  lr_final: float = 0.01, patience: int | None = None, lbfgs_iterations: int = 0, seed: int = 0,
                  resume: bool = True, progress: bool | None = None, fingerprint: dict | None = None,
-                 checkpoint_meta: dict | None = None):
+                 checkpoint_meta: dict | None = None, engine: str = "auto"):
         if optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"unknown optimizer {optimizer!r}; valid: {sorted(OPTIMIZERS)}")
         if lr_schedule not in SCHEDULES:
             raise InvalidInputError(f"unknown lr_schedule {lr_schedule!r}; valid: {list(SCHEDULES)}")
         if val_every < 1:
             raise InvalidInputError(f"val_every must be >= 1, got {val_every}")
+        if engine not in ENGINES:
+            raise InvalidInputError(f"unknown engine {engine!r}; valid: {list(ENGINES)}")
+        self.engine = engine
         self.model, self.out = model, Path(output_folder)
         self.validation, self.monitor, self.val_every = validation, monitor, int(val_every)
         self.optimizer_name, self.lr, self.lr_schedule, self.lr_final = optimizer, float(lr), lr_schedule, float(lr_final)
@@ -97,15 +162,26 @@ class Trainer:
             raise InvalidInputError(f"a loss named {loss.name!r} was already added; give it another name")
         self.losses.append((loss, float(weight)))
 
-    def _make_optimizer(self, total: int):
-        opt = OPTIMIZERS[self.optimizer_name](self.model.parameters(), lr=self.lr)
-        if self.lr_schedule == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1), eta_min=self.lr * self.lr_final)
-        elif self.lr_schedule == "exponential":
-            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.lr_final ** (1.0 / max(total, 1)))
-        else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        return opt, sched
+    def _fused_steps(self):
+        """The losses' fused steps on one :class:`~surrogates.engine.MLPEngine`, or ``None`` for autograd."""
+        from .engine import MLPEngine
+        from .network import MLP
+
+        if self.engine == "autograd":
+            return None
+        if not isinstance(self.model, MLP):
+            if self.engine == "fused":
+                raise InvalidInputError(f"engine 'fused' trains surrogates.network.MLP, not {type(self.model).__name__}")
+            return None
+        eng = MLPEngine(self.model, max(l.fused_rows() for l, _ in self.losses) or 1)
+        steps = [l.fused(eng) for l, _ in self.losses]
+        missing = [l.name for (l, _), st in zip(self.losses, steps) if st is None]
+        if missing:
+            if self.engine == "fused":
+                raise InvalidInputError(f"engine 'fused': loss(es) {missing} have no fused form; use engine 'autograd'")
+            return None
+        self._engine = eng
+        return steps
 
     # ------------------------------------------------------------------ one step
     def _objective(self):
@@ -113,6 +189,17 @@ class Trainer:
         total = 0.0
         for loss, w in self.losses:
             v = loss(self.model)
+            terms[loss.name] = v
+            total = total + w * v
+        return total, terms
+
+    def _fused_objective(self, steps):
+        """The same objective as :meth:`_objective`, each term's gradient added by the engine."""
+        self._engine.zero_grad()
+        terms = {}
+        total = 0.0
+        for (loss, w), step in zip(self.losses, steps):
+            v = step(w)
             terms[loss.name] = v
             total = total + w * v
         return total, terms
@@ -175,16 +262,16 @@ class Trainer:
         text = "\n".join(lines) + "\n"
         write_text(self.out / "model_stats.txt", text)
 
-    def _save_resume(self, opt, sched):
+    def _save_resume(self, stepper):
         torch_save({
-            "iteration": self.iteration, "model": state_copy(self.model), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "losses": [l.state_dict() for l, _ in self.losses],
+            "iteration": self.iteration, "model": state_copy(self.model), "stepper": stepper.state_dict(),
+            "losses": [l.state_dict() for l, _ in self.losses],
             "torch_rng": torch.get_rng_state(), "best_metric": self.best_metric, "best_iteration": self.best_iteration,
             "best_state": self.best_state, "rows": self.rows, "elapsed": self.elapsed, "stale": self._stale,
             "fingerprint": self.fingerprint,
         }, self.out / "checkpoint.pth")
 
-    def _load_resume(self, opt, sched) -> bool:
+    def _load_resume(self, stepper) -> bool:
         path = self.out / "checkpoint.pth"
         if not (self.resume and path.exists()):
             return False
@@ -196,9 +283,12 @@ class Trainer:
                 print(f"not resuming from {path}: it was written for a different run (differs in: "
                       f"{', '.join(keys)}); starting over", file=sys.stderr)
                 return False
+            if s.get("stepper", {}).get("fused") != stepper.fused:
+                print(f"not resuming from {path}: it was written by the other training path (fused vs autograd); "
+                      "starting over", file=sys.stderr)
+                return False
             load_weights(self.model, s["model"], str(path))
-            opt.load_state_dict(s["optimizer"])
-            sched.load_state_dict(s["scheduler"])
+            stepper.load_state_dict(s["stepper"])
         except InvalidInputError:
             raise
         except Exception as exc:
@@ -220,8 +310,9 @@ class Trainer:
             raise InvalidInputError(f"num_iterations must be an integer >= 0, got {num_iterations!r}")
         self.out.mkdir(parents=True, exist_ok=True)
         self.model.train()
-        opt, sched = self._make_optimizer(num_iterations)
-        resumed = self._load_resume(opt, sched)
+        fused = self._fused_steps()
+        stepper = _Stepper(self, num_iterations, fused is not None)
+        resumed = self._load_resume(stepper)
         resumed_from = self.iteration if resumed else None
         if resumed:
             print(f"resuming from {self.out / 'checkpoint.pth'} at iteration {self.iteration}", file=sys.stderr)
@@ -233,20 +324,23 @@ class Trainer:
             self._record(terms, total, self.lr, self._validate())
             self._write_stats()
         while self.iteration < num_iterations:
-            opt.zero_grad(set_to_none=True)
-            total, terms = self._objective()
-            self._check_finite(total, terms)
-            total.backward()
-            opt.step()
-            sched.step()
+            if fused is not None:
+                total, terms = self._fused_objective(fused)
+                self._check_finite(total, terms)
+            else:
+                stepper.zero_grad()
+                total, terms = self._objective()
+                self._check_finite(total, terms)
+                total.backward()
+            stepper.step(self.iteration)
             self.iteration += 1
             if self.iteration % self.val_every == 0 or self.iteration == num_iterations:
                 self.elapsed = time.perf_counter() - t0
-                lr = opt.param_groups[0]["lr"]
-                self._record({n: v.detach() for n, v in terms.items()}, total.detach(), lr, self._validate())
+                self._record({n: v.detach() for n, v in terms.items()}, total.detach(), stepper.lr(self.iteration),
+                             self._validate())
                 self._write_stats()
                 self._write_losses()
-                self._save_resume(opt, sched)
+                self._save_resume(stepper)
                 if self.progress:
                     self._show(num_iterations)
                 if self.patience is not None and self._stale >= self.patience:

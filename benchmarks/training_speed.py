@@ -1,0 +1,239 @@
+"""Training throughput: iterations per second of the project's trainer against a plain eager loop.
+
+    python -m benchmarks.training_speed [--config config/quick.yaml] [--iterations 2000] [--rounds 5]
+
+On the machine at hand (one torch thread on a CPU, or the GPU where torch sees one), for the configured
+default network on problem C (the data-driven 3x64 net of the paper) and the step problem D:
+
+* ``reference``: a plain eager loop of the same network, as the upstream Pinn-Torch trainer runs it
+  (contiguous slices of the data, ``torch.optim.Adam``, the loss read back every step);
+* ``autograd``: this project's Trainer on its autograd path;
+* ``fused``: the Trainer on the hand-written engine (``surrogates.engine``) with the fused Adam;
+* the same for a PINN step (data + ODE residual on ``training.physics.collocation_points`` points + the
+  initial condition), and the cost of one collocation row relative to one data row in each path.
+
+Timings vary between runs on shared machines, so the variants are measured in interleaved rounds and
+each figure is the median over rounds; ratios are taken within a round. The data are drawn from the
+problem's input box (the speed of a step does not depend on the values). Prints a Markdown table with the
+machine; ``--readme`` also writes it into benchmarks/README.md between its training-speed markers.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.io import write_text
+from core.layout import Layout
+from core.machine import describe_machine, machine_info
+from surrogates.config import load_config, training_settings
+from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
+from surrogates.network import MLP
+from surrogates.problems import problem_from_config
+from surrogates.trainer import Trainer
+
+README = Path(__file__).resolve().parent / "README.md"
+BEGIN, END = "<!-- training_speed:begin -->", "<!-- training_speed:end -->"
+
+
+def _data(p, n: int, seed: int = 0):
+    lo, hi = p.box()
+    g = np.random.default_rng(seed)
+    X = g.uniform(lo, hi, size=(n, len(lo))).astype(np.float32)
+    Y = g.uniform(-0.2, 1.0, size=(n, len(p.outputs))).astype(np.float32)
+    return X, Y
+
+
+def _net(p, hidden, X, Y, device, seed=0):
+    torch.manual_seed(seed)
+    return MLP(len(p.inputs), len(p.outputs), hidden, input_range=p.box(), output_center=Y.mean(0),
+               output_scale=Y.std(0) + 1e-3).to(device)
+
+
+def reference_loop(p, hidden, X, Y, batch, iters, lr, device) -> float:
+    """Iterations/s of a plain eager loop (upstream style) of the same architecture."""
+    torch.manual_seed(0)
+    net = _net(p, hidden, X, Y, device)
+    seq = torch.nn.Sequential(*[m for m in net.net]).to(device)  # the same layers, no in-model scaling
+    opt = torch.optim.Adam(seq.parameters(), lr=lr)
+    Xt, Yt = torch.as_tensor(X, device=device), torch.as_tensor(Y, device=device)
+    i = 0
+    t0 = None
+    for it in range(iters + 50):
+        if it == 50:
+            _sync(device)
+            t0 = time.perf_counter()
+        seq.zero_grad()
+        opt.zero_grad()
+        xb, yb = Xt[i:i + batch], Yt[i:i + batch]
+        i += batch
+        if i + batch > len(Xt):
+            i = 0
+        loss = torch.mean((yb - seq(xb)).ravel() ** 2)
+        loss.item()
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return iters / (time.perf_counter() - t0)
+
+
+def trainer_rate(p, hidden, X, Y, batch, iters, lr, device, engine, physics=None) -> float:
+    """Iterations/s of this project's Trainer (one validation at the end; set-up included)."""
+    net = _net(p, hidden, X, Y, device)
+    with tempfile.TemporaryDirectory() as out:
+        tr = Trainer(net, out, validation=None, val_every=iters, lr=lr, lr_schedule="cosine", engine=engine,
+                     progress=False)
+        tr.add_loss(DataLoss(X, Y, batch_size=batch, seed=0, name="data"))
+        if physics:
+            tr.add_loss(ODEResidualLoss(p, physics["collocation_points"], physics["sampler"], seed=1), physics["weight"])
+            tr.add_loss(InitialConditionLoss(p, max(256, physics["collocation_points"] // 4), physics["sampler"], seed=2),
+                        physics["ic_weight"])
+        _sync(device)
+        t0 = time.perf_counter()
+        tr.train(iters)
+        _sync(device)
+        return iters / (time.perf_counter() - t0)
+
+
+def row_costs(p, hidden, X, Y, batch, n_coll, device, reps=200) -> dict:
+    """Seconds per data row and per collocation row, for the autograd and the fused path."""
+    from surrogates.engine import MLPEngine
+
+    out = {}
+    for engine in ("autograd", "fused"):
+        net = _net(p, hidden, X, Y, device)
+        data = DataLoss(X, Y, batch_size=batch, seed=0)
+        phys = ODEResidualLoss(p, n_coll, "sobol", seed=1)
+        if engine == "fused":
+            eng = MLPEngine(net, max(batch, n_coll))
+            fd, fp = data.fused(eng), phys.fused(eng)
+
+            def d():
+                eng.zero_grad()
+                fd(1.0)
+
+            def c():
+                eng.zero_grad()
+                fp(1.0)
+        else:
+            def d():
+                net.zero_grad(set_to_none=True)
+                data(net).backward()
+
+            def c():
+                net.zero_grad(set_to_none=True)
+                phys(net).backward()
+        out[engine] = {"data_row_s": _per_call(d, device, reps) / batch, "collocation_row_s": _per_call(c, device, reps) / n_coll}
+    return out
+
+
+def _per_call(fn, device, reps):
+    for _ in range(10):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / reps
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(cfg: dict, iterations: int, rounds: int, device: str) -> tuple[list[dict], dict]:
+    results = []
+    costs = {}
+    for name in ("C", "D"):
+        if name not in cfg["problems"]:
+            continue
+        p = problem_from_config(name, cfg)
+        s = training_settings(cfg, name)
+        hidden = [tuple(h) for h in s["architectures"][s["architecture"]]]
+        batch = s["batch_size"] or 1024
+        X, Y = _data(p, 100_000)
+        variants = {"reference (plain eager loop)": lambda: reference_loop(p, hidden, X, Y, batch, iterations, s["lr"], device),
+                    "trainer, autograd path": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "autograd"),
+                    "trainer, fused engine": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "fused")}
+        if p.kind == "trajectory":
+            phys = s["physics"]
+            variants["PINN, autograd path"] = lambda: trainer_rate(p, hidden, X, Y, batch, max(iterations // 8, 50), s["lr"],
+                                                                    device, "autograd", phys)
+            variants["PINN, fused engine"] = lambda: trainer_rate(p, hidden, X, Y, batch, max(iterations // 8, 50), s["lr"],
+                                                                   device, "fused", phys)
+        rates = {k: [] for k in variants}
+        for _ in range(rounds):
+            for k, f in variants.items():
+                rates[k].append(f())
+        ref = rates["reference (plain eager loop)"]
+        for k, r in rates.items():
+            results.append({"problem": name, "network": s["architecture"], "batch": batch, "variant": k,
+                            "it_per_s": statistics.median(r), "vs_reference": statistics.median(
+                                [a / b for a, b in zip(r, ref)])})
+            print(f"{name} {k:34s} {statistics.median(r):9.1f} it/s  (x{results[-1]['vs_reference']:.2f} the reference; "
+                  f"rounds {', '.join(f'{v:.0f}' for v in r)})", flush=True)
+        if p.kind == "trajectory":
+            costs[name] = row_costs(p, hidden, X, Y, batch, s["physics"]["collocation_points"], device)
+    return results, costs
+
+
+def table(results, costs, info, device, iterations, rounds) -> str:
+    threads = torch.get_num_threads()
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {describe_machine(info) if device == 'cuda' else info['cpu']} "
+             f"({device}{'' if device == 'cuda' else f', {threads} torch thread(s)'}; torch {torch.__version__}); "
+             f"`python -m benchmarks.training_speed --iterations {iterations} --rounds {rounds}`; medians over the "
+             "rounds, ratios within a round.", "",
+             "| problem | network | batch | variant | iterations/s | x reference |", "|---|---|---:|---|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['problem']} | {r['network']} | {r['batch']} | {r['variant']} | {r['it_per_s']:.0f} | "
+                     f"{r['vs_reference']:.2f} |")
+    for name, c in costs.items():
+        lines += ["", f"Cost of one row on problem {name} (seconds per row; collocation row = ODE residual with its "
+                      "time derivative):", "", "| path | data row | collocation row | ratio |", "|---|---:|---:|---:|"]
+        for path, v in c.items():
+            lines.append(f"| {path} | {v['data_row_s']:.3g} | {v['collocation_row_s']:.3g} | "
+                         f"{v['collocation_row_s'] / v['data_row_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, nargs="*", default=[], help="config files merged over config/config.yaml")
+    ap.add_argument("--iterations", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads on a CPU")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--readme", action="store_true", help="write the table into benchmarks/README.md")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    cfg = load_config(*a.config)
+    info = machine_info()
+    results, costs = measure(cfg, a.iterations, a.rounds, device)
+    text = table(results, costs, info, device, a.iterations, a.rounds)
+    print(text)
+    out = Layout(cfg["results_dir"]).benchmark("training_speed.md")
+    write_text(out, text)
+    print(f"wrote {out}")
+    if a.readme:
+        readme = README.read_text()
+        if BEGIN in readme and END in readme:
+            head, rest = readme.split(BEGIN, 1)
+            readme = head + BEGIN + "\n" + text + END + rest.split(END, 1)[1]
+            write_text(README, readme)
+            print(f"updated {README}")
+        else:
+            print(f"{README} has no {BEGIN} ... {END} markers; not changed", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The hand-written MLP engine against autograd: values, gradients and directional derivatives."""
+import numpy as np
+import pytest
+import torch
+
+from surrogates.engine import ACTIVATIONS, MLPEngine
+from surrogates.network import MLP
+
+ALL = sorted(ACTIVATIONS)
+
+
+def make(hidden, n_in=4, n_out=2, out_act=None, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    m = MLP(n_in, n_out, hidden, output_activation=out_act, input_range=([0.0] * n_in, [2.0 + i for i in range(n_in)]),
+            output_center=[0.3] * n_out, output_scale=[0.5 + 0.2 * j for j in range(n_out)])
+    return m.to(dtype)
+
+
+def grads_of(m):
+    return [p.grad.clone() for p in m.parameters()]
+
+
+@pytest.mark.parametrize("act", ALL)
+def test_data_gradients_equal_autograd(act):
+    m = make([(act, 16), (act, 16), ("Tanh", 8)], out_act="Sigmoid" if act == "ReLU" else None)
+    x = torch.rand(37, 4, dtype=torch.float64) * 3
+    y = torch.rand(37, 2, dtype=torch.float64)
+    m.zero_grad()
+    ref = torch.mean(((m(x) - y) / m.out_scale) ** 2)
+    ref.backward()
+    want = grads_of(m)
+    eng = MLPEngine(m, rows=64)
+    eng.zero_grad()
+    loss = eng.data_step(eng.scale_x(x), eng.scale_y(y), weight=1.0)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-12)
+    for g, w in zip(grads_of(m), want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ALL)
+def test_directional_derivative_and_its_gradients_equal_autograd(act):
+    """A physics-style residual of the outputs and their t-derivative: values and parameter gradients."""
+    m = make([(act, 16), ("SiLU", 12)], n_in=3)
+    x = torch.rand(29, 3, dtype=torch.float64) * 2
+    direction = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)  # d/dt, t the first input
+
+    def residual_phys(y, dydt):  # in physical units, a made-up nonlinear ODE
+        return torch.mean((dydt - torch.stack([y[:, 0] * (1 - y[:, 1]), torch.sin(y[:, 0])], 1)) ** 2)
+
+    m.zero_grad()
+    xr = x.clone().requires_grad_(True)
+    y = m(xr)
+    dydt = torch.stack([torch.autograd.grad(y[:, j].sum(), xr, create_graph=True)[0][:, 0] for j in range(2)], 1)
+    ref = residual_phys(y, dydt)
+    ref.backward()
+    want = grads_of(m)
+
+    eng = MLPEngine(m, rows=32)
+    v = direction / m.in_halfwidth  # d(scaled x)/dt
+    z, zt = eng.forward(eng.scale_x(x), v)
+    torch.testing.assert_close(m.out_center + m.out_scale * zt * 0 + m.out_scale * z, y.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m.out_scale * zt, dydt.detach(), rtol=1e-10, atol=1e-12)
+
+    eng.zero_grad()
+    loss = eng.tangent_step(eng.scale_x(x), v, lambda z_, zt_, xs: residual_phys(m.out_center + m.out_scale * z_,
+                                                                                   m.out_scale * zt_))
+    assert float(loss) == pytest.approx(float(ref), rel=1e-10)
+    for g, w in zip(grads_of(m), want):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
+
+
+def test_per_row_directions_and_accumulation_over_several_terms():
+    m = make([("Tanh", 16), ("Tanh", 16)], n_in=2, n_out=1)
+    x = torch.rand(50, 2, dtype=torch.float64)
+    dv = torch.rand(50, dtype=torch.float64)  # a total derivative along a trace: d/dt + dV/dt d/dV
+    y = torch.rand(50, 1, dtype=torch.float64)
+    m.zero_grad()
+    xr = x.clone().requires_grad_(True)
+    out = m(xr)
+    g = torch.autograd.grad(out.sum(), xr, create_graph=True)[0]
+    total = g[:, 0] + g[:, 1] * dv
+    ref = torch.mean(((out - y) / m.out_scale) ** 2) + 0.3 * torch.mean((total - out[:, 0]) ** 2)
+    ref.backward()
+    want = grads_of(m)
+    eng = MLPEngine(m, rows=64)
+    xs = eng.scale_x(x)
+    v = torch.stack([torch.ones(50, dtype=torch.float64), dv], 1) / m.in_halfwidth
+    eng.zero_grad()
+    a = eng.data_step(xs, eng.scale_y(y))
+    b = eng.tangent_step(xs, v, lambda z, zt, _: torch.mean((m.out_scale * zt[:, 0] - (m.out_center + m.out_scale * z)[:, 0]) ** 2),
+                         weight=0.3)
+    assert float(a + 0.3 * b) == pytest.approx(float(ref), rel=1e-12)
+    for g_, w in zip(grads_of(m), want):
+        torch.testing.assert_close(g_, w, rtol=1e-9, atol=1e-12)
+
+
+def test_float32_engine_matches_autograd_to_float32_precision():
+    m = make([("SiLU", 64), ("Sigmoid", 64), ("Sigmoid", 64)], dtype=torch.float32)
+    x = torch.rand(1024, 4) * 3
+    y = torch.rand(1024, 2)
+    m.zero_grad()
+    torch.mean(((m(x) - y) / m.out_scale) ** 2).backward()
+    want = grads_of(m)
+    eng = MLPEngine(m, rows=1024)
+    eng.zero_grad()
+    eng.data_step(eng.scale_x(x), eng.scale_y(y))
+    for g, w in zip(grads_of(m), want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_the_engine_refuses_what_it_cannot_train():
+    from core.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="trains surrogates.network.MLP"):
+        MLPEngine(torch.nn.Linear(2, 2), rows=8)
+    eng = MLPEngine(make([("Tanh", 4)]), rows=8)
+    with pytest.raises(InvalidInputError, match="sized for 8 rows, got 9"):
+        eng.forward(torch.zeros(9, 4, dtype=torch.float64))
+
+
+def test_the_trainer_gives_the_same_run_on_the_fused_and_the_autograd_path(tmp_path):
+    """Same data order, same losses, same schedule: the two paths follow the same trajectory (float32 rounding
+    apart) and their loss curves agree closely."""
+    from surrogates.losses import DataLoss
+    from surrogates.trainer import Trainer
+
+    g = np.random.default_rng(0)
+    X = g.uniform(-1, 1, (600, 3)).astype(np.float32)
+    Y = np.stack([np.sin(2 * X[:, 0]) * X[:, 1], X[:, 2] ** 2], 1).astype(np.float32)
+    finals, curves = [], []
+    for engine in ("fused", "autograd"):
+        torch.manual_seed(3)
+        m = MLP(3, 2, [("SiLU", 32), ("Sigmoid", 32)], input_range=([-1] * 3, [1] * 3), output_center=[0.0, 0.3],
+                output_scale=[0.5, 0.3])
+        tr = Trainer(m, tmp_path / engine, val_every=20, lr=3e-3, lr_schedule="cosine", engine=engine, progress=False)
+        tr.add_loss(DataLoss(X, Y, batch_size=64, seed=5, name="data"))
+        tr.train(200)
+        finals.append(torch.cat([p.detach().reshape(-1) for p in m.parameters()]))
+        curves.append(np.array([r["total"] for r in tr.rows]))
+    torch.testing.assert_close(finals[0], finals[1], rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(curves[0], curves[1], rtol=2e-2)
+    assert curves[0][-1] < 0.7 * curves[0][0]  # it trained
+
+
+def test_physics_losses_have_fused_forms_that_match_autograd(tmp_path):
+    from surrogates.config import load_config
+    from surrogates.losses import GateResidualLoss, InitialConditionLoss, ODEResidualLoss
+    from surrogates.problems import problem_from_config
+    from surrogates.datasets import trace_states
+
+    cfg = load_config()
+    c = problem_from_config("C", cfg)
+    torch.manual_seed(0)
+    m = MLP(4, 2, [("SiLU", 16), ("Tanh", 16)], input_range=c.box(), output_center=[0.4, 0.05], output_scale=[0.6, 0.1])
+    hh = problem_from_config("hh_m", {**cfg, "problems": {**cfg["problems"], "hh_m": {**cfg["problems"]["hh_m"], "t_end": 5.0}}})
+    t, S = trace_states(hh)
+    torch.manual_seed(1)
+    mh = MLP(2, 1, [("Tanh", 16)], input_range=([0.0, -90.0], [5.0, 50.0]), output_center=[0.5], output_scale=[0.5])
+    cases = [(m, lambda: ODEResidualLoss(c, 256, "sobol", seed=2)), (m, lambda: InitialConditionLoss(c, 128, "uniform", seed=3)),
+             (mh, lambda: GateResidualLoss(hh.model, "m", t, S, "seed")), (mh, lambda: GateResidualLoss(hh.model, "m", t, S, "total"))]
+    for net, make in cases:
+        net.zero_grad()
+        ref = make()(net)
+        ref.backward()
+        want = [p.grad.clone() for p in net.parameters()]
+        eng = MLPEngine(net, 1024)
+        step = make().fused(eng)
+        eng.zero_grad()
+        got = step(1.0)
+        assert float(got) == pytest.approx(float(ref), rel=1e-4)
+        for p, w in zip(net.parameters(), want):
+            torch.testing.assert_close(p.grad, w, rtol=2e-3, atol=1e-6)
