@@ -21,6 +21,7 @@ rule all:
         rules.accuracy_table.output,
         trained(filename="onnx_check.json"),
         rules.speedup_table.output,
+        rules.benchmark_solver.output,
         rules.figure_speed.output,
         figure_targets(),
         rules.provenance.output,

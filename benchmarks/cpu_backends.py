@@ -7,11 +7,11 @@ is independent of the trained weights); each backend is checked against torch be
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
+from benchmarks import cli
 from core.machine import machine_info
 from inference.backends import fastest_cpu_backend
 from surrogates.config import load_config
@@ -20,10 +20,9 @@ from surrogates.problems import problem_from_config
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser(__doc__)
     ap.add_argument("--rows", type=int, default=262144)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--config", nargs="*", default=[], help="config files merged over config/config.yaml")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     cfg = load_config(*a.config)

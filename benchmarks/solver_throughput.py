@@ -12,7 +12,6 @@ non-finite check included). On the GPU, kernel-only time is taken with CUDA even
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 import solvers
+from benchmarks import cli
 from core.errors import PipelineError
 from core.io import write_text
 from core.layout import Layout
@@ -88,15 +88,11 @@ def run(cfg: dict, n_cells=None, backends=None, dtypes=("float32", "float64"), r
                       + (f"; kernel {row['kernel_cell_steps_per_s'] / 1e9:.2f} G" if name == "cuda" else ""), flush=True)
                 nxt = n_cells[i + 1] if i + 1 < len(n_cells) else n
                 too_slow = first.median * nxt / n > max_seconds
-    df = pd.DataFrame(rows)
-    for k, v in info.items():
-        df[k] = v
-    return df
+    return cli.table_with_machine(rows, info)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, nargs="*", default=[], help="config files merged over config/config.yaml")
+    ap = cli.parser(__doc__)
     ap.add_argument("--n", type=float, nargs="+", help="numbers of cells (default: speed.solver_n_cells)")
     ap.add_argument("--backends", nargs="+", choices=[b for b in solvers.list_backends() if b != "auto"])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=list(solvers.DTYPES))

@@ -16,14 +16,13 @@ one row per run to ``results_dir/benchmarks/surrogate_accuracy.csv``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pandas as pd
 
+from benchmarks import cli
 from core.errors import InvalidInputError, PipelineError
 from core.io import write_text
 from core.layout import Layout
@@ -138,8 +137,7 @@ def overrides(items) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, nargs="*", default=[], help="config files merged over config/config.yaml")
+    ap = cli.parser(__doc__)
     ap.add_argument("--only", nargs="*", default=[], help="PROBLEM[:KIND[:N]] filters of the configured runs")
     ap.add_argument("--seeds", type=int, nargs="+", help="default: training.seeds")
     ap.add_argument("--iterations", type=int, help="override every run's iterations (default: the config's)")

@@ -19,7 +19,6 @@ machine; ``--readme`` also writes it into benchmarks/README.md between its train
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import cli
 from core.io import write_text
 from core.layout import Layout
 from core.machine import describe_machine, machine_info
@@ -205,8 +205,7 @@ def table(results, costs, info, device, iterations, rounds) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, nargs="*", default=[], help="config files merged over config/config.yaml")
+    ap = cli.parser(__doc__)
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on a CPU")

@@ -95,6 +95,8 @@ def measure(fn: Callable[[], object], clock: str = "cpu", repeats: int = 10, war
             max_repeats: int | None = None, max_spread: float = MAX_SPREAD, budget_s: float = 30.0) -> TimingStats:
     """Time ``fn``: ``warmup`` untimed calls, then ``repeats`` timed ones, then more (up to ``max_repeats``)
     while IQR / median exceeds ``max_spread`` and the timed calls have used less than ``budget_s`` seconds.
+    Where one call is so long that ``repeats`` of them would overrun ``budget_s``, fewer are taken (at least 3;
+    such a measurement is flagged noisy when its spread is large, as any other).
 
     ``clock``: ``"cpu"`` (host clock), ``"cupy"`` or ``"torch"`` (CUDA events on that library's current stream).
     """
@@ -111,6 +113,8 @@ def measure(fn: Callable[[], object], clock: str = "cpu", repeats: int = 10, war
     limit = max(repeats, max_repeats or repeats)
     while len(out) < limit:
         out.append(once(fn))
+        if len(out) == 1 and out[0] * repeats > budget_s:  # long calls: as many as fit, at least 3
+            repeats = limit = max(min(3, repeats), int(budget_s / max(out[0], 1e-12)))
         if len(out) >= repeats:
             stats = summarize(out, warmup)
             if stats.spread <= max_spread or perf_counter() - started > budget_s:

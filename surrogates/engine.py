@@ -466,10 +466,15 @@ class FusedAdam:
 
     @torch.no_grad()
     def step(self, lr) -> None:
+        """One update at learning rate ``lr`` (a float, or a 0-d tensor on the parameters' device)."""
         data = [p.detach() for p in self.params]
         self.step_count.add_(1.0)  # the kernel reads the step count, it does not advance it
         self._fn(data, self.grads, self.m, self.v, [], self.steps, lr=lr, beta1=self.betas[0], beta2=self.betas[1],
                  weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
+
+    def state_tensors(self) -> list:
+        """Every tensor of the optimiser's state (the moments and the step count)."""
+        return [*self.m, *self.v, self.step_count]
 
     def state_dict(self) -> dict:
         return {"m": [t.clone() for t in self.m], "v": [t.clone() for t in self.v], "step": self.step_count.clone()}

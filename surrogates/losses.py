@@ -74,9 +74,11 @@ class Loss(ABC):
         """A fused step for ``engine`` (an :class:`~surrogates.engine.MLPEngine`), or ``None`` (autograd only)."""
         return None
 
-    def _is_own_call(self, cls) -> bool:
-        """True unless a subclass changed what the loss computes (then only the autograd path is faithful)."""
-        return type(self).__call__ is cls.__call__
+    def _is_own_call(self) -> bool:
+        """True unless a subclass changed what the loss computes (then only the autograd path is faithful):
+        ``__call__`` must be that of the class that defines the fused form."""
+        owner = next(c for c in type(self).__mro__ if "fused_at" in vars(c) or "fused" in vars(c))
+        return type(self).__call__ is owner.__call__
 
 
 class DataLoss(Loss):
@@ -136,7 +138,7 @@ class DataLoss(Loss):
         return self.batch_size
 
     def fused(self, engine):
-        if not self._is_own_call(DataLoss) or self.metric != "mse":
+        if not self._is_own_call() or self.metric != "mse":
             return None
         device = engine.W[0].device
         Xs, Ys = engine.scale_x(self.X.to(device)), engine.scale_y(self.Y.to(device))
@@ -256,6 +258,16 @@ class _CollocationLoss(Loss):
     def load_state_dict(self, s):
         self.sample.load_state_dict(s)
 
+    def fused_rows(self) -> int:
+        return self.n_points
+
+    def fused(self, engine):
+        """Fresh points from the sampler every step, through :meth:`fused_at` (each subclass's arithmetic)."""
+        if not self._is_own_call():
+            return None
+        at, device = self.fused_at(engine), engine.W[0].device
+        return lambda weight: at(self.sample(self.n_points, device), weight)
+
 
 class ODEResidualLoss(_CollocationLoss):
     """Mean squared ODE residual ``dy/dt - f(y, params)`` of a trajectory problem's network.
@@ -283,24 +295,18 @@ class ODEResidualLoss(_CollocationLoss):
         res = (dydt - f[:, self.phys.state_idx]) / scale
         return torch.mean(res ** 2)
 
-    def fused_rows(self) -> int:
-        return self.n_points
-
-    def fused(self, engine):
-        if not self._is_own_call(ODEResidualLoss):
-            return None
+    def fused_at(self, engine):
+        """``(points, weight) -> loss`` on given collocation points (physical units), through ``engine``."""
         m = engine.model
-        device = engine.W[0].device
-        v = torch.zeros(len(self.phys.p.inputs), device=device, dtype=engine.W[0].dtype)
+        v = torch.zeros(len(self.phys.p.inputs), device=engine.W[0].device, dtype=engine.W[0].dtype)
         v[self.t_col] = 1.0 / m.in_halfwidth[self.t_col]  # d(scaled input)/dt
         scale = m.out_scale
 
-        def step(weight: float):
-            x = self.sample(self.n_points, device)
+        def at(x, weight: float):
             return engine.tangent_step(engine.scale_x(x), v, lambda z, zt, _: self._residual(
                 m.out_center + scale * z, scale * zt, x, scale), weight)
 
-        return step
+        return at
 
 
 class InitialConditionLoss(_CollocationLoss):
@@ -318,21 +324,17 @@ class InitialConditionLoss(_CollocationLoss):
         res = (model(x) - y0) / _out_scale(model, y0.shape[1], device)
         return torch.mean(res ** 2)
 
-    def fused_rows(self) -> int:
-        return self.n_points
+    def fused_at(self, engine):
+        """``(points, weight) -> loss`` on given points (their t is set to 0), through ``engine``."""
+        mask = torch.ones(len(self.phys.p.inputs), device=engine.W[0].device)
+        mask[self.t_col] = 0.0
 
-    def fused(self, engine):
-        if not self._is_own_call(InitialConditionLoss):
-            return None
-        device = engine.W[0].device
-
-        def step(weight: float):
-            x = self.sample(self.n_points, device)
-            x[:, self.t_col] = 0.0
+        def at(x, weight: float):
+            x = x * mask
             y0 = self.phys.initial_states(x)[:, self.phys.state_idx]
             return engine.data_step(engine.scale_x(x), engine.scale_y(y0), weight)
 
-        return step
+        return at
 
 
 class ResidualLoss(Loss):
@@ -394,7 +396,7 @@ class GateResidualLoss(Loss):
         return self.x.shape[0]
 
     def fused(self, engine):
-        if not self._is_own_call(GateResidualLoss):
+        if not self._is_own_call():
             return None
         m = engine.model
         device = engine.W[0].device

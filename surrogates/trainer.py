@@ -112,19 +112,23 @@ class Trainer:
     lbfgs_iterations : optional L-BFGS polish after the first-order optimiser, on the same losses.
     seed : seeds torch for anything the losses do not seed themselves.
     resume : continue from ``checkpoint.pth`` in the output folder when there is one.
-    progress : show a progress line (default: when stderr is a terminal).
+    progress : ``True``: a progress line (iterations/s, time left); ``False``: none; ``None`` (default): the line
+        on a terminal, one line per validation otherwise (a job's log).
     fingerprint : what the run is (settings, data); a ``checkpoint.pth`` written for another is not resumed.
     checkpoint_meta : extra entries for the meta of ``best_model.pth`` (e.g. its ``provenance``).
     engine : ``"auto"`` (the hand-written :mod:`~surrogates.engine` when the model is an ``MLP`` and every loss
         has a fused form, else autograd), ``"fused"`` (required: an error names the loss that has none) or
         ``"autograd"``. Both paths compute the same losses and gradients (tests: to 1e-5).
+    capture : run the fused step as one static step (:mod:`~surrogates.graph`) replayed from a CUDA graph:
+        ``"auto"`` on a GPU with the fused engine and Adam/AdamW, ``True`` (on a CPU the static step runs
+        uncaptured, as the tests do) or ``False``. Losses are then read at validation only.
     """
 
     def __init__(self, model, output_folder, validation: Callable | None = None, monitor: str = "val_mae",
                  val_every: int = 100, optimizer: str = "adam", lr: float = 1e-3, lr_schedule: str = "constant",
                  lr_final: float = 0.01, patience: int | None = None, lbfgs_iterations: int = 0, seed: int = 0,
                  resume: bool = True, progress: bool | None = None, fingerprint: dict | None = None,
-                 checkpoint_meta: dict | None = None, engine: str = "auto"):
+                 checkpoint_meta: dict | None = None, engine: str = "auto", capture="auto"):
         if optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"unknown optimizer {optimizer!r}; valid: {sorted(OPTIMIZERS)}")
         if lr_schedule not in SCHEDULES:
@@ -134,6 +138,9 @@ class Trainer:
         if engine not in ENGINES:
             raise InvalidInputError(f"unknown engine {engine!r}; valid: {list(ENGINES)}")
         self.engine = engine
+        if capture not in ("auto", True, False):
+            raise InvalidInputError(f"capture must be 'auto', True or False, got {capture!r}")
+        self.capture = capture
         self.model, self.out = model, Path(output_folder)
         self.validation, self.monitor, self.val_every = validation, monitor, int(val_every)
         self.optimizer_name, self.lr, self.lr_schedule, self.lr_final = optimizer, float(lr), lr_schedule, float(lr_final)
@@ -141,7 +148,8 @@ class Trainer:
         self.resume = resume
         # what the run is (settings, data): a checkpoint.pth written for anything else is not resumed
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str)) if fingerprint else None
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        # a progress line: rewritten in place on a terminal, one line per validation in a log file, or none
+        self.progress = ("tty" if sys.stderr.isatty() else "log") if progress is None else ("tty" if progress else False)
         self.checkpoint_meta = dict(checkpoint_meta or {})
         self.losses: list[tuple[Loss, float]] = []
         self.iteration = 0
@@ -204,11 +212,23 @@ class Trainer:
             total = total + w * v
         return total, terms
 
-    def _check_finite(self, total, terms):
-        if not torch.isfinite(total):
+    def _static_step(self, fused, stepper, total):
+        """The captured (or, on a CPU, static but uncaptured) form of the fused step, when it applies."""
+        if fused is None or not stepper.fused or self.capture is False:
+            return None
+        if self.capture == "auto" and self._engine.W[0].device.type != "cuda":
+            return None
+        from .graph import StaticStep
+
+        return StaticStep(self, self._engine, stepper.opt, total)
+
+    def _check_finite(self, total, terms, since: int | None = None):
+        if not torch.isfinite(total) or since is not None:
             bad = [n for n, v in terms.items() if not torch.isfinite(v)]
+            when = f"between iterations {max(since, 0)} and {self.iteration}" if since is not None else \
+                f"at iteration {self.iteration}"
             raise TrainingDivergedError(
-                f"training stopped at iteration {self.iteration}: loss {', '.join(bad) or 'total'} became "
+                f"training stopped {when}: loss {', '.join(bad) or 'total'} became "
                 f"{float(total.detach())}; the best checkpoint (iteration {self.best_iteration}) was kept in "
                 f"{self.out / 'best_model.pth'}. Lower the learning rate or check the data.")
 
@@ -323,18 +343,27 @@ class Trainer:
                 total, terms = self._objective()
             self._record(terms, total, self.lr, self._validate())
             self._write_stats()
+        static = self._static_step(fused, stepper, num_iterations)
         while self.iteration < num_iterations:
-            if fused is not None:
+            if static is not None:
+                static.run()
+                total, terms = static.total_loss, static.terms
+                if not static.capture:
+                    self._check_finite(total, terms)
+            elif fused is not None:
                 total, terms = self._fused_objective(fused)
                 self._check_finite(total, terms)
+                stepper.step(self.iteration)
             else:
                 stepper.zero_grad()
                 total, terms = self._objective()
                 self._check_finite(total, terms)
                 total.backward()
-            stepper.step(self.iteration)
+                stepper.step(self.iteration)
             self.iteration += 1
             if self.iteration % self.val_every == 0 or self.iteration == num_iterations:
+                if static is not None and static.capture and bool(static.bad):
+                    self._check_finite(total, terms, since=self.iteration - self.val_every)
                 self.elapsed = time.perf_counter() - t0
                 self._record({n: v.detach() for n, v in terms.items()}, total.detach(), stepper.lr(self.iteration),
                              self._validate())
@@ -349,7 +378,7 @@ class Trainer:
         if self.lbfgs_iterations and not stopped_early:
             self._lbfgs()
             self.elapsed = time.perf_counter() - t0
-        if self.progress:
+        if self.progress == "tty":
             print(file=sys.stderr)
         self._write_losses()
         if self.best_state is not None:  # rewritten at the end too: a resumed run may never improve again
@@ -394,5 +423,9 @@ class Trainer:
     def _show(self, total):
         last = self.rows[-1]
         metric = f" {self.monitor} {last[self.monitor]:.3e}" if self.monitor in last else ""
-        sys.stderr.write(f"\r[{self.iteration}/{total}] loss {last['total']:.3e}{metric} best@{self.best_iteration}   ")
+        rate = self.iteration / self.elapsed if self.elapsed > 0 else float("nan")
+        left = (total - self.iteration) / rate if rate > 0 else float("nan")
+        text = (f"[{self.iteration}/{total}] loss {last['total']:.3e}{metric} best@{self.best_iteration} "
+                f"{rate:.0f} it/s, {left:.0f} s left")
+        sys.stderr.write(f"\r{text}   " if self.progress == "tty" else text + "\n")
         sys.stderr.flush()

@@ -61,3 +61,28 @@ def test_cuda_reports_non_finite_state():
     with pytest.raises(solvers.NonFiniteStateError) as err:
         solvers.simulate("fhn", y0, 2.0, 0.01, 50, backend="cuda")
     assert (err.value.variable, err.value.cell) == ("u", 217)
+
+
+def ptxas_report(source: str, tmp_path, name: str) -> dict:
+    """Build ``source`` for sm_90 with ptxas' resource report; returns registers and spill bytes."""
+    import re
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not installed")
+    src = tmp_path / f"{name}.cu"
+    src.write_text(source)
+    res = subprocess.run([nvcc, "-arch=sm_90", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / f"{name}.cubin"), str(src)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    text = res.stderr + res.stdout
+    regs = [int(r) for r in re.findall(r"Used (\d+) registers", text)]
+    spills = [int(a) + int(b) for a, b in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)]
+    print(f"{name}: ptxas sm_90: {regs} registers, {spills} bytes spilled")
+    return {"registers": max(regs), "spill_bytes": sum(spills)}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_solver_kernels_build_for_sm90_without_register_spills(name, tmp_path):
+    r = ptxas_report(cuda_source(solvers.get_model(name), "float32"), tmp_path, f"euler_{name}")
+    assert r["spill_bytes"] == 0 and r["registers"] <= 64

@@ -170,3 +170,48 @@ def test_physics_losses_have_fused_forms_that_match_autograd(tmp_path):
         assert float(got) == pytest.approx(float(ref), rel=1e-4)
         for p, w in zip(net.parameters(), want):
             torch.testing.assert_close(p.grad, w, rtol=2e-3, atol=1e-6)
+
+
+def _pinn_trainer(out, capture, engine="fused"):
+    from surrogates.config import load_config
+    from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
+    from surrogates.problems import problem_from_config
+    from surrogates.trainer import Trainer
+
+    c = problem_from_config("C", load_config())
+    g = np.random.default_rng(0)
+    lo, hi = c.box()
+    X = g.uniform(lo, hi, (500, 4)).astype(np.float32)
+    Y = g.uniform(0, 1, (500, 2)).astype(np.float32)
+    torch.manual_seed(2)
+    m = MLP(4, 2, [("SiLU", 16), ("Sigmoid", 16)], input_range=c.box(), output_center=[0.4, 0.05], output_scale=[0.6, 0.1])
+    tr = Trainer(m, out, val_every=25, lr=3e-3, lr_schedule="cosine", engine=engine, capture=capture, progress=False)
+    tr.add_loss(DataLoss(X, Y, batch_size=64, seed=1, name="data"))
+    tr.add_loss(ODEResidualLoss(c, 128, "sobol", seed=2), 0.5)
+    tr.add_loss(InitialConditionLoss(c, 64, "uniform", seed=3), 0.5)
+    return tr, m
+
+
+def test_the_static_step_follows_the_plain_fused_path(tmp_path):
+    """The capturable step (device-side batch offsets, learning rate from the step count), run uncaptured on
+    the CPU: the same batches, points and updates as the plain fused step."""
+    finals = []
+    for capture in (True, False):
+        tr, m = _pinn_trainer(tmp_path / str(capture), capture)
+        tr.train(100)
+        finals.append(torch.cat([p.detach().reshape(-1) for p in m.parameters()]))
+        assert [r["iteration"] for r in tr.rows] == [25, 50, 75, 100]
+    torch.testing.assert_close(finals[0], finals[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_the_captured_step_on_a_gpu_matches_the_uncaptured_one(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    finals = []
+    for capture in (True, False):
+        tr, m = _pinn_trainer(tmp_path / str(capture), capture)
+        m.cuda()
+        tr.train(100)
+        finals.append(torch.cat([p.detach().reshape(-1).cpu() for p in m.parameters()]))
+    torch.testing.assert_close(finals[0], finals[1], rtol=1e-3, atol=1e-5)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import ROOT, snakemake_cmd
+from core.layout import Layout
 from surrogates import MLP, Trainer, DataLoss
 from core.io import load_dataset
 
@@ -23,11 +24,11 @@ ARCH = "mlp3x64"
 
 
 def model_dir(results: Path, problem: str, surrogate: str = "ddnn", n: int = 300) -> Path:
-    return results / f"models/{problem}/{surrogate}/n{n}/{ARCH}/seed0"
+    return Layout(results).model_dir(problem, surrogate, n, ARCH, 0)
 
 
 def train_log(results: Path, problem: str, surrogate: str = "ddnn", n: int = 300) -> Path:
-    return results / f"logs/train/{problem}_{surrogate}_n{n}_{ARCH}_seed0.log"
+    return Layout(results).log("train", f"{problem}_{surrogate}_n{n}_{ARCH}_seed0.log")
 
 
 def start(cfg, *targets, cores=2):
@@ -51,6 +52,15 @@ def wait_until(cond, proc, timeout=300, what="condition"):
         time.sleep(0.05)
 
 
+def recorded(path: Path) -> bool:
+    """Whether Snakemake has recorded ``path`` as the output of a finished job (its metadata record exists;
+    until then a kill makes Snakemake discard the file)."""
+    import base64
+
+    name = base64.urlsafe_b64encode(str(Path(path).resolve()).encode()).decode()
+    return (ROOT / ".snakemake" / "metadata" / name).exists()
+
+
 def checkpoint_iteration(d: Path) -> int:
     try:
         return torch.load(d / "checkpoint.pth", map_location="cpu", weights_only=False)["iteration"]
@@ -67,8 +77,7 @@ def test_killed_mid_training_the_rerun_resumes_and_keeps_completed_work(sig, tin
     fast, slow = model_dir(results, "B"), model_dir(results, "C")
     targets = [fast / "metrics.json", slow / "metrics.json"]
     proc = start(cfg, *targets)
-    wait_until(lambda: (fast / "metrics.json").exists(), proc, what="B trained")
-    time.sleep(2)  # B's job ends and Snakemake records it complete (until then a kill discards its outputs)
+    wait_until(lambda: recorded(fast / "metrics.json"), proc, what="B trained and recorded complete by Snakemake")
     wait_until(lambda: checkpoint_iteration(slow) >= 200, proc, what="C part-way")
     os.killpg(proc.pid, sig)
     proc.wait(timeout=120)
@@ -138,7 +147,7 @@ def _rerun(snakemake, cfg, target):
 
 def test_damaged_or_changed_inputs_stop_the_job_with_the_file_named(trained_b, snakemake):
     cfg, results, d = trained_b
-    train = results / "datasets/B/n300/train.npz"
+    train = Layout(results).split("B", 300, "train")
     good = train.read_bytes()
 
     train.write_bytes(good[: len(good) // 2])  # truncated
@@ -179,7 +188,7 @@ def test_a_damaged_checkpoint_is_refused_by_the_onnx_export(trained_b, snakemake
     model.write_bytes(model.read_bytes()[:200])
     rc, out = _rerun(snakemake, cfg, d / "onnx_check.json")
     assert rc != 0
-    log = (results / f"logs/export/B_ddnn_n300_{ARCH}_seed0.log").read_text()
+    log = Layout(results).log("export", f"B_ddnn_n300_{ARCH}_seed0.log").read_text()
     assert f"checkpoint {model} is damaged" in log, log[-2000:]
 
 
@@ -221,7 +230,7 @@ def test_a_second_run_on_the_same_outputs_is_refused_by_the_lock(tiny_config, sn
     assert second.returncode != 0 and "Directory cannot be locked" in out, out[-2000:]
     # a run on other outputs (another results directory) is not blocked by it
     other = tiny_config({"results_dir": str(tmp_path / "other")}, name="other.yaml")
-    side = snakemake(tmp_path / "other/datasets/B/test.npz", "--cores", "1", "--configfile", "config/quick.yaml", other)
+    side = snakemake(Layout(tmp_path / "other").test("B"), "--cores", "1", "--configfile", "config/quick.yaml", other)
     assert side.returncode == 0, (side.stdout + side.stderr)[-3000:]
     assert first.wait(timeout=600) == 0, first.output()
     assert json.loads(target.read_text())["iterations"] == 20000

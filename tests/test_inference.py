@@ -15,7 +15,7 @@ from inference.backends import (REGISTRY, BackendMismatchError, Runner, check_ag
                                 get_inference_backend)
 from inference.export import export_onnx
 from inference.kernels.fused_cuda import kernel_source, packed_parameters
-from inference.timing import measure, time_cpu
+from inference.timing import time_cpu
 from inference.workloads import Case, kept_times
 from surrogates.config import load_config
 from surrogates.network import MLP, save_checkpoint
@@ -206,16 +206,16 @@ def test_fused_kernel_compiles_with_nvcc(precision, tmp_path, net):
 
 
 def test_fused_kernel_rejects_what_it_cannot_run():
-    with pytest.raises(InvalidInputError, match="widths up to 128"):
-        kernel_source({"n_inputs": 2, "n_outputs": 1, "hidden": [["Tanh", 256]]})
+    with pytest.raises(InvalidInputError, match="widths up to 64"):
+        kernel_source({"n_inputs": 2, "n_outputs": 1, "hidden": [["Tanh", 128]]})
     with pytest.raises(InvalidInputError, match="unknown precision"):
         kernel_source({"n_inputs": 2, "n_outputs": 1, "hidden": [["Tanh", 8]]}, "int8")
 
 
 # ---------------------------------------------------------------- GPU
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["torch_cuda", "torch_compile", "fused", "tensorrt", "onnxruntime_cuda"])
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("backend", ["torch_cuda", "torch_compile", "fused", "fused_cuda", "tensorrt", "onnxruntime_cuda"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_gpu_backends_agree_with_torch(backend, precision, net, tmp_path, problem_c):
     b = REGISTRY[backend]
     if b.unavailable_reason() is not None:
@@ -283,3 +283,66 @@ def test_speed_run_times_an_itnn_by_rollout_on_the_same_k_states(step_net, tmp_p
     assert (timed.rows == 300 * 500).all() and (timed.speedup > 0).all() and (timed.mae == 0.01).all()
     skipped = df[df.skipped.notna()]
     assert (skipped.n_outputs == 2501).all() and skipped.skipped.str.contains("does not divide the 500").all()
+
+
+def test_a_failing_backend_is_recorded_and_the_others_go_on(net, tmp_path, monkeypatch):
+    """A backend that cannot prepare, one that mismatches and one past its time limit each give failed rows
+    with the reason; every other row is measured, and the program exits non-zero at the end."""
+    from inference import backends as B
+
+    class Broken(B.TorchEager):
+        def __init__(self, name, mode):
+            super().__init__("cpu")
+            self.name, self.mode = name, mode
+
+        def prepare(self, model, prec, workdir):
+            if self.mode == "raise":
+                raise RuntimeError("cannot build an engine here")
+            r = super().prepare(model, prec, workdir)
+            if self.mode == "wrong":
+                return B.Runner(r.device_input, lambda x: r.run(x) * 1.5, r.to_host)
+            import time as _t
+
+            return B.Runner(r.device_input, lambda x: (_t.sleep(1.0), r.run(x))[1], r.to_host)
+
+    for name, mode in (("broken", "raise"), ("wrong", "wrong"), ("slow", "slow")):
+        monkeypatch.setitem(B.REGISTRY, name, Broken(name, mode))
+    cfg = speed_cfg(n_cells=[300], k_sweep=[1], backend_time_limit_s=3.0)
+    path = save_as(net, tmp_path / "m" / "best_model.pth", cfg, "C", "ddnn")
+    df = speedup.run(cfg, {"ddnn": path}, ["torch", "broken", "wrong", "slow"], ["fp32"], workdir=tmp_path / "w")
+    failed = df[df.failed.notna()].groupby("backend").failed.first()
+    assert "cannot build an engine here" in failed["broken"]
+    assert "differs from eager torch" in failed["wrong"]
+    assert "time limit of 3 s" in failed["slow"]
+    ok = df[df.failed.isna() & df.skipped.isna()]
+    assert set(ok.backend) == {"torch"} and len(ok) == 2 and (ok.speedup > 0).all()  # (300, 26) and (300, 1)
+    monkeypatch.setattr(speedup, "configured_models", lambda cfg: {"ddnn": path})
+    cfg_file = tmp_path / "c.yaml"
+    import yaml
+
+    cfg_file.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "r"), "speed": {
+        "n_cells": [300], "k_sweep": [1], "repeats": 2, "max_repeats": 2, "backend_time_limit_s": 1.0,
+        "backends": ["torch", "onnxruntime"], "precisions": ["fp32"]}}))
+    assert speedup.main(["--config", str(cfg_file), "--backends", "torch", "broken", "--precisions", "fp32"]) == 1
+    assert (tmp_path / "r/benchmarks/speed_raw.csv").exists()
+
+
+def test_the_gpu_check_steps_that_are_not_cuda_specific_run_on_a_cpu(tmp_path):
+    """`make gpu-check` gets minutes on a GPU machine: its training, network and speed steps are run here on
+    the CPU (tiny sizes), so a mistake in them is found before that."""
+    from benchmarks import gpu_check
+    from core.config import merge
+
+    cfg = merge(load_config(), {"results_dir": str(tmp_path / "r"), "datasets": {"sizes": [300]},
+                                "problems": {"C": {"test_trajectories": 10}},
+                                "speed": {"n_cells": [200], "k_sweep": [1], "repeats": 2, "max_repeats": 2}})
+    from surrogates.config import validate_config
+
+    cfg = validate_config(cfg)
+    budget = gpu_check.Budget(600)
+    summary = gpu_check.training(cfg, tmp_path, budget, device="cpu", iters=60)
+    assert "fused engine, CUDA graph" in summary and (tmp_path / "training.csv").exists()
+    models = gpu_check.networks(cfg, budget, iterations=20)
+    assert set(models) == {"ddnn", "itnn"} and all(p.exists() for p in models.values())
+    text = gpu_check.speed(cfg, models, tmp_path, budget, backends=["torch"])
+    assert "kernel speedup" in text and (tmp_path / "speed_raw.csv").exists()

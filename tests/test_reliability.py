@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -247,7 +246,7 @@ def test_a_second_workflow_run_on_the_same_folder_spelt_otherwise_refuses_at_onc
     (tmp_path / "alias").symlink_to(tmp_path)
     other = tiny_config({"results_dir": str(tmp_path / "alias" / "results"),
                          "training": {"overrides": {"C": {"iterations": 20000, "val_every": 100}}}}, name="alias.yaml")
-    target = tmp_path / f"results/models/C/ddnn/n300/{ARCH}/seed0/metrics.json"
+    target = Layout(tmp_path / "results").run_file("metrics", "C", "ddnn", 300, ARCH, 0)
     log = open(tmp_path / "first.out", "w")
     first = subprocess.Popen(snakemake_cmd(target, "--cores", "1", "--configfile", "config/quick.yaml", cfg), cwd=ROOT,
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -273,7 +272,7 @@ def test_the_workflow_refuses_a_results_folder_held_by_any_other_process(tiny_co
     cfg = tiny_config()
     (tmp_path / "alias").symlink_to(tmp_path)
     with FolderLock(tmp_path / "alias" / "results", what="results_dir"):
-        res = snakemake(tmp_path / "results/datasets/B/test.npz", "--cores", "1", "--configfile", "config/quick.yaml", cfg)
+        res = snakemake(Layout(tmp_path / "results").test("B"), "--cores", "1", "--configfile", "config/quick.yaml", cfg)
     out = res.stdout + res.stderr
     assert res.returncode != 0 and f"results_dir {tmp_path}/results is in use by process {os.getpid()}" in out, out[-3000:]
-    assert not (tmp_path / "results/datasets/B/test.npz").exists()
+    assert not Layout(tmp_path / "results").test("B").exists()

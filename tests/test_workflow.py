@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, snakemake_cmd
+from core.layout import Layout
 from conftest import run_snakemake as snakemake
 
 
@@ -71,29 +72,29 @@ def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_f
     # interrupt the run (SIGTERM) once two models are trained ...
     first = subprocess.Popen(snakemake_cmd("--cores", "1", "--configfile", "config/quick.yaml", extra), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    models = tmp_path / "results/models"
+    lay = Layout(tmp_path / "results")
     deadline = time.monotonic() + 600
-    while len(list(models.glob("*/*/*/*/*/metrics.json"))) < 2 and first.poll() is None and time.monotonic() < deadline:
+    while len(lay.models_glob("metrics")) < 2 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     first.send_signal(signal.SIGTERM)
     first.wait(timeout=300)
-    done = {p: p.stat().st_mtime_ns for p in models.glob("*/*/*/*/*/metrics.json")}
-    assert len(done) >= 2 and not (tmp_path / "results/tables/accuracy.csv").exists()
+    done = {p: p.stat().st_mtime_ns for p in lay.models_glob("metrics")}
+    assert len(done) >= 2 and not lay.table("accuracy", "csv").exists()
     # ... and the rerun finishes the work, keeping what was complete
     res = snakemake("--cores", "2", "--configfile", "config/quick.yaml", str(extra))
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     assert all(p.stat().st_mtime_ns == t for p, t in done.items()), "completed models were trained again"
-    table = pd.read_csv(tmp_path / "results/tables/accuracy.csv")
+    table = pd.read_csv(lay.table("accuracy", "csv"))
     assert list(table.columns) == ["problem", "surrogate", "n_train", "arch", "seeds", "mae_mean", "mae_std",
                                    "max_abs_err_mean", "rel_l2_mean", "train_seconds_mean", "n_params"]
     assert set(table.surrogate) == {"ddnn", "pinn", "pinn_seed", "itnn", "euler_floor"}
     assert (table.surrogate == "euler_floor").sum() == 5
     runs = table[table.surrogate != "euler_floor"]
     assert all(math.isfinite(v) for v in runs[["mae_mean", "max_abs_err_mean", "rel_l2_mean"]].to_numpy().ravel())
-    checks = list(models.glob("*/*/*/*/*/onnx_check.json"))
-    assert len(checks) == len(list(models.glob("*/*/*/*/*/metrics.json"))) == 10
+    checks = lay.models_glob("onnx_check")
+    assert len(checks) == len(lay.models_glob("metrics")) == 10
     assert all(yaml.safe_load(c.read_text())["max_rel_diff_vs_torch"] < 1e-4 for c in checks)
-    speed = pd.read_csv(tmp_path / "results/tables/speedup.csv")
+    speed = pd.read_csv(lay.table("speedup", "csv"))
     assert list(speed.columns) == ["sweep", "workload", "device", "n_cells", "n_outputs", "solver_backend",
                                    "solver_seconds", "solver_kernel_seconds", "surrogate", "arch", "backend", "precision",
                                    "surrogate_seconds", "surrogate_kernel_seconds", "speedup", "kernel_speedup", "mae",
@@ -106,8 +107,14 @@ def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_f
     for f in ("error_vs_size", "training_curves", "itnn_rollout_error", "trajectories_C", "hh_m", "speedup_vs_n",
               "speedup_vs_k", "time_vs_error"):
         for ext in ("png", "pdf"):
-            assert (tmp_path / f"results/figures/{f}.{ext}").stat().st_size > 1000, f
-    assert (tmp_path / "results/tables/accuracy.md").read_text().startswith("Test-set accuracy")
+            assert lay.figure(f, ext).stat().st_size > 1000, f
+    assert lay.table("accuracy", "md").read_text().startswith("Test-set accuracy")
     # nothing left to do: a second run finds every output complete
     again = snakemake("-n", "--configfile", "config/quick.yaml", str(extra))
     assert "Nothing to be done" in again.stdout + again.stderr
+    # the README's report command (as `make run` ends) gives one self-contained HTML page
+    report = lay.report
+    res = snakemake("--configfile", "config/quick.yaml", str(extra), "--report", str(report))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    html = report.read_text(errors="replace")
+    assert report.stat().st_size > 100_000 and "error_vs_size.png" in html and "accuracy.csv" in html

@@ -4,7 +4,9 @@ One thread per row. All weights, biases and the input/output scaling are copied 
 shared memory; a row's activations live in registers (the layer widths are compile-time constants, so
 the loops unroll). Layers are evaluated without touching global memory until the output. ``fp16`` keeps
 weights, inputs and outputs in half precision and accumulates in float (the label says so). Meant for
-the small widths used here (<= 128). Source generation needs no GPU; running it needs CuPy.
+the small widths used here (<= 64). Its fp16 variant (half storage, fp32 arithmetic) converts every
+weight on each use and measured 10x slower than its fp32 on an H100, so the ``fused_cuda`` backend offers
+fp32 only; half precision is the tensor-core kernel's. Source generation needs no GPU; running it needs CuPy.
 """
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ import numpy as np
 
 from core.errors import InvalidInputError
 
-MAX_WIDTH = 128
+# Every layer is unrolled into straight-line code with the activations in registers: up to 64 wide that fits
+# (3x64: no spills, tests/test_cuda.py); a 4x128 net took minutes to compile on an H100 and spills. Wider
+# nets belong to the tensor-core kernel (inference.kernels.triton_mlp).
+MAX_WIDTH = 64
 
 _ACT = {
     "ReLU": "fmaxf(v, 0.0f)",
@@ -45,7 +50,8 @@ def kernel_source(config: dict, precision: str = "fp32", name: str = "mlp_fused"
         if a not in _ACT:
             raise InvalidInputError(f"the fused kernel has no activation {a!r}; valid: {sorted(_ACT)}")
         if w > MAX_WIDTH:
-            raise InvalidInputError(f"the fused kernel supports widths up to {MAX_WIDTH}, got {w}")
+            raise InvalidInputError(f"the SIMT fused kernel supports widths up to {MAX_WIDTH}, got {w}; the tensor-core "
+                                    "backend 'fused' runs wider nets")
     out_act = config.get("output_activation")
     if out_act is not None and out_act not in _ACT:
         raise InvalidInputError(f"the fused kernel has no activation {out_act!r}")

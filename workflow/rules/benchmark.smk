@@ -34,3 +34,18 @@ rule speedup_table:
         "../envs/pipeline.yaml"
     script:
         "../scripts/speedup_table.py"
+
+
+rule benchmark_solver:
+    output:
+        csv=path(LAYOUT.benchmark("solver_throughput.csv")),
+    params:
+        speed=config["speed"],
+        solver=config["solver"],
+    threads: 64  # the compiled solver uses every core it is given (Snakemake scales this down to --cores)
+    log:
+        path(LAYOUT.log("benchmarks", "solver_throughput.log")),
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/benchmark_solver.py"

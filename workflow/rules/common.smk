@@ -84,6 +84,12 @@ def test_sidecars():
 
 
 # ---------------------------------------------------------------- speed and figures
+def trains_on_gpu(problem):
+    """Whether this problem's training jobs will use the GPU (training.device, `auto` resolved here)."""
+    d = training_settings(config, problem).get("device", "auto")
+    return d == "cuda" or (d == "auto" and cuda_device_count() > 0)
+
+
 def speed_wants_gpu():
     """Whether the timing job should hold the GPU resource. On a cluster the job runs on another node than
     this one, so the profile sets the resource there and the job script resolves `auto` where it runs."""
@@ -111,10 +117,13 @@ def figure(name, ext="png"):
 
 def figure_targets():
     trains = config["training"]["surrogates"]
-    out = [rules.figure_error_vs_size.output.png, rules.figure_training_curves.output.png]
+    out = [rules.figure_error_vs_size.output.png, rules.figure_training_curves.output.png,
+           rules.figure_solver_throughput.output.png]
+    if compared_with_ddnn():
+        out.append(rules.figure_pinn_vs_ddnn.output.png)
     if trains.get("itnn"):
         out.append(rules.figure_rollout_error.output.png)
-    if "C" in PROBLEMS and any("C" in v for v in trains.values()):
+    if "C" in PROBLEMS and judged_on("C"):
         out.append(rules.figure_trajectories.output.png)
     if "hh_m" in PROBLEMS and any("hh_m" in v for v in trains.values()):
         out.append(rules.figure_hh_m.output.png)

@@ -1,14 +1,55 @@
-# Figures (PNG and PDF), each with a caption in workflow/report/.
+# Figures (PNG and PDF), each with a caption in workflow/report/; the plotting lives in benchmarks/figures.py.
+
+
+def judged_on(problem):
+    """(kind, trained problem) of every surrogate drawn over `problem`'s test trajectories: those trained on it,
+    and the iterative ones trained on a step problem judged on it (D for C)."""
+    out = []
+    for kind, trained_on in config["training"]["surrogates"].items():
+        for p in trained_on:
+            q = config["problems"][p]
+            if p == problem or (q.get("kind") == "step" and q.get("test_from") == problem):
+                out.append((kind, p))
+    return out
+
+
+def first_seed_models(problem):
+    """The checkpoints drawn over `problem`'s held-out trajectories: each at its largest n, first seed."""
+    seed = config["training"]["seeds"][0]
+    return [model_file(p, kind, max(sizes(p)), seed, "model") for kind, p in judged_on(problem)]
+
+
+def compared_with_ddnn():
+    """Problems where a data-only and a physics-informed network both train."""
+    s = config["training"]["surrogates"]
+    physics = set(s.get("pinn", [])) | set(s.get("pinn_seed", []))
+    return sorted(set(s.get("ddnn", [])) & physics)
 
 
 rule figure_error_vs_size:
     input:
-        rules.accuracy_table.output.csv,
+        metrics=trained(),
+        accuracy=rules.accuracy_table.output.csv,
     output:
         png=report(figure("error_vs_size"), caption="../report/error_vs_size.rst", category="Figures"),
         pdf=figure("error_vs_size", "pdf"),
     log:
         path(LAYOUT.log("figures", "error_vs_size.log")),
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/figures.py"
+
+
+rule figure_pinn_vs_ddnn:
+    input:
+        metrics=[f for p in compared_with_ddnn() for k in ("ddnn", "pinn", "pinn_seed")
+                 for f in trained(problem=p, surrogate=k)],
+    output:
+        png=report(figure("pinn_vs_ddnn"), caption="../report/pinn_vs_ddnn.rst", category="Figures"),
+        pdf=figure("pinn_vs_ddnn", "pdf"),
+    log:
+        path(LAYOUT.log("figures", "pinn_vs_ddnn.log")),
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -47,11 +88,12 @@ rule figure_rollout_error:
 rule figure_trajectories:
     input:
         test=path(LAYOUT.test("C")),
-        models=lambda w: [model_file("C", k, max(sizes("C")), config["training"]["seeds"][0], "model")
-                          for k in ("ddnn", "pinn") if "C" in config["training"]["surrogates"].get(k, [])],
+        models=first_seed_models("C"),
     output:
         png=report(figure("trajectories_C"), caption="../report/trajectories.rst", category="Figures"),
         pdf=figure("trajectories_C", "pdf"),
+    params:
+        problem="C",
     log:
         path(LAYOUT.log("figures", "trajectories_C.log")),
     conda:
@@ -63,8 +105,7 @@ rule figure_trajectories:
 rule figure_hh_m:
     input:
         test=path(LAYOUT.test("hh_m")),
-        models=lambda w: [model_file("hh_m", k, max(sizes("hh_m")), config["training"]["seeds"][0], "model")
-                          for k in ("ddnn", "pinn_seed", "pinn") if "hh_m" in config["training"]["surrogates"].get(k, [])],
+        models=first_seed_models("hh_m"),
     output:
         png=report(figure("hh_m"), caption="../report/hh_m.rst", category="Figures"),
         pdf=figure("hh_m", "pdf"),
@@ -91,6 +132,20 @@ rule figure_speed:
         speed=config["speed"],
     log:
         path(LAYOUT.log("figures", "speed.log")),
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/figures.py"
+
+
+rule figure_solver_throughput:
+    input:
+        csv=rules.benchmark_solver.output.csv,
+    output:
+        png=report(figure("solver_throughput"), caption="../report/solver_throughput.rst", category="Figures"),
+        pdf=figure("solver_throughput", "pdf"),
+    log:
+        path(LAYOUT.log("figures", "solver_throughput.log")),
     conda:
         "../envs/pipeline.yaml"
     script:

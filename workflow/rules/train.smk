@@ -19,7 +19,7 @@ rule train:
         settings=lambda w: training_settings(config, w.problem),
     threads: 1  # small networks train fastest on one thread; jobs run side by side
     resources:
-        gpu=lambda w: 1 if training_settings(config, w.problem).get("device") == "cuda" else 0,
+        gpu_jobs=lambda w: 1 if trains_on_gpu(w.problem) else 0,  # a share of the GPU (profiles/gpu: 8 at once)
     log:
         path(LAYOUT.log("train", "{problem}_{surrogate}_n{n}_{arch}_seed{seed}.log")),
     conda:

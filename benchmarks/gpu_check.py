@@ -1,0 +1,318 @@
+"""Everything that needs a GPU, measured in one command of a few minutes: ``make gpu-check``.
+
+    python -m benchmarks.gpu_check [--out results/gpu_check] [--budget 330]
+
+Plain Python (no Snakemake), for a machine lent for minutes:
+
+1. the GPU tests (``pytest -m gpu``);
+2. the solver: the ``cuda`` kernel against a plain one-thread-per-cell kernel over N, kernel only, and
+   ``simulate(backend="cuda")`` end to end (pinned, overlapped copies) and with the result left on the GPU;
+3. training: iterations/s of the plain eager loop, the fused engine and the CUDA-graph-captured step;
+4. networks: the trained C and D surrogates of the configuration if they exist, else C (ddnn) and D (itnn)
+   trained briefly here on the GPU;
+5. inference: the fused tensor-core kernel's rows/s for the 3x64 and 4x128 nets at >= 5e5 rows, and the speed
+   benchmark at the configured N with K = 26 and the K sweep (every GPU backend and precision there is).
+
+Each step has a share of the time budget and records what it could not finish; a step that fails is
+recorded and the others go on. At most six files are written into one folder (summary.md, solver.csv,
+training.csv, kernels.csv, speed_raw.csv, pytest.log), and the summary is printed with the machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import cli
+from core.io import write_text
+from core.layout import Layout
+from core.machine import describe_machine, machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLAIN_KERNEL = r"""
+extern "C" __global__ void plain_fhn(const float* y0, const float* I, float* out, long long n, float dt,
+                                     int n_saves, int save_every) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float u = y0[2 * i], w = y0[2 * i + 1];
+    const float c = I[i];
+    out[2 * i] = u; out[2 * i + 1] = w;
+    for (int k = 1; k <= n_saves; ++k) {
+        for (int s = 0; s < save_every; ++s) {
+            float du = 10.0f * (u * (u - 0.4f) * (1.0f - u) - w + c);
+            float dw = 0.04f * u - 0.16f * w;
+            u += dt * du; w += dt * dw;
+        }
+        out[(k * n + i) * 2] = u; out[(k * n + i) * 2 + 1] = w;
+    }
+}
+"""
+
+
+class Budget:
+    """Seconds left for the whole check, shared out among the steps."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+def step(name, summary, fn, *args):
+    """Run one step; a failure is recorded (with the reason) and the check goes on."""
+    t0 = time.monotonic()
+    print(f"== {name}", flush=True)
+    try:
+        result = fn(*args)
+        summary.append((name, "ok", f"{time.monotonic() - t0:.0f} s", result or ""))
+    except Exception as exc:  # recorded, never lost: the other steps still run
+        traceback.print_exc()
+        summary.append((name, "FAILED", f"{time.monotonic() - t0:.0f} s", f"{type(exc).__name__}: {exc}"[:300]))
+
+
+# ---------------------------------------------------------------- 1. the GPU tests
+def gpu_tests(out: Path, budget: Budget) -> str:
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", str(ROOT / "tests")]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30, min(150, budget.left() - 200)),
+                             cwd=ROOT)
+        text, rc = res.stdout + res.stderr, res.returncode
+    except subprocess.TimeoutExpired as exc:
+        text, rc = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else str(exc.stdout), -1
+    write_text(out / "pytest.log", text)
+    tail = [line for line in text.strip().splitlines() if " passed" in line or " failed" in line or " error" in line]
+    return (tail[-1] if tail else f"pytest exit {rc}") + " (pytest.log)"
+
+
+# ---------------------------------------------------------------- 2. the solver
+def solver(cfg: dict, out: Path, budget: Budget) -> str:
+    import cupy as cp
+
+    import solvers
+    from inference.timing import measure
+    from inference.workloads import Case
+    from surrogates.problems import problem_from_config
+
+    p = problem_from_config(cfg["speed"]["problem"], cfg)
+    plain = cp.RawKernel(PLAIN_KERNEL, "plain_fhn")
+    be = solvers.get_backend("cuda")
+    rows = []
+    for n in (20_000, 160_000, 1_000_000, 10_000_000):
+        if budget.left() < 60:
+            break
+        case = Case(p, n, cfg["speed"]["n_outputs"], cfg["speed"]["t_end"])
+        y0, params = case.solver_inputs()
+        launch = be.launcher(p.model, y0, p.parameter_matrix(case.cells, n, "float32"), p.dt, case.n_saves, case.save_every,
+                             "float32")
+        k = measure(launch, "cupy", 20, 3, 100)
+        y0_d = cp.asarray(y0, dtype=cp.float32)
+        I_d = cp.asarray(np.broadcast_to(params.get("I", p.model.parameters["I"].default), (n,)), dtype=cp.float32)
+        o = cp.empty((case.n_saves + 1, n, 2), dtype=cp.float32)
+        args = (y0_d, I_d, o, np.int64(n), np.float32(p.dt), np.int32(case.n_saves), np.int32(case.save_every))
+        ref = measure(lambda: plain(((n + 127) // 128,), (128,), args), "cupy", 20, 3, 100)
+        row = {"n_cells": n, "kernel_ms": k.median * 1e3, "plain_kernel_ms": ref.median * 1e3,
+               "kernel_vs_plain": k.median / ref.median}
+        if n == 1_000_000:
+            run = lambda **o_: solvers.simulate(p.model, y0, case.t_end, p.dt, case.save_every, params, backend="cuda",
+                                               dtype="float32", **o_)
+            e = measure(lambda: run(), "cpu", 5, 1, 10)
+            d = measure(lambda: run(device_output=True), "cpu", 5, 1, 10)
+            row.update({"end_to_end_ms": e.median * 1e3, "device_output_ms": d.median * 1e3,
+                        "end_to_end_vs_kernel": e.median / k.median})
+        rows.append(row)
+        print(row, flush=True)
+    pd.DataFrame(rows).to_csv(out / "solver.csv", index=False)
+    worst = max(r["kernel_vs_plain"] for r in rows)
+    e2e = next((r["end_to_end_vs_kernel"] for r in rows if "end_to_end_vs_kernel" in r), float("nan"))
+    return f"kernel / plain kernel <= {worst:.2f}x over N; end to end at N = 1e6: {e2e:.1f}x the kernel (solver.csv)"
+
+
+# ---------------------------------------------------------------- 3. training
+def training(cfg: dict, out: Path, budget: Budget, device: str = "cuda", iters: int = 3000) -> str:
+    from benchmarks.training_speed import _data, reference_loop
+    from surrogates.config import training_settings
+    from surrogates.problems import problem_from_config
+
+    p = problem_from_config("C", cfg)
+    s = training_settings(cfg, "C")
+    hidden = [tuple(h) for h in s["architectures"][s["architecture"]]]
+    X, Y = _data(p, 100_000)
+    rows = []
+    for name, fn in (("plain eager loop", lambda: reference_loop(p, hidden, X, Y, 1024, iters // 3, s["lr"], device)),
+                     ("fused engine", lambda: _rate(p, hidden, X, Y, "fused", False, device, iters)),
+                     ("fused engine, CUDA graph", lambda: _rate(p, hidden, X, Y, "fused", True, device, iters)),
+                     ("autograd path", lambda: _rate(p, hidden, X, Y, "autograd", False, device, iters))):
+        if budget.left() < 120:
+            break
+        rows.append({"variant": name, "it_per_s": fn(), "device": device})
+        print(rows[-1], flush=True)
+    pd.DataFrame(rows).to_csv(out / "training.csv", index=False)
+    return ", ".join(f"{r['variant']} {r['it_per_s']:.0f} it/s" for r in rows) + " (C, 3x64, batch 1024; training.csv)"
+
+
+def _rate(p, hidden, X, Y, engine, capture, device="cuda", iters=3000):
+    """Iterations/s of the Trainer on ``device`` (a first short run warms up: compilation, graph capture)."""
+    from benchmarks.training_speed import _net, _sync
+    from surrogates.losses import DataLoss
+    from surrogates.trainer import Trainer
+
+    rate = 0.0
+    for n in (min(200, iters), iters):
+        net = _net(p, hidden, X, Y, device)
+        with tempfile.TemporaryDirectory() as d:
+            tr = Trainer(net, d, val_every=n, lr=3e-3, lr_schedule="cosine", engine=engine, capture=capture,
+                         progress=False)
+            tr.add_loss(DataLoss(X, Y, batch_size=1024, seed=0, name="data"))
+            _sync(device)
+            t0 = time.perf_counter()
+            tr.train(n)
+            _sync(device)
+            rate = n / (time.perf_counter() - t0)
+    return rate
+
+
+# ---------------------------------------------------------------- 4. networks
+def networks(cfg: dict, budget: Budget, iterations: int = 3000) -> dict:
+    """``kind -> checkpoint`` for the speed benchmark: the configured trained models, else brief GPU trainings."""
+    from benchmarks.speedup import configured_models
+    from benchmarks.surrogate_accuracy import ensure_datasets
+    from core.errors import InvalidInputError
+    from surrogates.train import train_surrogate
+
+    try:
+        return configured_models(cfg)
+    except InvalidInputError:
+        pass
+    lay = Layout(cfg["results_dir"])
+    runs = [("C", "ddnn", 10_000), ("D", "itnn", 10_000)]
+    arch = cfg["training"]["architecture"]
+    ensure_datasets(cfg, [(p, k, n, arch, 0) for p, k, n in runs])
+    out = {}
+    for p, k, n in runs:
+        d = lay.model_dir(p, k, n, arch, 0)
+        if not (d / "metrics.json").exists():
+            train_surrogate(cfg, p, k, n, 0, lay.dataset_dir(p), d, arch, iterations=iterations)
+        out[k] = d / "best_model.pth"
+    return out
+
+
+# ---------------------------------------------------------------- 5. inference
+def kernels(cfg: dict, out: Path, budget: Budget) -> str:
+    import torch
+
+    from inference.backends import REGISTRY, check_against_torch
+    from inference.timing import measure
+    from surrogates.network import MLP
+    from surrogates.problems import problem_from_config
+
+    p = problem_from_config(cfg["speed"]["problem"], cfg)
+    rows = []
+    for arch in ("mlp3x64", "silu4x128"):
+        hidden = cfg["training"]["architectures"].get(arch)
+        if hidden is None:
+            continue
+        torch.manual_seed(0)
+        net = MLP(len(p.inputs), len(p.outputs), hidden, input_range=p.box()).eval()
+        lo, hi = p.box()
+        X = np.random.default_rng(0).uniform(lo, hi, size=(1 << 20, len(lo))).astype(np.float32)
+        for backend in ("fused", "torch_cuda", "torch_compile"):
+            b = REGISTRY[backend]
+            if b.unavailable_reason():
+                continue
+            for prec in b.precisions:
+                if budget.left() < 90:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    r = b.prepare(net, prec, Path(tempfile.mkdtemp()))
+                    prep = time.perf_counter() - t0
+                    err = check_against_torch(net, r, X[:4096], prec, backend)
+                    xd = r.device_input(X)
+                    k = measure(lambda: r.run(xd), "torch", 20, b.warmup, 50)
+                    rows.append({"arch": arch, "backend": backend, "precision": prec, "rows": len(X),
+                                 "G_rows_per_s": len(X) / k.median / 1e9, "kernel_ms": k.median * 1e3,
+                                 "prepare_s": prep, "max_rel_diff_vs_torch": err})
+                except Exception as exc:
+                    rows.append({"arch": arch, "backend": backend, "precision": prec, "failed": f"{type(exc).__name__}: {exc}"[:200]})
+                print(rows[-1], flush=True)
+    pd.DataFrame(rows).to_csv(out / "kernels.csv", index=False)
+    ok = [r for r in rows if "G_rows_per_s" in r and r["backend"] == "fused"]
+    return "; ".join(f"fused {r['arch']} {r['precision']} {r['G_rows_per_s']:.2f} G rows/s" for r in ok) + " (kernels.csv)"
+
+
+def speed(cfg: dict, models: dict, out: Path, budget: Budget, backends=None) -> str:
+    from benchmarks.speedup import Settings, cases, run
+
+    sp = cfg["speed"]
+    backends = backends or [b for b in sp["backends"] if b not in ("torch", "onnxruntime")]  # the GPU side
+    settings = Settings(sp["repeats"], sp["max_repeats"], min(sp["backend_time_limit_s"], max(30.0, budget.left() / 8)))
+    df = run(cfg, models, backends, sp["precisions"], cases(cfg), settings)
+    df.to_csv(out / "speed_raw.csv", index=False)
+    timed = df[df["failed"].isna() & df["skipped"].isna()] if "failed" in df else df
+    at = timed[(timed.n_cells == sp["n_cells"][0]) & (timed.n_outputs == sp["n_outputs"])]
+    if at.empty:
+        return "no timed rows (speed_raw.csv)"
+    best = at.loc[at.kernel_speedup.idxmax()]
+    failed = int(df["failed"].notna().sum()) if "failed" in df else 0
+    return (f"best at N = {sp['n_cells'][0]}, K = {sp['n_outputs']}: {best.surrogate} {best.backend} {best.precision} "
+            f"kernel speedup {best.kernel_speedup:.2f}x, end to end {best.speedup:.2f}x; {failed} failed row(s) "
+            "(speed_raw.csv)")
+
+
+def main(argv=None) -> int:
+    ap = cli.parser(__doc__)
+    ap.add_argument("--out", type=Path, help="default: RESULTS/gpu_check")
+    ap.add_argument("--budget", type=float, default=330.0, help="seconds for the whole check")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "solver", "training", "kernels", "speed"])
+    a = ap.parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    from surrogates.config import load_config
+
+    cfg = load_config(*a.config)
+    out = a.out or Layout(cfg["results_dir"]).root / "gpu_check"
+    out.mkdir(parents=True, exist_ok=True)
+    budget = Budget(a.budget)
+    info = machine_info()
+    summary: list = []
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    except ImportError:
+        gpu = False
+    if not gpu:
+        summary.append(("GPU", "skipped", "", "torch sees no CUDA device: nothing here can be measured on this machine"))
+    else:
+        for name, fn, args in (("tests", gpu_tests, (out, budget)), ("solver", solver, (cfg, out, budget)),
+                               ("training", training, (cfg, out, budget)), ("kernels", kernels, (cfg, out, budget))):
+            if name not in a.skip:
+                step(name, summary, fn, *args)
+        if "speed" not in a.skip:
+            models = {}
+            step("networks", summary, lambda: (models.update(networks(cfg, budget)), ", ".join(models))[1])
+            if models:
+                step("speed", summary, speed, cfg, models, out, budget)
+    lines = [f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')}", "", f"Machine: {describe_machine(info)}; "
+             + ", ".join(f"{k} {info[k]}" for k in ("torch", "triton", "cupy-cuda12x", "cupy-cuda13x") if k in info)
+             + f"; driver {info.get('gpu_driver')}", "", "| step | status | time | result |", "|---|---|---|---|"]
+    lines += [f"| {n} | {s} | {t} | {r} |" for n, s, t, r in summary]
+    text = "\n".join(lines) + "\n"
+    write_text(out / "summary.md", text)
+    print(text)
+    print(f"files in {out}: {sorted(p.name for p in out.iterdir())}")
+    print(json.dumps({"machine": info}, default=str)[:2000])
+    return 1 if any(s == "FAILED" for _, s, _, _ in summary) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

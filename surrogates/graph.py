@@ -1,0 +1,151 @@
+"""A whole training step that a CUDA graph can replay: static buffers, batches chosen on the device.
+
+On a GPU a small MLP's step is a few dozen short kernels; launched one by one from Python, the GPU waits
+for the host most of the time. :class:`StaticStep` arranges the fused engine's step (every loss, the
+optimiser, the learning-rate schedule) so that nothing inside it depends on the host:
+
+* data: each pass's permutation is drawn on the host exactly as on the other paths (same generator, same
+  batches); at the start of a pass the permuted rows are gathered into a fixed device buffer, and each step
+  takes its batch at a device-side offset (``index_select`` at ``offset + arange(B)``, the offset advanced
+  on the device);
+* collocation points: drawn on the host from the loss's own sampler (the same points as the other paths)
+  and copied into a fixed device buffer before the step;
+* the learning rate: computed on the device from the optimiser's step count (the schedule's closed form);
+* the losses: written into fixed tensors, read (one synchronisation) only when the Trainer validates; a
+  non-finite loss is remembered on the device and reported then.
+
+On CUDA the body is captured once and replayed (``torch.cuda.graph``); on a CPU the same body runs
+uncaptured, which is how the tests check it against the plain fused path.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .engine import FusedAdam, MLPEngine
+from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss
+
+
+class _StaticData:
+    """A DataLoss's batches: the pass's permuted rows in a fixed buffer, the batch at a device-side offset."""
+
+    def __init__(self, loss: DataLoss, engine: MLPEngine):
+        self.loss, self.engine = loss, engine
+        device = engine.W[0].device
+        self.Xs, self.Ys = engine.scale_x(loss.X.to(device)), engine.scale_y(loss.Y.to(device))
+        self.full = loss.batch_size == loss.X.shape[0]
+        self.xs, self.ys = torch.empty_like(self.Xs), torch.empty_like(self.Ys)
+        self.offset = torch.zeros((), dtype=torch.long, device=device)
+        self.arange = torch.arange(loss.batch_size, device=device)
+
+    def host(self):
+        """Before a step: the same bookkeeping as the other paths; a new pass gathers its rows."""
+        if self.full:
+            return
+        rows = self.loss._next_rows()
+        if rows.start == 0:
+            perm = self.loss._perm.to(self.Xs.device)
+            torch.index_select(self.Xs, 0, perm, out=self.xs)
+            torch.index_select(self.Ys, 0, perm, out=self.ys)
+            self.offset.zero_()
+
+    def body(self, weight):
+        if self.full:
+            return self.engine.data_step(self.Xs, self.Ys, weight)
+        idx = self.offset + self.arange
+        self.offset.add_(self.loss.batch_size)
+        return self.engine.data_step(self.xs.index_select(0, idx), self.ys.index_select(0, idx), weight)
+
+
+class _StaticPoints:
+    """Collocation points: drawn on the host by the loss's sampler, copied into a fixed device buffer."""
+
+    def __init__(self, loss, device):
+        self.loss = loss
+        self.buf = torch.empty(loss.n_points, len(loss.sample.lo), device=device)
+
+    def host(self):
+        self.buf.copy_(self.loss.sample(self.loss.n_points, "cpu"), non_blocking=True)
+
+
+class StaticStep:
+    """The fused step of a Trainer with static buffers; :meth:`run` does one step (replayed from a CUDA graph
+    on a GPU). ``opt`` is the Trainer's :class:`~surrogates.engine.FusedAdam`."""
+
+    def __init__(self, trainer, engine: MLPEngine, opt: FusedAdam, total: int, capture: bool = True):
+        self.t, self.engine, self.opt = trainer, engine, opt
+        device = engine.W[0].device
+        self.parts = []
+        for loss, w in trainer.losses:
+            if isinstance(loss, DataLoss):
+                static = _StaticData(loss, engine)
+                fn = static.body
+            elif isinstance(loss, (ODEResidualLoss, InitialConditionLoss)):
+                static = _StaticPoints(loss, device)
+                at = loss.fused_at(engine)
+                fn = (lambda at_, s_: (lambda weight: at_(s_.buf, weight)))(at, static)
+            elif isinstance(loss, GateResidualLoss):
+                static, fn = None, loss.fused(engine)
+            else:
+                raise TypeError(f"no static form for {type(loss).__name__}")
+            self.parts.append((loss, w, static, fn))
+        self.lr0, self.total = trainer.lr, max(int(total), 1)
+        self.schedule, self.lr_final = trainer.lr_schedule, trainer.lr_final
+        self.terms = {loss.name: torch.zeros((), device=device) for loss, *_ in self.parts}
+        self.total_loss = torch.zeros((), device=device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.capture = capture and device.type == "cuda"
+        self.graph = None
+
+    def _lr(self) -> torch.Tensor:
+        """The coming step's learning rate, from the optimiser's step count, on the device (as schedule_factor)."""
+        t = torch.clamp(self.opt.step_count, max=float(self.total))
+        if self.schedule == "cosine":
+            f = self.lr_final + (1.0 - self.lr_final) * 0.5 * (1.0 + torch.cos(t * (math.pi / self.total)))
+        elif self.schedule == "exponential":
+            f = torch.exp(t * (math.log(self.lr_final) / self.total))
+        else:
+            f = torch.ones_like(t)
+        return f * self.lr0
+
+    def _body(self):
+        self.engine.zero_grad()
+        total = torch.zeros((), device=self.total_loss.device)
+        for loss, w, _, fn in self.parts:
+            v = fn(w)
+            self.terms[loss.name].copy_(v)
+            total = total + w * v
+        self.total_loss.copy_(total)
+        self.bad.logical_or_(~torch.isfinite(total))
+        self.opt.step(self._lr())
+
+    def run(self) -> None:
+        for _, _, static, _ in self.parts:
+            if static is not None:
+                static.host()
+        if not self.capture:
+            self._body()
+        else:
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+
+    def _capture(self):
+        """Warm up on a side stream (lazy initialisation, allocations), undo the warm-up, capture one step."""
+        params = [p.detach() for p in self.t.model.parameters()]
+        state = params + self.opt.state_tensors()
+        offsets = [s.offset for _, _, s, _ in self.parts if isinstance(s, _StaticData)]
+        saved = [t.clone() for t in state + offsets]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        for dst, src in zip(state + offsets, saved):
+            dst.copy_(src)
+        self.bad.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._body()

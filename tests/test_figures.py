@@ -1,0 +1,160 @@
+"""Figures render from small synthetic inputs (metrics.json, losses.csv, the tables and benchmark CSVs) into
+readable PNG and PDF files; the palette covers every registered surrogate kind and backend."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from benchmarks import figures as F
+
+KINDS = {"A": ["ddnn", "pinn"], "C": ["ddnn", "pinn"], "D": ["itnn"], "hh_m": ["ddnn", "pinn_seed", "pinn"]}
+SIZES, SEEDS = [300, 1000], [0, 1]
+
+
+def _is_figure(png, pdf):
+    with Image.open(png) as im:
+        im.verify()
+        assert im.format == "PNG" and min(im.size) > 200
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.fixture
+def runs(tmp_path, rng):
+    """metrics.json and losses.csv of every (problem, kind, n, seed), and the accuracy table with its floors.
+    The folders are numbered, so nothing can be read from a path."""
+    metrics, losses, i = [], [], 0
+    for p, kinds in KINDS.items():
+        for kind in kinds:
+            for n in SIZES:
+                for seed in SEEDS:
+                    d = tmp_path / "models" / f"run{i}"
+                    d.mkdir(parents=True)
+                    i += 1
+                    mae = 1e-2 * (1000 / n) * (1 + 0.2 * rng.random())
+                    m = {"problem": p, "surrogate": kind, "n_train": n, "seed": seed, "arch": "mlp3x64", "mae": mae,
+                         "max_abs_err": 30 * mae, "rel_l2": 5 * mae, "train_seconds": 5 + 20 * (kind != "ddnn"),
+                         "iterations": 300, "euler_floor": {"mae": 3e-4, "max_abs_err": 0.03}}
+                    if kind == "itnn":
+                        t = np.linspace(0, 20, 201)
+                        m["rollout_error"] = {"t": t.tolist(), "mae": (mae * (0.1 + t / 20)).tolist()}
+                    (d / "metrics.json").write_text(json.dumps(m))
+                    it = np.arange(50, 301, 50)
+                    cols = {"iteration": it, "data": 1 / it, "total": 2 / it, "val_mae": 0.5 / it}
+                    if kind != "ddnn":
+                        cols["physics_total" if p == "hh_m" else "physics"] = 0.3 / it
+                    pd.DataFrame(cols).to_csv(d / "losses.csv", index=False)
+                    metrics.append(d / "metrics.json")
+                    losses.append(d / "losses.csv")
+    table = pd.DataFrame([{"problem": p, "surrogate": "euler_floor", "mae_mean": 3e-4, "max_abs_err_mean": 0.03}
+                          for p in KINDS])
+    table.to_csv(tmp_path / "accuracy.csv", index=False)
+    return metrics, losses, tmp_path / "accuracy.csv"
+
+
+def _speed_raw(path, gpu: bool):
+    rows = [{"backend": "tensorrt", "skipped": "no TensorRT here"}]
+    devices = [("cpu", ["torch", "onnxruntime"], ["fp32"])] + ([("cuda", ["torch_cuda", "fused_cuda"], ["fp32", "fp16"])]
+                                                               if gpu else [])
+    points = [(N, 26, "N,K" if N == 1000 else "N") for N in (1000, 4000)] + [(1000, k, "K") for k in (1, 101)]
+    for device, backends, precs in devices:
+        for N, K, sweep in points:
+            solver = 1e-6 * N * (1 + K / 500)
+            for kind in ("ddnn", "pinn", "itnn"):
+                for b in backends:
+                    for prec in precs:
+                        sur = 2e-7 * N * (K if kind != "itnn" else 50) * (0.5 if prec == "fp16" else 1)
+                        rows.append({"sweep": sweep, "workload": "direct N x K, T=50", "device": device, "n_cells": N,
+                                     "n_outputs": K, "solver_backend": "cuda" if device == "cuda" else "cpu",
+                                     "solver_seconds": solver, "solver_kernel_seconds": 0.7 * solver,
+                                     "surrogate": kind, "arch": "mlp3x64", "backend": b, "precision": prec,
+                                     "surrogate_seconds": sur, "surrogate_kernel_seconds": 0.5 * sur,
+                                     "speedup": solver / sur, "kernel_speedup": 1.4 * solver / sur,
+                                     "mae": {"ddnn": 7e-3, "pinn": 9e-3, "itnn": 5e-4}[kind], "noisy": N == 4000,
+                                     "cpu": "AMD EPYC", "cores": 2, "gpu": "NVIDIA H100" if gpu else None})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _throughput(path):
+    rows = [{"backend": "cuda", "skipped": "no CUDA driver or device"}]
+    for b, rate in (("numpy", 4e8), ("cpu", 1.4e10), ("cuda", 2e11)):
+        for dtype in ("float32", "float64"):
+            for n in (10_000, 100_000, 1_000_000):
+                row = {"backend": b, "dtype": dtype, "n_cells": n, "n_steps": 5000, "model": "fhn", "n_outputs": 26,
+                       "cell_steps_per_s": rate * (1 - 0.1 * (dtype == "float64")), "seconds_noisy": n == 10_000,
+                       "cpu": "AMD EPYC", "cores": 2, "gpu": None}
+                if b == "cuda":
+                    row.update(kernel_cell_steps_per_s=2 * rate, kernel_seconds_noisy=False)
+                rows.append(row)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_accuracy_figures_render_from_metrics_files(runs, tmp_path):
+    metrics, losses, acc = runs
+    units = {p: "dimensionless" for p in KINDS}
+    for name, draw in {"error_vs_size": lambda png, pdf: F.error_vs_size(metrics, acc, png, pdf, units),
+                       "pinn_vs_ddnn": lambda png, pdf: F.pinn_vs_ddnn(metrics, png, pdf, units),
+                       "training_curves": lambda png, pdf: F.training_curves(losses, metrics, png, pdf, units),
+                       "itnn_rollout_error": lambda png, pdf: F.rollout_error(metrics, png, pdf)}.items():
+        png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
+        draw(png, pdf)
+        _is_figure(png, pdf)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_speed_figures_render_with_skipped_noisy_and_gpu_rows(tmp_path, runs, gpu):
+    raw = _speed_raw(tmp_path / "speed_raw.csv", gpu)
+    for name, draw in {"speedup_vs_n": lambda png, pdf: F.speedup_vs_n(raw, png, pdf),
+                       "speedup_vs_k": lambda png, pdf: F.speedup_vs_k(raw, png, pdf),
+                       "time_vs_error": lambda png, pdf: F.time_vs_error(raw, runs[2], "C", png, pdf)}.items():
+        png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
+        draw(png, pdf)
+        _is_figure(png, pdf)
+
+
+def test_solver_throughput_figure_renders(tmp_path):
+    png, pdf = tmp_path / "t.png", tmp_path / "t.pdf"
+    F.solver_throughput(_throughput(tmp_path / "solver_throughput.csv"), png, pdf)
+    _is_figure(png, pdf)
+
+
+def test_trajectory_and_hh_m_figures_render(tmp_path, rng):
+    n_traj, K = 6, 21
+    t = np.tile(np.linspace(0, 20, K), n_traj)
+    X = np.column_stack([t, rng.random((n_traj * K, 3))])
+    Y = np.column_stack([np.sin(t), np.cos(t)])
+    np.savez(tmp_path / "test.npz", X=X, Y=Y, trajectory=np.repeat(np.arange(n_traj), K),
+             input_names=np.array(["t", "u0", "w0", "I"]), output_names=np.array(["u", "w"]))
+    preds = {k: Y + s * rng.standard_normal(Y.shape) for k, s in (("ddnn", 0.05), ("pinn", 0.1), ("itnn", 0.02))}
+    F.trajectories(tmp_path / "test.npz", preds, tmp_path / "tr.png", tmp_path / "tr.pdf", {"t": "1", "u": "1", "w": "1"})
+    _is_figure(tmp_path / "tr.png", tmp_path / "tr.pdf")
+
+    tt = np.linspace(0, 100, 1001)
+    m = 0.5 + 0.4 * np.sin(tt)
+    it = np.arange(100, 601, 100)
+    losses = {"ddnn": pd.DataFrame({"iteration": it, "data": 1 / it, "total": 1 / it, "val_mae": 0.1 / it}),
+              "pinn": pd.DataFrame({"iteration": it, "data": 1 / it, "physics_total": 2 / it, "total": 3 / it,
+                                    "val_mae": 0.2 / it})}
+    F.hh_m_figure(tt, -65 + 100 * (m > 0.8), m, tt[::5], {"ddnn": m + 0.01, "pinn": m - 0.01}, losses,
+                  tmp_path / "h.png", tmp_path / "h.pdf", {"t": "ms", "V": "mV", "m": "1"})
+    _is_figure(tmp_path / "h.png", tmp_path / "h.pdf")
+
+
+def test_palette_names_every_registered_kind_and_backend_once():
+    import solvers
+    from inference.backends import REGISTRY
+    from surrogates.problems import SURROGATE_KINDS
+
+    assert set(SURROGATE_KINDS) | {"euler_floor"} <= set(F.SURROGATE_COLORS)
+    assert set(REGISTRY) | (set(solvers.list_backends()) - {"auto"}) <= set(F.BACKEND_COLORS)
+    for palette in (F.SURROGATE_COLORS, F.BACKEND_COLORS):
+        assert len(set(palette.values())) == len(palette), "a colour is used twice"
+    assert F.color("some_new_backend") == F.color("some_new_backend")
+
+
+def test_crossings_are_interpolated_in_log_log():
+    assert F._crossings([1, 100], [10, 0.1]) == pytest.approx([10.0])
+    assert F._crossings([1, 10, 100], [2, 3, 4]) == []
