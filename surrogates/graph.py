@@ -38,17 +38,20 @@ class _StaticData:
         self.xs, self.ys = torch.empty_like(self.Xs), torch.empty_like(self.Ys)
         self.offset = torch.zeros((), dtype=torch.long, device=device)
         self.arange = torch.arange(loss.batch_size, device=device)
+        self._pass = None  # the permutation whose rows the buffers hold
 
     def host(self):
-        """Before a step: the same bookkeeping as the other paths; a new pass gathers its rows."""
+        """Before a step: the same bookkeeping as the other paths; a new pass (or the first step of a resumed
+        run, which may start mid-pass) gathers its rows and puts the offset where the batch starts."""
         if self.full:
             return
         rows = self.loss._next_rows()
-        if rows.start == 0:
+        if self._pass is not self.loss._perm:
             perm = self.loss._perm.to(self.Xs.device)
             torch.index_select(self.Xs, 0, perm, out=self.xs)
             torch.index_select(self.Ys, 0, perm, out=self.ys)
-            self.offset.zero_()
+            self.offset.fill_(rows.start)
+            self._pass = self.loss._perm
 
     def body(self, weight):
         if self.full:

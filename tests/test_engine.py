@@ -215,3 +215,25 @@ def test_the_captured_step_on_a_gpu_matches_the_uncaptured_one(tmp_path):
         tr.train(100)
         finals.append(torch.cat([p.detach().reshape(-1).cpu() for p in m.parameters()]))
     torch.testing.assert_close(finals[0], finals[1], rtol=1e-3, atol=1e-5)
+
+
+def test_a_static_step_run_resumes_exactly(tmp_path):
+    """Killed mid-pass and resumed, the static step continues with the same batches and state."""
+    ref, ref_m = _pinn_trainer(tmp_path / "ref", True)
+    ref.train(100)
+    calls = {"n": 0}
+    run, m = _pinn_trainer(tmp_path / "run", True)
+
+    def dying(model):
+        calls["n"] += 1
+        if calls["n"] == 3:  # at iteration 75: the checkpoint of iteration 50 (mid-pass: 500 rows / 64) stays
+            raise KeyboardInterrupt
+        return {}
+
+    run.validation = dying
+    with pytest.raises(KeyboardInterrupt):
+        run.train(100)
+    again, m2 = _pinn_trainer(tmp_path / "run", True)
+    assert again.train(100)["resumed_from"] == 50
+    for a, b in zip(ref_m.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
