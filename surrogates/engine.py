@@ -392,14 +392,20 @@ class MLPEngine:
         self._written = True
 
     # ------------------------------------------------------------ the objectives
-    def data_step(self, xs: torch.Tensor, ys: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-        """``weight * mean((z(xs) - ys)^2)``; its gradient is added to the parameters' ``.grad``.
-        Returns the unweighted loss (a 0-d tensor on the device, never synchronised)."""
+    def data_step(self, xs: torch.Tensor, ys: torch.Tensor, weight: float = 1.0, p: float = 2.0) -> torch.Tensor:
+        """``weight * mean(|z(xs) - ys|^p)`` (``p = 2``: the mean squared error); its gradient is added to the
+        parameters' ``.grad``. Returns the unweighted loss (a 0-d tensor on the device, never synchronised)."""
         z, _ = self.forward(xs)
         with torch.no_grad():
             diff = torch.sub(z, ys, out=self._v(z.shape[0])["gt"][-1])
-            loss = torch.mean(diff * diff)
-        self._backward(xs, None, diff.mul_(2.0 * weight / diff.numel()))
+            if p == 2.0:
+                loss = torch.mean(diff * diff)
+                g = diff.mul_(2.0 * weight / diff.numel())
+            else:  # d/dd |d|^p = p |d|^(p-2) d
+                mag = diff.abs()
+                loss = torch.mean(mag.pow(p))
+                g = diff.mul_(mag.pow_(p - 2.0)).mul_(p * weight / diff.numel())
+        self._backward(xs, None, g)
         return loss
 
     def tangent_step(self, xs: torch.Tensor, vs: torch.Tensor, residual, weight: float = 1.0) -> torch.Tensor:

@@ -54,11 +54,14 @@ class _StaticData:
             self._pass = self.loss._perm
 
     def body(self, weight):
+        from .losses import FUSED_POWERS
+
+        p = FUSED_POWERS[self.loss.metric]
         if self.full:
-            return self.engine.data_step(self.Xs, self.Ys, weight)
+            return self.engine.data_step(self.Xs, self.Ys, weight, p)
         idx = self.offset + self.arange
         self.offset.add_(self.loss.batch_size)
-        return self.engine.data_step(self.xs.index_select(0, idx), self.ys.index_select(0, idx), weight)
+        return self.engine.data_step(self.xs.index_select(0, idx), self.ys.index_select(0, idx), weight, p)
 
 
 class _StaticPoints:

@@ -47,7 +47,13 @@ def rel_l2(p, y):
     return torch.linalg.vector_norm(p - y) / torch.linalg.vector_norm(y)
 
 
-DATA_METRICS: dict[str, Callable] = {"mse": mse, "mae": mae, "rmse": rmse, "rel_l2": rel_l2}
+def l4(p, y):
+    """Mean fourth power: weighs the largest errors (the tail) far more than the MSE does."""
+    return torch.mean((p - y) ** 4)
+
+
+DATA_METRICS: dict[str, Callable] = {"mse": mse, "mae": mae, "rmse": rmse, "rel_l2": rel_l2, "l4": l4}
+FUSED_POWERS = {"mse": 2.0, "l4": 4.0}  # the metrics the engine computes: mean |error|^p
 
 
 class Loss(ABC):
@@ -84,8 +90,9 @@ class Loss(ABC):
 class DataLoss(Loss):
     """Supervised loss on (input, target) pairs, minibatches reshuffled every pass by a seeded generator.
 
-    ``metric`` is one of ``mse``, ``mae``, ``rmse``, ``rel_l2``. ``batch_size=None`` (or >= rows) uses the
-    full set each step. Errors are divided by the model's output scale (``rel_l2`` is already relative).
+    ``metric`` is one of ``mse``, ``mae``, ``rmse``, ``rel_l2``, ``l4`` (mean fourth power: the tail of the errors
+    weighs more). ``batch_size=None`` (or >= rows) uses the full set each step. Errors are divided by the
+    model's output scale (``rel_l2`` is already relative).
     """
 
     def __init__(self, data_in, target, batch_size: int | None = None, metric: str = "mse", seed: int = 0,
@@ -138,21 +145,22 @@ class DataLoss(Loss):
         return self.batch_size
 
     def fused(self, engine):
-        if not self._is_own_call() or self.metric != "mse":
+        if not self._is_own_call() or self.metric not in FUSED_POWERS:
             return None
+        power = FUSED_POWERS[self.metric]
         device = engine.W[0].device
         Xs, Ys = engine.scale_x(self.X.to(device)), engine.scale_y(self.Y.to(device))
         full = self.batch_size == self.X.shape[0]
 
         def step(weight: float):
             if full:
-                return engine.data_step(Xs, Ys, weight)
+                return engine.data_step(Xs, Ys, weight, power)
             rows = self._next_rows()
             if self._shuffled is None:  # one gather per pass, then contiguous batches (no copy per step)
                 perm = self._perm.to(device)
                 self._shuffled = (Xs.index_select(0, perm), Ys.index_select(0, perm))
             xs, ys = self._shuffled
-            return engine.data_step(xs[rows], ys[rows], weight)
+            return engine.data_step(xs[rows], ys[rows], weight, power)
 
         return step
 

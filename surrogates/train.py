@@ -176,7 +176,8 @@ def _train(cfg, p, surrogate, n, seed, arch, hidden, s, total, out_dir, prov, tr
                       fingerprint={**prov, "iterations": total, "settings": settings,
                                    "train_sha256": train_meta.get("sha256"), "val_sha256": val_meta.get("sha256")},
                       checkpoint_meta={"provenance": prov})
-    trainer.add_loss(DataLoss(Xtr, Ytr, batch_size=s["batch_size"], metric="mse", seed=seed, name="data"), 1.0)
+    trainer.add_loss(DataLoss(Xtr, Ytr, batch_size=s["batch_size"], metric=s.get("data_loss", "mse"), seed=seed,
+                              name="data"), 1.0)
     phys = s["physics"]
     if surrogate == "pinn" and p.kind == "trajectory":
         trainer.add_loss(ODEResidualLoss(p, phys["collocation_points"], phys["sampler"], seed=seed + 1000), phys["weight"])

@@ -237,3 +237,21 @@ def test_a_static_step_run_resumes_exactly(tmp_path):
     assert again.train(100)["resumed_from"] == 50
     for a, b in zip(ref_m.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_fourth_power_loss_equals_autograd():
+    from surrogates.losses import DataLoss
+
+    m = make([("SiLU", 16), ("Sigmoid", 16)], dtype=torch.float32)
+    x, y = torch.rand(64, 4) * 3, torch.rand(64, 2)
+    loss = DataLoss(x, y, metric="l4", seed=0)
+    m.zero_grad()
+    ref = loss(m)
+    ref.backward()
+    want = grads_of(m)
+    eng = MLPEngine(m, 64)
+    eng.zero_grad()
+    got = DataLoss(x, y, metric="l4", seed=0).fused(eng)(1.0)
+    assert float(got) == pytest.approx(float(ref), rel=1e-5)
+    for g, w in zip(grads_of(m), want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
