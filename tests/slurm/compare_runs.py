@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-TIMING = {"train_seconds_mean", "solver_seconds", "surrogate_seconds", "speedup", "backend"}
+TIMING = {"train_seconds_mean", "solver_seconds", "solver_kernel_seconds", "surrogate_seconds", "surrogate_kernel_seconds",
+          "speedup", "kernel_speedup", "backend", "noisy"}
+NOT_POSITIVE = {"backend", "noisy"}  # timing-dependent, but not timings
 
 
 def sidecar_checksums(root: Path) -> dict:
@@ -44,7 +46,7 @@ def compare_frames(name, a: pd.DataFrame, b: pd.DataFrame, problems: list):
         same = (a[c] == b[c]) | (a[c].isna() & b[c].isna())
         for i in (~same).to_numpy().nonzero()[0][:5]:
             problems.append(f"{name}: row {i} column {c}: {a[c][i]!r} vs {b[c][i]!r}")
-    for c in TIMING & set(a.columns) - {"backend"}:
+    for c in TIMING & set(a.columns) - NOT_POSITIVE:
         for df, label in ((a, "A"), (b, "B")):
             vals = df[c].dropna().to_numpy()
             if not all(math.isfinite(v) and v > 0 for v in vals):
