@@ -96,10 +96,11 @@ def test_data_losses_match_hand_computation():
     assert DataLoss(X, Y, metric="mae")(m).item() == pytest.approx((1 + 1 + 0 + 2) / 4)
     assert DataLoss(X, Y, metric="rmse")(m).item() == pytest.approx(np.sqrt(6 / 4))
     assert DataLoss(X, Y, metric="rel_l2")(m).item() == pytest.approx(np.sqrt(6) / np.sqrt(1 + 25 + 36))
+    assert DataLoss(X, Y, metric="l4")(m).item() == pytest.approx((1 + 1 + 0 + 16) / 4)
     scaled = Affine(scale=(1.0, 2.0))  # errors of output 2 are halved before squaring
     assert DataLoss(X, Y, metric="mse")(scaled).item() == pytest.approx((1 + 0.25 + 0 + 1) / 4)
     assert torch.equal(err, 2 * X - Y)
-    with pytest.raises(InvalidInputError, match=r"unknown data loss 'l3'; valid: \['mae', 'mse', 'rel_l2', 'rmse'\]"):
+    with pytest.raises(InvalidInputError, match=r"unknown data loss 'l3'; valid: \['l4', 'mae', 'mse', 'rel_l2', 'rmse'\]"):
         DataLoss(X, Y, metric="l3")
     with pytest.raises(InvalidInputError, match="NaN"):
         DataLoss(X, Y * float("nan"))
