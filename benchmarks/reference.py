@@ -1,0 +1,116 @@
+"""Copy a finished run's tables into a tracked folder, with what the run was and how complete it is.
+
+    python -m benchmarks.reference                      # results/ (config/config.yaml) -> benchmarks/reference/
+    python -m benchmarks.reference --config config/quick.yaml --out /tmp/ref
+
+Copied: the accuracy and speed tables (CSV and Markdown) and the solver-throughput CSV, where the run made them.
+Written beside them: ``run.md``, which names the machine, the date, the code versions the models were trained
+with, and every job of the configured training grid that has no metrics.json (the copy is then marked
+**partial**), with the training time each part of the grid took.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from core.errors import InvalidInputError
+from core.io import read_json, write_bytes, write_text
+from core.layout import Layout
+from core.machine import describe_machine, machine_info
+from core.provenance import project_version
+
+from .cli import parser
+
+TABLES = [("accuracy", "csv"), ("accuracy", "md"), ("speedup", "csv"), ("speedup", "md")]
+BENCHMARKS = ["solver_throughput.csv"]
+
+
+def grid_state(cfg, layout: Layout) -> dict:
+    """Which configured training jobs finished, their code versions, and training seconds per part."""
+    from surrogates.config import training_grid
+
+    done, missing, versions = [], [], set()
+    seconds = defaultdict(float)
+    for job in training_grid(cfg):
+        f = layout.run_file("metrics", *job)
+        if not f.exists():
+            missing.append(job)
+            continue
+        m = read_json(f, "metrics file")
+        done.append(job)
+        versions.add(str(m.get("version", "?")))
+        seconds[(job[0], job[1])] += float(m.get("train_seconds") or 0.0)
+    return {"done": done, "missing": missing, "versions": sorted(versions), "seconds": dict(seconds)}
+
+
+def summary(state: dict, copied: list[str], absent: list[str], info: dict, note: str | None) -> str:
+    n_done, n_missing = len(state["done"]), len(state["missing"])
+    total = n_done + n_missing
+    lines = [
+        "# Reference run" + (" (**partial**)" if n_missing or absent else ""),
+        "",
+        f"- copied: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC, by `python -m benchmarks.reference`"
+        f" at {project_version()}",
+        f"- machine: {describe_machine(info)}; torch {info.get('torch')}, numba {info.get('numba')},"
+        f" onnxruntime {info.get('onnxruntime')}",
+        f"- training grid: {n_done} of {total} configured jobs have metrics"
+        + (f"; **missing {n_missing}**: " + ", ".join("/".join(map(str, j)) for j in state["missing"])
+           if n_missing else " (complete)"),
+        f"- models trained by code version(s): {', '.join(state['versions']) or 'none'}",
+        f"- files: {', '.join(copied) or 'none'}" + (f"; **not made by the run**: {', '.join(absent)}" if absent else ""),
+    ]
+    if note:
+        lines += [f"- note: {note}"]
+    if state["seconds"]:
+        lines += ["", "Training time per part of the grid (sum over sizes and seeds, one CPU thread per job):", "",
+                  "| problem | surrogate | jobs | train seconds |", "|---|---|---:|---:|"]
+        count = defaultdict(int)
+        for job in state["done"]:
+            count[(job[0], job[1])] += 1
+        for (p, s), sec in sorted(state["seconds"].items()):
+            lines.append(f"| {p} | {s} | {count[(p, s)]} | {sec:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = None) -> dict:
+    """Copy the run's tables under ``out`` and write ``out/run.md``. Returns the grid state."""
+    layout = Layout(cfg["results_dir"])
+    state = grid_state(cfg, layout)
+    sources = [layout.table(name, ext) for name, ext in TABLES] + [layout.benchmark(b) for b in BENCHMARKS]
+    if not any(s.exists() for s in sources) and not state["done"]:
+        raise InvalidInputError(f"nothing to copy: {layout.root} has no tables and no trained models "
+                                f"(run `snakemake --cores all` first)")
+    out.mkdir(parents=True, exist_ok=True)
+    copied, absent = [], []
+    for src in sources:
+        if src.exists():
+            write_bytes(out / src.name, src.read_bytes())
+            copied.append(src.name)
+        else:
+            absent.append(src.name)
+    info = machine_info() if info is None else info
+    write_text(out / "run.md", summary(state, copied, absent, info, note))
+    return state
+
+
+def main(argv=None) -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/reference"), help="tracked folder to write")
+    ap.add_argument("--note", default=None, help="one line written into run.md (e.g. how long the run took)")
+    a = ap.parse_args(argv)
+    from surrogates.config import load_config
+
+    cfg = load_config(*a.config)
+    try:
+        state = copy_reference(cfg, a.out, a.note)
+    except InvalidInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {a.out}/run.md: {len(state['done'])} jobs done, {len(state['missing'])} missing")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""benchmarks.reference: a run's tables copied to a tracked folder, marked partial when the grid is not done."""
+import json
+
+import pytest
+
+from benchmarks.reference import copy_reference, main
+from core.errors import InvalidInputError
+from core.layout import Layout
+from surrogates.config import load_config, training_grid
+
+INFO = {"cpu": "Test CPU", "cores": 2, "torch": "2.13.0+cpu", "numba": "0.68.1", "onnxruntime": "1.32.0"}
+
+
+def _config(tiny_config):
+    return load_config(tiny_config())
+
+
+def test_a_partial_run_is_copied_and_marked_partial_with_what_is_missing(tiny_config, tmp_path):
+    cfg = _config(tiny_config)
+    layout = Layout(cfg["results_dir"])
+    jobs = training_grid(cfg)
+    assert len(jobs) > 1
+    first = jobs[0]
+    metrics = layout.run_file("metrics", *first)
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"version": "abc1234", "train_seconds": 12.5}))
+    table = layout.table("accuracy", "csv")
+    table.parent.mkdir(parents=True)
+    table.write_bytes(b"problem,mae\nA,0.1\n")
+
+    out = tmp_path / "ref"
+    state = copy_reference(cfg, out, note="took 3 h", info=INFO)
+
+    assert state["done"] == [first] and len(state["missing"]) == len(jobs) - 1
+    assert (out / "accuracy.csv").read_bytes() == b"problem,mae\nA,0.1\n"
+    assert not (out / "speedup.csv").exists()
+    run = (out / "run.md").read_text()
+    assert "(**partial**)" in run
+    assert f"1 of {len(jobs)} configured jobs" in run
+    assert "/".join(map(str, jobs[1])) in run  # a missing job is named
+    assert "**not made by the run**: accuracy.md, speedup.csv" in run
+    assert "abc1234" in run and "took 3 h" in run and "Test CPU (2 cores)" in run
+    assert f"| {first[0]} | {first[1]} | 1 | 12 |" in run  # 12.5 s rounds to 12
+
+
+def test_a_complete_run_is_not_marked_partial(tiny_config, tmp_path):
+    cfg = _config(tiny_config)
+    layout = Layout(cfg["results_dir"])
+    for job in training_grid(cfg):
+        f = layout.run_file("metrics", *job)
+        f.parent.mkdir(parents=True)
+        f.write_text(json.dumps({"version": "v1", "train_seconds": 1.0}))
+    for name, ext in [("accuracy", "csv"), ("accuracy", "md"), ("speedup", "csv"), ("speedup", "md")]:
+        p = layout.table(name, ext)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(name)
+    b = layout.benchmark("solver_throughput.csv")
+    b.parent.mkdir(parents=True, exist_ok=True)
+    b.write_text("backend\ncpu\n")
+    copy_reference(cfg, tmp_path / "ref", info=INFO)
+    run = (tmp_path / "ref" / "run.md").read_text()
+    assert "partial" not in run and "(complete)" in run
+    assert (tmp_path / "ref" / "solver_throughput.csv").read_text() == "backend\ncpu\n"
+
+
+def test_an_empty_results_folder_is_refused_naming_it(tiny_config, tmp_path, capsys):
+    cfg = _config(tiny_config)
+    with pytest.raises(InvalidInputError, match="has no tables and no trained models"):
+        copy_reference(cfg, tmp_path / "ref", info=INFO)
+    assert not (tmp_path / "ref").exists()
+    assert main(["--config", str(tiny_config()), "--out", str(tmp_path / "ref")]) == 2
+    assert "nothing to copy" in capsys.readouterr().err
