@@ -2,6 +2,7 @@
 
     python -m benchmarks.reference                      # results/ (config/config.yaml) -> benchmarks/reference/
     python -m benchmarks.reference --config config/quick.yaml --out /tmp/ref
+    python -m benchmarks.reference --evaluate benchmarks/reference/model_C/best_model.pth   # a shipped network
 
 Copied: the accuracy and speed tables (CSV and Markdown) and the solver-throughput CSV, where the run made them.
 Written beside them: ``run.md``, which names the machine, the date, the code versions the models were trained
@@ -95,14 +96,49 @@ def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = 
     return state
 
 
+def evaluate_checkpoint(path, cfg) -> dict:
+    """Score a checkpoint on its problem's held-out test set, made afresh from the configuration (the same
+    seeds, so the same rows as the run that trained it); the checkpoint's problem fingerprint must match the
+    configuration's problem. Returns the test metrics (t = 0 excluded) and the Euler floor."""
+    from surrogates.datasets import make_test
+    from surrogates.network import load_checkpoint
+    from surrogates.problems import problem_from_config
+    from surrogates.train import evaluate
+
+    _, meta = load_checkpoint(path)
+    prov = (meta or {}).get("provenance") or {}
+    if "problem" not in prov:
+        raise InvalidInputError(f"{path}: the checkpoint records no problem in its provenance")
+    p = problem_from_config(prov["problem"], cfg)
+    model, _ = load_checkpoint(path, expect={"problem": p.name, "problem_fingerprint": p.fingerprint})
+    problems = {p.test_from: problem_from_config(p.test_from, cfg)} if p.kind == "step" else None
+    d = cfg["datasets"]
+    test, floor = make_test(p, d["test_seed"], d["seed"], problems, float(cfg["solver"]["floor_rtol"]))
+    metrics, _ = evaluate(model, p, test, {**(problems or {}), p.name: p})
+    return {"problem": p.name, **{k: metrics[k] for k in ("mae", "max_abs_err", "rel_l2")},
+            "euler_floor_mae": floor["mae"], "euler_floor_max_abs_err": floor["max_abs_err"]}
+
+
 def main(argv=None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/reference"), help="tracked folder to write")
     ap.add_argument("--note", default=None, help="one line written into run.md (e.g. how long the run took)")
+    ap.add_argument("--evaluate", type=Path, default=None, metavar="CHECKPOINT",
+                    help="instead: score this checkpoint on its problem's held-out test set and print the errors")
     a = ap.parse_args(argv)
     from surrogates.config import load_config
 
     cfg = load_config(*a.config)
+    if a.evaluate is not None:
+        try:
+            r = evaluate_checkpoint(a.evaluate, cfg)
+        except InvalidInputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{a.evaluate}: problem {r['problem']}, held-out test set: MAE {r['mae']:.3g}, max abs err "
+              f"{r['max_abs_err']:.3g}, rel L2 {r['rel_l2']:.3g} (Euler floor: MAE {r['euler_floor_mae']:.3g}, "
+              f"max {r['euler_floor_max_abs_err']:.3g})")
+        return 0
     try:
         state = copy_reference(cfg, a.out, a.note)
     except InvalidInputError as e:

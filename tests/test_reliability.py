@@ -276,3 +276,27 @@ def test_the_workflow_refuses_a_results_folder_held_by_any_other_process(tiny_co
     out = res.stdout + res.stderr
     assert res.returncode != 0 and f"results_dir {tmp_path}/results is in use by process {os.getpid()}" in out, out[-3000:]
     assert not Layout(tmp_path / "results").test("B").exists()
+
+
+@pytest.mark.parametrize("problem, kind", [("C", "ddnn"), ("D", "itnn")])
+def test_a_checkpoint_is_scored_afresh_exactly_as_its_run_scored_it(world, problem, kind):
+    """benchmarks.reference --evaluate rebuilds the test set from the config: the same rows, the same errors."""
+    from benchmarks.reference import evaluate_checkpoint
+
+    cfg, lay = world
+    got = evaluate_checkpoint(lay.run_file("model", problem, kind, 300, ARCH, 0), cfg)
+    recorded = json.loads(lay.run_file("metrics", problem, kind, 300, ARCH, 0).read_text())
+    assert got["problem"] == problem
+    for k in ("mae", "max_abs_err", "rel_l2"):
+        assert got[k] == pytest.approx(recorded["test"][k], rel=1e-6)
+    assert got["euler_floor_mae"] == pytest.approx(recorded["euler_floor"]["mae"], rel=1e-9)
+
+
+def test_a_checkpoint_is_not_scored_against_a_changed_problem(world):
+    from benchmarks.reference import evaluate_checkpoint
+
+    cfg, lay = world
+    changed = copy.deepcopy(cfg)
+    changed["problems"]["C"]["t_end"] = 30.0
+    with pytest.raises(ProvenanceError, match="problem_fingerprint"):
+        evaluate_checkpoint(lay.run_file("model", "C", "ddnn", 300, ARCH, 0), changed)
