@@ -70,3 +70,20 @@ def test_an_empty_results_folder_is_refused_naming_it(tiny_config, tmp_path, cap
     assert not (tmp_path / "ref").exists()
     assert main(["--config", str(tiny_config()), "--out", str(tmp_path / "ref")]) == 2
     assert "nothing to copy" in capsys.readouterr().err
+
+
+def test_the_shipped_checkpoint_of_problem_c_scores_what_its_metrics_say():
+    """benchmarks/reference/model_C: loads with surrogates.load_checkpoint, was made for the configured
+    problem C (fingerprint), and reproduces its recorded held-out errors."""
+    import surrogates
+    from benchmarks.reference import evaluate_checkpoint
+    from conftest import ROOT
+
+    folder = ROOT / "benchmarks/reference/model_C"
+    model, meta = surrogates.load_checkpoint(folder / "best_model.pth")
+    assert meta["provenance"]["problem"] == "C" and meta["provenance"]["n"] == 100000
+    recorded = json.loads((folder / "metrics.json").read_text())
+    got = evaluate_checkpoint(folder / "best_model.pth", load_config())
+    for k in ("mae", "max_abs_err", "rel_l2"):
+        assert got[k] == pytest.approx(recorded["test"][k], rel=1e-5)
+    assert got["mae"] < 1e-3
