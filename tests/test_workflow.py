@@ -49,6 +49,20 @@ def test_slurm_profile_takes_the_site_settings_from_the_environment_keeping_the_
     assert "mem_mb=8000" in jobs["train"]  # the profile's other settings stay
     speed = jobs["benchmark_speed"]
     assert "slurm_partition=gpu_small" in speed and "gpu=0" in speed and "runtime=120" in speed
+    solver = jobs["benchmark_solver"]
+    assert "slurm_partition=gpu_small" in solver and "gpu=0" in solver
+
+
+def test_every_rule_that_asks_for_all_cores_gets_a_node_s_worth_on_slurm():
+    """A rule declaring ``threads: 64`` ("all cores": Snakemake scales it down to --cores locally) would ask
+    SLURM for 64 CPUs, which a smaller partition never schedules (the job pends forever): the profile must
+    set its threads."""
+    rules = "".join(f.read_text() for f in sorted((ROOT / "workflow/rules").glob("*.smk")))
+    many = {m.group(1) for m in re.finditer(r"^rule (\w+):\n(?:[ \t].*\n|\n)*?    threads: (\d+)", rules, re.M)
+            if int(m.group(2)) > 1}
+    assert {"benchmark_speed", "benchmark_solver"} <= many
+    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    assert many <= set(profile["set-threads"]), many - set(profile["set-threads"])
 
 
 @pytest.mark.parametrize("override,message", [
