@@ -7,15 +7,17 @@ Plain Python (no Snakemake), for a machine lent for minutes:
 1. the GPU tests (``pytest -m gpu``);
 2. the solver: the ``cuda`` kernel against a plain one-thread-per-cell kernel over N, kernel only, and
    ``simulate(backend="cuda")`` end to end (pinned, overlapped copies) and with the result left on the GPU;
-3. training: iterations/s of the plain eager loop, the fused engine and the CUDA-graph-captured step;
+3. training: iterations/s of the plain eager loop, the fused engine and the CUDA-graph-captured step; then
+   ``benchmarks.training_speed``'s table (DDNN and PINN steps, captured and not, row costs) on the GPU;
 4. networks: the trained C and D surrogates of the configuration if they exist, else C (ddnn) and D (itnn)
    trained briefly here on the GPU;
 5. inference: the fused tensor-core kernel's rows/s for the 3x64 and 4x128 nets at >= 5e5 rows, and the speed
    benchmark at the configured N with K = 26 and the K sweep (every GPU backend and precision there is).
 
 Each step has a share of the time budget and records what it could not finish; a step that fails is
-recorded and the others go on. At most six files are written into one folder (summary.md, solver.csv,
-training.csv, kernels.csv, speed_raw.csv, pytest.log), and the summary is printed with the machine.
+recorded and the others go on. At most seven files are written into one folder (summary.md, solver.csv,
+training.csv, training_speed.md, kernels.csv, speed_raw.csv, pytest.log), and the summary is printed with the
+machine.
 """
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ def step(name, summary, fn, *args):
 def gpu_tests(out: Path, budget: Budget) -> str:
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", str(ROOT / "tests")]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30, min(150, budget.left() - 200)),
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60, min(150, budget.left() - 150)),
                              cwd=ROOT)
         text, rc = res.stdout + res.stderr, res.returncode
     except subprocess.TimeoutExpired as exc:
@@ -160,6 +162,18 @@ def training(cfg: dict, out: Path, budget: Budget, device: str = "cuda", iters: 
     return ", ".join(f"{r['variant']} {r['it_per_s']:.0f} it/s" for r in rows) + " (C, 3x64, batch 1024; training.csv)"
 
 
+def training_table(cfg: dict, out: Path, budget: Budget, device: str = "cuda") -> str:
+    """``benchmarks.training_speed``'s table on the GPU: DDNN and PINN steps (captured and not) against the
+    plain eager loop, and the cost of a collocation row against a data row."""
+    from benchmarks.training_speed import measure, table
+
+    iters = 3000 if budget.left() > 240 else 1000
+    results, costs = measure(cfg, iters, 2, device)
+    write_text(out / "training_speed.md", table(results, costs, machine_info(), device, iters, 2))
+    best = {r["problem"] + " " + r["variant"]: r["it_per_s"] for r in results}
+    return "; ".join(f"{k} {v:.0f} it/s" for k, v in best.items() if "CUDA graph" in k) + " (training_speed.md)"
+
+
 def _rate(p, hidden, X, Y, engine, capture, device="cuda", iters=3000):
     """Iterations/s of the Trainer on ``device`` (a first short run warms up: compilation, graph capture)."""
     from benchmarks.training_speed import _net, _sync
@@ -225,6 +239,7 @@ def kernels(cfg: dict, out: Path, budget: Budget) -> str:
         net = MLP(len(p.inputs), len(p.outputs), hidden, input_range=p.box()).eval()
         lo, hi = p.box()
         X = np.random.default_rng(0).uniform(lo, hi, size=(1 << 20, len(lo))).astype(np.float32)
+        _spread_outputs(net, X[:4096])
         for backend in ("fused", "torch_cuda", "torch_compile"):
             b = REGISTRY[backend]
             if b.unavailable_reason():
@@ -250,13 +265,35 @@ def kernels(cfg: dict, out: Path, budget: Budget) -> str:
     return "; ".join(f"fused {r['arch']} {r['precision']} {r['G_rows_per_s']:.2f} G rows/s" for r in ok) + " (kernels.csv)"
 
 
+def _spread_outputs(net, X) -> None:
+    """Make a freshly initialised net vary like a trained surrogate: weights 2.5 x torch's initialisation and
+    the last layer rescaled so each output spans [-1, 1] over ``X`` (at initialisation the outputs barely
+    vary, and an error relative to their range would measure the rounding of a constant)."""
+    import torch
+
+    last = net.linear_layers()[-1]
+    with torch.no_grad():
+        for lin in net.linear_layers():  # pre-activations of order 1-2, as in the Triton kernels' tests
+            lin.weight.mul_(2.5)
+            lin.bias.mul_(2.5)
+        y = net.net(((torch.as_tensor(X) - net.in_center) / net.in_halfwidth))
+        lo, hi = y.min(0).values, y.max(0).values
+        s = 2.0 / (hi - lo).clamp_min(1e-12)
+        last.weight.mul_(s[:, None])
+        last.bias.sub_((lo + hi) / 2).mul_(s)
+
+
 def speed(cfg: dict, models: dict, out: Path, budget: Budget, backends=None) -> str:
     from benchmarks.speedup import Settings, cases, run
 
     sp = cfg["speed"]
     backends = backends or [b for b in sp["backends"] if b not in ("torch", "onnxruntime")]  # the GPU side
-    settings = Settings(sp["repeats"], sp["max_repeats"], min(sp["backend_time_limit_s"], max(30.0, budget.left() / 8)))
-    df = run(cfg, models, backends, sp["precisions"], cases(cfg), settings)
+    settings = Settings(sp["repeats"], sp["max_repeats"], min(sp["backend_time_limit_s"], max(30.0, budget.left() / 8)),
+                        deadline=time.monotonic() + budget.left() - 20)
+    # the configured point first, then the K sweep, then the N sweep: what the budget leaves out is the least
+    first = (sp["n_cells"][0], sp["n_outputs"])
+    points = sorted(cases(cfg), key=lambda c: ((c.n_cells, c.n_outputs) != first, c.sweep == "N", c.n_outputs, c.n_cells))
+    df = run(cfg, models, backends, sp["precisions"], points, settings)
     df.to_csv(out / "speed_raw.csv", index=False)
     timed = df[df["failed"].isna() & df["skipped"].isna()] if "failed" in df else df
     at = timed[(timed.n_cells == sp["n_cells"][0]) & (timed.n_outputs == sp["n_outputs"])]
@@ -273,7 +310,8 @@ def main(argv=None) -> int:
     ap = cli.parser(__doc__)
     ap.add_argument("--out", type=Path, help="default: RESULTS/gpu_check")
     ap.add_argument("--budget", type=float, default=330.0, help="seconds for the whole check")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "solver", "training", "kernels", "speed"])
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["tests", "solver", "training", "training table", "kernels", "speed"])
     a = ap.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     from surrogates.config import load_config
@@ -294,7 +332,9 @@ def main(argv=None) -> int:
         summary.append(("GPU", "skipped", "", "torch sees no CUDA device: nothing here can be measured on this machine"))
     else:
         for name, fn, args in (("tests", gpu_tests, (out, budget)), ("solver", solver, (cfg, out, budget)),
-                               ("training", training, (cfg, out, budget)), ("kernels", kernels, (cfg, out, budget))):
+                               ("training", training, (cfg, out, budget)),
+                               ("training table", training_table, (cfg, out, budget)),
+                               ("kernels", kernels, (cfg, out, budget))):
             if name not in a.skip:
                 step(name, summary, fn, *args)
         if "speed" not in a.skip:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class Settings:
     repeats: int = 10
     max_repeats: int = 30
     backend_time_limit_s: float = 600.0
+    deadline: float | None = None  # time.monotonic() after which the remaining points are recorded as skipped
 
 
 # ---------------------------------------------------------------- what to measure
@@ -317,6 +319,11 @@ def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Ca
     live = [b for b in backends if status[b] is None]
     bench = _Bench(settings, workdir)
     for case in points:
+        if settings.deadline is not None and time.monotonic() > settings.deadline:
+            rows.append({"n_cells": case.n_cells, "n_outputs": case.n_outputs, "sweep": case.sweep,
+                         "skipped": "not measured: the time budget of this run was spent"})
+            print(f"N={case.n_cells} K={case.n_outputs}: skipped (time budget spent)", flush=True)
+            continue
         for device in sorted({REGISTRY[b].device for b in live}):
             solver = time_solver(case, device, settings)
             for sur in surs.values():

@@ -83,12 +83,13 @@ def reference_loop(p, hidden, X, Y, batch, iters, lr, device) -> float:
     return iters / (time.perf_counter() - t0)
 
 
-def trainer_rate(p, hidden, X, Y, batch, iters, lr, device, engine, physics=None) -> float:
-    """Iterations/s of this project's Trainer (one validation at the end; set-up included)."""
+def trainer_rate(p, hidden, X, Y, batch, iters, lr, device, engine, physics=None, capture="auto") -> float:
+    """Iterations/s of this project's Trainer (one validation at the end; set-up, and on a GPU the capture of
+    the step's CUDA graph, included)."""
     net = _net(p, hidden, X, Y, device)
     with tempfile.TemporaryDirectory() as out:
         tr = Trainer(net, out, validation=None, val_every=iters, lr=lr, lr_schedule="cosine", engine=engine,
-                     progress=False)
+                     progress=False, capture=capture)
         tr.add_loss(DataLoss(X, Y, batch_size=batch, seed=0, name="data"))
         if physics:
             tr.add_loss(ODEResidualLoss(p, physics["collocation_points"], physics["sampler"], seed=1), physics["weight"])
@@ -163,12 +164,18 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str) -> tuple[list[
         variants = {"reference (plain eager loop)": lambda: reference_loop(p, hidden, X, Y, batch, iterations, s["lr"], device),
                     "trainer, autograd path": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "autograd"),
                     "trainer, fused engine": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "fused")}
+        gpu = torch.device(device).type == "cuda"
+        if gpu:  # on a GPU the fused step is captured by default ("auto"); the uncaptured one beside it
+            variants["trainer, fused engine, CUDA graph"] = variants.pop("trainer, fused engine")
+            variants["trainer, fused engine, not captured"] = lambda: trainer_rate(
+                p, hidden, X, Y, batch, iterations, s["lr"], device, "fused", capture=False)
         if p.kind == "trajectory":
             phys = s["physics"]
+            n_pinn = iterations if gpu else max(iterations // 8, 50)
             variants["PINN, autograd path"] = lambda: trainer_rate(p, hidden, X, Y, batch, max(iterations // 8, 50), s["lr"],
                                                                     device, "autograd", phys)
-            variants["PINN, fused engine"] = lambda: trainer_rate(p, hidden, X, Y, batch, max(iterations // 8, 50), s["lr"],
-                                                                   device, "fused", phys)
+            variants["PINN, fused engine" + (", CUDA graph" if gpu else "")] = lambda: trainer_rate(
+                p, hidden, X, Y, batch, n_pinn, s["lr"], device, "fused", phys)
         rates = {k: [] for k in variants}
         for _ in range(rounds):
             for k, f in variants.items():

@@ -26,10 +26,13 @@ from core.errors import InvalidInputError, PipelineError
 from core.io import write_bytes
 from core.precision import precision
 
-from .export import export_onnx, model_copy, torch_dtype
+from .export import export_onnx, inference_copy, model_copy, torch_dtype
 
-# largest error against a float64 eager-torch reference, relative to each output's range
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 4e-2}
+# Largest error against a float64 eager-torch reference, relative to each output's range. bfloat16 keeps 3
+# significant bits fewer than float16: 8 times fp16's tolerance, as in the Triton kernels' tests (4e-2 was
+# below what bf16 layers reach on the test network: 0.059 of the range with float32 scaling, first run on
+# an H100 on 2026-11-27).
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 0.16}
 
 
 class BackendMismatchError(PipelineError, AssertionError):
@@ -100,8 +103,7 @@ class TorchEager(InferenceBackend):
     def prepare(self, model, prec, workdir):
         if self.device == "cuda":
             _no_tf32()
-        m = model_copy(model, prec, self.device)
-        return _torch_runner(m, self.device, torch_dtype(prec))
+        return _torch_runner(inference_copy(model, prec, self.device), self.device, torch.float32)
 
 
 def bucket(rows: int, smallest: int = 1024) -> int:
@@ -128,9 +130,7 @@ class TorchCompile(InferenceBackend):
 
     def prepare(self, model, prec, workdir):
         _no_tf32()
-        m = model_copy(model, prec, "cuda")
-        compiled = torch.compile(m, mode=self.mode, dynamic=False)
-        dtype = torch_dtype(prec)
+        compiled = torch.compile(inference_copy(model, prec, "cuda"), mode=self.mode, dynamic=False)
 
         def fn(x):
             rows = x.shape[0]
@@ -139,7 +139,7 @@ class TorchCompile(InferenceBackend):
                 x = torch.cat([x, x.new_zeros((padded - rows, x.shape[1]))])
             return compiled(x)[:rows].clone()  # the CUDA graph's output buffer is reused by the next call
 
-        return _torch_runner(fn, "cuda", dtype)
+        return _torch_runner(fn, "cuda", torch.float32)
 
 
 class OnnxRuntime(InferenceBackend):

@@ -243,6 +243,18 @@ class _TrajectoryPhysics:
         self.p, self.m = p, m
         self.out_idx = [p.outputs.index(s) for s in m.state_names]  # network outputs -> model state order
         self.state_idx = [m.state_names.index(o) for o in p.outputs]  # model states -> network output order
+        self._index: dict = {}  # (which, device) -> column index (a slice where the order is the identity)
+
+    def columns(self, t: torch.Tensor, which: str) -> torch.Tensor:
+        """``t``'s columns in ``out_idx`` or ``state_idx`` order. No list indexing: that copies a host index
+        tensor to the device at every call, which a CUDA graph capture refuses (and costs a copy a step)."""
+        key = (which, t.device)
+        if key not in self._index:
+            idx = getattr(self, which)
+            self._index[key] = (slice(None) if idx == list(range(len(idx)))
+                                else torch.as_tensor(idx, dtype=torch.long, device=t.device))
+        i = self._index[key]
+        return t[:, i] if isinstance(i, slice) else t.index_select(1, i)
 
     def params(self, x: torch.Tensor) -> dict:
         return self.p.parameters(self.p.columns(x))
@@ -299,8 +311,8 @@ class ODEResidualLoss(_CollocationLoss):
         return self._residual(y, dydt, x, _out_scale(model, y.shape[1], device))
 
     def _residual(self, y, dydt, x, scale):
-        f = self.phys.m.torch_rhs(y[:, self.phys.out_idx], self.phys.params(x))
-        res = (dydt - f[:, self.phys.state_idx]) / scale
+        f = self.phys.m.torch_rhs(self.phys.columns(y, "out_idx"), self.phys.params(x))
+        res = (dydt - self.phys.columns(f, "state_idx")) / scale
         return torch.mean(res ** 2)
 
     def fused_at(self, engine):
@@ -328,7 +340,7 @@ class InitialConditionLoss(_CollocationLoss):
         device = _device(model)
         x = self.sample(self.n_points, device)
         x[:, self.t_col] = 0.0
-        y0 = self.phys.initial_states(x)[:, self.phys.state_idx]
+        y0 = self.phys.columns(self.phys.initial_states(x), "state_idx")
         res = (model(x) - y0) / _out_scale(model, y0.shape[1], device)
         return torch.mean(res ** 2)
 
@@ -339,7 +351,7 @@ class InitialConditionLoss(_CollocationLoss):
 
         def at(x, weight: float):
             x = x * mask
-            y0 = self.phys.initial_states(x)[:, self.phys.state_idx]
+            y0 = self.phys.columns(self.phys.initial_states(x), "state_idx")
             return engine.data_step(engine.scale_x(x), engine.scale_y(y0), weight)
 
         return at

@@ -204,6 +204,20 @@ def test_rollout_edge_cases(interpreter):
         r(y0, params[:4], 2)
 
 
+def test_the_compile_probe_binds_every_kernel_argument(interpreter):
+    """On a GPU each launch configuration is compiled by ``kernel.warmup`` from the probe's arguments before
+    any launch; the interpreter never compiles, so the binding is checked here against the kernel's
+    signature (a probe that passed only the launch arguments failed every GPU construction once)."""
+    import inspect
+
+    net = itnn_net()
+    for f in (TritonMLP(net, "fp16", device="cpu"), TritonRollout(net, 2, "fp16", device="cpu")):
+        rows, args, constexprs = f._bind(64, *f._probe_args(3))
+        fn = getattr(f._kernel, "fn", f._kernel)
+        bound = inspect.signature(fn).bind(*args, **constexprs)  # TypeError names what is missing
+        assert rows == 3 and set(bound.arguments) == set(inspect.signature(fn).parameters)
+
+
 # ---------------------------------------------------------------- checks that need no kernel run
 def test_clear_errors_for_what_the_kernels_cannot_do():
     cfg = make_net(**NETS["3x64"]).config()

@@ -605,8 +605,8 @@ class _FusedKernel:
         from triton.runtime import driver
 
         with torch.cuda.device(self.device):
-            compiled = self._kernel.warmup(*self._probe_args(1), grid=(1,), **self._constexprs(block_m),
-                                           **self._options(cfg))
+            _, args, constexprs = self._bind(block_m, *self._probe_args(1))
+            compiled = self._kernel.warmup(*args, grid=(1,), **constexprs, **self._options(cfg))
             compiled._init_handles()
             props = driver.active.utils.get_device_properties(self.device.index)
         threads = num_warps * props["warpSize"]
@@ -639,6 +639,11 @@ class _FusedKernel:
             self.tuning.append({**cfg, "ms": ms})
         best = min(self.tuning, key=lambda c: c["ms"])
         return {k: v for k, v in best.items() if k != "ms"}
+
+    def _launch(self, cfg: dict, *launch):
+        rows, args, constexprs = self._bind(cfg["BLOCK_M"], *launch)
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            self._kernel[(self._programs(rows, cfg),)](*args, **constexprs, **self._options(cfg))
 
     def _options(self, cfg: dict) -> dict:
         return {"num_warps": cfg["num_warps"], "num_stages": NUM_STAGES if self.net.stage_weights else 1}
@@ -686,10 +691,9 @@ class TritonMLP(_FusedKernel):
             self._launch(self.config, x, y)
         return y
 
-    def _launch(self, cfg, x, y):
-        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
-            self._kernel[(self._programs(x.shape[0], cfg),)](
-                x, y, self._w, self._p, x.shape[0], **self._constexprs(cfg["BLOCK_M"]), **self._options(cfg))
+    def _bind(self, block_m: int, x, y):
+        """The kernel's arguments for the launch arguments ``(x, y)``: ``(rows, positional, constexprs)``."""
+        return x.shape[0], (x, y, self._w, self._p, x.shape[0]), self._constexprs(block_m)
 
     def _constexprs(self, block_m: int) -> dict:
         n = self.net
@@ -746,12 +750,11 @@ class TritonRollout(_FusedKernel):
             self._launch(self.config, y0, params, out, n_keep, keep_every, bool(keep_first))
         return out
 
-    def _launch(self, cfg, y0, params, out, n_keep, keep_every, keep_first):
+    def _bind(self, block_m: int, y0, params, out, n_keep, keep_every, keep_first):
+        """The kernel's arguments for the launch arguments: ``(rows, positional, constexprs)``."""
         q = params if self.n_params else y0  # no parameter is ever read; any valid pointer does
-        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
-            self._kernel[(self._programs(y0.shape[0], cfg),)](
-                y0, q, out, self._w, self._p, y0.shape[0], n_keep, keep_every,
-                **self._constexprs(cfg["BLOCK_M"], keep_first), **self._options(cfg))
+        return (y0.shape[0], (y0, q, out, self._w, self._p, y0.shape[0], n_keep, keep_every),
+                self._constexprs(block_m, keep_first))
 
     def _constexprs(self, block_m: int, keep_first: bool = True) -> dict:
         return {"N_STATES": self.n_states, "N_PARAMS": self.n_params, "K_IN": self.net.k_in, "KEEP_FIRST": keep_first,
