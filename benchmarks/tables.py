@@ -24,9 +24,15 @@ def _expected_runs(cfg) -> dict:
     from surrogates.config import training_grid
     from surrogates.train import expected_model
 
+    from surrogates.config import ensemble_grid
+    from surrogates.ensemble import expected_ensemble
+
     layout = Layout(cfg["results_dir"])
-    return {layout.run_file("metrics", p, s, n, a, seed): expected_model(cfg, p, s, n, seed, a)
+    runs = {layout.run_file("metrics", p, s, n, a, seed): expected_model(cfg, p, s, n, seed, a)
             for p, s, n, a, seed in training_grid(cfg)}
+    runs.update({layout.ensemble_file(p, s, n, a): expected_ensemble(cfg, p, s, n, a, seeds)
+                 for p, s, n, a, seeds in ensemble_grid(cfg)})
+    return runs
 
 
 def read_runs(metrics_files, cfg=None) -> pd.DataFrame:
@@ -73,7 +79,8 @@ def read_floors(test_sidecars, cfg=None) -> pd.DataFrame:
 
 def accuracy_table(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
     """One row per (problem, surrogate, n_train, arch), means over seeds; plus one ``euler_floor`` row per
-    problem (the Euler labels' own error against the high-accuracy solution)."""
+    problem (the Euler labels' own error against the high-accuracy solution). An ensemble
+    (``<kind>_ensemble``, :mod:`surrogates.ensemble`) is one row of its own; its ``seeds`` are its members."""
     runs = read_runs(metrics_files, cfg)
     if runs.empty:
         raise InvalidInputError("no training results to tabulate")
@@ -82,6 +89,10 @@ def accuracy_table(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
                   max_abs_err_mean=("max_abs_err", "mean"), rel_l2_mean=("rel_l2", "mean"),
                   train_seconds_mean=("train_seconds", "mean"), n_params=("n_params", "first")).reset_index()
     table["mae_std"] = table["mae_std"].fillna(0.0)
+    if "members" in runs:  # an ensemble is one surrogate made of its members: the seeds column counts those
+        keys = ["problem", "surrogate", "n_train", "arch"]
+        members = runs.dropna(subset=["members"]).set_index(keys)["members"].map(len).to_dict()
+        table["seeds"] = [members.get(k, s) for k, s in zip(table.set_index(keys).index, table["seeds"])]
     table = pd.concat([table, read_floors(test_sidecars, cfg)], ignore_index=True)
     table["n_train"] = table["n_train"].astype("Int64")
     table["n_params"] = table["n_params"].astype("Int64")

@@ -67,6 +67,10 @@ class Layout:
         """A file of a model's folder by kind (a key of ``RUN_FILES``)."""
         return self.model_dir(problem, surrogate, n, arch, seed) / RUN_FILES[kind]
 
+    def ensemble_file(self, problem, surrogate, n, arch) -> Path:
+        """The metrics of the mean of the seeds' networks (``surrogates.ensemble``), beside the seeds' folders."""
+        return self.model_dir(problem, surrogate, n, arch, 0).parent / "ensemble" / RUN_FILES["metrics"]
+
     def models_glob(self, kind: str = "metrics") -> list[Path]:
         """Every existing file of this kind below ``models/`` (sorted)."""
         return sorted((self.root / "models").glob(f"*/*/n*/*/seed*/{RUN_FILES[kind]}"))

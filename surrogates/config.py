@@ -111,11 +111,25 @@ def speed_problem_of(cfg: dict, kind: str) -> str:
 def training_settings(cfg: Mapping, problem: str) -> dict:
     """The ``training`` section with the problem's ``overrides`` applied (``physics`` merged key by key)."""
     t = copy.deepcopy(dict(cfg["training"]))
+    t.pop("ensemble", None)  # a setting of the grid (surrogates.ensemble), not of a run: runs' records stay as they were
     over = copy.deepcopy(t.pop("overrides", {}).get(problem, {}))
     phys = over.pop("physics", {})
     t.update(over)
     t["physics"] = {**t.get("physics", {}), **phys}
     return t
+
+
+def ensemble_grid(cfg: Mapping) -> list[tuple[str, str, int, str, tuple[int, ...]]]:
+    """The ensembles of the configuration (``training.ensemble``, with at least two seeds): one per
+    ``(problem, surrogate, n, arch)`` of :func:`training_grid`, over its seeds, in the same order."""
+    seeds = tuple(int(s) for s in cfg["training"]["seeds"])
+    if not cfg["training"].get("ensemble", True) or len(seeds) < 2:
+        return []
+    out = []
+    for p, kind, n, arch, _ in training_grid(cfg):
+        if (p, kind, n, arch, seeds) not in out:
+            out.append((p, kind, n, arch, seeds))
+    return out
 
 
 def training_grid(cfg: Mapping) -> list[tuple[str, str, int, str, int]]:

@@ -26,6 +26,7 @@ def test_dry_run_of_the_default_config_builds_the_full_grid(tmp_path):
     jobs = _job_counts(res.stdout)
     # ddnn on A(1 size) B C(3 sizes) hh_m(2 sizes); pinn likewise; pinn_seed on hh_m; itnn on D(3): x 3 seeds
     assert jobs["train"] == 3 * ((1 + 3 + 3 + 2) * 2 + 2 + 3)
+    assert jobs["ensemble"] == jobs["train"] // 3  # the mean of the 3 seeds of each configuration (training.ensemble)
     assert jobs["dataset_test"] == 5 and jobs["accuracy_table"] == 1 and jobs["speedup_table"] == 1
     assert jobs["benchmark_speed"] == 1 and jobs["figure_speed"] == 1 and jobs["export_onnx"] == jobs["train"]
 

@@ -8,7 +8,7 @@ min_version("9.0")
 from core.layout import Layout, RUN_FILES
 from core.lock import hold_for_process
 from core.machine import cuda_device_count
-from surrogates.config import speed_problem_of, training_grid, training_settings, validate_config
+from surrogates.config import ensemble_grid, speed_problem_of, training_grid, training_settings, validate_config
 from surrogates.problems import SURROGATE_KINDS, problem_from_config
 
 # Fails at load, naming the key, on unknown keys, wrong types, empty ranges, unknown models, K values the
@@ -77,6 +77,16 @@ def trained(problem=None, surrogate=None, filename="metrics.json"):
     kind = {v: k for k, v in RUN_FILES.items()}[filename]
     return [path(LAYOUT.run_file(kind, p, s, n, a, seed)) for p, s, n, a, seed in training_grid(config)
             if (problem is None or p == problem) and (surrogate is None or s == surrogate)]
+
+
+def ensembles():
+    """The metrics of every ensemble of the configured grid (training.ensemble, with >= 2 seeds)."""
+    return [path(LAYOUT.ensemble_file(p, s, n, a)) for p, s, n, a, _ in ensemble_grid(config)]
+
+
+def ensemble_members(w, kind="model"):
+    """The files of one kind (best models, metrics) of the seeds an ensemble averages."""
+    return [path(LAYOUT.run_file(kind, w.problem, w.surrogate, w.n, w.arch, seed)) for seed in config["training"]["seeds"]]
 
 
 def test_sidecars():

@@ -3,7 +3,7 @@
 
 rule accuracy_table:
     input:
-        metrics=trained(),
+        metrics=trained() + ensembles(),
         floors=test_sidecars(),
     output:
         csv=report(path(LAYOUT.table("accuracy", "csv")), caption="../report/accuracy.rst", category="Tables"),

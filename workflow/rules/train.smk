@@ -26,3 +26,22 @@ rule train:
         "../envs/pipeline.yaml"
     script:
         "../scripts/train.py"
+
+
+# The mean of the seeds' networks, scored on the same held-out test set as a surrogate of its own
+# (training.ensemble; needs >= 2 seeds). No training: it reads the seeds' best models.
+rule ensemble:
+    input:
+        models=ensemble_members,
+        metrics=lambda w: ensemble_members(w, "metrics"),  # their training times: what the ensemble cost
+        test=rules.dataset_test.output.test,
+        test_meta=rules.dataset_test.output.meta,
+    output:
+        metrics=path(LAYOUT.ensemble_file("{problem}", "{surrogate}", "{n}", "{arch}")),
+    threads: 1
+    log:
+        path(LAYOUT.log("train", "{problem}_{surrogate}_n{n}_{arch}_ensemble.log")),
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/ensemble.py"

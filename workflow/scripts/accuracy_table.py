@@ -13,7 +13,9 @@ from core.machine import describe_machine  # noqa: E402
 cfg = snakemake.config
 df = accuracy_table(snakemake.input.metrics, snakemake.input.floors, cfg)
 write_table(df, snakemake.output.csv, snakemake.output.md, snakemake.output.tex,
-            caption=f"Test-set accuracy (t = 0 excluded), mean over seeds; euler_floor: the forward-Euler "
+            caption=f"Test-set accuracy (t = 0 excluded), mean over seeds; <kind>_ensemble: the mean of the seeds' "
+                    f"networks as one surrogate (seeds: its members; train seconds: theirs, summed); "
+                    f"euler_floor: the forward-Euler "
                     f"(dt = {cfg['solver']['dt']:g}) labels against solve_ivp (DOP853, rtol "
                     f"{cfg['solver']['floor_rtol']:g}). Tabulated on: {describe_machine()}.")
 print(df.to_string())
