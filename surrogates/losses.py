@@ -92,11 +92,13 @@ class DataLoss(Loss):
 
     ``metric`` is one of ``mse``, ``mae``, ``rmse``, ``rel_l2``, ``l4`` (mean fourth power: the tail of the errors
     weighs more). ``batch_size=None`` (or >= rows) uses the full set each step. Errors are divided by the
-    model's output scale (``rel_l2`` is already relative).
+    model's output scale (``rel_l2`` is already relative). ``weights`` (one per row, >= 0): each pass draws
+    its rows with probability proportional to them, with replacement, instead of every row once
+    (:func:`rate_weights`).
     """
 
     def __init__(self, data_in, target, batch_size: int | None = None, metric: str = "mse", seed: int = 0,
-                 name: str | None = None):
+                 name: str | None = None, weights=None):
         if metric not in DATA_METRICS:
             raise InvalidInputError(f"unknown data loss {metric!r}; valid: {sorted(DATA_METRICS)}")
         X = torch.as_tensor(np.asarray(data_in) if not torch.is_tensor(data_in) else data_in).float()
@@ -112,6 +114,13 @@ class DataLoss(Loss):
         self.batch_size = n if batch_size is None or batch_size >= n else int(batch_size)
         if self.batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+        self.weights = None
+        if weights is not None:
+            w = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
+            if w.shape != (n,) or not torch.isfinite(w).all() or (w < 0).any() or not (w > 0).any():
+                raise InvalidInputError(f"weights must be {n} finite non-negative numbers, not all zero "
+                                        f"(one per row); got shape {tuple(w.shape)}")
+            self.weights = w
         self._gen = torch.Generator().manual_seed(int(seed))
         self._gen_at_perm = None  # the generator's state when the current pass's permutation was drawn
         self._perm: torch.Tensor | None = None
@@ -120,7 +129,12 @@ class DataLoss(Loss):
 
     def _new_pass(self):
         self._gen_at_perm = self._gen.get_state()
-        self._perm, self._pos, self._shuffled = torch.randperm(self.X.shape[0], generator=self._gen), 0, None
+        n = self.X.shape[0]
+        if self.weights is None:  # every row once per pass
+            perm = torch.randperm(n, generator=self._gen)
+        else:  # a pass of n rows drawn with probability proportional to their weights
+            perm = torch.multinomial(self.weights, n, replacement=True, generator=self._gen)
+        self._perm, self._pos, self._shuffled = perm, 0, None
 
     def _next_rows(self) -> slice:
         """Where the next batch lies in this pass's permutation (a new pass when the rest is too short)."""
@@ -228,6 +242,29 @@ class _BoxSampler:
             self._sobol.reset()
             self._sobol.fast_forward(s["drawn"])
             self._pool, self._used = None, 0
+
+
+def rate_weights(problem: Problem, X, Y, strength: float) -> np.ndarray:
+    """Sampling weights that favour the rows where the state changes fast (spike upstrokes, say), from the
+    training data alone: ``1 + strength * r / mean(r)``, ``r`` each row's rate of change in units of each
+    output's spread. For a trajectory problem the rate is the model's right-hand side at the row's label
+    (its parameters from the row's inputs); for a step problem (``Y`` the increments) the increment itself.
+    Every row keeps at least the weight 1 (a uniform floor); ``strength`` 0 is uniform sampling."""
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    if problem.kind == "trajectory":
+        phys = _TrajectoryPhysics(problem)
+        x, y = torch.as_tensor(X), torch.as_tensor(Y)
+        f = phys.m.torch_rhs(phys.columns(y, "out_idx"), phys.params(x))
+        rate = phys.columns(f, "state_idx").numpy()
+    elif problem.kind == "step":
+        rate = Y
+    else:
+        raise InvalidInputError(f"sampling 'rate' needs a trajectory or a step problem; {problem.name!r} is "
+                                f"{problem.kind!r} (set training.sampling: uniform for it)")
+    r = np.linalg.norm(rate / (Y.std(axis=0) + 1e-12), axis=1)
+    if not np.isfinite(r).all():
+        raise InvalidInputError(f"problem {problem.name!r}: the rate of change is not finite on every training row")
+    return 1.0 + float(strength) * r / max(float(r.mean()), 1e-300)
 
 
 class _TrajectoryPhysics:

@@ -28,7 +28,7 @@ from core.steps import whole_steps
 from .config import load_config, training_settings
 from .datasets import expected_provenance
 from .itnn import rollout
-from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss
+from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, rate_weights
 from .metrics import error_metrics
 from .network import MLP
 from .problems import SURROGATE_KINDS as KINDS, Problem, problem_from_config
@@ -176,8 +176,9 @@ def _train(cfg, p, surrogate, n, seed, arch, hidden, s, total, out_dir, prov, tr
                       fingerprint={**prov, "iterations": total, "settings": settings,
                                    "train_sha256": train_meta.get("sha256"), "val_sha256": val_meta.get("sha256")},
                       checkpoint_meta={"provenance": prov})
+    weights = rate_weights(p, Xtr, Ytr, s["sampling_strength"]) if s.get("sampling", "uniform") == "rate" else None
     trainer.add_loss(DataLoss(Xtr, Ytr, batch_size=s["batch_size"], metric=s.get("data_loss", "mse"), seed=seed,
-                              name="data"), 1.0)
+                              name="data", weights=weights), 1.0)
     phys = s["physics"]
     if surrogate == "pinn" and p.kind == "trajectory":
         trainer.add_loss(ODEResidualLoss(p, phys["collocation_points"], phys["sampler"], seed=seed + 1000), phys["weight"])
