@@ -16,6 +16,7 @@ one row per run to ``results_dir/benchmarks/surrogate_accuracy.csv``.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -100,7 +101,9 @@ def run(cfg: dict, runs, iterations=None, workers: int = 1) -> pd.DataFrame:
     ensure_datasets(cfg, runs)
     jobs = [(cfg, r, iterations, 1 if workers > 1 else max(1, os.cpu_count() or 1)) for r in runs]
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as ex:
+        # spawned, not forked: the parent has used OpenMP (datasets, torch) and a forked child of such a
+        # process is killed by libgomp ("fork() called from a process already using GNU OpenMP")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             results = list(ex.map(_one, jobs))
     else:
         results = [_one(j) for j in jobs]

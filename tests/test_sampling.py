@@ -107,3 +107,24 @@ def test_training_takes_the_sampling_setting(cfg, tmp_path):
     assert r["settings"]["sampling"] == "rate" and r["settings"]["sampling_strength"] == 4.0
     with pytest.raises(Exception, match="sampling"):
         validate_config(merge(c, {"training": {"sampling": "adaptive"}}))
+
+
+def test_the_accuracy_program_trains_in_worker_processes(tmp_path):
+    """``benchmarks.surrogate_accuracy --workers 2``: the runs go to spawned processes (a forked child of a
+    process that has used OpenMP was killed by libgomp once, mid-ablation) and give the same results as
+    in-process training."""
+    import copy
+
+    from benchmarks.surrogate_accuracy import run, select_runs
+    from conftest import ROOT, TINY
+    from core.config import merge, read_config
+    from surrogates.config import validate_config
+
+    def cfg_at(d):
+        return validate_config(merge(merge(read_config(ROOT / "config/quick.yaml"), copy.deepcopy(TINY)),
+                                     {"results_dir": str(tmp_path / d), "training": {"seeds": [0, 1]}}))
+
+    runs = select_runs(cfg_at("a"), ["C:ddnn:300"])
+    pooled = run(cfg_at("a"), runs, iterations=20, workers=2)
+    alone = run(cfg_at("b"), runs, iterations=20, workers=1)
+    assert len(pooled) == 2 and pooled["mae"].tolist() == pytest.approx(alone["mae"].tolist(), rel=1e-6)
