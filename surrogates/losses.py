@@ -267,6 +267,31 @@ def rate_weights(problem: Problem, X, Y, strength: float) -> np.ndarray:
     return 1.0 + float(strength) * r / max(float(r.mean()), 1e-300)
 
 
+def contrast_weights(problem: Problem, X, Y, strength: float, k: int = 8) -> np.ndarray:
+    """Sampling weights that favour the rows whose neighbours' labels disagree, from the training data alone:
+    ``1 + strength * s / mean(s)``, ``s`` the spread (standard deviation, in units of each output's spread)
+    of the labels of the row's ``k`` nearest other training rows. Distances are taken in the input box
+    scaled to [0, 1], with a trajectory's time weighted 100 times (so neighbours share the time and differ in
+    the initial state or the parameters). Where the answer changes abruptly with the inputs (an initial
+    state near the firing threshold: a spike or none) the neighbours disagree and the row is drawn more."""
+    from scipy.spatial import cKDTree
+
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    if problem.kind not in ("trajectory", "step"):
+        raise InvalidInputError(f"sampling 'contrast' needs a trajectory or a step problem; {problem.name!r} is "
+                                f"{problem.kind!r} (set training.sampling: uniform for it)")
+    if len(X) <= k:
+        raise InvalidInputError(f"sampling 'contrast' needs more than {k} training rows, got {len(X)}")
+    lo, hi = (np.asarray(b, dtype=np.float64) for b in problem.box())
+    Z = (X - lo) / np.where(hi > lo, hi - lo, 1.0)
+    if "t" in problem.inputs:
+        Z[:, problem.inputs.index("t")] *= 100.0
+    _, nb = cKDTree(Z).query(Z, k=k + 1)
+    spread = Y[nb[:, 1:]].std(axis=1) / (Y.std(axis=0) + 1e-12)
+    s = np.linalg.norm(spread, axis=1)
+    return 1.0 + float(strength) * s / max(float(s.mean()), 1e-300)
+
+
 class _TrajectoryPhysics:
     """How the columns of a trajectory problem map onto the cell model's states and parameters."""
 

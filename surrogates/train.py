@@ -28,7 +28,7 @@ from core.steps import whole_steps
 from .config import load_config, training_settings
 from .datasets import expected_provenance
 from .itnn import rollout
-from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, rate_weights
+from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, contrast_weights, rate_weights
 from .metrics import error_metrics
 from .network import MLP
 from .problems import SURROGATE_KINDS as KINDS, Problem, problem_from_config
@@ -176,7 +176,9 @@ def _train(cfg, p, surrogate, n, seed, arch, hidden, s, total, out_dir, prov, tr
                       fingerprint={**prov, "iterations": total, "settings": settings,
                                    "train_sha256": train_meta.get("sha256"), "val_sha256": val_meta.get("sha256")},
                       checkpoint_meta={"provenance": prov})
-    weights = rate_weights(p, Xtr, Ytr, s["sampling_strength"]) if s.get("sampling", "uniform") == "rate" else None
+    sampling = s.get("sampling", "uniform")
+    weights = None if sampling == "uniform" else \
+        (rate_weights if sampling == "rate" else contrast_weights)(p, Xtr, Ytr, s["sampling_strength"])
     trainer.add_loss(DataLoss(Xtr, Ytr, batch_size=s["batch_size"], metric=s.get("data_loss", "mse"), seed=seed,
                               name="data", weights=weights), 1.0)
     phys = s["physics"]

@@ -5,7 +5,7 @@ import torch
 
 from core.errors import InvalidInputError
 from surrogates.config import load_config
-from surrogates.losses import DataLoss, rate_weights
+from surrogates.losses import DataLoss, contrast_weights, rate_weights
 from surrogates.problems import problem_from_config
 
 
@@ -55,6 +55,27 @@ def test_rate_weights_of_a_step_problem_are_its_increments_and_other_kinds_are_r
     with pytest.raises(InvalidInputError, match="sampling 'rate' needs a trajectory or a step problem; 'hh_m'"):
         h = problem_from_config("hh_m", cfg)
         rate_weights(h, np.zeros((3, len(h.inputs))), np.zeros((3, len(h.outputs))), 1.0)
+
+
+def test_contrast_weights_favour_rows_whose_neighbours_disagree(cfg):
+    """Rows where the label jumps between neighbouring inputs (here: a step in u0 at 0.4, as a threshold)
+    weigh more than rows in smooth regions; neighbours share the time."""
+    p = problem_from_config("C", cfg)
+    g = np.random.default_rng(2)
+    lo, hi = p.box()
+    X = g.uniform(lo, hi, (3000, 4))
+    X[:, 0] = np.round(X[:, 0])  # a time grid, as in the datasets
+    Y = np.stack([np.where(X[:, 1] > 0.4, 1.0, 0.0) + 0.01 * X[:, 0], 0.05 * X[:, 0]], axis=1)  # smooth in t only
+    w = contrast_weights(p, X, Y, 4.0)
+    assert w.min() >= 1.0 and np.mean(w - 1.0) == pytest.approx(4.0)
+    near = np.abs(X[:, 1] - 0.4) < 0.02
+    far = np.abs(X[:, 1] - 0.4) > 0.2
+    assert np.median(w[near]) > 3 * np.median(w[far])
+    with pytest.raises(InvalidInputError, match="sampling 'contrast' needs a trajectory or a step problem; 'hh_m'"):
+        h = problem_from_config("hh_m", cfg)
+        contrast_weights(h, np.zeros((30, len(h.inputs))), np.zeros((30, len(h.outputs))), 1.0)
+    with pytest.raises(InvalidInputError, match="more than 8 training rows"):
+        contrast_weights(p, X[:5], Y[:5], 1.0)
 
 
 def test_weighted_passes_draw_rows_in_proportion_and_resume_exactly():
@@ -107,6 +128,9 @@ def test_training_takes_the_sampling_setting(cfg, tmp_path):
     assert r["settings"]["sampling"] == "rate" and r["settings"]["sampling_strength"] == 4.0
     with pytest.raises(Exception, match="sampling"):
         validate_config(merge(c, {"training": {"sampling": "adaptive"}}))
+    c2 = merge(c, {"results_dir": str(tmp_path / "r"), "training": {"sampling": "contrast"}})
+    r = train_surrogate(validate_config(c2), "C", "ddnn", 300, 0, lay.dataset_dir("C"), tmp_path / "m2", iterations=10)
+    assert r["settings"]["sampling"] == "contrast"
 
 
 def test_the_accuracy_program_trains_in_worker_processes(tmp_path):
