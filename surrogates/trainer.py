@@ -159,6 +159,7 @@ class Trainer:
         self.rows: list[dict] = []
         self.elapsed = 0.0
         self._stale = 0
+        self._resumed_from: int | None = None
         torch.manual_seed(self.seed)
 
     # ------------------------------------------------------------------ set-up
@@ -324,26 +325,9 @@ class Trainer:
     def train(self, num_iterations: int) -> dict:
         """Run until ``num_iterations`` first-order steps are done (counting a resumed run's), then the
         optional L-BFGS polish. Returns a summary; the best weights are loaded into the model."""
-        if not self.losses:
-            raise InvalidInputError("add at least one loss with add_loss before train")
-        if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
-            raise InvalidInputError(f"num_iterations must be an integer >= 0, got {num_iterations!r}")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.model.train()
-        fused = self._fused_steps()
-        stepper = _Stepper(self, num_iterations, fused is not None)
-        resumed = self._load_resume(stepper)
-        resumed_from = self.iteration if resumed else None
-        if resumed:
-            print(f"resuming from {self.out / 'checkpoint.pth'} at iteration {self.iteration}", file=sys.stderr)
-        stopped_early = False
-        t0 = time.perf_counter() - self.elapsed
-        if num_iterations == 0 and not self.rows:  # nothing to train: score and keep the initial network
-            with torch.no_grad():
-                total, terms = self._objective()
-            self._record(terms, total, self.lr, self._validate())
-            self._write_stats()
+        fused, stepper, t0 = self._start(num_iterations)
         static = self._static_step(fused, stepper, num_iterations)
+        stopped_early = False
         while self.iteration < num_iterations:
             if static is not None:
                 static.run()
@@ -364,19 +348,51 @@ class Trainer:
             if self.iteration % self.val_every == 0 or self.iteration == num_iterations:
                 if static is not None and static.capture and bool(static.bad):
                     self._check_finite(total, terms, since=self.iteration - self.val_every)
-                self.elapsed = time.perf_counter() - t0
-                self._record({n: v.detach() for n, v in terms.items()}, total.detach(), stepper.lr(self.iteration),
-                             self._validate())
-                self._write_stats()
-                self._write_losses()
-                self._save_resume(stepper)
-                if self.progress:
-                    self._show(num_iterations)
-                if self.patience is not None and self._stale >= self.patience:
+                if self._validation_event(total, terms, stepper, num_iterations, t0):
                     stopped_early = True
                     break
+        return self._finish(stopped_early, t0)
+
+    def _start(self, num_iterations: int):
+        """Before the first step: checks, the fused engine's steps (or ``None``), the optimiser, resume; scores
+        the untrained network when there is nothing to train. Returns ``(fused, stepper, t0)``."""
+        if not self.losses:
+            raise InvalidInputError("add at least one loss with add_loss before train")
+        if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
+            raise InvalidInputError(f"num_iterations must be an integer >= 0, got {num_iterations!r}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        fused = self._fused_steps()
+        stepper = _Stepper(self, num_iterations, fused is not None)
+        resumed = self._load_resume(stepper)
+        self._resumed_from = self.iteration if resumed else None
+        if resumed:
+            print(f"resuming from {self.out / 'checkpoint.pth'} at iteration {self.iteration}", file=sys.stderr)
+        t0 = time.perf_counter() - self.elapsed
+        if num_iterations == 0 and not self.rows:  # nothing to train: score and keep the initial network
+            with torch.no_grad():
+                total, terms = self._objective()
+            self._record(terms, total, self.lr, self._validate())
+            self._write_stats()
+        return fused, stepper, t0
+
+    def _validation_event(self, total, terms, stepper, num_iterations: int, t0: float) -> bool:
+        """Every ``val_every`` steps (and at the last): validate, keep the best, write the files and the resume
+        point. Returns True when patience has run out."""
+        self.elapsed = time.perf_counter() - t0
+        self._record({n: v.detach() for n, v in terms.items()}, total.detach(), stepper.lr(self.iteration),
+                     self._validate())
+        self._write_stats()
+        self._write_losses()
+        self._save_resume(stepper)
+        if self.progress:
+            self._show(num_iterations)
+        return self.patience is not None and self._stale >= self.patience
+
+    def _finish(self, stopped_early: bool, t0: float) -> dict:
+        """After the first-order steps: the L-BFGS polish, the final files, the best weights into the model."""
         if self.lbfgs_iterations and not stopped_early:
-            self._lbfgs()
+            self._lbfgs(t0)
             self.elapsed = time.perf_counter() - t0
         if self.progress == "tty":
             print(file=sys.stderr)
@@ -385,23 +401,23 @@ class Trainer:
             save_checkpoint(self.model, self.out / "best_model.pth", self.best_state, self._best_meta())
             load_weights(self.model, self.best_state)
         return {"iterations": self.iteration, "best_iteration": self.best_iteration, "best_metric": self.best_metric,
-                "stopped_early": stopped_early, "resumed": resumed, "resumed_from": resumed_from,
-                "train_seconds": self.elapsed}
+                "stopped_early": stopped_early, "resumed": self._resumed_from is not None,
+                "resumed_from": self._resumed_from, "train_seconds": self.elapsed}
 
-    def _lbfgs(self):
+    def _lbfgs(self, t0: float):
         # a deterministic objective: data losses use their whole set (physics losses still resample)
         saved = {id(l): l.batch_size for l, _ in self.losses if hasattr(l, "batch_size") and hasattr(l, "X")}
         for l, _ in self.losses:
             if id(l) in saved:
                 l.batch_size = l.X.shape[0]
         try:
-            self._lbfgs_steps()
+            self._lbfgs_steps(t0)
         finally:
             for l, _ in self.losses:
                 if id(l) in saved:
                     l.batch_size = saved[id(l)]
 
-    def _lbfgs_steps(self):
+    def _lbfgs_steps(self, t0: float):
         opt = torch.optim.LBFGS(self.model.parameters(), lr=1.0, max_iter=20, history_size=50,
                                 line_search_fn="strong_wolfe")
         for _ in range(max(1, self.lbfgs_iterations // 20)):
@@ -417,6 +433,7 @@ class Trainer:
             with torch.no_grad():
                 total, terms = self._objective()
             self._check_finite(total, terms)
+            self.elapsed = time.perf_counter() - t0
             self._record(terms, total, float("nan"), self._validate())
         self._write_stats()
 
