@@ -102,6 +102,27 @@ def trainer_rate(p, hidden, X, Y, batch, iters, lr, device, engine, physics=None
         return iters / (time.perf_counter() - t0)
 
 
+def cohort_rate(p, hidden, X, Y, batch, iters, lr, device, size: int = 3) -> float:
+    """Network-iterations/s of ``size`` seeds trained together as one stacked model (surrogates.cohort):
+    ``size * iters`` steps of a network over the wall time (set-up and, on a GPU, the capture included)."""
+    from surrogates.cohort import train_together
+
+    with tempfile.TemporaryDirectory() as out:
+        trainers = []
+        for seed in range(size):
+            tr = Trainer(_net(p, hidden, X, Y, device, seed), f"{out}/{seed}", validation=None, val_every=iters, lr=lr,
+                         lr_schedule="cosine", progress=False)
+            tr.add_loss(DataLoss(X, Y, batch_size=batch, seed=seed, name="data"))
+            trainers.append(tr)
+        _sync(device)
+        t0 = time.perf_counter()
+        summaries = train_together(trainers, iters)
+        _sync(device)
+        if summaries[0]["cohort"] != size:
+            raise RuntimeError("the cohort was refused; see the message above")
+        return size * iters / (time.perf_counter() - t0)
+
+
 def row_costs(p, hidden, X, Y, batch, n_coll, device, reps=200) -> dict:
     """Seconds per data row and per collocation row, for the autograd and the fused path."""
     from surrogates.engine import MLPEngine
@@ -169,6 +190,8 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str) -> tuple[list[
             variants["trainer, fused engine, CUDA graph"] = variants.pop("trainer, fused engine")
             variants["trainer, fused engine, not captured"] = lambda: trainer_rate(
                 p, hidden, X, Y, batch, iterations, s["lr"], device, "fused", capture=False)
+        variants["3 seeds as one stacked model (per network)"] = lambda: cohort_rate(
+            p, hidden, X, Y, batch, iterations, s["lr"], device)
         if p.kind == "trajectory":
             phys = s["physics"]
             n_pinn = iterations if gpu else max(iterations // 8, 50)

@@ -112,11 +112,23 @@ def training_settings(cfg: Mapping, problem: str) -> dict:
     """The ``training`` section with the problem's ``overrides`` applied (``physics`` merged key by key)."""
     t = copy.deepcopy(dict(cfg["training"]))
     t.pop("ensemble", None)  # a setting of the grid (surrogates.ensemble), not of a run: runs' records stay as they were
+    t.pop("cohort", None)  # how the grid's jobs are cut (surrogates.cohort), not what a run computes
     over = copy.deepcopy(t.pop("overrides", {}).get(problem, {}))
     phys = over.pop("physics", {})
     t.update(over)
     t["physics"] = {**t.get("physics", {}), **phys}
     return t
+
+
+COHORT_KINDS = ("ddnn", "itnn")  # data-only kinds: their seeds can train as one stacked model
+
+
+def cohort_kinds(cfg: Mapping) -> list[str]:
+    """The surrogate kinds whose seeds train together, one job per (problem, kind, n, arch)
+    (``training.cohort``, with at least two seeds); the others train one job per seed."""
+    if not cfg["training"].get("cohort", False) or len(cfg["training"]["seeds"]) < 2:
+        return []
+    return [k for k in COHORT_KINDS if k in cfg["training"]["surrogates"]]
 
 
 def ensemble_grid(cfg: Mapping) -> list[tuple[str, str, int, str, tuple[int, ...]]]:

@@ -75,6 +75,19 @@ class _StaticPoints:
         self.buf.copy_(self.loss.sample(self.loss.n_points, "cpu"), non_blocking=True)
 
 
+def device_lr(step_count: torch.Tensor, schedule: str, lr0: float, lr_final: float, total: int) -> torch.Tensor:
+    """The coming step's learning rate from the optimiser's step count, on the device (as
+    :func:`~surrogates.trainer.schedule_factor`, whose closed form it is)."""
+    t = torch.clamp(step_count, max=float(total))
+    if schedule == "cosine":
+        f = lr_final + (1.0 - lr_final) * 0.5 * (1.0 + torch.cos(t * (math.pi / total)))
+    elif schedule == "exponential":
+        f = torch.exp(t * (math.log(lr_final) / total))
+    else:
+        f = torch.ones_like(t)
+    return f * lr0
+
+
 class StaticStep:
     """The fused step of a Trainer with static buffers; :meth:`run` does one step (replayed from a CUDA graph
     on a GPU). ``opt`` is the Trainer's :class:`~surrogates.engine.FusedAdam`."""
@@ -105,15 +118,7 @@ class StaticStep:
         self.graph = None
 
     def _lr(self) -> torch.Tensor:
-        """The coming step's learning rate, from the optimiser's step count, on the device (as schedule_factor)."""
-        t = torch.clamp(self.opt.step_count, max=float(self.total))
-        if self.schedule == "cosine":
-            f = self.lr_final + (1.0 - self.lr_final) * 0.5 * (1.0 + torch.cos(t * (math.pi / self.total)))
-        elif self.schedule == "exponential":
-            f = torch.exp(t * (math.log(self.lr_final) / self.total))
-        else:
-            f = torch.ones_like(t)
-        return f * self.lr0
+        return device_lr(self.opt.step_count, self.schedule, self.lr0, self.lr_final, self.total)
 
     def _body(self):
         self.engine.zero_grad()

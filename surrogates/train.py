@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,17 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
     checked before any work. ``iterations`` (>= 0) overrides the configured number, 0 meaning none: the
     untrained network is scored. ``out_dir`` is locked for the run: a second run on it refuses at once.
     """
+    return train_surrogates(cfg, problem, surrogate, n, [seed], data_dir, [out_dir], architecture, test_path,
+                            iterations, train_path, val_path)[0]
+
+
+def train_surrogates(cfg: dict, problem: str, surrogate: str, n: int, seeds, data_dir, out_dirs,
+                     architecture: str | None = None, test_path=None, iterations: int | None = None,
+                     train_path=None, val_path=None) -> list[dict]:
+    """As :func:`train_surrogate`, for several seeds (one output folder each) trained together as one
+    stacked model where :mod:`~surrogates.cohort` allows it (data-only kinds), else one after the other.
+    Each seed's files and ``metrics.json`` are those of a lone run; ``train_seconds`` is each seed's share
+    of the cohort's wall time (``cohort_seconds``: all of it)."""
     if surrogate not in KINDS:
         raise InvalidInputError(f"unknown surrogate {surrogate!r}; valid: {sorted(KINDS)}")
     p = problem_from_config(problem, cfg)
@@ -139,24 +151,37 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
         raise InvalidInputError(f"surrogate {surrogate!r} cannot train on problem {problem!r} (kind {p.kind!r}); "
                                 f"it takes {list(KINDS[surrogate])} problems")
     n = check_count(n, "n (training rows)", minimum=1)
-    seed = check_count(seed, "seed", 0, SEED_MAX)
+    seeds = [check_count(seed, "seed", 0, SEED_MAX) for seed in seeds]
+    out_dirs = [Path(o) for o in out_dirs]
+    if not seeds or len(seeds) != len(out_dirs) or len(set(seeds)) != len(seeds):
+        raise InvalidInputError(f"give one output folder per seed and distinct seeds; got seeds {seeds} and "
+                                f"{len(out_dirs)} folders")
     s = training_settings(cfg, problem)
     arch = architecture or s["architecture"]
-    prov = expected_model(cfg, problem, surrogate, n, seed, arch)
-    hidden = [tuple(h) for h in prov["hidden"]]
     total = s["iterations"] if iterations is None else check_count(iterations, "iterations", minimum=0)
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    with FolderLock(out_dir, what="training folder"):
-        train, train_meta = load_dataset(train_path or data_dir / f"n{n}" / "train.npz",
-                                         expect=expected_provenance(p, cfg, "train", n))
-        val, val_meta = load_dataset(val_path or data_dir / f"n{n}" / "val.npz", expect=expected_provenance(p, cfg, "val", n))
-        test, test_meta = load_dataset(test_path or data_dir / "test.npz", expect=expected_provenance(p, cfg, "test"))
-        return _train(cfg, p, surrogate, n, seed, arch, hidden, s, total, out_dir, prov,
-                      (train, train_meta), (val, val_meta), (test, test_meta))
+    data_dir = Path(data_dir)
+    with ExitStack() as locks:
+        for out_dir in out_dirs:
+            locks.enter_context(FolderLock(out_dir, what="training folder"))
+        train = load_dataset(train_path or data_dir / f"n{n}" / "train.npz", expect=expected_provenance(p, cfg, "train", n))
+        val = load_dataset(val_path or data_dir / f"n{n}" / "val.npz", expect=expected_provenance(p, cfg, "val", n))
+        test = load_dataset(test_path or data_dir / "test.npz", expect=expected_provenance(p, cfg, "test"))
+        runs = [_setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val)
+                for seed, out_dir in zip(seeds, out_dirs)]
+        if len(runs) == 1:
+            summaries = [{**runs[0]["trainer"].train(total), "cohort": 1}]
+        else:
+            from .cohort import train_together
+
+            summaries = train_together([r["trainer"] for r in runs], total)
+        return [_score(cfg, p, r, summary, test) for r, summary in zip(runs, summaries)]
 
 
-def _train(cfg, p, surrogate, n, seed, arch, hidden, s, total, out_dir, prov, train, val, test) -> dict:
-    (train, train_meta), (val, val_meta), (test, test_meta) = train, val, test
+def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> dict:
+    """One seed's network, Trainer and losses (nothing trained yet)."""
+    (train, train_meta), (val, val_meta) = train, val
+    prov = expected_model(cfg, p.name, surrogate, n, seed, arch)
+    hidden = [tuple(h) for h in prov["hidden"]]
     device = resolve_device(s.get("device", "auto"))
     Xtr, Ytr, Xv, Yv = train["X"], train["Y"], val["X"], val["Y"]
     if surrogate == "itnn":  # learn the increment of the state over one step
@@ -193,21 +218,31 @@ def _train(cfg, p, surrogate, n, seed, arch, hidden, s, total, out_dir, prov, tr
         gate = p.outputs[0]
         variant = "seed" if surrogate == "pinn_seed" else "total"
         trainer.add_loss(GateResidualLoss(p.model, gate, t_full, S, variant), phys["weight"])
-    summary = trainer.train(total)
+    return {"trainer": trainer, "model": model, "device": device, "prov": prov, "hidden": hidden, "seed": seed,
+            "surrogate": surrogate, "n": n, "arch": arch, "settings": settings, "out_dir": Path(out_dir)}
+
+
+def _score(cfg, p, r, summary, test) -> dict:
+    """Score a trained seed on the held-out test set; write its ``metrics.json``."""
+    test, test_meta = test
+    model, device, hidden, out_dir = r["model"], r["device"], r["hidden"], r["out_dir"]
     problems = {p.test_from: problem_from_config(p.test_from, cfg)} if p.kind == "step" else None
     metrics, extras = evaluate(model, p, test, problems)
+    cohort = int(summary.get("cohort", 1))
     result = {
-        "provenance": prov, "problem": p.name, "surrogate": surrogate, "n_train": int(n), "seed": int(seed),
-        "arch": arch, "hidden": [list(h) for h in hidden], "test": metrics, "mae": metrics["mae"],
-        "max_abs_err": metrics["max_abs_err"], "rel_l2": metrics["rel_l2"], "n_params": model.n_params,
-        "train_seconds": summary["train_seconds"], "iterations": summary["iterations"],
-        "best_iteration": summary["best_iteration"], "val_mae": summary["best_metric"],
-        "stopped_early": summary["stopped_early"], "resumed_from_iteration": summary["resumed_from"],
+        "provenance": r["prov"], "problem": p.name, "surrogate": r["surrogate"], "n_train": int(r["n"]),
+        "seed": int(r["seed"]), "arch": r["arch"], "hidden": [list(h) for h in hidden], "test": metrics,
+        "mae": metrics["mae"], "max_abs_err": metrics["max_abs_err"], "rel_l2": metrics["rel_l2"],
+        "n_params": model.n_params, "train_seconds": summary["train_seconds"] / cohort,
+        "iterations": summary["iterations"], "best_iteration": summary["best_iteration"],
+        "val_mae": summary["best_metric"], "stopped_early": summary["stopped_early"],
+        "resumed_from_iteration": summary["resumed_from"], "cohort": cohort,
+        "cohort_seconds": summary["train_seconds"] if cohort > 1 else None,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else describe_machine(machine_info(gpu=False)),
         "torch": torch.__version__, "euler_floor": test_meta.get("euler_floor"),
         "test_set": {"problem": test_meta.get("provenance", {}).get("problem"), "sha256": test_meta.get("sha256")},
-        "version": project_version(), "settings": settings, **extras,
+        "version": project_version(), "settings": r["settings"], **extras,
     }
     write_json(out_dir / "metrics.json", result)
     # done: the resume point goes, so a rerun (new settings, new code) trains afresh instead of resuming
@@ -238,7 +273,9 @@ def main(argv=None) -> int:
     ap.add_argument("--problem", required=True)
     ap.add_argument("--surrogate", required=True, choices=sorted(KINDS))
     ap.add_argument("--n", type=_int_arg("--n", 1), required=True)
-    ap.add_argument("--seed", type=_int_arg("--seed", 0, SEED_MAX), default=0)
+    ap.add_argument("--seed", type=_int_arg("--seed", 0, SEED_MAX), nargs="+", default=[0],
+                    help="one seed, or several trained together as one stacked model (data-only kinds; "
+                         "--out then holds {seed})")
     ap.add_argument("--arch", default=None, help="a key of training.architectures (default: training.architecture)")
     ap.add_argument("--data", type=Path, required=True, help="the problem's dataset folder (holding n{n}/ and test.npz)")
     ap.add_argument("--test", type=Path, default=None, help="test set (default: DATA/test.npz)")
@@ -248,12 +285,18 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         cfg = load_config(*a.config)
-        r = train_surrogate(cfg, a.problem, a.surrogate, a.n, a.seed, a.data, a.out, a.arch, a.test, a.iterations)
+        if len(a.seed) > 1 and "{seed}" not in str(a.out):
+            raise InvalidInputError(f"with several seeds --out must hold {{seed}} (one folder each), got {a.out}")
+        outs = [Path(str(a.out).replace("{seed}", str(seed))) for seed in a.seed]
+        results = train_surrogates(cfg, a.problem, a.surrogate, a.n, a.seed, a.data, outs, a.arch, a.test,
+                                   a.iterations)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{a.problem} {a.surrogate} n={a.n} seed={a.seed}: test MAE {r['mae']:.3e}, max {r['max_abs_err']:.3e}, "
-          f"rel L2 {r['rel_l2']:.3e} ({r['train_seconds']:.1f} s, {r['iterations']} iterations)")
+    for r in results:
+        print(f"{a.problem} {a.surrogate} n={a.n} seed={r['seed']}: test MAE {r['mae']:.3e}, max "
+              f"{r['max_abs_err']:.3e}, rel L2 {r['rel_l2']:.3e} ({r['train_seconds']:.1f} s, {r['iterations']} "
+              f"iterations{', trained with ' + str(r['cohort'] - 1) + ' other(s)' if r['cohort'] > 1 else ''})")
     return 0
 
 

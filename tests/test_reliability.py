@@ -207,6 +207,21 @@ def test_the_training_cli_takes_zero_iterations_literally_and_rejects_bad_seeds(
         assert message in err and "Traceback" not in err
 
 
+def test_the_training_cli_trains_several_seeds_together_into_one_folder_each(world, tmp_path, capsys):
+    cfg, lay = world
+    cfgfile = tmp_path / "tiny.yaml"
+    cfgfile.write_text(yaml.safe_dump(cfg))
+    args = ["--config", str(cfgfile), "--problem", "B", "--surrogate", "ddnn", "--n", "300",
+            "--data", str(lay.dataset_dir("B")), "--iterations", "30", "--seed", "4", "5"]
+    assert train_main([*args, "--out", str(tmp_path / "one")]) == 2  # two seeds, one folder: refused, named
+    assert "--out must hold {seed}" in capsys.readouterr().err and not (tmp_path / "one").exists()
+    assert train_main([*args, "--out", str(tmp_path / "s{seed}")]) == 0
+    out = capsys.readouterr().out
+    assert "seed=4" in out and "seed=5" in out and "trained with 1 other" in out
+    m4, m5 = (json.loads((tmp_path / f"s{s}" / "metrics.json").read_text()) for s in (4, 5))
+    assert (m4["seed"], m5["seed"], m4["cohort"], m4["iterations"]) == (4, 5, 2, 30) and m4["mae"] != m5["mae"]
+
+
 def test_messages_name_columns_without_numpy_noise(world, tmp_path):
     cfg, lay = fresh(world, tmp_path)
     for ext in ("npz", "json"):

@@ -31,6 +31,37 @@ def test_dry_run_of_the_default_config_builds_the_full_grid(tmp_path):
     assert jobs["benchmark_speed"] == 1 and jobs["figure_speed"] == 1 and jobs["export_onnx"] == jobs["train"]
 
 
+def test_cohort_config_trains_the_seeds_of_data_only_runs_in_one_job(tmp_path):
+    """training.cohort: one train_cohort job per (problem, ddnn|itnn, n) writes every seed's files; PINN runs
+    stay one job per seed; everything downstream (exports, ensembles, tables) is unchanged."""
+    extra = tmp_path / "cohort.yaml"
+    extra.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "r"), "training": {"cohort": True}}))
+    res = snakemake("-n", "--configfile", "config/config.yaml", str(extra))
+    assert res.returncode == 0, res.stderr[-2000:]
+    jobs = _job_counts(res.stdout)
+    assert jobs["train_cohort"] == (1 + 3 + 3 + 2) + 3  # ddnn on A, B, C, hh_m; itnn on D: one job per size
+    assert jobs["train"] == 3 * ((1 + 3 + 3 + 2) + 2)  # pinn and pinn_seed: one job per seed
+    assert jobs["export_onnx"] == 3 * ((1 + 3 + 3 + 2) * 2 + 2 + 3) and jobs["ensemble"] == (1 + 3 + 3 + 2) * 2 + 2 + 3
+
+
+def test_a_cohort_job_writes_every_seed_as_a_lone_run_would(tmp_path, tiny_config):
+    import json
+
+    extra = tiny_config({"training": {"cohort": True, "seeds": [0, 1]}})
+    lay = Layout(tmp_path / "results")
+    targets = [str(lay.run_file("metrics", "C", "ddnn", 300, "mlp3x64", s)) for s in (0, 1)]
+    res = snakemake(*targets, "--cores", "1", "--configfile", "config/quick.yaml", extra)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert _job_counts(res.stdout + res.stderr).get("train_cohort") == 1
+    m = [json.loads(open(t).read()) for t in targets]
+    assert [r["seed"] for r in m] == [0, 1] and [r["cohort"] for r in m] == [2, 2]
+    assert m[0]["mae"] != m[1]["mae"] and all(math.isfinite(r["mae"]) for r in m)
+    assert m[0]["provenance"]["seed"] == 0 and m[1]["provenance"]["seed"] == 1
+    for t in targets:
+        d = os.path.dirname(t)
+        assert os.path.exists(os.path.join(d, "best_model.pth")) and not os.path.exists(os.path.join(d, "checkpoint.pth"))
+
+
 def test_slurm_profile_dry_run_submits_every_job_with_account_and_partition(tmp_path):
     res = snakemake("-n", "--profile", "workflow/profiles/slurm", "--config", f"results_dir={tmp_path}")
     assert res.returncode == 0, res.stderr[-2000:]

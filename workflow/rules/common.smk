@@ -8,7 +8,7 @@ min_version("9.0")
 from core.layout import Layout, RUN_FILES
 from core.lock import hold_for_process
 from core.machine import cuda_device_count
-from surrogates.config import ensemble_grid, speed_problem_of, training_grid, training_settings, validate_config
+from surrogates.config import cohort_kinds, ensemble_grid, speed_problem_of, training_grid, training_settings, validate_config
 from surrogates.problems import SURROGATE_KINDS, problem_from_config
 
 # Fails at load, naming the key, on unknown keys, wrong types, empty ranges, unknown models, K values the

@@ -3,7 +3,12 @@
 # sidecars are inputs: training checks that each file was made for this problem, part and size.
 
 
+COHORT = cohort_kinds(config)  # training.cohort: these kinds train their seeds in one job (rule train_cohort)
+
+
 rule train:
+    wildcard_constraints:
+        surrogate="|".join(k for k in SURROGATES if k not in COHORT),
     input:
         train=rules.dataset_split.output.train,
         train_meta=rules.dataset_split.output.train_meta,
@@ -26,6 +31,39 @@ rule train:
         "../envs/pipeline.yaml"
     script:
         "../scripts/train.py"
+
+
+# training.cohort: the seeds of a data-only kind trained together as one stacked model (surrogates.cohort),
+# one job writing every seed's files (the same files, so the rest of the DAG is unchanged; a killed cohort
+# resumes from the seeds' checkpoint.pth files).
+if COHORT:
+
+    rule train_cohort:
+        wildcard_constraints:
+            surrogate="|".join(COHORT),
+        input:
+            train=rules.dataset_split.output.train,
+            train_meta=rules.dataset_split.output.train_meta,
+            val=rules.dataset_split.output.val,
+            val_meta=rules.dataset_split.output.val_meta,
+            test=rules.dataset_test.output.test,
+            test_meta=rules.dataset_test.output.meta,
+        output:
+            metrics=expand(run_pattern("metrics"), seed=config["training"]["seeds"], allow_missing=True),
+            model=expand(run_pattern("model"), seed=config["training"]["seeds"], allow_missing=True),
+            losses=expand(run_pattern("losses"), seed=config["training"]["seeds"], allow_missing=True),
+        params:
+            settings=lambda w: training_settings(config, w.problem),
+            seeds=config["training"]["seeds"],
+        threads: 1
+        resources:
+            gpu_jobs=lambda w: 1 if trains_on_gpu(w.problem) else 0,
+        log:
+            path(LAYOUT.log("train", "{problem}_{surrogate}_n{n}_{arch}_cohort.log")),
+        conda:
+            "../envs/pipeline.yaml"
+        script:
+            "../scripts/train_cohort.py"
 
 
 # The mean of the seeds' networks, scored on the same held-out test set as a surrogate of its own
