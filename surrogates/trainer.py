@@ -202,6 +202,13 @@ class Trainer:
             total = total + w * v
         return total, terms
 
+    def _objective_value(self):
+        """The objective's value alone (physics losses differentiate the network, so autograd stays on; the
+        parameters' gradients are left as they were)."""
+        with torch.enable_grad():
+            total, terms = self._objective()
+        return total.detach(), {n: v.detach() for n, v in terms.items()}
+
     def _fused_objective(self, steps):
         """The same objective as :meth:`_objective`, each term's gradient added by the engine."""
         self._engine.zero_grad()
@@ -370,8 +377,7 @@ class Trainer:
             print(f"resuming from {self.out / 'checkpoint.pth'} at iteration {self.iteration}", file=sys.stderr)
         t0 = time.perf_counter() - self.elapsed
         if num_iterations == 0 and not self.rows:  # nothing to train: score and keep the initial network
-            with torch.no_grad():
-                total, terms = self._objective()
+            total, terms = self._objective_value()
             self._record(terms, total, self.lr, self._validate())
             self._write_stats()
         return fused, stepper, t0
@@ -430,8 +436,7 @@ class Trainer:
 
             opt.step(closure)
             self.iteration += 20
-            with torch.no_grad():
-                total, terms = self._objective()
+            total, terms = self._objective_value()
             self._check_finite(total, terms)
             self.elapsed = time.perf_counter() - t0
             self._record(terms, total, float("nan"), self._validate())

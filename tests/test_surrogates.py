@@ -4,6 +4,7 @@ import json
 import textwrap
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.integrate import solve_ivp
@@ -358,6 +359,24 @@ def test_pinn_and_itnn_and_the_hh_m_variants_run(cfg, data, tmp_path):
     for kind in ("ddnn", "pinn_seed", "pinn"):
         r = train_surrogate(cfg, "hh_m", kind, 400, 0, data / "hh_m", tmp_path / kind, iterations=20)
         assert r["arch"] == "tanh2x64" and r["test"]["rows"] == round(0.2 * 4001)
+
+
+def test_physics_informed_runs_take_the_lbfgs_polish_and_zero_iterations(cfg, data, tmp_path):
+    """The polish and the untrained score evaluate the objective without a step: a physics loss (which
+    differentiates the network) must still be computable there."""
+    import copy
+
+    c = copy.deepcopy(cfg)
+    c["training"]["overrides"]["hh_m"]["lbfgs_iterations"] = 40
+    for kind in ("pinn", "pinn_seed"):
+        r = train_surrogate(c, "hh_m", kind, 400, 0, data / "hh_m", tmp_path / kind, iterations=20)
+        assert r["iterations"] == 60 and np.isfinite(r["mae"])
+        log = pd.read_csv(tmp_path / kind / "losses.csv")
+        polish = log[log["lr"].isna()]  # the L-BFGS rows (no learning rate): one per 20 iterations
+        assert list(polish["iteration"]) == [40, 60] and np.isfinite(polish["physics_" + kind.replace("pinn_", "").replace("pinn", "total")]).all()
+        assert polish["elapsed_s"].iloc[-1] > log[log["iteration"] == 20]["elapsed_s"].iloc[0]  # the clock runs on
+    r = train_surrogate(cfg, "B", "pinn", 1000, 0, data / "B", tmp_path / "zero", iterations=0)
+    assert r["iterations"] == 0 and np.isfinite(r["mae"])
 
 
 def test_entry_point_rejects_impossible_requests(cfg, data, tmp_path):
