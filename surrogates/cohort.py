@@ -26,7 +26,7 @@ import torch
 
 from core.errors import InvalidInputError
 
-from .engine import ACTIVATIONS, FusedAdam
+from .engine import ACTIVATIONS, FusedAdam, _Products
 from .losses import FUSED_POWERS, DataLoss
 from .network import MLP
 
@@ -175,6 +175,8 @@ class _Cohort:
         t0 = trainers[0]
         self.total, self.lr0, self.schedule, self.lr_final = max(int(total), 1), t0.lr, t0.lr_schedule, t0.lr_final
         self.capture = dev.type == "cuda"
+        self.cpu = dev.type == "cpu"
+        self._scratch: dict = {}
         self.graph = None
 
     # ------------------------------------------------------------ host side, before each step
@@ -209,7 +211,7 @@ class _Cohort:
             xs, ys = self.xp.index_select(1, idx), self.yp.index_select(1, idx)
         a_prev = xs
         for i, act in enumerate(self.acts):  # forward: z = a W^T + b, per network
-            z = torch.baddbmm(self.b[i].unsqueeze(1), a_prev, self.W[i].transpose(1, 2), out=self.z[i])
+            z = self._bmm(("fwd", i), a_prev, self.W[i].transpose(1, 2), self.z[i], self.b[i])
             a_prev = z if act is None else act.f(z, self.a[i])
         diff = torch.sub(a_prev, ys, out=self.diff)
         scale = self.weight / diff[0].numel()
@@ -226,13 +228,30 @@ class _Cohort:
             if act is not None:
                 g = act.backward(g, self.z[i], self.a[i], self.g[i])
             a_in = xs if i == 0 else self.a[i - 1] if self.acts[i - 1] is not None else self.z[i - 1]
-            torch.bmm(g.transpose(1, 2), a_in, out=self.gW[i])
+            self._bmm(("dW", i), g.transpose(1, 2), a_in, self.gW[i])
             torch.sum(g, 1, out=self.gb[i])
             if i > 0:
                 g = torch.bmm(g, self.W[i], out=self.ga[i])
         self.losses.copy_(loss)
         self.bad.logical_or_(~torch.isfinite(loss))
         self.opt.step(lr)
+
+    def _bmm(self, key, A, B, out, bias=None):
+        """``out = A @ B (+ bias)`` per network; on a CPU a tall, narrow result (the first layer's weight
+        gradient, the output layer's values) is computed as its wide transpose, several times faster there
+        (as :class:`~surrogates.engine._Products`; a fixed rule, so every run makes the same choice)."""
+        if not (self.cpu and out.shape[2] < _Products.NARROW < out.shape[1]):
+            if bias is not None:
+                return torch.baddbmm(bias.unsqueeze(1), A, B, out=out)
+            return torch.bmm(A, B, out=out)
+        tmp = self._scratch.get(key)
+        if tmp is None:
+            tmp = self._scratch[key] = out.new_empty(out.shape[0], out.shape[2], out.shape[1])
+        if bias is not None:
+            torch.baddbmm(bias.unsqueeze(2), B.transpose(1, 2), A.transpose(1, 2), out=tmp)
+        else:
+            torch.bmm(B.transpose(1, 2), A.transpose(1, 2), out=tmp)
+        return out.copy_(tmp.transpose(1, 2))
 
     def run(self, iteration: int) -> None:
         """Step ``iteration`` (0-based) of every network."""
