@@ -426,7 +426,9 @@ class Trainer:
     def _lbfgs_steps(self, t0: float):
         opt = torch.optim.LBFGS(self.model.parameters(), lr=1.0, max_iter=20, history_size=50,
                                 line_search_fn="strong_wolfe")
-        for _ in range(max(1, self.lbfgs_iterations // 20)):
+        rounds = max(1, self.lbfgs_iterations // 20)
+        end = self.iteration + 20 * rounds
+        for r in range(rounds):
             def closure():
                 opt.zero_grad(set_to_none=True)
                 total, terms = self._objective()
@@ -440,6 +442,10 @@ class Trainer:
             self._check_finite(total, terms)
             self.elapsed = time.perf_counter() - t0
             self._record(terms, total, float("nan"), self._validate())
+            if self.iteration % self.val_every < 20 or r == rounds - 1:  # as often as the first-order steps
+                self._write_losses()
+                if self.progress:
+                    self._show(end)
         self._write_stats()
 
     def _show(self, total):

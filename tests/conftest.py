@@ -36,7 +36,7 @@ TINY = {
                  "hh_m": {"t_end": 40.0, "sizes": [300]}},
     "datasets": {"sizes": [300]},
     "training": {"iterations": 60, "val_every": 20, "seeds": [0], "physics": {"collocation_points": 256},
-                 "overrides": {"hh_m": {"iterations": 40, "val_every": 20}}},
+                 "overrides": {"hh_m": {"iterations": 40, "val_every": 20, "lbfgs_iterations": 0}}},
     "speed": {"n_cells": [300, 600], "k_sweep": [1, 26], "repeats": 2, "max_repeats": 2, "solver_n_cells": [1000, 10000], "backends": ["torch", "onnxruntime"],
               "precisions": ["fp32"]},
 }

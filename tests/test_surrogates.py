@@ -29,6 +29,7 @@ def cfg():
     c["problems"]["hh_m"]["t_end"] = 40.0
     c["problems"]["hh_m"]["sizes"] = [400]
     c["training"].update(val_every=50, lr=1e-2)  # short runs: a larger step
+    c["training"]["overrides"]["hh_m"]["lbfgs_iterations"] = 0  # the configured polish is thousands of steps
     return validate_config(c)
 
 
