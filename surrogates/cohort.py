@@ -89,6 +89,8 @@ def train_together(trainers, num_iterations: int) -> list[dict]:
         print(f"training {len(trainers)} networks one after the other: {why}", file=sys.stderr)
         return [{**t.train(num_iterations), "cohort": 1} for t in trainers]
     cohort = _Cohort(trainers, steppers, num_iterations)
+    for t in trainers:
+        t.label = f"{t.out.name}: "
     t0s = [t0 for _, _, t0 in starts]
     iteration = trainers[0].iteration
     last_check = iteration

@@ -160,6 +160,7 @@ class Trainer:
         self.elapsed = 0.0
         self._stale = 0
         self._resumed_from: int | None = None
+        self.label = ""  # a prefix of the progress line (a cohort names each network's folder)
         torch.manual_seed(self.seed)
 
     # ------------------------------------------------------------------ set-up
@@ -453,7 +454,7 @@ class Trainer:
         metric = f" {self.monitor} {last[self.monitor]:.3e}" if self.monitor in last else ""
         rate = self.iteration / self.elapsed if self.elapsed > 0 else float("nan")
         left = (total - self.iteration) / rate if rate > 0 else float("nan")
-        text = (f"[{self.iteration}/{total}] loss {last['total']:.3e}{metric} best@{self.best_iteration} "
+        text = (f"{self.label}[{self.iteration}/{total}] loss {last['total']:.3e}{metric} best@{self.best_iteration} "
                 f"{rate:.0f} it/s, {left:.0f} s left")
         sys.stderr.write(f"\r{text}   " if self.progress == "tty" else text + "\n")
         sys.stderr.flush()
