@@ -470,6 +470,11 @@ def hh_m_figure(t, V, m_true, test_t, predictions: dict, losses: dict, png, pdf,
         ax.set(yscale="log", title=title, xlabel="iteration (optimiser steps)", ylabel=ylabel)
         if not ax.lines:
             ax.text(0.5, 0.5, "no variant has this term", ha="center", va="center", transform=ax.transAxes)
+        polish = [df["iteration"][df["lr"].isna()].min() for df in losses.values() if "lr" in df]
+        polish = [p for p in polish if np.isfinite(p)]
+        if polish:  # rows without a learning rate: the L-BFGS polish (training.lbfgs_iterations)
+            ax.axvline(min(polish), color="0.5", ls=":", lw=1)
+            ax.text(min(polish), 0.98, " L-BFGS", color="0.4", fontsize=8, va="top", transform=ax.get_xaxis_transform())
     handles = [_handle("m reference (Euler)", EULER, lw=1.8),
                _handle("held-out test points", TEST_POINTS, ls="none", marker="o")]
     handles += [_handle(label(k), color(k), ls="--") for k in predictions]
