@@ -76,3 +76,29 @@ def run_snakemake(*args, timeout=900, env=None):
 @pytest.fixture
 def snakemake():
     return run_snakemake
+
+
+# ---------------------------------------------------------------- what a CUDA graph may capture
+HOST_OPS = {"aten.lift_fresh.default": "a tensor made from host data (a Python list or array) inside the step",
+            "aten._local_scalar_dense.default": "a value read back to the host (.item(), bool(), float())"}
+
+
+def host_touches(ops) -> dict:
+    """The operators among ``ops`` that a CUDA graph capture refuses, with why."""
+    return {op: why for op, why in HOST_OPS.items() if op in ops}
+
+
+def op_recorder():
+    """A dispatch mode that records the name of every operator run under it (``.ops``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    return Record()

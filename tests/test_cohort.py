@@ -165,20 +165,11 @@ def test_a_diverging_seed_stops_the_cohort_naming_its_folder(tmp_path):
 
 def test_the_cohort_step_never_touches_the_host(tmp_path, monkeypatch):
     """The stacked step is what a CUDA graph captures on a GPU: no tensors from host data, no values read."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from conftest import host_touches, op_recorder
 
     from surrogates.cohort import _Cohort
 
-    class Record(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    rec = Record()
+    rec = op_recorder()
     body = _Cohort._body
 
     def recorded(self, lr):
@@ -189,8 +180,8 @@ def test_the_cohort_step_never_touches_the_host(tmp_path, monkeypatch):
     pairs = [_trainer(tmp_path / f"s{s}", s) for s in (0, 1)]
     train_together([t for t, _ in pairs], 3)
     assert len(rec.ops) > 30
-    host = {"aten.lift_fresh.default", "aten._local_scalar_dense.default"} & set(rec.ops)
-    assert not host, f"the cohort step does {host}"
+    found = host_touches(rec.ops)
+    assert not found, f"the cohort step does: {found}"
 
 
 @pytest.mark.gpu

@@ -204,28 +204,15 @@ def test_the_static_step_follows_the_plain_fused_path(tmp_path):
     torch.testing.assert_close(finals[0], finals[1], rtol=1e-4, atol=1e-6)
 
 
-HOST_OPS = {"aten.lift_fresh.default": "a tensor made from host data (a Python list or array) inside the step",
-            "aten._local_scalar_dense.default": "a value read back to the host (.item(), bool(), float())"}
-
-
 def test_the_capturable_step_never_touches_the_host(tmp_path, monkeypatch):
     """What a CUDA graph captures must neither make tensors from host data (a list index is copied to the
     device at every call: the capture refuses it) nor read values back. Checked on the CPU by recording every
     operator of the static step's body (data, ODE residual and initial-condition losses, optimiser)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from conftest import op_recorder
 
     from surrogates.graph import StaticStep
 
-    class Record(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    rec = Record()
+    rec = op_recorder()
     body = StaticStep._body
 
     def recorded(self):
@@ -236,7 +223,9 @@ def test_the_capturable_step_never_touches_the_host(tmp_path, monkeypatch):
     tr, _ = _pinn_trainer(tmp_path, True)
     tr.train(3)
     assert len(rec.ops) > 50  # the body did run under the recorder
-    found = {op: why for op, why in HOST_OPS.items() if op in rec.ops}
+    from conftest import host_touches
+
+    found = host_touches(rec.ops)
     assert not found, f"the capturable step does: {found}"
 
 
