@@ -26,7 +26,7 @@ import torch
 
 from core.errors import InvalidInputError
 
-from .engine import ACTIVATIONS, FusedAdam, _Products
+from .engine import ACTIVATIONS, FusedAdam, _Products, power_loss
 from .losses import FUSED_POWERS, DataLoss
 from .network import MLP
 
@@ -183,10 +183,10 @@ class _Cohort:
 
     # ------------------------------------------------------------ host side, before each step
     def _host(self):
+        if self.full:
+            return
         starts = set()
         for s, loss in enumerate(self.data):
-            if self.full:
-                continue
             rows = loss._next_rows()
             starts.add(rows.start)
             if self._passes[s] is not loss._perm:  # a new pass (or a resumed run's first step)
@@ -215,16 +215,7 @@ class _Cohort:
         for i, act in enumerate(self.acts):  # forward: z = a W^T + b, per network
             z = self._bmm(("fwd", i), a_prev, self.W[i].transpose(1, 2), self.z[i], self.b[i])
             a_prev = z if act is None else act.f(z, self.a[i])
-        diff = torch.sub(a_prev, ys, out=self.diff)
-        scale = self.weight / diff[0].numel()
-        p = self.power
-        if p == 2.0:
-            loss = (diff * diff).mean(dim=(1, 2))
-            g = diff.mul_(2.0 * scale)
-        else:  # d/dd |d|^p = p |d|^(p-2) d
-            mag = diff.abs()
-            loss = mag.pow(p).mean(dim=(1, 2))
-            g = diff.mul_(mag.pow_(p - 2.0)).mul_(p * scale)
+        loss, g = power_loss(torch.sub(a_prev, ys, out=self.diff), self.weight, self.power, per_network=True)
         for i in range(len(self.W) - 1, -1, -1):  # backward, per network
             act = self.acts[i]
             if act is not None:
@@ -266,18 +257,7 @@ class _Cohort:
         self.graph.replay()
 
     def _capture(self):
-        """Warm up on a side stream, undo the warm-up, capture one step (as :class:`~surrogates.graph.StaticStep`)."""
+        from .graph import capture
+
         state = [*self.W, *self.b, *self.opt.state_tensors(), self.offset]
-        saved = [t.clone() for t in state]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._body(self._lr())
-        torch.cuda.current_stream().wait_stream(side)
-        for dst, src in zip(state, saved):
-            dst.copy_(src)
-        self.bad.zero_()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._body(self._lr())
+        self.graph = capture(lambda: self._body(self._lr()), state, self.bad)

@@ -240,6 +240,20 @@ class _Products:
         return out.add_(tmp.t()) if add else out.copy_(tmp.t())
 
 
+# ---------------------------------------------------------------- the data loss and its gradient
+def power_loss(diff: torch.Tensor, weight: float, p: float, per_network: bool = False):
+    """``mean(|diff|^p)`` and its gradient times ``weight``, written over ``diff`` (which it consumes).
+    ``per_network``: ``diff`` is ``(networks, rows, outputs)`` and each network has its own mean."""
+    dims = (1, 2) if per_network else None
+    n = diff[0].numel() if per_network else diff.numel()
+    if p == 2.0:
+        loss = (diff * diff).mean(dim=dims) if per_network else torch.mean(diff * diff)
+        return loss, diff.mul_(2.0 * weight / n)
+    mag = diff.abs()  # d/dd |d|^p = p |d|^(p-2) d
+    loss = mag.pow(p).mean(dim=dims) if per_network else torch.mean(mag.pow(p))
+    return loss, diff.mul_(mag.pow_(p - 2.0)).mul_(p * weight / n)
+
+
 # ---------------------------------------------------------------- the engine
 class MLPEngine:
     """Hand-written forward/backward of an :class:`~surrogates.network.MLP` for batches of at most ``rows``.
@@ -397,14 +411,7 @@ class MLPEngine:
         parameters' ``.grad``. Returns the unweighted loss (a 0-d tensor on the device, never synchronised)."""
         z, _ = self.forward(xs)
         with torch.no_grad():
-            diff = torch.sub(z, ys, out=self._v(z.shape[0])["gt"][-1])
-            if p == 2.0:
-                loss = torch.mean(diff * diff)
-                g = diff.mul_(2.0 * weight / diff.numel())
-            else:  # d/dd |d|^p = p |d|^(p-2) d
-                mag = diff.abs()
-                loss = torch.mean(mag.pow(p))
-                g = diff.mul_(mag.pow_(p - 2.0)).mul_(p * weight / diff.numel())
+            loss, g = power_loss(torch.sub(z, ys, out=self._v(z.shape[0])["gt"][-1]), weight, p)
         self._backward(xs, None, g)
         return loss
 

@@ -88,6 +88,26 @@ def device_lr(step_count: torch.Tensor, schedule: str, lr0: float, lr_final: flo
     return f * lr0
 
 
+def capture(body, state: list, bad: torch.Tensor) -> "torch.cuda.CUDAGraph":
+    """A CUDA graph of ``body()``: warmed up twice on a side stream (lazy initialisation, allocations), the
+    warm-up undone (every tensor of ``state`` restored, the ``bad`` flag cleared), then captured once. The
+    graph is not replayed here: the caller's first replay is the first real step."""
+    saved = [t.clone() for t in state]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    for dst, src in zip(state, saved):
+        dst.copy_(src)
+    bad.zero_()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    return graph
+
+
 class StaticStep:
     """The fused step of a Trainer with static buffers; :meth:`run` does one step (replayed from a CUDA graph
     on a GPU). ``opt`` is the Trainer's :class:`~surrogates.engine.FusedAdam`."""
@@ -143,20 +163,6 @@ class StaticStep:
             self.graph.replay()
 
     def _capture(self):
-        """Warm up on a side stream (lazy initialisation, allocations), undo the warm-up, capture one step."""
         params = [p.detach() for p in self.t.model.parameters()]
-        state = params + self.opt.state_tensors()
         offsets = [s.offset for _, _, s, _ in self.parts if isinstance(s, _StaticData)]
-        saved = [t.clone() for t in state + offsets]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._body()
-        torch.cuda.current_stream().wait_stream(side)
-        for dst, src in zip(state + offsets, saved):
-            dst.copy_(src)
-        self.bad.zero_()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._body()
+        self.graph = capture(self._body, params + self.opt.state_tensors() + offsets, self.bad)
