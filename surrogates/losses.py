@@ -383,10 +383,25 @@ class ODEResidualLoss(_CollocationLoss):
         v = torch.zeros(len(self.phys.p.inputs), device=engine.W[0].device, dtype=engine.W[0].dtype)
         v[self.t_col] = 1.0 / m.in_halfwidth[self.t_col]  # d(scaled input)/dt
         scale = m.out_scale
+        phys = self.phys
+        if not phys.m.has_jacobian():  # autograd over the outputs' small graph
+            def at(x, weight: float):
+                return engine.tangent_step(engine.scale_x(x), v, lambda z, zt, _: self._residual(
+                    m.out_center + scale * z, scale * zt, x, scale), weight)
 
-        def at(x, weight: float):
-            return engine.tangent_step(engine.scale_x(x), v, lambda z, zt, _: self._residual(
-                m.out_center + scale * z, scale * zt, x, scale), weight)
+            return at
+
+        def at(x, weight: float):  # the residual's gradient in closed form (the model's SymPy Jacobian)
+            def residual_grad(z, zt):
+                f, J = phys.m.torch_rhs_jacobian(phys.columns(m.out_center + scale * z, "out_idx"), phys.params(x))
+                res = zt - phys.columns(f, "state_idx") / scale  # (dy/dt - f) / scale, dy/dt = scale * zt
+                loss = torch.mean(res * res)
+                gres = res.mul_(2.0 / res.numel())  # d loss / d res = d loss / d zt
+                c = phys.columns(gres / scale, "out_idx")  # cotangent of f, in the model's state order
+                gy = torch.matmul(c.unsqueeze(-2), J).squeeze(-2)  # c^T J: d loss / d y (model order), negated
+                return loss, phys.columns(gy, "state_idx").mul_(-scale), gres
+
+            return engine.tangent_step_closed(engine.scale_x(x), v, residual_grad, weight)
 
         return at
 

@@ -134,3 +134,40 @@ def test_generated_code_comes_from_the_definition():
     assert "expf(" not in c64 and "exp(" in c64 and "0.07f" not in c64
     assert any(line.startswith("d_V = ") for line in m.python_statements())
     assert m.describe()["parameters"]["g_Na"] == {"default": 120.0, "units": "mS/cm^2"}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_closed_form_jacobian_equals_autograd(name, rng):
+    """torch_rhs_jacobian: f exactly as torch_rhs, J = df/dy as autograd gives it (HH at and around the rates'
+    removable singularities too, on both sides of the derivative's series switch)."""
+    m = solvers.get_model(name)
+    y = _random_states(m, 64, rng)
+    if name == "hh":
+        V = np.array([-40.0, -55.0, -40.0 + 1e-9, -55.0 - 1e-6, -40.0 + 0.09, -40.0 - 0.11, -55.0 + 0.2, -40.0 + 1e-3])
+        y[: len(V), 0] = V
+    yt = torch.tensor(y, requires_grad=True)
+    f, J = m.torch_rhs_jacobian(yt)
+    ref = m.torch_rhs(yt)
+    assert torch.equal(f, ref.detach())
+    want = torch.stack([torch.autograd.grad(ref[:, j].sum(), yt, retain_graph=True)[0] for j in range(m.n_states)], -2)
+    assert J.shape == (64, m.n_states, m.n_states) and torch.isfinite(J).all()
+    torch.testing.assert_close(J, want, rtol=1e-9, atol=1e-12)
+    f32, J32 = m.torch_rhs_jacobian(yt.detach().float())
+    assert J32.dtype == torch.float32
+    torch.testing.assert_close(J32.double(), want, rtol=2e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_per_row_parameters_reach_the_jacobian():
+    m = solvers.get_model("fhn_classic")
+    y = torch.tensor([[0.3, 0.05], [0.3, 0.05]], dtype=torch.float64)
+    _, J = m.torch_rhs_jacobian(y, {"tau": torch.tensor([10.0, 20.0], dtype=torch.float64)})
+    assert J[:, 1, 0].tolist() == pytest.approx([0.1, 0.05])  # d(dw/dt)/du = 1/tau
+    assert J[:, 0, 1].tolist() == pytest.approx([-1.0, -1.0])  # a constant entry, broadcast to the rows
+
+
+def test_a_right_hand_side_sympy_cannot_differentiate_has_no_closed_form_jacobian():
+    m = CellModel("odd", "vtrap with a state-dependent scale", {"x": State(0.0, "1")}, {"k": Parameter(1.0, "1")},
+                  {"x": "vtrap(x, 2 + x) - k"})
+    assert not m.has_jacobian()
+    with pytest.raises(ValueError, match="no closed-form Jacobian"):
+        m.torch_rhs_jacobian(torch.zeros(3, 1))
