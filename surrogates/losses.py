@@ -178,6 +178,26 @@ class DataLoss(Loss):
 
         return step
 
+    def fused_full(self, engine):
+        """The full-set objective (every row once, as ``batch_size = rows`` gives) through ``engine``, in
+        chunks of at most its rows, each weighted by its share: what the L-BFGS polish evaluates."""
+        if not self._is_own_call() or self.metric not in FUSED_POWERS:
+            return None
+        power = FUSED_POWERS[self.metric]
+        device = engine.W[0].device
+        Xs, Ys = engine.scale_x(self.X.to(device)), engine.scale_y(self.Y.to(device))
+        n = Xs.shape[0]
+        chunks = [(a, min(a + engine.rows, n)) for a in range(0, n, engine.rows)]
+
+        def step(weight: float):
+            total = 0.0
+            for a, b in chunks:  # mean over a chunk x its share of the rows = its part of the mean over all
+                share = (b - a) / n
+                total = total + share * engine.data_step(Xs[a:b], Ys[a:b], weight * share, power)
+            return total
+
+        return step
+
     def __call__(self, model):
         device = _device(model)
         x, y = self._batch(device)
@@ -505,9 +525,23 @@ class GateResidualLoss(Loss):
             v = torch.stack([torch.full_like(self.dVdt, 1.0).to(device) / h[0], self.dVdt.to(device) / h[1]], dim=1)
         xs = engine.scale_x(x)
         scale = m.out_scale[0]
+        if not self.m.has_jacobian():
+            def step(weight: float):
+                return engine.tangent_step(xs, v, lambda z, zt, _: self._residual(
+                    m.out_center[0] + scale * z[:, 0], scale * zt[:, 0], S, scale), weight)
+
+            return step
+        g, states = self.gate, S.clone()
+
+        def residual_grad(z, zt):  # closed form: d rhs_gate / d gate is the Jacobian's diagonal entry
+            states[:, g] = m.out_center[0] + scale * z[:, 0]
+            f, J = self.m.torch_rhs_jacobian(states)
+            res = zt[:, :1] - f[:, g:g + 1] / scale  # (d gate/dt - rhs) / scale, d gate/dt = scale * zt
+            loss = torch.mean(res * res)
+            gres = res.mul_(2.0 / res.numel())
+            return loss, gres * J[:, g, g:g + 1].neg(), gres
 
         def step(weight: float):
-            return engine.tangent_step(xs, v, lambda z, zt, _: self._residual(
-                m.out_center[0] + scale * z[:, 0], scale * zt[:, 0], S, scale), weight)
+            return engine.tangent_step_closed(xs, v, residual_grad, weight)
 
         return step

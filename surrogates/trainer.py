@@ -157,6 +157,7 @@ class Trainer:
         self.best_iteration = -1
         self.best_state: dict | None = None
         self.rows: list[dict] = []
+        self._engine = None  # the fused engine of the first-order steps, when they use one
         self.elapsed = 0.0
         self._stale = 0
         self._resumed_from: int | None = None
@@ -210,9 +211,9 @@ class Trainer:
             total, terms = self._objective()
         return total.detach(), {n: v.detach() for n, v in terms.items()}
 
-    def _fused_objective(self, steps):
+    def _fused_objective(self, steps, engine=None):
         """The same objective as :meth:`_objective`, each term's gradient added by the engine."""
-        self._engine.zero_grad()
+        (engine or self._engine).zero_grad()
         terms = {}
         total = 0.0
         for (loss, w), step in zip(self.losses, steps):
@@ -424,13 +425,34 @@ class Trainer:
                 if id(l) in saved:
                     l.batch_size = saved[id(l)]
 
+    LBFGS_CHUNK = 8192  # rows per engine call in the polish's full-set data terms
+
+    def _lbfgs_fused(self):
+        """``(engine, steps)`` for the polish's full-set objective through the fused engine (data terms over
+        every row, in chunks; physics terms as in the first-order steps), or ``None`` for autograd: when the
+        first-order steps did not use the engine, or a term has no fused form."""
+        if self._engine is None:
+            return None
+        from .engine import MLPEngine
+
+        full = [hasattr(l, "fused_full") and hasattr(l, "X") for l, _ in self.losses]
+        rows = max(min(l.X.shape[0], self.LBFGS_CHUNK) if f else l.fused_rows() for (l, _), f in zip(self.losses, full))
+        eng = MLPEngine(self.model, rows)
+        steps = [l.fused_full(eng) if f else l.fused(eng) for (l, _), f in zip(self.losses, full)]
+        return None if any(st is None for st in steps) else (eng, steps)
+
     def _lbfgs_steps(self, t0: float):
         opt = torch.optim.LBFGS(self.model.parameters(), lr=1.0, max_iter=20, history_size=50,
                                 line_search_fn="strong_wolfe")
         rounds = max(1, self.lbfgs_iterations // 20)
         end = self.iteration + 20 * rounds
+        fused = self._lbfgs_fused()  # the engine: no create_graph pass for physics terms, no autograd graph
         for r in range(rounds):
             def closure():
+                if fused is not None:  # writes each parameter's .grad, which L-BFGS reads
+                    total, terms = self._fused_objective(fused[1], fused[0])
+                    self._check_finite(total, terms)
+                    return total
                 opt.zero_grad(set_to_none=True)
                 total, terms = self._objective()
                 self._check_finite(total, terms)
@@ -439,7 +461,7 @@ class Trainer:
 
             opt.step(closure)
             self.iteration += 20
-            total, terms = self._objective_value()
+            total, terms = self._fused_objective(fused[1], fused[0]) if fused is not None else self._objective_value()
             self._check_finite(total, terms)
             self.elapsed = time.perf_counter() - t0
             self._record(terms, total, float("nan"), self._validate())

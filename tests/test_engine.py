@@ -308,3 +308,53 @@ def test_the_closed_form_ode_residual_equals_autograd_in_float64(outputs):
     assert float(got) == pytest.approx(float(ref), rel=1e-12)
     for g, w in zip(grads_of(m), want):
         torch.testing.assert_close(g, 0.5 * w, rtol=1e-8, atol=1e-10)
+
+
+def test_the_lbfgs_polish_through_the_engine_follows_autograd(tmp_path):
+    """The polish's closure on the fused engine (full-set data term in chunks, forward-mode residual, closed-form
+    residual gradient) against the autograd closure: the same L-BFGS run, loss for loss."""
+    runs = []
+    for engine in ("fused", "autograd"):
+        tr, m = _pinn_trainer(tmp_path / engine, capture=False, engine=engine)
+        tr.lbfgs_iterations = 60
+        tr.LBFGS_CHUNK = 128  # the 500 data rows in 4 chunks (128, 128, 128, 116)
+        tr.train(50)
+        if engine == "fused":
+            assert tr._lbfgs_fused() is not None and tr._lbfgs_fused()[0].rows == 128
+        runs.append((np.array([r["total"] for r in tr.rows if r["iteration"] > 50]), m.state_dict()))
+    (fused, wf), (auto, wa) = runs
+    assert len(fused) == 3 and fused[-1] < fused[0]  # it polished
+    np.testing.assert_allclose(fused, auto, rtol=1e-5)  # measured: 3e-7
+    for k in wf:
+        torch.testing.assert_close(wf[k], wa[k], rtol=1e-3, atol=1e-4)  # measured: 2e-5 at most
+
+
+@pytest.mark.parametrize("variant", ["seed", "total"])
+def test_the_closed_form_gate_residual_equals_autograd_in_float64(variant):
+    """hh_m's gate residual (the HH right-hand side; V near the rates' removable singularities is on the trace)
+    on the fused path against autograd's create_graph path, in float64."""
+    from surrogates.config import load_config
+    from surrogates.datasets import trace_states
+    from surrogates.losses import GateResidualLoss
+    from surrogates.problems import problem_from_config
+
+    cfg = load_config()
+    cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": 12.0}  # through the first action potential
+    hh = problem_from_config("hh_m", cfg)
+    assert hh.model.has_jacobian()
+    t, S = trace_states(hh)
+    torch.manual_seed(1)
+    m = MLP(2, 1, [("Tanh", 16), ("SiLU", 8)], input_range=([0.0, -90.0], [12.0, 50.0]), output_center=[0.5],
+            output_scale=[0.5]).double()
+    loss = GateResidualLoss(hh.model, "m", t, S, variant)
+    loss.x, loss.dVdt, loss.S = loss.x.double(), loss.dVdt.double(), loss.S.double()
+    m.zero_grad()
+    ref = loss(m)
+    ref.backward()
+    want = grads_of(m)
+    eng = MLPEngine(m, loss.fused_rows())
+    eng.zero_grad()
+    got = loss.fused(eng)(1.0)
+    assert float(got) == pytest.approx(float(ref), rel=1e-12)
+    for g, w in zip(grads_of(m), want):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
