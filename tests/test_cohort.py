@@ -201,3 +201,20 @@ def test_a_captured_cohort_on_a_gpu_matches_the_seeds_alone(tmp_path):
     train_together([t for t, _ in pairs], 70)
     for ma, (_, mc) in zip(alone, pairs):
         torch.testing.assert_close(_flat(mc), _flat(ma), rtol=1e-3, atol=1e-4)
+
+
+def test_a_cohort_takes_each_seeds_lbfgs_polish_as_alone(tmp_path):
+    """The polish runs per seed after the stacked steps, on parameters that are views of the stacked tensors."""
+    seeds = [0, 1]
+    alone = []
+    for s in seeds:
+        tr, m = _trainer(tmp_path / f"alone{s}", s, lbfgs_iterations=40)
+        tr.train(40)
+        alone.append((tr, m))
+    pairs = [_trainer(tmp_path / f"cohort{s}", s, lbfgs_iterations=40) for s in seeds]
+    train_together([t for t, _ in pairs], 40)
+    for (ta, ma), (tc, mc) in zip(alone, pairs):
+        assert [r["iteration"] for r in tc.rows] == [20, 40, 60, 80]
+        assert tc.rows[-1]["data"] < 0.9 * tc.rows[1]["data"]  # the polish lowered the loss
+        assert tc.rows[-1]["data"] == pytest.approx(ta.rows[-1]["data"], rel=1e-3)
+        torch.testing.assert_close(_flat(mc), _flat(ma), rtol=1e-3, atol=1e-4)
