@@ -458,3 +458,29 @@ def test_seed_readme_scenarios_run_unchanged(scenario, folder, column, tmp_path,
     assert (tmp_path / folder / "best_model.pth").exists()
     header = (tmp_path / folder / "losses.csv").read_text().splitlines()[0].split(",")
     assert column in header
+
+
+def test_an_itnn_rolls_out_over_other_trajectory_problems_test_sets(cfg, data, tmp_path):
+    """benchmarks.itnn_transfer: on C's test set (D's own test_from) each seed scores exactly as training scored
+    it; B's test set (I fixed inside D's range) gets rows of its own; A (I = 0) is refused with the reason."""
+    from benchmarks.itnn_transfer import main, transfer
+
+    for p in ("B", "C"):
+        ds.write_test(cfg, p, tmp_path / "ds" / p / "test.npz")
+    runs = [train_surrogate(cfg, "D", "itnn", 1000, s, data / "D", tmp_path / f"s{s}", iterations=150) for s in (0, 1)]
+    ck = [tmp_path / f"s{s}" / "best_model.pth" for s in (0, 1)]
+    rows = transfer(cfg, "D", 1000, "mlp3x64", ck, ["C", "B"], tmp_path / "ds")
+    by = {(r["test"], r["network"]): r for r in rows}
+    for s, r in zip((0, 1), runs):
+        assert by[("C", f"seed {s}")]["mae"] == pytest.approx(r["mae"], rel=1e-6)
+        assert by[("C", f"seed {s}")]["max_abs_err"] == pytest.approx(r["max_abs_err"], rel=1e-6)
+    b = [by[("B", k)] for k in ("seed 0", "seed 1", "mean of 2 (std)", "ensemble (mean of the networks)")]
+    assert all(np.isfinite(r["mae"]) and r["floor_mae"] > 0 for r in b)
+    assert b[2]["mae"] == pytest.approx((b[0]["mae"] + b[1]["mae"]) / 2)
+    assert b[0]["mae"] != by[("C", "seed 0")]["mae"]
+    with pytest.raises(InvalidInputError, match=r"problem 'A' gives I in \[0, 0\], outside the ITNN's training range"):
+        transfer(cfg, "D", 1000, "mlp3x64", ck, ["A"], tmp_path / "ds")
+    with pytest.raises(InvalidInputError, match="problem 'B' is not a step problem"):
+        transfer(cfg, "B", 1000, "mlp3x64", ck, ["C"], tmp_path / "ds")
+    assert main(["--n", "1000", "--arch", "mlp3x64", "--model", str(ck[0]), "--on", "B", "--data", str(tmp_path / "ds"),
+                 "--problem", "B"]) == 2  # the same as an error message, no traceback

@@ -1,0 +1,139 @@
+"""An ITNN (the one-step map of a step problem) rolled out over other trajectory problems' held-out test sets.
+
+The accuracy table scores an ITNN over the test trajectories of its problem's ``test_from`` (D: C's). The
+same one-step map answers every trajectory problem of the same model whose initial states and parameters lie
+in the step problem's input box: B (I fixed at 0.08, u0 and w0 inside D's ranges) as well as C. This program
+scores trained ITNN checkpoints, each and as their mean (the ensemble), on such problems' test sets. Nothing
+of those test sets is seen before scoring: the networks were trained and selected on the step problem's own
+training and validation rows.
+
+    python -m benchmarks.itnn_transfer --problem D --n 100000 --arch silu4x128 \\
+        --model results/models/D/itnn/n100000/silu4x128/seed0/best_model.pth ...seed1/... ...seed2/... --on C B
+
+Prints a Markdown table (mean and std over the checkpoints, the ensemble, each test set's Euler floor) and
+writes it to ``<results_dir>/benchmarks/itnn_transfer_<problem>_<arch>_n<n>.md``. Test sets are read from
+``<results_dir>/datasets/<problem>/test.npz`` (``--data`` changes the folder) and checked to be the configured
+problem's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import cli
+from core.errors import InvalidInputError
+from core.io import load_dataset, write_text
+from core.layout import Layout
+from core.machine import describe_machine, machine_info
+from surrogates.config import load_config
+from surrogates.datasets import expected_provenance
+from surrogates.ensemble import Ensemble, load_members
+from surrogates.problems import Problem, problem_from_config
+from surrogates.train import evaluate
+
+
+def _span(p: Problem, name: str) -> tuple[float, float]:
+    """The values a trajectory problem gives input ``name`` (sampled range, fixed value or the model's default)."""
+    if name in p.ranges:
+        lo, hi = p.ranges[name]
+        return float(lo), float(hi)
+    if name in p.fixed:
+        return float(p.fixed[name]), float(p.fixed[name])
+    m = p.model
+    v = m.states[name[:-1]].initial if name.endswith("0") and name[:-1] in m.states else m.parameters[name].default
+    return float(v), float(v)
+
+
+def check_covers(step: Problem, src: Problem) -> None:
+    """The step problem's box must hold every initial state and parameter value the trajectory problem uses."""
+    if step.kind != "step":
+        raise InvalidInputError(f"problem {step.name!r} is not a step problem (kind {step.kind!r})")
+    if src.kind != "trajectory":
+        raise InvalidInputError(f"an ITNN rolls out over trajectory problems; {src.name!r} is {src.kind!r}")
+    if src.model.name != step.model.name:
+        raise InvalidInputError(f"problem {src.name!r} uses model {src.model.name!r}, the ITNN of {step.name!r} "
+                                f"learnt {step.model.name!r}")
+    lo, hi = step.box()
+    for i, name in enumerate(step.inputs):
+        key = f"{name}0" if name in step.model.states else name
+        a, b = _span(src, key)
+        if a < lo[i] or b > hi[i]:
+            raise InvalidInputError(f"problem {src.name!r} gives {key} in [{a:g}, {b:g}], outside the ITNN's training "
+                                    f"range of {name} [{lo[i]:g}, {hi[i]:g}] (problem {step.name!r})")
+
+
+def transfer(cfg: dict, problem: str, n: int, arch: str, checkpoints, on, data_dir=None) -> list[dict]:
+    """Rows ``{test, network, mae, max_abs_err, rel_l2, floor_mae, floor_max}``: each checkpoint, their mean and
+    std, and the ensemble, on each trajectory problem of ``on``."""
+    step = problem_from_config(problem, cfg)
+    if step.kind != "step":
+        raise InvalidInputError(f"problem {problem!r} is not a step problem (kind {step.kind!r}): no ITNN learnt it")
+    members, seeds = load_members(cfg, problem, "itnn", n, arch, checkpoints)
+    data_dir = Path(data_dir) if data_dir else Layout(cfg["results_dir"]).root / "datasets"
+    rows = []
+    for name in on:
+        src = problem_from_config(name, cfg)
+        check_covers(step, src)
+        test, meta = load_dataset(data_dir / name / "test.npz", expect=expected_provenance(src, cfg, "test"))
+        p = dataclasses.replace(step, test_from=name)
+        floor = meta.get("euler_floor") or {}
+        base = {"test": name, "floor_mae": floor.get("mae"), "floor_max": floor.get("max_abs_err")}
+        each = []
+        for seed, m in zip(seeds, members):
+            met, extras = evaluate(m, p, test, {name: src})
+            if not extras.get("rollout_bounded", False):
+                print(f"warning: seed {seed} on {name}: the rollout left the bounds (non-finite or > 10x the data)",
+                      file=sys.stderr)
+            each.append(met)
+            rows.append({**base, "network": f"seed {seed}", **{k: met[k] for k in ("mae", "max_abs_err", "rel_l2")}})
+        rows.append({**base, "network": f"mean of {len(each)} (std)",
+                     **{k: float(np.mean([e[k] for e in each])) for k in ("mae", "max_abs_err", "rel_l2")},
+                     "mae_std": float(np.std([e["mae"] for e in each])),
+                     "max_std": float(np.std([e["max_abs_err"] for e in each]))})
+        if len(members) > 1:
+            met, _ = evaluate(Ensemble(members), p, test, {name: src})
+            rows.append({**base, "network": "ensemble (mean of the networks)",
+                         **{k: met[k] for k in ("mae", "max_abs_err", "rel_l2")}})
+    return rows
+
+
+def table(rows: list[dict], problem: str, n: int, arch: str, info: dict) -> str:
+    lines = [f"ITNN of problem {problem} (n = {n}, {arch}) rolled out over held-out test trajectories; "
+             f"{describe_machine(info)}.", "",
+             "| test set | network | MAE | max abs err | rel L2 | Euler floor MAE / max |", "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        mae = f"{r['mae']:.3g}" + (f" ({r['mae_std']:.1g})" if "mae_std" in r else "")
+        mx = f"{r['max_abs_err']:.3g}" + (f" ({r['max_std']:.1g})" if "max_std" in r else "")
+        floor = f"{r['floor_mae']:.3g} / {r['floor_max']:.3g}" if r["floor_mae"] is not None else ""
+        lines.append(f"| {r['test']} | {r['network']} | {mae} | {mx} | {r['rel_l2']:.3g} | {floor} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = cli.parser(__doc__)
+    ap.add_argument("--problem", default="D", help="the step problem the ITNN learnt")
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--arch", required=True)
+    ap.add_argument("--model", action="append", required=True, help="a checkpoint (best_model.pth); repeat per seed")
+    ap.add_argument("--on", nargs="+", required=True, help="trajectory problems whose test sets to roll out over")
+    ap.add_argument("--data", type=Path, default=None, help="folder of the problems' datasets (default: results_dir/datasets)")
+    a = ap.parse_args(argv)
+    cfg = load_config(*a.config)
+    try:
+        rows = transfer(cfg, a.problem, a.n, a.arch, a.model, a.on, a.data)
+    except (InvalidInputError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = table(rows, a.problem, a.n, a.arch, machine_info())
+    print(text)
+    out = Layout(cfg["results_dir"]).benchmark(f"itnn_transfer_{a.problem}_{a.arch}_n{a.n}.md")
+    write_text(out, text)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
