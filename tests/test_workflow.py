@@ -44,6 +44,22 @@ def test_cohort_config_trains_the_seeds_of_data_only_runs_in_one_job(tmp_path):
     assert jobs["export_onnx"] == 3 * ((1 + 3 + 3 + 2) * 2 + 2 + 3) and jobs["ensemble"] == (1 + 3 + 3 + 2) * 2 + 2 + 3
 
 
+def test_the_accurate_preset_plans_the_grid_with_the_best_settings(tmp_path):
+    """config/accurate.yaml (the accuracy issue's best settings) is a valid preset: the same grid, the 4x128 net
+    for B, C and D, the data-only seeds in cohort jobs."""
+    extra = tmp_path / "here.yaml"
+    extra.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "r")}))
+    res = snakemake("-n", "--configfile", "config/accurate.yaml", str(extra))
+    assert res.returncode == 0, res.stderr[-2000:]
+    jobs = _job_counts(res.stdout)
+    assert jobs["train_cohort"] == (1 + 3 + 3 + 2) + 3 and jobs["train"] == 3 * ((1 + 3 + 3 + 2) + 2)
+    out = res.stdout
+    for p in ("B/ddnn/n100000/silu4x128", "C/pinn/n1000/silu4x128", "D/itnn/n100000/silu4x128", "A/ddnn/n1000/mlp3x64",
+              "hh_m/ddnn/n7000/tanh2x64"):
+        assert p in out, p
+    assert "B/ddnn/n100000/mlp3x64" not in out
+
+
 def test_a_cohort_job_writes_every_seed_as_a_lone_run_would(tmp_path, tiny_config):
     import json
 
