@@ -17,86 +17,38 @@ problem's.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks import cli
 from core.errors import InvalidInputError
-from core.io import load_dataset, write_text
+from core.io import write_text
 from core.layout import Layout
 from core.machine import describe_machine, machine_info
 from surrogates.config import load_config
-from surrogates.datasets import expected_provenance
-from surrogates.ensemble import Ensemble, load_members
-from surrogates.problems import Problem, problem_from_config
-from surrogates.train import evaluate
-
-
-def _span(p: Problem, name: str) -> tuple[float, float]:
-    """The values a trajectory problem gives input ``name`` (sampled range, fixed value or the model's default)."""
-    if name in p.ranges:
-        lo, hi = p.ranges[name]
-        return float(lo), float(hi)
-    if name in p.fixed:
-        return float(p.fixed[name]), float(p.fixed[name])
-    m = p.model
-    v = m.states[name[:-1]].initial if name.endswith("0") and name[:-1] in m.states else m.parameters[name].default
-    return float(v), float(v)
-
-
-def check_covers(step: Problem, src: Problem) -> None:
-    """The step problem's box must hold every initial state and parameter value the trajectory problem uses."""
-    if step.kind != "step":
-        raise InvalidInputError(f"problem {step.name!r} is not a step problem (kind {step.kind!r})")
-    if src.kind != "trajectory":
-        raise InvalidInputError(f"an ITNN rolls out over trajectory problems; {src.name!r} is {src.kind!r}")
-    if src.model.name != step.model.name:
-        raise InvalidInputError(f"problem {src.name!r} uses model {src.model.name!r}, the ITNN of {step.name!r} "
-                                f"learnt {step.model.name!r}")
-    lo, hi = step.box()
-    for i, name in enumerate(step.inputs):
-        key = f"{name}0" if name in step.model.states else name
-        a, b = _span(src, key)
-        if a < lo[i] or b > hi[i]:
-            raise InvalidInputError(f"problem {src.name!r} gives {key} in [{a:g}, {b:g}], outside the ITNN's training "
-                                    f"range of {name} [{lo[i]:g}, {hi[i]:g}] (problem {step.name!r})")
+from surrogates.transfer import score_transfer
 
 
 def transfer(cfg: dict, problem: str, n: int, arch: str, checkpoints, on, data_dir=None) -> list[dict]:
-    """Rows ``{test, network, mae, max_abs_err, rel_l2, floor_mae, floor_max}``: each checkpoint, their mean and
-    std, and the ensemble, on each trajectory problem of ``on``."""
-    step = problem_from_config(problem, cfg)
-    if step.kind != "step":
-        raise InvalidInputError(f"problem {problem!r} is not a step problem (kind {step.kind!r}): no ITNN learnt it")
-    members, seeds = load_members(cfg, problem, "itnn", n, arch, checkpoints)
+    """Rows ``{test, network, mae, max_abs_err, rel_l2, floor_mae, floor_max}``: each checkpoint, their mean (with
+    the std over them) and, with two or more, the ensemble, on each trajectory problem of ``on``
+    (:func:`surrogates.transfer.score_transfer`)."""
     data_dir = Path(data_dir) if data_dir else Layout(cfg["results_dir"]).root / "datasets"
     rows = []
     for name in on:
-        src = problem_from_config(name, cfg)
-        check_covers(step, src)
-        test, meta = load_dataset(data_dir / name / "test.npz", expect=expected_provenance(src, cfg, "test"))
-        p = dataclasses.replace(step, test_from=name)
-        floor = meta.get("euler_floor") or {}
+        r = score_transfer(cfg, problem, n, arch, checkpoints, name, data_dir / name / "test.npz")
+        floor = r["euler_floor"] or {}
         base = {"test": name, "floor_mae": floor.get("mae"), "floor_max": floor.get("max_abs_err")}
-        each = []
-        for seed, m in zip(seeds, members):
-            met, extras = evaluate(m, p, test, {name: src})
-            if not extras.get("rollout_bounded", False):
-                print(f"warning: seed {seed} on {name}: the rollout left the bounds (non-finite or > 10x the data)",
-                      file=sys.stderr)
-            each.append(met)
-            rows.append({**base, "network": f"seed {seed}", **{k: met[k] for k in ("mae", "max_abs_err", "rel_l2")}})
-        rows.append({**base, "network": f"mean of {len(each)} (std)",
-                     **{k: float(np.mean([e[k] for e in each])) for k in ("mae", "max_abs_err", "rel_l2")},
-                     "mae_std": float(np.std([e["mae"] for e in each])),
-                     "max_std": float(np.std([e["max_abs_err"] for e in each]))})
-        if len(members) > 1:
-            met, _ = evaluate(Ensemble(members), p, test, {name: src})
+        for run in r["runs"]:
+            if not run["rollout_bounded"]:
+                print(f"warning: seed {run['seed']} on {name}: the rollout left the bounds (non-finite or > 10x the "
+                      "data)", file=sys.stderr)
+            rows.append({**base, "network": f"seed {run['seed']}", **{k: run[k] for k in ("mae", "max_abs_err", "rel_l2")}})
+        rows.append({**base, "network": f"mean of {len(r['runs'])} (std)", **r["mean"], "mae_std": r["std"]["mae"],
+                     "max_std": r["std"]["max_abs_err"]})
+        if r["ensemble"] is not None:
             rows.append({**base, "network": "ensemble (mean of the networks)",
-                         **{k: met[k] for k in ("mae", "max_abs_err", "rel_l2")}})
+                         **{k: r["ensemble"][k] for k in ("mae", "max_abs_err", "rel_l2")}})
     return rows
 
 
