@@ -19,6 +19,7 @@ rule all:
     input:
         dataset_targets(),
         rules.accuracy_table.output,
+        rules.transfer_table.output if transfers() else [],
         trained(filename="onnx_check.json"),
         rules.speedup_table.output,
         rules.benchmark_solver.output,

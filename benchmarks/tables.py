@@ -51,6 +51,48 @@ def read_runs(metrics_files, cfg=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+TRANSFER_COLUMNS = ["test_on", "problem", "surrogate", "n_train", "arch", "network", "seeds", "mae", "mae_std",
+                    "max_abs_err", "max_std", "rel_l2", "floor_mae", "floor_max"]
+
+
+def transfer_table(files, cfg=None) -> pd.DataFrame:
+    """One row per network (each seed, the mean over seeds, the ensemble) of every ITNN rolled out over another
+    problem's test set (:mod:`surrogates.transfer`); with ``cfg`` each file is checked to be the configured
+    transfer its place stands for."""
+    expected = {}
+    if cfg is not None:
+        from surrogates.transfer import expected_transfer, transfer_grid
+
+        layout = Layout(cfg["results_dir"])
+        seeds = cfg["training"]["seeds"]
+        expected = {layout.transfer_file(p, s, n, a, t): expected_transfer(cfg, p, n, a, t, seeds)
+                    for p, s, n, a, t in transfer_grid(cfg)}
+    rows = []
+    for f in files:
+        r = read_json(f, "transfer metrics file")
+        if cfg is not None:
+            want = expected.get(Path(f).resolve())
+            if want is None:
+                raise InvalidInputError(f"transfer metrics file {f} is not a transfer of this configuration")
+            check_provenance(r.get("provenance", {}), want, f"transfer metrics file {f}")
+        floor = r.get("euler_floor") or {}
+        base = {"test_on": r["target"], "problem": r["problem"], "surrogate": r["surrogate"], "n_train": r["n_train"],
+                "arch": r["arch"], "floor_mae": floor.get("mae", np.nan), "floor_max": floor.get("max_abs_err", np.nan)}
+        for run in r["runs"]:
+            rows.append({**base, "network": f"seed {run['seed']}", "seeds": 1, "mae": run["mae"], "mae_std": np.nan,
+                         "max_abs_err": run["max_abs_err"], "max_std": np.nan, "rel_l2": run["rel_l2"]})
+        rows.append({**base, "network": "mean over seeds", "seeds": len(r["runs"]), "mae": r["mean"]["mae"],
+                     "mae_std": r["std"]["mae"], "max_abs_err": r["mean"]["max_abs_err"],
+                     "max_std": r["std"]["max_abs_err"], "rel_l2": r["mean"]["rel_l2"]})
+        if r.get("ensemble"):
+            e = r["ensemble"]
+            rows.append({**base, "network": "ensemble", "seeds": len(r["runs"]), "mae": e["mae"], "mae_std": np.nan,
+                         "max_abs_err": e["max_abs_err"], "max_std": np.nan, "rel_l2": e["rel_l2"]})
+    if not rows:
+        raise InvalidInputError("no transfer results to tabulate")
+    return pd.DataFrame(rows)[TRANSFER_COLUMNS]
+
+
 def read_floors(test_sidecars, cfg=None) -> pd.DataFrame:
     """One ``euler_floor`` row per test sidecar; each sidecar's own checksum is verified, and with ``cfg`` its
     problem must be the one its place names."""

@@ -71,6 +71,10 @@ class Layout:
         """The metrics of the mean of the seeds' networks (``surrogates.ensemble``), beside the seeds' folders."""
         return self.model_dir(problem, surrogate, n, arch, 0).parent / "ensemble" / RUN_FILES["metrics"]
 
+    def transfer_file(self, problem, surrogate, n, arch, target) -> Path:
+        """The metrics of an ITNN's seeds rolled out over another problem's test set (``surrogates.transfer``)."""
+        return self.model_dir(problem, surrogate, n, arch, 0).parent / f"on_{target}" / RUN_FILES["metrics"]
+
     def models_glob(self, kind: str = "metrics") -> list[Path]:
         """Every existing file of this kind below ``models/`` (sorted)."""
         return sorted((self.root / "models").glob(f"*/*/n*/*/seed*/{RUN_FILES[kind]}"))

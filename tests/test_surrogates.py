@@ -484,3 +484,16 @@ def test_an_itnn_rolls_out_over_other_trajectory_problems_test_sets(cfg, data, t
         transfer(cfg, "B", 1000, "mlp3x64", ck, ["C"], tmp_path / "ds")
     assert main(["--n", "1000", "--arch", "mlp3x64", "--model", str(ck[0]), "--on", "B", "--data", str(tmp_path / "ds"),
                  "--problem", "B"]) == 2  # the same as an error message, no traceback
+    # the pipeline's side: which transfers a configuration has, their file, and the table that checks it
+    from benchmarks.tables import transfer_table
+    from surrogates.transfer import score_transfer, transfer_grid
+
+    assert transfer_grid(cfg) == [("D", "itnn", n, "mlp3x64", "B") for n in (1000, 10000, 100000)]
+    out = tmp_path / "on_B.json"
+    score_transfer(cfg, "D", 1000, "mlp3x64", ck, "B", tmp_path / "ds" / "B" / "test.npz", out)
+    t = transfer_table([out])
+    assert list(t.network) == ["seed 0", "seed 1", "mean over seeds", "ensemble"] and set(t.test_on) == {"B"}
+    assert t.mae.tolist() == pytest.approx([by[("B", k)]["mae"] for k in ("seed 0", "seed 1", "mean of 2 (std)",
+                                                                         "ensemble (mean of the networks)")])
+    with pytest.raises(InvalidInputError, match="is not a transfer of this configuration"):
+        transfer_table([out], cfg)  # not where this configuration's transfer lies

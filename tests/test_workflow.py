@@ -29,6 +29,8 @@ def test_dry_run_of_the_default_config_builds_the_full_grid(tmp_path):
     assert jobs["ensemble"] == jobs["train"] // 3  # the mean of the 3 seeds of each configuration (training.ensemble)
     assert jobs["dataset_test"] == 5 and jobs["accuracy_table"] == 1 and jobs["speedup_table"] == 1
     assert jobs["benchmark_speed"] == 1 and jobs["figure_speed"] == 1 and jobs["export_onnx"] == jobs["train"]
+    # D's ITNN (3 sizes) also rolled out over B's test set (I = 0.08 lies in D's box; A's I = 0 does not)
+    assert jobs["itnn_transfer"] == 3 and jobs["transfer_table"] == 1
 
 
 def test_cohort_config_trains_the_seeds_of_data_only_runs_in_one_job(tmp_path):
@@ -53,6 +55,7 @@ def test_the_accurate_preset_plans_the_grid_with_the_best_settings(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     jobs = _job_counts(res.stdout)
     assert jobs["train_cohort"] == (1 + 3 + 3 + 2) + 3 and jobs["train"] == 3 * ((1 + 3 + 3 + 2) + 2)
+    assert jobs["itnn_transfer"] == 3
     out = res.stdout
     for p in ("B/ddnn/n100000/silu4x128", "C/pinn/n1000/silu4x128", "D/itnn/n100000/silu4x128", "A/ddnn/n1000/mlp3x64",
               "hh_m/ddnn/n7000/tanh2x64"):
@@ -171,6 +174,10 @@ def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_f
         for ext in ("png", "pdf"):
             assert lay.figure(f, ext).stat().st_size > 1000, f
     assert lay.table("accuracy", "md").read_text().startswith("Test-set accuracy")
+    # D's ITNN rolled out over B's test set too, scored beside B's Euler floor (one seed: no ensemble row)
+    tr = pd.read_csv(lay.table("transfer", "csv"))
+    assert list(tr.network) == ["seed 0", "mean over seeds"] and set(tr.test_on) == {"B"} and set(tr.problem) == {"D"}
+    assert (tr.mae > 0).all() and (tr.floor_mae > 0).all()  # 60 steps: not accurate, but scored (finite)
     # nothing left to do: a second run finds every output complete
     again = snakemake("-n", "--configfile", "config/quick.yaml", str(extra))
     assert "Nothing to be done" in again.stdout + again.stderr

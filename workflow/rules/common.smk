@@ -10,6 +10,7 @@ from core.lock import hold_for_process
 from core.machine import cuda_device_count
 from surrogates.config import cohort_kinds, ensemble_grid, speed_problem_of, training_grid, training_settings, validate_config
 from surrogates.problems import SURROGATE_KINDS, problem_from_config
+from surrogates.transfer import transfer_grid
 
 # Fails at load, naming the key, on unknown keys, wrong types, empty ranges, unknown models, K values the
 # time grid cannot produce, sizes a design cannot provide, ...
@@ -33,6 +34,7 @@ wildcard_constraints:
     surrogate="|".join(SURROGATES),
     arch=r"[A-Za-z0-9_]+",
     seed=r"[0-9]+",
+    target="|".join(PROBLEMS),
 
 
 def path(p):
@@ -87,6 +89,16 @@ def ensembles():
 def ensemble_members(w, kind="model"):
     """The files of one kind (best models, metrics) of the seeds an ensemble averages."""
     return [path(LAYOUT.run_file(kind, w.problem, w.surrogate, w.n, w.arch, seed)) for seed in config["training"]["seeds"]]
+
+
+def transfers():
+    """The metrics of every ITNN rolled out over another trajectory problem it covers (surrogates.transfer)."""
+    return [path(LAYOUT.transfer_file(p, s, n, a, t)) for p, s, n, a, t in transfer_grid(config)]
+
+
+def transfer_members(w):
+    """The best models of the seeds of the ITNN configuration a transfer rolls out."""
+    return [path(LAYOUT.run_file("model", w.problem, "itnn", w.n, w.arch, seed)) for seed in config["training"]["seeds"]]
 
 
 def test_sidecars():

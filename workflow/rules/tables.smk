@@ -17,6 +17,21 @@ rule accuracy_table:
         "../scripts/accuracy_table.py"
 
 
+rule transfer_table:
+    input:
+        metrics=transfers(),
+    output:
+        csv=report(path(LAYOUT.table("transfer", "csv")), caption="../report/transfer.rst", category="Tables"),
+        md=path(LAYOUT.table("transfer", "md")),
+        tex=path(LAYOUT.table("transfer", "tex")),
+    log:
+        path(LAYOUT.log("tables", "transfer.log")),
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/transfer_table.py"
+
+
 rule provenance:
     output:
         report(path(LAYOUT.provenance), caption="../report/provenance.rst", category="Provenance"),

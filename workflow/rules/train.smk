@@ -83,3 +83,19 @@ rule ensemble:
         "../envs/pipeline.yaml"
     script:
         "../scripts/ensemble.py"
+
+
+rule itnn_transfer:
+    input:
+        models=transfer_members,
+        test=lambda w: path(LAYOUT.test(w.target)),
+        test_meta=lambda w: sidecar(LAYOUT.test(w.target)),
+    output:
+        metrics=path(LAYOUT.transfer_file("{problem}", "itnn", "{n}", "{arch}", "{target}")),
+    threads: 1
+    log:
+        path(LAYOUT.log("train", "{problem}_itnn_n{n}_{arch}_on_{target}.log")),
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/itnn_transfer.py"
