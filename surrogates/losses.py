@@ -161,14 +161,13 @@ class DataLoss(Loss):
     def fused(self, engine):
         if not self._is_own_call() or self.metric not in FUSED_POWERS:
             return None
+        if self.batch_size == self.X.shape[0]:  # every row each step: the full-set objective, in one chunk
+            return self.fused_full(engine)
         power = FUSED_POWERS[self.metric]
         device = engine.W[0].device
         Xs, Ys = engine.scale_x(self.X.to(device)), engine.scale_y(self.Y.to(device))
-        full = self.batch_size == self.X.shape[0]
 
         def step(weight: float):
-            if full:
-                return engine.data_step(Xs, Ys, weight, power)
             rows = self._next_rows()
             if self._shuffled is None:  # one gather per pass, then contiguous batches (no copy per step)
                 perm = self._perm.to(device)
@@ -188,6 +187,8 @@ class DataLoss(Loss):
         Xs, Ys = engine.scale_x(self.X.to(device)), engine.scale_y(self.Y.to(device))
         n = Xs.shape[0]
         chunks = [(a, min(a + engine.rows, n)) for a in range(0, n, engine.rows)]
+        if len(chunks) == 1:
+            return lambda weight: engine.data_step(Xs, Ys, weight, power)
 
         def step(weight: float):
             total = 0.0
