@@ -1,23 +1,27 @@
 """Everything that needs a GPU, measured in one command of a few minutes: ``make gpu-check``.
 
-    python -m benchmarks.gpu_check [--out results/gpu_check] [--budget 330]
+    python -m benchmarks.gpu_check [--out results/gpu_check] [--budget 330] [--skip STEP ...]
 
-Plain Python (no Snakemake), for a machine lent for minutes:
+Plain Python (no Snakemake), for a machine lent for minutes. The steps, in this order (the least known
+first; ``--skip`` leaves any out):
 
-1. the GPU tests (``pytest -m gpu``);
-2. the solver: the ``cuda`` kernel against a plain one-thread-per-cell kernel over N, kernel only, and
+1. ``tests``: the GPU tests (``pytest -m gpu``; the Triton kernels' file first);
+2. ``training table``: ``benchmarks.training_speed``'s table on the GPU (DDNN and PINN steps, captured and
+   not, 3 seeds as one stacked model, row costs);
+3. ``grid``: one real training job of each (problem, surrogate) of the configured grid, as the workflow
+   runs it, C's ddnn seeds also as a cohort; the grid's trainings one after the other estimated from them;
+4. ``kernels``: the fused tensor-core kernel's rows/s for the 4x128 and 3x64 nets at 2^20 rows, beside the
+   torch backends;
+5. ``solver``: the ``cuda`` kernel against a plain one-thread-per-cell kernel over N, kernel only, and
    ``simulate(backend="cuda")`` end to end (pinned, overlapped copies) and with the result left on the GPU;
-3. training: iterations/s of the plain eager loop, the fused engine and the CUDA-graph-captured step; then
-   ``benchmarks.training_speed``'s table (DDNN and PINN steps, captured and not, row costs) on the GPU;
-4. networks: the trained C and D surrogates of the configuration if they exist, else C (ddnn) and D (itnn)
-   trained briefly here on the GPU;
-5. inference: the fused tensor-core kernel's rows/s for the 3x64 and 4x128 nets at >= 5e5 rows, and the speed
-   benchmark at the configured N with K = 26 and the K sweep (every GPU backend and precision there is).
+6. ``training``: iterations/s of the plain eager loop, the fused engine and the captured step (C);
+7. ``speed``: the trained C and D surrogates of the configuration if they exist, else C (ddnn) and D (itnn)
+   trained briefly here; the speed benchmark at the configured N with K = 26 and the K sweep.
 
 Each step has a share of the time budget and records what it could not finish; a step that fails is
-recorded and the others go on. At most seven files are written into one folder (summary.md, solver.csv,
-training.csv, training_speed.md, kernels.csv, speed_raw.csv, pytest.log), and the summary is printed with the
-machine.
+recorded and the others go on. At most eight files are written into one folder (summary.md, pytest.log,
+training_speed.md, grid.csv, kernels.csv, solver.csv, training.csv, speed_raw.csv), and the summary is
+printed with the machine.
 """
 from __future__ import annotations
 
@@ -83,10 +87,17 @@ def step(name, summary, fn, *args):
 
 
 # ---------------------------------------------------------------- 1. the GPU tests
-def gpu_tests(out: Path, budget: Budget) -> str:
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", str(ROOT / "tests")]
+# the files with GPU tests, the one never yet seen passing on a GPU first; any other file after them
+GPU_TEST_FILES = ["test_triton_kernels.py", "test_cohort.py", "test_engine.py", "test_cuda.py", "test_inference.py"]
+
+
+def gpu_tests(out: Path, budget: Budget, seconds: float = 150.0) -> str:
+    files = [ROOT / "tests" / f for f in GPU_TEST_FILES]
+    files += sorted(set((ROOT / "tests").glob("test_*.py")) - set(files))
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "--durations=12", "-p", "no:cacheprovider",
+           *map(str, files)]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60, min(150, budget.left() - 150)),
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60, min(seconds, budget.left() - 150)),
                              cwd=ROOT)
         text, rc = res.stdout + res.stderr, res.returncode
     except subprocess.TimeoutExpired as exc:
@@ -167,7 +178,7 @@ def training_table(cfg: dict, out: Path, budget: Budget, device: str = "cuda") -
     plain eager loop, and the cost of a collocation row against a data row."""
     from benchmarks.training_speed import measure, table
 
-    iters = 3000 if budget.left() > 240 else 1000
+    iters = 1000  # x 2 rounds: the capture included in each run's time, as in benchmarks/README.md's table
     results, costs = measure(cfg, iters, 2, device)
     write_text(out / "training_speed.md", table(results, costs, machine_info(), device, iters, 2))
     best = {r["problem"] + " " + r["variant"]: r["it_per_s"] for r in results}
@@ -220,6 +231,82 @@ def networks(cfg: dict, budget: Budget, iterations: int = 3000) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- 4b. the grid's trainings
+GRID_ORDER = [("C", "ddnn"), ("C", "pinn"), ("D", "itnn"), ("hh_m", "pinn"), ("hh_m", "ddnn"), ("hh_m", "pinn_seed"),
+              ("B", "pinn"), ("B", "ddnn"), ("A", "pinn"), ("A", "ddnn")]
+
+
+def grid(cfg: dict, out: Path, budget: Budget, reserve: float = 150.0, wide_iterations: int = 20_000) -> str:
+    """One real training job of each (problem, surrogate) of the configured grid, as the workflow runs it
+    (its datasets, settings, validation, checkpoints, scoring) at its largest n and first seed; the seeds of
+    C's ddnn also as one stacked cohort; then the grid's trainings one after the other, estimated from these
+    measured jobs (a job of a class costs what its measured job did: per-step cost does not depend on n)."""
+    from benchmarks.surrogate_accuracy import ensure_datasets
+    from surrogates.config import training_grid, training_settings
+    from surrogates.train import train_surrogates
+
+    jobs = training_grid(cfg)
+    lay = Layout(cfg["results_dir"])
+    classes = {}
+    for j in jobs:
+        classes.setdefault((j[0], j[1]), []).append(j)
+    order = [c for c in GRID_ORDER if c in classes] + [c for c in classes if c not in GRID_ORDER]
+    picks = [max(classes[c], key=lambda j: (j[2], -j[4])) for c in order]
+    seeds = cfg["training"]["seeds"]
+    picks = [(*j, None) for j in picks]  # (problem, surrogate, n, arch, seed(s), iterations or None)
+    if ("C", "ddnn") in classes and len(seeds) > 1:  # the cohort: C's ddnn seeds together
+        c = picks[0]
+        picks.insert(1, (c[0], c[1], c[2], c[3], tuple(seeds), None))
+    wide = "silu4x128"  # config/accurate.yaml's D: 3 seeds of the 4x128 ITNN stacked (20k of its 120k steps)
+    if ("D", "itnn") in classes and wide in cfg["training"]["architectures"] and len(seeds) > 1:
+        d = next(j for j in picks if j[:2] == ("D", "itnn"))
+        picks.insert(picks.index(d) + 1, (d[0], d[1], d[2], wide, tuple(seeds), wide_iterations))
+    rows, work = [], Path(tempfile.mkdtemp(prefix="grid-"))
+    for p, s, n, arch, seed, n_iter in picks:
+        if budget.left() < reserve:
+            rows.append({"problem": p, "surrogate": s, "n": n, "arch": arch, "seeds": str(seed),
+                         "skipped": "the check's time budget"})
+            continue
+        sd = list(seed) if isinstance(seed, tuple) else [seed]
+        try:
+            t0 = time.perf_counter()
+            ensure_datasets(cfg, [(p, s, n, arch, x) for x in sd])
+            t1 = time.perf_counter()
+            res = train_surrogates(cfg, p, s, n, sd, lay.dataset_dir(p),
+                                   [work / f"{p}-{s}-{n}-{arch}-{x}-{len(sd)}" for x in sd], arch, iterations=n_iter)
+            t2 = time.perf_counter()
+            r = res[0]
+            iters = int(r.get("iterations") or 0)
+            rows.append({"problem": p, "surrogate": s, "n": n, "arch": arch, "seeds": " ".join(map(str, sd)),
+                         "dataset_s": t1 - t0, "job_s": t2 - t1, "per_network_s": (t2 - t1) / len(sd),
+                         "train_s": sum(x["train_seconds"] for x in res), "iterations": iters,
+                         "network_it_per_s": len(sd) * iters / sum(x["train_seconds"] for x in res)
+                         if iters else float("nan"),
+                         "test_mae": float(np.mean([x["mae"] for x in res])), "device": str(r.get("device", ""))})
+        except Exception as exc:  # recorded: the other classes still run
+            traceback.print_exc()
+            rows.append({"problem": p, "surrogate": s, "n": n, "arch": arch, "seeds": " ".join(map(str, sd)),
+                         "failed": f"{type(exc).__name__}: {exc}"[:300]})
+        print(rows[-1], flush=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "grid.csv", index=False)
+    timed = {(r["problem"], r["surrogate"], len(r["seeds"].split())): r["per_network_s"] for r in rows
+             if "per_network_s" in r and r["arch"] == training_settings(cfg, r["problem"])["architecture"]}
+    lone = {(p, s): v for (p, s, k), v in timed.items() if k == 1}
+    covered = [j for j in jobs if (j[0], j[1]) in lone]
+    total = sum(lone[(j[0], j[1])] for j in covered)
+    text = (f"{len(timed)} job(s) timed; the {len(covered)} of {len(jobs)} grid trainings they cover, one after "
+            f"the other: {total:.0f} s (estimated from the timed jobs)")
+    if len(seeds) > 1 and ("C", "ddnn", len(seeds)) in timed and ("C", "ddnn") in lone:
+        text += (f"; C ddnn alone {lone[('C', 'ddnn')]:.1f} s, as a cohort of {len(seeds)} "
+                 f"{timed[('C', 'ddnn', len(seeds))]:.1f} s per network")
+    for r in rows:
+        if r["arch"] == wide and "network_it_per_s" in r:
+            text += (f"; D itnn {wide}, {len(seeds)} seeds stacked: {r['network_it_per_s']:.0f} network-it/s "
+                     f"({r['job_s']:.0f} s for {r['iterations']} steps)")
+    return text + " (grid.csv)"
+
+
 # ---------------------------------------------------------------- 5. inference
 def kernels(cfg: dict, out: Path, budget: Budget) -> str:
     import torch
@@ -231,7 +318,7 @@ def kernels(cfg: dict, out: Path, budget: Budget) -> str:
 
     p = problem_from_config(cfg["speed"]["problem"], cfg)
     rows = []
-    for arch in ("mlp3x64", "silu4x128"):
+    for arch in ("silu4x128", "mlp3x64"):  # the 4x128 first: the 3x64's figures are in benchmarks/README.md
         hidden = cfg["training"]["architectures"].get(arch)
         if hidden is None:
             continue
@@ -311,7 +398,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="default: RESULTS/gpu_check")
     ap.add_argument("--budget", type=float, default=330.0, help="seconds for the whole check")
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["tests", "solver", "training", "training table", "kernels", "speed"])
+                    choices=["tests", "solver", "training", "training table", "grid", "kernels", "speed"])
+    ap.add_argument("--test-seconds", type=float, default=150.0, help="at most this long for the GPU tests")
     a = ap.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     from surrogates.config import load_config
@@ -331,10 +419,11 @@ def main(argv=None) -> int:
     if not gpu:
         summary.append(("GPU", "skipped", "", "torch sees no CUDA device: nothing here can be measured on this machine"))
     else:
-        for name, fn, args in (("tests", gpu_tests, (out, budget)), ("solver", solver, (cfg, out, budget)),
-                               ("training", training, (cfg, out, budget)),
+        for name, fn, args in (("tests", gpu_tests, (out, budget, a.test_seconds)),
                                ("training table", training_table, (cfg, out, budget)),
-                               ("kernels", kernels, (cfg, out, budget))):
+                               ("grid", grid, (cfg, out, budget)),
+                               ("kernels", kernels, (cfg, out, budget)), ("solver", solver, (cfg, out, budget)),
+                               ("training", training, (cfg, out, budget))):
             if name not in a.skip:
                 step(name, summary, fn, *args)
         if "speed" not in a.skip:
