@@ -91,9 +91,10 @@ def step(name, summary, fn, *args):
 GPU_TEST_FILES = ["test_triton_kernels.py", "test_cohort.py", "test_engine.py", "test_cuda.py", "test_inference.py"]
 
 
-def gpu_tests(out: Path, budget: Budget, seconds: float = 150.0) -> str:
-    files = [ROOT / "tests" / f for f in GPU_TEST_FILES]
-    files += sorted(set((ROOT / "tests").glob("test_*.py")) - set(files))
+def gpu_tests(out: Path, budget: Budget, seconds: float = 150.0, only=None) -> str:
+    files = [ROOT / "tests" / f for f in (only or GPU_TEST_FILES)]
+    if not only:
+        files += sorted(set((ROOT / "tests").glob("test_*.py")) - set(files))
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "--durations=12", "-p", "no:cacheprovider",
            *map(str, files)]
     try:
@@ -307,6 +308,42 @@ def grid(cfg: dict, out: Path, budget: Budget, reserve: float = 150.0, wide_iter
     return text + " (grid.csv)"
 
 
+def lbfgs(cfg: dict, out: Path, budget: Budget, iterations: int = 200) -> str:
+    """Seconds per iteration of the L-BFGS polish on hh_m's full set (ddnn: data only; pinn_seed: with the
+    gate residual), torch.optim.LBFGS against surrogates.lbfgs.LBFGS, alternately in one process."""
+    import torch
+
+    import surrogates.lbfgs as lb
+    from benchmarks.surrogate_accuracy import ensure_datasets
+    from surrogates.problems import problem_from_config
+    from surrogates.train import train_surrogate
+
+    lay = Layout(cfg["results_dir"])
+    problem = "hh_m"
+    if problem not in cfg["problems"]:
+        return "no hh_m problem in the configuration"
+    n = max(problem_from_config(problem, cfg).sizes)
+    ensure_datasets(cfg, [(problem, "ddnn", n, None, 0)])
+    ours, theirs = lb.LBFGS, torch.optim.LBFGS
+    c = {**cfg, "training": {**cfg["training"], "overrides": {**cfg["training"]["overrides"]}}}
+    c["training"]["overrides"][problem] = {**c["training"]["overrides"].get(problem, {}), "iterations": 10,
+                                           "lbfgs_iterations": iterations}
+    res = {}
+    try:
+        for kind in ("ddnn", "pinn_seed"):
+            for name, cls in (("torch", theirs), ("ours", ours), ("torch", theirs), ("ours", ours)):
+                if budget.left() < 60:
+                    break
+                lb.LBFGS = cls
+                with tempfile.TemporaryDirectory() as d:
+                    r = train_surrogate(c, problem, kind, n, 0, lay.dataset_dir(problem), d)
+                res.setdefault((kind, name), []).append(r["train_seconds"] / iterations)
+    finally:
+        lb.LBFGS = ours
+    text = "; ".join(f"{k} {name} {1e3 * min(v):.2f} ms" for (k, name), v in res.items())
+    return f"hh_m n = {n}, {iterations} L-BFGS iterations, seconds an iteration (best of 2): {text}"
+
+
 # ---------------------------------------------------------------- 5. inference
 def kernels(cfg: dict, out: Path, budget: Budget) -> str:
     import torch
@@ -398,8 +435,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="default: RESULTS/gpu_check")
     ap.add_argument("--budget", type=float, default=330.0, help="seconds for the whole check")
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["tests", "solver", "training", "training table", "grid", "kernels", "speed"])
+                    choices=["tests", "solver", "training", "training table", "lbfgs", "grid", "kernels", "speed"])
     ap.add_argument("--test-seconds", type=float, default=150.0, help="at most this long for the GPU tests")
+    ap.add_argument("--test-files", nargs="*", help="only these files of tests/ (default: every GPU test)")
+    ap.add_argument("--grid-reserve", type=float, default=150.0,
+                    help="the grid step starts no job with fewer seconds than this left (for the steps after it)")
     a = ap.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     from surrogates.config import load_config
@@ -419,9 +459,10 @@ def main(argv=None) -> int:
     if not gpu:
         summary.append(("GPU", "skipped", "", "torch sees no CUDA device: nothing here can be measured on this machine"))
     else:
-        for name, fn, args in (("tests", gpu_tests, (out, budget, a.test_seconds)),
+        for name, fn, args in (("tests", gpu_tests, (out, budget, a.test_seconds, a.test_files)),
                                ("training table", training_table, (cfg, out, budget)),
-                               ("grid", grid, (cfg, out, budget)),
+                               ("lbfgs", lbfgs, (cfg, out, budget)),
+                               ("grid", grid, (cfg, out, budget, a.grid_reserve)),
                                ("kernels", kernels, (cfg, out, budget)), ("solver", solver, (cfg, out, budget)),
                                ("training", training, (cfg, out, budget))):
             if name not in a.skip:

@@ -416,15 +416,36 @@ class CellModel:
             self._cache[key] = self._make_jacobian_source()
         return self._cache[key]
 
+    def _substituted(self):
+        """``(rhs with the intermediates substituted, the state symbols)``: expressions in states and
+        parameters only."""
+        key = "substituted"
+        if key not in self._cache:
+            symbol = {s.name: s for e in [*self.intermediates.values(), *self.rhs.values()] for s in e.free_symbols}
+            full = {}
+            for s, e in self.rhs.items():
+                for n in reversed(list(self.intermediates)):  # later intermediates may use earlier ones
+                    if n in symbol:
+                        e = e.subs(symbol[n], self.intermediates[n])
+                full[s] = e
+            self._cache[key] = full, [symbol.get(s, sp.Symbol(s, real=True)) for s in self.states]
+        return self._cache[key]
+
+    def affine_in(self, state: str) -> bool:
+        """Whether ``d<state>/dt`` is affine in ``state`` itself (as a Hodgkin-Huxley gate's is:
+        ``alpha(V) (1 - m) - beta(V) m``): with the other states held, it is then ``c0 + c1 * state``."""
+        if state not in self.states:
+            raise InvalidInputError(f"model {self.name!r} has no state {state!r}; states: {list(self.states)}")
+        key = ("affine", state)
+        if key not in self._cache:
+            full, states = self._substituted()
+            y = states[list(self.states).index(state)]
+            d2 = sp.diff(full[state], y, 2)
+            self._cache[key] = not d2.has(sp.Derivative, sp.Subs) and sp.simplify(d2) == 0
+        return self._cache[key]
+
     def _make_jacobian_source(self) -> str | None:
-        symbol = {s.name: s for e in [*self.intermediates.values(), *self.rhs.values()] for s in e.free_symbols}
-        full = {}
-        for s, e in self.rhs.items():
-            for n in reversed(list(self.intermediates)):  # later intermediates may use earlier ones
-                if n in symbol:
-                    e = e.subs(symbol[n], self.intermediates[n])
-            full[s] = e
-        states = [symbol.get(s, sp.Symbol(s, real=True)) for s in self.states]
+        full, states = self._substituted()
         entries = [sp.diff(full[s], y) for s in self.states for y in states]
         if any(e.has(sp.Derivative, sp.Subs) for e in entries):
             return None  # e.g. a rate function differentiated in an argument it has no derivative for

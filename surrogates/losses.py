@@ -496,6 +496,12 @@ class GateResidualLoss(Loss):
         self.x = torch.tensor(np.stack([np.asarray(t), S[:, 0]], axis=1), dtype=torch.float32)
         self.dVdt = torch.tensor(dS[:, 0], dtype=torch.float32)
         self.S = torch.tensor(S, dtype=torch.float32)
+        self.affine = None  # (c0, c1) per point where the gate's equation is c0 + c1 * gate along the trace
+        if m.affine_in(gate):
+            at = [S.copy(), S.copy()]
+            at[0][:, self.gate], at[1][:, self.gate] = 0.0, 1.0
+            c0, c1 = (m.numpy_rhs(a)[:, self.gate] for a in at)
+            self.affine = (c0, c1 - c0)
 
     def __call__(self, model):
         device = _device(model)
@@ -530,6 +536,25 @@ class GateResidualLoss(Loss):
             def step(weight: float):
                 return engine.tangent_step(xs, v, lambda z, zt, _: self._residual(
                     m.out_center[0] + scale * z[:, 0], scale * zt[:, 0], S, scale), weight)
+
+            return step
+        if self.affine is not None:  # the gate's equation c0 + c1 * gate: two numbers a point, computed once
+            c0, c1 = (torch.as_tensor(c, dtype=torch.float64) for c in self.affine)
+            center, sc = float(m.out_center[0]), float(scale)
+            # (d gate/dt - rhs) / scale = zt - (c0 + c1 * center) / scale - c1 * z, gate = center + scale * z
+            dt = engine.W[0].dtype
+            a0 = ((c0 + c1 * center) / sc).to(device=device, dtype=dt)[:, None]
+            c1 = c1.to(device=device, dtype=dt)[:, None]
+            neg_c1 = -c1
+
+            def affine_grad(z, zt):
+                res = zt[:, :1] - a0 - c1 * z[:, :1]
+                loss = torch.mean(res * res)
+                gres = res.mul_(2.0 / res.numel())
+                return loss, gres * neg_c1, gres
+
+            def step(weight: float):
+                return engine.tangent_step_closed(xs, v, affine_grad, weight)
 
             return step
         g, states = self.gate, S.clone()

@@ -442,8 +442,9 @@ class Trainer:
         return None if any(st is None for st in steps) else (eng, steps)
 
     def _lbfgs_steps(self, t0: float):
-        opt = torch.optim.LBFGS(self.model.parameters(), lr=1.0, max_iter=20, history_size=50,
-                                line_search_fn="strong_wolfe")
+        from .lbfgs import LBFGS  # torch's algorithm, the two-loop recursion without host synchronisations
+
+        opt = LBFGS(self.model.parameters(), lr=1.0, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
         rounds = max(1, self.lbfgs_iterations // 20)
         end = self.iteration + 20 * rounds
         fused = self._lbfgs_fused()  # the engine: no create_graph pass for physics terms, no autograd graph

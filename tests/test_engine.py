@@ -329,10 +329,12 @@ def test_the_lbfgs_polish_through_the_engine_follows_autograd(tmp_path):
         torch.testing.assert_close(wf[k], wa[k], rtol=1e-3, atol=1e-4)  # measured: 2e-5 at most
 
 
+@pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("variant", ["seed", "total"])
-def test_the_closed_form_gate_residual_equals_autograd_in_float64(variant):
+def test_the_closed_form_gate_residual_equals_autograd_in_float64(variant, affine):
     """hh_m's gate residual (the HH right-hand side; V near the rates' removable singularities is on the trace)
-    on the fused path against autograd's create_graph path, in float64."""
+    on the fused path against autograd's create_graph path, in float64: through the gate equation's two
+    coefficients per point (m's equation is affine in m), and through the full closed-form Jacobian."""
     from surrogates.config import load_config
     from surrogates.datasets import trace_states
     from surrogates.losses import GateResidualLoss
@@ -347,7 +349,10 @@ def test_the_closed_form_gate_residual_equals_autograd_in_float64(variant):
     m = MLP(2, 1, [("Tanh", 16), ("SiLU", 8)], input_range=([0.0, -90.0], [12.0, 50.0]), output_center=[0.5],
             output_scale=[0.5]).double()
     loss = GateResidualLoss(hh.model, "m", t, S, variant)
-    loss.x, loss.dVdt, loss.S = loss.x.double(), loss.dVdt.double(), loss.S.double()
+    assert (loss.affine is not None) == hh.model.affine_in("m") == True  # noqa: E712
+    if not affine:
+        loss.affine = None
+    loss.x, loss.dVdt, loss.S = loss.x.double(), loss.dVdt.double(), torch.as_tensor(np.asarray(S), dtype=torch.float64)
     m.zero_grad()
     ref = loss(m)
     ref.backward()
