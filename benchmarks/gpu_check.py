@@ -259,7 +259,7 @@ def grid(cfg: dict, out: Path, budget: Budget, reserve: float = 150.0, wide_iter
         c = picks[0]
         picks.insert(1, (c[0], c[1], c[2], c[3], tuple(seeds), None))
     wide = "silu4x128"  # config/accurate.yaml's D: 3 seeds of the 4x128 ITNN stacked (20k of its 120k steps)
-    if ("D", "itnn") in classes and wide in cfg["training"]["architectures"] and len(seeds) > 1:
+    if wide_iterations and ("D", "itnn") in classes and wide in cfg["training"]["architectures"] and len(seeds) > 1:
         d = next(j for j in picks if j[:2] == ("D", "itnn"))
         picks.insert(picks.index(d) + 1, (d[0], d[1], d[2], wide, tuple(seeds), wide_iterations))
     rows, work = [], Path(tempfile.mkdtemp(prefix="grid-"))
