@@ -365,3 +365,36 @@ def test_the_gpu_check_steps_that_are_not_cuda_specific_run_on_a_cpu(tmp_path):
     assert set(models) == {"ddnn", "itnn"} and all(p.exists() for p in models.values())
     text = gpu_check.speed(cfg, models, tmp_path, budget, backends=["torch"])
     assert "kernel speedup" in text and (tmp_path / "speed_raw.csv").exists()
+
+
+def test_the_gpu_checks_grid_and_lbfgs_steps_run_on_a_cpu(tmp_path):
+    """The grid step (one real job per (problem, surrogate), the seeds as a cohort, the grid's trainings
+    estimated from them) and the L-BFGS comparison, at tiny sizes on the CPU."""
+    import pandas as pd
+
+    from benchmarks import gpu_check
+    from core.config import merge
+    from surrogates.config import training_grid, validate_config
+
+    cfg = merge(load_config(), {
+        "results_dir": str(tmp_path / "r"), "datasets": {"sizes": [300]},
+        "problems": {"C": {"test_trajectories": 10}, "hh_m": {"sizes": [300], "t_end": 20.0}},
+        "training": {"iterations": 30, "val_every": 10, "seeds": [0, 1],
+                     "overrides": {"hh_m": {"iterations": 5, "lbfgs_iterations": 20, "val_every": 5}}}})
+    cfg["training"]["surrogates"] = {"ddnn": ["C"], "itnn": ["D"]}
+    cfg["speed"]["surrogates"] = ["ddnn", "itnn"]
+    cfg = validate_config(cfg)
+    text = gpu_check.grid(cfg, tmp_path, gpu_check.Budget(600), reserve=0, wide_iterations=20)
+    df = pd.read_csv(tmp_path / "grid.csv")
+    assert list(zip(df.problem, df.surrogate, df.arch, df.seeds.astype(str))) == [
+        ("C", "ddnn", "mlp3x64", "0"), ("C", "ddnn", "mlp3x64", "0 1"), ("D", "itnn", "mlp3x64", "0"),
+        ("D", "itnn", "silu4x128", "0 1")]
+    assert (df.device == "cpu").all() and (df.iterations == [30, 30, 30, 20]).all() and df.test_mae.notna().all()
+    n = len(training_grid(cfg))
+    assert n == 4 and f"the {n} of {n} grid trainings" in text and "as a cohort of 2" in text
+    stated = float(text.split("one after the other: ")[1].split(" s")[0])
+    lone = df[df.seeds.astype(str) == "0"]
+    assert stated == pytest.approx(2 * lone.per_network_s.sum(), abs=1)  # each class's job, twice (2 seeds)
+    out = gpu_check.lbfgs(cfg, tmp_path, gpu_check.Budget(600), iterations=20)
+    for key in ("ddnn torch", "ddnn ours", "pinn_seed torch", "pinn_seed ours"):
+        assert key in out
