@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 
-.PHONY: run test slurm-test setup clean gpu-check wheels
+.PHONY: run test slurm-test setup clean gpu-check gpu-grid wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,19 +35,45 @@ slurm-test: $(STAMP)
 # machine's own Python (a GPU image with torch, CuPy and Triton); packages it lacks are taken from .whl/ when
 # that folder is there (`make wheels` fills it on a machine with network). Results: results/gpu_check/.
 GPU_PYTHON ?= python3
-gpu-check:
-	@if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then \
+# .whl/ holds wheels for CPython 3.12 (`make wheels`): used only by an interpreter of that version
+GPU_SITE = if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && \
+		$(GPU_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then \
 		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu-check-site .whl/*.whl && \
-		export PYTHONPATH=/tmp/gpu-check-site:$$PYTHONPATH; fi; \
-	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+		export PYTHONPATH=/tmp/gpu-check-site:$$PYTHONPATH; fi;
+gpu-check:
+	@$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
-# Wheels for a GPU machine without network (Python 3.12, x86-64): what the project needs beyond its GPU image.
+# The paper's grid through the workflow on one GPU machine (workflow/profiles/gpu: training jobs sharing the
+# GPU), timed; with the machine's own Python, Snakemake and its dependencies from .whl/ where it lacks them.
+#   make gpu-grid                      everything (config/config.yaml, into results/gpu_grid)
+#   make gpu-grid GRID_UNTIL=train     the datasets and the trainings only
+GRID_CONFIG ?= config/config.yaml
+GRID_RESULTS ?= results/gpu_grid
+GRID_UNTIL ?=
+gpu-grid:
+	@$(GPU_SITE) start=$$(date +%s); PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m snakemake --profile workflow/profiles/gpu \
+		--configfile $(GRID_CONFIG) --config results_dir=$(GRID_RESULTS) $(if $(GRID_UNTIL),--until $(GRID_UNTIL)); \
+	rc=$$?; echo "== gpu-grid: $$(( $$(date +%s) - start )) s wall, snakemake exit $$rc"; exit $$rc
+
+# Wheels for a GPU machine without network (Python 3.12, x86-64): what the project needs beyond its GPU image
+# (jsonschema for the configuration; Snakemake 9.27.1 and what it needs for `make gpu-grid`, ~27 MB in all).
 WHEELS := jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0
+WORKFLOW_WHEELS := snakemake==9.27.1 snakemake-interface-common==1.23.0 snakemake-interface-executor-plugins==9.4.0 \
+	snakemake-interface-logger-plugins==2.1.0 snakemake-interface-report-plugins==1.3.0 \
+	snakemake-interface-scheduler-plugins==2.0.2 snakemake-interface-storage-plugins==4.4.1 annotated-types==0.8.0 \
+	argparse-dataclass==2.0.0 certifi==2026.10.19.post1 charset-normalizer==3.5.3 conda-inject==1.3.2 \
+	configargparse==1.9.0 docutils==0.22.4 dpath==2.2.0 fastjsonschema==2.22.3 gitdb==4.0.12 gitpython==3.2.1 \
+	greenlet==3.5.6 humanfriendly==10.0 idna==3.20 immutables==0.21 jupyter-core==5.9.1 nbformat==5.11.1 \
+	platformdirs==4.14.8 psutil==7.2.2 pulp==3.3.2 pydantic==2.14.4 pydantic-core==2.50.5 pyyaml==6.0.3 \
+	requests==2.34.2 smart-open==7.7.1 smmap==5.0.3 sqlalchemy==2.0.58 sqlmodel==0.0.37 tabulate==0.10.0 \
+	tenacity==9.2.1 throttler==1.2.3 traitlets==5.16.1 typing-inspection==0.4.5 urllib3==2.8.0 wrapt==2.5.2 yte==1.9.4
 wheels:
 	mkdir -p .whl
-	for w in $(WHEELS); do python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	for w in $(WHEELS) $(WORKFLOW_WHEELS); do python3 -m pip download -q --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 		--platform manylinux2014_x86_64 -d .whl $$w || exit 1; done
+	# connection-pool is on PyPI as source only (pure Python): built into a wheel here
+	python3 -m pip wheel -q --no-deps -w .whl connection-pool==0.0.3
 
 clean:
 	rm -rf $(VENV) .pytest_cache
