@@ -8,14 +8,15 @@ first; ``--skip`` leaves any out):
 1. ``tests``: the GPU tests (``pytest -m gpu``; the Triton kernels' file first);
 2. ``training table``: ``benchmarks.training_speed``'s table on the GPU (DDNN and PINN steps, captured and
    not, 3 seeds as one stacked model, row costs);
-3. ``grid``: one real training job of each (problem, surrogate) of the configured grid, as the workflow
+3. ``lbfgs``: seconds per iteration of hh_m's L-BFGS polish, torch.optim.LBFGS against surrogates.lbfgs;
+4. ``grid``: one real training job of each (problem, surrogate) of the configured grid, as the workflow
    runs it, C's ddnn seeds also as a cohort; the grid's trainings one after the other estimated from them;
-4. ``kernels``: the fused tensor-core kernel's rows/s for the 4x128 and 3x64 nets at 2^20 rows, beside the
+5. ``kernels``: the fused tensor-core kernel's rows/s for the 4x128 and 3x64 nets at 2^20 rows, beside the
    torch backends;
-5. ``solver``: the ``cuda`` kernel against a plain one-thread-per-cell kernel over N, kernel only, and
+6. ``solver``: the ``cuda`` kernel against a plain one-thread-per-cell kernel over N, kernel only, and
    ``simulate(backend="cuda")`` end to end (pinned, overlapped copies) and with the result left on the GPU;
-6. ``training``: iterations/s of the plain eager loop, the fused engine and the captured step (C);
-7. ``speed``: the trained C and D surrogates of the configuration if they exist, else C (ddnn) and D (itnn)
+7. ``training``: iterations/s of the plain eager loop, the fused engine and the captured step (C);
+8. ``speed``: the trained C and D surrogates of the configuration if they exist, else C (ddnn) and D (itnn)
    trained briefly here; the speed benchmark at the configured N with K = 26 and the K sweep.
 
 Each step has a share of the time budget and records what it could not finish; a step that fails is
