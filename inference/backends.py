@@ -85,6 +85,84 @@ def _torch_runner(fn, device, dtype):
     return Runner(device_input, run, to_host)
 
 
+TILE_ROWS = 8192  # rows per tile of the CPU torch path (4096-8192 fastest on the 2-vCPU VM, 1 and 2 threads)
+
+_INPLACE = {  # activation -> in-place form; any other activation is applied out of place and copied back
+    torch.nn.SiLU: lambda h, m: torch.nn.functional.silu(h, inplace=True),
+    torch.nn.Sigmoid: lambda h, m: h.sigmoid_(),
+    torch.nn.Tanh: lambda h, m: h.tanh_(),
+    torch.nn.ReLU: lambda h, m: h.relu_(),
+    torch.nn.LeakyReLU: lambda h, m: torch.nn.functional.leaky_relu_(h, m.negative_slope),
+    torch.nn.ELU: lambda h, m: torch.nn.functional.elu_(h, m.alpha),
+}
+
+
+class TiledMLP:
+    """The project's MLP evaluated on a CPU tile by tile: each layer one ``addmm`` into a buffer reused for
+    every tile, activations in place, the input scaling folded into the first layer and the output scaling
+    into the last (where no output activation follows it). The same function as ``model(x)`` up to the
+    rounding of the folded products.
+
+    Why: ``model(x)`` on a call of a million rows allocates a fresh (rows x width) tensor for every layer
+    and activation and streams each through memory; on the 2-vCPU VM (float32, 4M rows of the 3x64 net) it
+    ran at 0.5 M rows/s on one thread against 1.3-1.7 M rows/s this way (onnxruntime: 1.4).
+    """
+
+    def __init__(self, model, prec: str = "fp32", tile: int = TILE_ROWS):
+        if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+            raise InvalidInputError(f"tile must be a positive number of rows, got {tile!r}")
+        dtype = torch_dtype(prec)
+        if dtype not in (torch.float32, torch.float64):
+            raise InvalidInputError(f"the tiled CPU path runs fp32 or fp64, not {prec!r}")
+        m = model_copy(model, prec, "cpu")
+        linears = m.linear_layers()
+        mods = list(m.net)
+        with torch.no_grad():
+            w0, b0 = linears[0].weight, linears[0].bias
+            w0f = w0 / m.in_halfwidth  # W (x - c) / h = (W / h) x - (W / h) c
+            layers = [[w0f, b0 - w0f @ m.in_center]] + [[l.weight, l.bias] for l in linears[1:]]
+            self.out_act = mods[-1] if not isinstance(mods[-1], torch.nn.Linear) else None
+            self.out_center, self.out_scale = m.out_center.clone(), m.out_scale.clone()
+            if self.out_act is None:  # c + s (W h + b) = (s W) h + (c + s b)
+                w, b = layers[-1]
+                layers[-1] = [w * self.out_scale[:, None], self.out_center + self.out_scale * b]
+        self.layers = [(w.detach().t().contiguous(), b.detach().clone()) for w, b in layers]
+        acts = [mods[i + 1] for i, mod in enumerate(mods[:-1]) if isinstance(mod, torch.nn.Linear)]
+        self.acts = acts[:len(self.layers) - 1]
+        self.dtype, self.tile = dtype, int(tile)
+
+    def _act(self, mod, h):
+        f = _INPLACE.get(type(mod))
+        if f is None:
+            h.copy_(mod(h))
+        else:
+            f(h, mod)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        rows = x.shape[0]
+        out = torch.empty(rows, self.layers[-1][0].shape[1], dtype=self.dtype)
+        t = min(self.tile, max(rows, 1))
+        bufs = [torch.empty(t, w.shape[1], dtype=self.dtype) for w, _ in self.layers[:-1]]
+        for i in range(0, rows, t):
+            n = min(t, rows - i)
+            h = x[i:i + n]
+            for j, (w, b) in enumerate(self.layers):
+                o = out[i:i + n] if j == len(self.layers) - 1 else bufs[j][:n]
+                torch.addmm(b, h, w, out=o)
+                if j < len(self.acts):
+                    self._act(self.acts[j], o)
+                h = o
+        if self.out_act is not None:
+            self._act(self.out_act, out)
+            out.mul_(self.out_scale).add_(self.out_center)
+        return out
+
+
+def _is_mlp(model) -> bool:
+    return all(hasattr(model, a) for a in ("linear_layers", "in_center", "in_halfwidth", "out_center", "out_scale", "net"))
+
+
 def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = False  # FP32 means FP32
     torch.backends.cudnn.allow_tf32 = False
@@ -103,6 +181,8 @@ class TorchEager(InferenceBackend):
     def prepare(self, model, prec, workdir):
         if self.device == "cuda":
             _no_tf32()
+        elif _is_mlp(model):  # the CPU path: tiles through cache-sized buffers (TiledMLP)
+            return _torch_runner(TiledMLP(model, prec), "cpu", torch.float32)
         return _torch_runner(inference_copy(model, prec, self.device), self.device, torch.float32)
 
 

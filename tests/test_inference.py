@@ -245,6 +245,42 @@ def test_half_precision_torch_copies_keep_inputs_and_scaling_in_float32(net, pre
     assert err <= 0.75 * err_whole and err <= TOLERANCE[precision]
 
 
+@pytest.mark.parametrize("act", sorted(__import__("surrogates.network", fromlist=["x"]).ACTIVATIONS))
+@pytest.mark.parametrize("out_act", [None, "Sigmoid"])
+def test_the_tiled_cpu_path_computes_the_module_for_every_activation(act, out_act):
+    """TiledMLP (the CPU torch backend) equals model(x) in float64 with input and output scaling folded into
+    the end layers, at row counts that are not multiples of the tile and at a single row."""
+    from inference.backends import TiledMLP
+
+    torch.manual_seed(1)
+    net = MLP(3, 2, [(act, 16), ("Tanh", 8)], output_activation=out_act, input_range=([0, -0.1, 0.08], [50, 0.81, 0.12]),
+              output_center=[0.4, 0.1], output_scale=[0.6, 0.1]).double().eval()
+    x = torch.rand(1000, 3, dtype=torch.float64) * torch.tensor([50, 0.9, 0.04], dtype=torch.float64) \
+        + torch.tensor([0, -0.1, 0.08], dtype=torch.float64)
+    with torch.no_grad():
+        ref = net(x)
+    for tile in (64, 333, 4096):
+        got = TiledMLP(net, "fp64", tile=tile)(x)
+        assert got.dtype == torch.float64 and got.shape == ref.shape
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(TiledMLP(net, "fp64", tile=7)(x[:1]), ref[:1], rtol=1e-12, atol=1e-12)
+    assert TiledMLP(net, "fp64")(x[:0]).shape == (0, 2)
+    assert net.net[0].weight.dtype == torch.float64  # the model itself is untouched
+
+
+def test_the_cpu_torch_backend_runs_tiles_and_refuses_what_it_cannot(net, problem_c):
+    from inference.backends import TiledMLP
+
+    X, _ = direct_rows(problem_c, 50, 26)
+    r = REGISTRY["torch"].prepare(net, "fp32", None)
+    np.testing.assert_array_equal(r(X), TiledMLP(net, "fp32")(torch.as_tensor(X, dtype=torch.float32)).numpy())
+    assert check_against_torch(net, r, X, "fp32", "torch") <= TOLERANCE["fp32"]
+    with pytest.raises(InvalidInputError, match="tile"):
+        TiledMLP(net, "fp32", tile=0)
+    with pytest.raises(InvalidInputError, match="fp32 or fp64"):
+        TiledMLP(net, "fp16")
+
+
 def test_the_faster_cpu_backend_is_picked_per_architecture(net, tmp_path):
     best, rates = fastest_cpu_backend(net, rows=4096, repeats=3, workdir=tmp_path)
     assert set(rates) == {"torch", "onnxruntime"} and all(r > 0 for r in rates.values())
