@@ -8,7 +8,8 @@ first; ``--skip`` leaves any out):
 1. ``tests``: the GPU tests (``pytest -m gpu``; the Triton kernels' file first);
 2. ``training table``: ``benchmarks.training_speed``'s table on the GPU (DDNN and PINN steps, captured and
    not, 3 seeds as one stacked model, row costs);
-3. ``lbfgs``: seconds per iteration of hh_m's L-BFGS polish, torch.optim.LBFGS against surrogates.lbfgs;
+3. ``lbfgs``: seconds per iteration of hh_m's L-BFGS polish: torch.optim.LBFGS, surrogates.lbfgs, and the
+   latter with the objective replayed from a CUDA graph;
 4. ``grid``: one real training job of each (problem, surrogate) of the configured grid, as the workflow
    runs it, C's ddnn seeds also as a cohort; the grid's trainings one after the other estimated from them;
 5. ``kernels``: the fused tensor-core kernel's rows/s for the 4x128 and 3x64 nets at 2^20 rows, beside the
@@ -311,10 +312,13 @@ def grid(cfg: dict, out: Path, budget: Budget, reserve: float = 150.0, wide_iter
 
 def lbfgs(cfg: dict, out: Path, budget: Budget, iterations: int = 200) -> str:
     """Seconds per iteration of the L-BFGS polish on hh_m's full set (ddnn: data only; pinn_seed: with the
-    gate residual), torch.optim.LBFGS against surrogates.lbfgs.LBFGS, alternately in one process."""
+    gate residual), alternately in one process: torch.optim.LBFGS and surrogates.lbfgs.LBFGS with the
+    objective evaluated kernel by kernel, and surrogates.lbfgs.LBFGS with the objective replayed from a CUDA
+    graph (the default on a GPU; on a CPU the same as "ours")."""
     import torch
 
     import surrogates.lbfgs as lb
+    import surrogates.trainer as tm
     from benchmarks.surrogate_accuracy import ensure_datasets
     from surrogates.problems import problem_from_config
     from surrogates.train import train_surrogate
@@ -329,18 +333,24 @@ def lbfgs(cfg: dict, out: Path, budget: Budget, iterations: int = 200) -> str:
     c = {**cfg, "training": {**cfg["training"], "overrides": {**cfg["training"]["overrides"]}}}
     c["training"]["overrides"][problem] = {**c["training"]["overrides"].get(problem, {}), "iterations": 10,
                                            "lbfgs_iterations": iterations}
+    captured = tm.Trainer._polish_objective
+
+    def op_by_op(self, fused):  # the objective evaluated kernel by kernel (no CUDA graph)
+        return None if fused is None else (lambda: self._fused_objective(fused[1], fused[0]))
+
+    variants = (("torch", theirs, op_by_op), ("ours", ours, op_by_op), ("ours+graph", ours, captured))
     res = {}
     try:
         for kind in ("ddnn", "pinn_seed"):
-            for name, cls in (("torch", theirs), ("ours", ours), ("torch", theirs), ("ours", ours)):
+            for name, cls, objective in variants + variants:
                 if budget.left() < 60:
                     break
-                lb.LBFGS = cls
+                lb.LBFGS, tm.Trainer._polish_objective = cls, objective
                 with tempfile.TemporaryDirectory() as d:
                     r = train_surrogate(c, problem, kind, n, 0, lay.dataset_dir(problem), d)
                 res.setdefault((kind, name), []).append(r["train_seconds"] / iterations)
     finally:
-        lb.LBFGS = ours
+        lb.LBFGS, tm.Trainer._polish_objective = ours, captured
     text = "; ".join(f"{k} {name} {1e3 * min(v):.2f} ms" for (k, name), v in res.items())
     return f"hh_m n = {n}, {iterations} L-BFGS iterations, seconds an iteration (best of 2): {text}"
 

@@ -166,3 +166,40 @@ class StaticStep:
         params = [p.detach() for p in self.t.model.parameters()]
         offsets = [s.offset for _, _, s, _ in self.parts if isinstance(s, _StaticData)]
         self.graph = capture(self._body, params + self.opt.state_tensors() + offsets, self.bad)
+
+
+class CapturedObjective:
+    """The L-BFGS polish's objective evaluation (the loss and every parameter's ``.grad``, written in place by
+    the fused engine) replayed from a CUDA graph: one launch an evaluation instead of the ~100 small kernels
+    of the data term and hh_m's gate residual. The parameters are read where they are (L-BFGS moves them in
+    place) and the gradients land in the ``.grad`` tensors L-BFGS reads, so nothing else changes.
+
+    ``evaluate()`` returns ``(total, terms)``; it must not depend on the host between calls (a term whose
+    points are drawn afresh on every call cannot be captured: the Trainer captures only data terms over
+    their whole set and the gate residual on its fixed trace). With ``capture=False`` (or on a CPU) the
+    same body runs uncaptured, which is how the tests check the plumbing. Each call returns fresh tensors
+    (the graph's own outputs are overwritten by the next replay)."""
+
+    def __init__(self, evaluate, device, capture: bool = True):
+        self.evaluate = evaluate
+        self.total = torch.zeros((), device=device)
+        self.terms: dict | None = None
+        self.capture = capture and torch.device(device).type == "cuda"
+        self.graph = None
+        if self.capture:
+            self.graph = globals()["capture"](self._body, [], torch.zeros((), dtype=torch.bool, device=device))
+
+    def _body(self):
+        total, terms = self.evaluate()
+        if self.terms is None:  # the first (warm-up or uncaptured) call makes the static outputs
+            self.terms = {k: torch.zeros((), device=self.total.device) for k in terms}
+        self.total.copy_(total)
+        for k, v in terms.items():
+            self.terms[k].copy_(v)
+
+    def __call__(self):
+        if self.graph is None:
+            self._body()
+        else:
+            self.graph.replay()
+        return self.total.clone(), {k: v.clone() for k, v in self.terms.items()}

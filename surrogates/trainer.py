@@ -441,6 +441,33 @@ class Trainer:
         steps = [l.fused_full(eng) if f else l.fused(eng) for (l, _), f in zip(self.losses, full)]
         return None if any(st is None for st in steps) else (eng, steps)
 
+    def _polish_objective(self, fused):
+        """The polish's fused objective ``() -> (total, terms)``: replayed from a CUDA graph
+        (:class:`~surrogates.graph.CapturedObjective`) where the first-order steps would be captured and every
+        term is deterministic (data terms over their whole set, the gate residual on its trace); otherwise
+        (and if the capture fails, which is reported) evaluated op by op. ``None`` on the autograd path."""
+        if fused is None:
+            return None
+        eng, steps = fused
+
+        def plain():
+            return self._fused_objective(steps, eng)
+
+        from .losses import DataLoss, GateResidualLoss
+
+        device = eng.W[0].device
+        fixed = all(isinstance(l, (DataLoss, GateResidualLoss)) for l, _ in self.losses)
+        if self.capture is False or not fixed or (self.capture == "auto" and device.type != "cuda"):
+            return plain
+        from .graph import CapturedObjective
+
+        try:
+            return CapturedObjective(plain, device)
+        except RuntimeError as exc:  # e.g. an operator the capture refuses: the polish still runs, uncaptured
+            print(f"{self.label}L-BFGS objective not captured ({type(exc).__name__}: {exc}); evaluated op by op",
+                  file=sys.stderr, flush=True)
+            return plain
+
     def _lbfgs_steps(self, t0: float):
         from .lbfgs import LBFGS  # torch's algorithm, the two-loop recursion without host synchronisations
 
@@ -448,10 +475,11 @@ class Trainer:
         rounds = max(1, self.lbfgs_iterations // 20)
         end = self.iteration + 20 * rounds
         fused = self._lbfgs_fused()  # the engine: no create_graph pass for physics terms, no autograd graph
+        objective = self._polish_objective(fused)
         for r in range(rounds):
             def closure():
-                if fused is not None:  # writes each parameter's .grad, which L-BFGS reads
-                    total, terms = self._fused_objective(fused[1], fused[0])
+                if objective is not None:  # writes each parameter's .grad, which L-BFGS reads
+                    total, terms = objective()
                     self._check_finite(total, terms)
                     return total
                 opt.zero_grad(set_to_none=True)
@@ -462,7 +490,7 @@ class Trainer:
 
             opt.step(closure)
             self.iteration += 20
-            total, terms = self._fused_objective(fused[1], fused[0]) if fused is not None else self._objective_value()
+            total, terms = objective() if objective is not None else self._objective_value()
             self._check_finite(total, terms)
             self.elapsed = time.perf_counter() - t0
             self._record(terms, total, float("nan"), self._validate())

@@ -363,3 +363,94 @@ def test_the_closed_form_gate_residual_equals_autograd_in_float64(variant, affin
     assert float(got) == pytest.approx(float(ref), rel=1e-12)
     for g, w in zip(grads_of(m), want):
         torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
+
+
+def _gate_trainer(out, capture):
+    """hh_m's PINN in small: data rows of the trace's gate and its gate residual on the whole trace."""
+    from surrogates.config import load_config
+    from surrogates.datasets import trace_states
+    from surrogates.losses import DataLoss, GateResidualLoss
+    from surrogates.problems import problem_from_config
+    from surrogates.trainer import Trainer
+
+    cfg = load_config()
+    cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": 12.0}
+    hh = problem_from_config("hh_m", cfg)
+    t, S = trace_states(hh)
+    m_col = list(hh.model.states).index("m")
+    rows = np.arange(0, len(t), 3)
+    X = np.stack([t[rows], S[rows, 0]], axis=1).astype(np.float32)
+    Y = S[rows, m_col:m_col + 1].astype(np.float32)
+    torch.manual_seed(1)
+    m = MLP(2, 1, [("Tanh", 16), ("Tanh", 16)], input_range=([0.0, -90.0], [12.0, 50.0]), output_center=[0.5],
+            output_scale=[0.5])
+    tr = Trainer(m, out, val_every=20, lr=1e-3, engine="fused", capture=capture, progress=False)
+    tr.add_loss(DataLoss(X, Y, batch_size=None, seed=1, name="data"))
+    tr.add_loss(GateResidualLoss(hh.model, "m", t, S, "total"), 0.1)
+    tr.lbfgs_iterations = 40
+    return tr, m
+
+
+def test_the_polish_objective_in_static_form_follows_the_plain_one(tmp_path, capsys):
+    """The polish's objective as the CUDA graph would replay it (run uncaptured on the CPU): the same L-BFGS
+    run, loss for loss, as op-by-op evaluation; a capture that fails falls back to it and says so."""
+    from surrogates import graph
+
+    runs = []
+    for static in (True, False):  # the same first-order steps (the static step) before either polish
+        tr, m = _gate_trainer(tmp_path / str(static), True)
+        if not static:
+            tr._polish_objective = lambda fused: (lambda: tr._fused_objective(fused[1], fused[0]))
+        tr.train(20)
+        assert isinstance(tr._polish_objective(tr._lbfgs_fused()), graph.CapturedObjective) == static
+        runs.append((np.array([r["total"] for r in tr.rows]), torch.cat([p.detach().reshape(-1) for p in m.parameters()])))
+    (a, wa), (b, wb) = runs
+    assert len(a) == 3 and a[-1] < a[0]  # it polished (20 Adam steps, then 2 rounds of 20 L-BFGS iterations)
+    np.testing.assert_array_equal(a, b)
+    torch.testing.assert_close(wa, wb, rtol=0, atol=0)
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    orig = graph.CapturedObjective.__init__
+    graph.CapturedObjective.__init__ = refuse
+    try:
+        tr, m = _gate_trainer(tmp_path / "refused", True)
+        tr.train(20)
+    finally:
+        graph.CapturedObjective.__init__ = orig
+    assert "L-BFGS objective not captured (RuntimeError: operation not permitted" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.array([r["total"] for r in tr.rows]), b)
+
+
+def test_the_polish_objective_never_touches_the_host(tmp_path):
+    """What the polish's graph would capture (the full-set data term and the gate residual, both through the
+    engine) runs no operator that reads a value back or makes a tensor from host data."""
+    from conftest import host_touches, op_recorder
+
+    tr, _ = _gate_trainer(tmp_path, True)
+    tr.train(1)
+    obj = tr._polish_objective(tr._lbfgs_fused())
+    rec = op_recorder()
+    with rec:
+        obj._body()
+    assert len(rec.ops) > 20
+    found = host_touches(rec.ops)
+    assert not found, f"the polish objective does: {found}"
+
+
+@pytest.mark.gpu
+def test_the_captured_polish_on_a_gpu_matches_the_uncaptured_one(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    from surrogates import graph
+
+    runs = []
+    for capture in (True, False):
+        tr, m = _gate_trainer(tmp_path / str(capture), capture)
+        m.cuda()
+        tr.train(20)
+        assert isinstance(tr._polish_objective(tr._lbfgs_fused()), graph.CapturedObjective) == capture
+        assert tr._polish_objective(tr._lbfgs_fused()).graph is not None or not capture
+        runs.append(np.array([r["total"] for r in tr.rows]))
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)

@@ -432,5 +432,5 @@ def test_the_gpu_checks_grid_and_lbfgs_steps_run_on_a_cpu(tmp_path):
     lone = df[df.seeds.astype(str) == "0"]
     assert stated == pytest.approx(2 * lone.per_network_s.sum(), abs=1)  # each class's job, twice (2 seeds)
     out = gpu_check.lbfgs(cfg, tmp_path, gpu_check.Budget(600), iterations=20)
-    for key in ("ddnn torch", "ddnn ours", "pinn_seed torch", "pinn_seed ours"):
+    for key in ("ddnn torch", "ddnn ours ", "ddnn ours+graph", "pinn_seed torch", "pinn_seed ours ", "pinn_seed ours+graph"):
         assert key in out
