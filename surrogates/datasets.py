@@ -152,6 +152,15 @@ def _pool_indices(p: Problem, test_seed: int, seed: int):
 
 
 # ---------------------------------------------------------------- public functions
+def pool_training_points(p: Problem, test_seed: int) -> np.ndarray:
+    """Indices of a pool problem's rows (time points) outside its held-out test split, in time order: where
+    a physics term may look without seeing the test rows."""
+    if not p.uses_pool:
+        raise InvalidInputError(f"problem {p.name} has no pool of rows (kind {p.kind!r})")
+    test, order = _pool_indices(p, test_seed, 0)
+    return np.sort(order)
+
+
 def make_split(p: Problem, n: int, seed: int, test_seed: int, val_fraction: float = 0.1):
     """Training (n rows) and validation sets of problem ``p``; returns two dicts of arrays."""
     n = _check_n(p, n, val_fraction)

@@ -481,20 +481,34 @@ class GateResidualLoss(Loss):
 
     ``variant="seed"`` differentiates m with respect to t at fixed V, as the seed notebook does (not the
     ODE's derivative, since V changes with t). ``variant="total"`` uses the total derivative along the
-    trace, dm/dt = dm/dt|_V + dm/dV|_t * dV/dt, with dV/dt from the model's right-hand side on the
-    recorded states. Collocation points are the trace's time points (as in the notebook).
+    trace, dm/dt = dm/dt|_V + dm/dV|_t * dV/dt, with dV/dt taken from the voltage trace alone (forward
+    differences on its time grid: exactly the Euler increments, stimulus included, when the trace is saved
+    every solver step), so the residual uses the problem's input V(t) and never a gate's values.
+    Collocation points: the trace's time points, or those of ``points`` (indices into ``t``; the training
+    code passes every time point outside the test split, so the test rows are not seen even as inputs).
     """
 
-    def __init__(self, cell_model, gate: str, t, states, variant: str = "total", name: str | None = None):
+    def __init__(self, cell_model, gate: str, t, states, variant: str = "total", name: str | None = None,
+                 points=None):
         if variant not in ("seed", "total"):
             raise InvalidInputError(f"unknown gate residual {variant!r}; valid: ['seed', 'total']")
         m = cell_model
         self.m, self.variant, self.name = m, variant, name or f"physics_{variant}"
         self.gate = m.state_names.index(gate)
-        S = np.asarray(states, dtype=np.float64)
-        dS = m.numpy_rhs(S)
-        self.x = torch.tensor(np.stack([np.asarray(t), S[:, 0]], axis=1), dtype=torch.float32)
-        self.dVdt = torch.tensor(dS[:, 0], dtype=torch.float32)
+        t, S = np.asarray(t, dtype=np.float64), np.asarray(states, dtype=np.float64)
+        if t.ndim != 1 or S.ndim != 2 or len(t) != len(S) or len(t) < 2 or not np.all(np.diff(t) > 0):
+            raise InvalidInputError(f"the gate residual needs an increasing time grid (K,) of K >= 2 points and states "
+                                    f"(K, n_states), got shapes {t.shape} and {S.shape}")
+        dVdt = np.diff(S[:, 0]) / np.diff(t)
+        dVdt = np.append(dVdt, dVdt[-1])  # the last point: the slope into it
+        if points is not None:
+            idx = np.asarray(points)
+            if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 \
+                    or idx.max() >= len(t) or np.unique(idx).size != idx.size:
+                raise InvalidInputError(f"points must be distinct indices into the trace's {len(t)} time points")
+            t, S, dVdt = t[idx], S[idx], dVdt[idx]
+        self.x = torch.tensor(np.stack([t, S[:, 0]], axis=1), dtype=torch.float32)
+        self.dVdt = torch.tensor(dVdt, dtype=torch.float32)
         self.S = torch.tensor(S, dtype=torch.float32)
         self.affine = None  # (c0, c1) per point where the gate's equation is c0 + c1 * gate along the trace
         if m.affine_in(gate):

@@ -212,12 +212,13 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
         trainer.add_loss(InitialConditionLoss(p, max(256, phys["collocation_points"] // 4), phys["sampler"],
                                               seed=seed + 2000), phys["ic_weight"])
     elif surrogate in ("pinn", "pinn_seed"):
-        from .datasets import trace_states
+        from .datasets import pool_training_points, trace_states
 
         t_full, S = trace_states(p)
         gate = p.outputs[0]
         variant = "seed" if surrogate == "pinn_seed" else "total"
-        trainer.add_loss(GateResidualLoss(p.model, gate, t_full, S, variant), phys["weight"])
+        points = pool_training_points(p, cfg["datasets"]["test_seed"])  # the test split's time points: never
+        trainer.add_loss(GateResidualLoss(p.model, gate, t_full, S, variant, points=points), phys["weight"])
     return {"trainer": trainer, "model": model, "device": device, "prov": prov, "hidden": hidden, "seed": seed,
             "surrogate": surrogate, "n": n, "arch": arch, "settings": settings, "out_dir": Path(out_dir)}
 

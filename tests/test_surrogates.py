@@ -192,9 +192,40 @@ def test_gate_residual_variants_differ_only_through_dV_dt(cfg):
     states = S.copy()
     states[:, 1] = m_pred
     f = p.model.numpy_rhs(states)[:, 1]
-    dVdt = p.model.numpy_rhs(S)[:, 0]
+    dVdt = np.diff(S[:, 0]) / np.diff(t)
+    dVdt = np.append(dVdt, dVdt[-1])  # from the trace (the next test: Euler's own dV/dt, stimulus included)
     assert seed(model).item() == pytest.approx(np.mean((0.01 - f) ** 2), rel=1e-4)
     assert total(model).item() == pytest.approx(np.mean((0.01 + 0.002 * dVdt - f) ** 2), rel=1e-4)
+
+
+def test_the_gate_residual_takes_dV_dt_from_the_trace_and_never_looks_at_the_test_points(cfg):
+    """dV/dt is the trace's own (Euler's derivative with the stimulus pulses: the right-hand side without
+    them is 10 mV/ms off on the pulses' points), and the training code's residual has no test time point."""
+    p = problem_from_config("hh_m", cfg)
+    t, S = ds.trace_states(p)
+    loss = GateResidualLoss(p.model, "m", t, S, "total")
+    pr = p.protocol
+    mid = t[:-1] + 0.5 * p.save_interval
+    on = (mid >= pr["start"]) & (((mid - pr["start"]) % pr["period"]) < pr["duration"])
+    pulses = len(np.arange(pr["start"], p.t_end, pr["period"]))
+    assert pulses >= 1 and on.sum() == pulses * round(pr["duration"] / p.save_interval)
+    euler = p.model.numpy_rhs(S[:-1], {"I_stim": np.where(on, pr["amplitude"], 0.0)})[:, 0]
+    np.testing.assert_allclose(loss.dVdt.numpy()[:-1], euler, rtol=1e-5, atol=1e-3)
+    without = p.model.numpy_rhs(S[:-1])[:, 0]
+    np.testing.assert_allclose((loss.dVdt.numpy()[:-1] - without)[on], pr["amplitude"], atol=1e-2)
+
+    points = ds.pool_training_points(p, cfg["datasets"]["test_seed"])
+    test = ds._pool_indices(p, cfg["datasets"]["test_seed"], 0)[0]
+    assert len(points) + len(test) == len(t) and not set(points) & set(test)
+    sub = GateResidualLoss(p.model, "m", t, S, "total", points=points)
+    np.testing.assert_array_equal(sub.x.numpy(), loss.x.numpy()[points])
+    np.testing.assert_array_equal(sub.dVdt.numpy(), loss.dVdt.numpy()[points])
+    assert not set(np.round(t[test], 6)) & set(np.round(sub.x.numpy()[:, 0].astype(np.float64), 6))
+    for bad in ([1, 1], [len(t)], [-1], np.array([0.5]), []):
+        with pytest.raises(InvalidInputError, match="points must be distinct indices"):
+            GateResidualLoss(p.model, "m", t, S, "total", points=bad)
+    with pytest.raises(InvalidInputError, match="increasing time grid"):
+        GateResidualLoss(p.model, "m", t[::-1], S, "total")
 
 
 def test_user_residual_must_return_a_scalar():
