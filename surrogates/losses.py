@@ -570,6 +570,7 @@ class GateResidualLoss(Loss):
             def step(weight: float):
                 return engine.tangent_step_closed(xs, v, affine_grad, weight)
 
+            step.parts = (xs, v, affine_grad)  # for fused_with_data
             return step
         g, states = self.gate, S.clone()
 
@@ -584,4 +585,50 @@ class GateResidualLoss(Loss):
         def step(weight: float):
             return engine.tangent_step_closed(xs, v, residual_grad, weight)
 
+        step.parts = (xs, v, residual_grad)  # for fused_with_data
         return step
+
+    def fused_with_data(self, engine, data: "DataLoss", data_weight: float, own_weight: float):
+        """The full-set mean-squared data term of ``data`` and this residual in one pass of the engine, when
+        every data row is one of the residual's points (hh_m: the training rows are time points of the trace):
+        the residual's forward pass already gives the network's outputs there, so the data term costs an
+        index and a subtraction instead of its own forward and backward pass. Returns ``(data_step,
+        residual_step)`` with the trainer's step signature (the data step does the work and must be called
+        first, as the Trainer orders its losses; the residual step returns what it computed), or ``None``
+        where it does not apply (then the two terms run separately, with the same result)."""
+        if not data._is_own_call() or data.metric != "mse" or data.X.shape[1] != 2 or data.Y.shape[1] != 1:
+            return None
+        step = self.fused(engine)
+        parts = getattr(step, "parts", None) if step is not None else None
+        if parts is None:
+            return None
+        where = {tuple(r): i for i, r in enumerate(self.x.numpy().tolist())}
+        idx = [where.get(tuple(r)) for r in data.X.float().numpy().tolist()]
+        if any(i is None for i in idx):
+            return None
+        xs, v, grad = parts
+        device = xs.device
+        idx = torch.as_tensor(idx, dtype=torch.long, device=device)
+        ys = engine.scale_y(data.Y.to(device=device, dtype=xs.dtype))
+        own = torch.zeros((), device=device, dtype=xs.dtype)
+        ratio = float(data_weight) / float(own_weight)  # the engine scales every gradient by own_weight
+
+        def joint_grad(z, zt):
+            loss, gz, gzt = grad(z, zt)
+            own.copy_(loss)
+            d = z.index_select(0, idx).sub_(ys)
+            data_loss = torch.mean(d * d)
+            gz = gz.index_add(0, idx, d.mul_(2.0 * ratio / d.numel()))
+            return data_loss, gz, gzt
+
+        def data_step(weight: float):
+            if weight != data_weight:
+                raise ValueError(f"the joint step was made for data weight {data_weight}, called with {weight}")
+            return engine.tangent_step_closed(xs, v, joint_grad, own_weight)
+
+        def own_step(weight: float):
+            if weight != own_weight:
+                raise ValueError(f"the joint step was made for residual weight {own_weight}, called with {weight}")
+            return own
+
+        return data_step, own_step

@@ -439,7 +439,17 @@ class Trainer:
         rows = max(min(l.X.shape[0], self.LBFGS_CHUNK) if f else l.fused_rows() for (l, _), f in zip(self.losses, full))
         eng = MLPEngine(self.model, rows)
         steps = [l.fused_full(eng) if f else l.fused(eng) for (l, _), f in zip(self.losses, full)]
-        return None if any(st is None for st in steps) else (eng, steps)
+        if any(st is None for st in steps):
+            return None
+        from .losses import DataLoss, GateResidualLoss
+
+        if len(self.losses) == 2 and isinstance(self.losses[0][0], DataLoss) \
+                and isinstance(self.losses[1][0], GateResidualLoss):  # hh_m: the data rows are trace points
+            (data, wd), (gate, wg) = self.losses
+            joint = gate.fused_with_data(eng, data, wd, wg)
+            if joint is not None:
+                steps = list(joint)
+        return eng, steps
 
     def _polish_objective(self, fused):
         """The polish's fused objective ``() -> (total, terms)``: replayed from a CUDA graph

@@ -454,3 +454,76 @@ def test_the_captured_polish_on_a_gpu_matches_the_uncaptured_one(tmp_path):
         assert tr._polish_objective(tr._lbfgs_fused()).graph is not None or not capture
         runs.append(np.array([r["total"] for r in tr.rows]))
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_the_data_term_inside_the_gate_residuals_pass_equals_the_two_terms_apart(affine):
+    """hh_m's polish: the data rows are trace points, so the data term is read off the residual's forward
+    pass. Loss values and every gradient equal the two terms computed apart (float64, both residual paths);
+    a data row that is not a trace point, or another metric, keeps them apart."""
+    from surrogates.config import load_config
+    from surrogates.datasets import trace_states
+    from surrogates.losses import DataLoss, GateResidualLoss
+    from surrogates.problems import problem_from_config
+
+    cfg = load_config()
+    cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": 12.0}
+    hh = problem_from_config("hh_m", cfg)
+    t, S = trace_states(hh)
+    points = np.arange(0, len(t), 2)
+    gate = GateResidualLoss(hh.model, "m", t, S, "total", points=points)
+    if not affine:
+        gate.affine = None
+    rows = points[np.random.default_rng(0).permutation(len(points))[:200]]
+    X = np.stack([t[rows], S[rows, 0]], axis=1).astype(np.float32)  # as the dataset holds them
+    Y = S[rows, 1:2]
+    torch.manual_seed(1)
+    m = MLP(2, 1, [("Tanh", 16), ("SiLU", 8)], input_range=([0.0, -90.0], [12.0, 50.0]), output_center=[0.5],
+            output_scale=[0.5]).double()
+    gate.x, gate.dVdt, gate.S = gate.x.double(), gate.dVdt.double(), gate.S.double()
+    data = DataLoss(torch.as_tensor(X).double(), torch.as_tensor(Y), batch_size=None, seed=0)
+    eng = MLPEngine(m, gate.fused_rows())
+    eng.zero_grad()
+    apart = [float(data.fused_full(eng)(1.0)) * 1.0, float(gate.fused(eng)(0.1))]
+    want = [g.clone() for g in grads_of(m)]
+    gate.x = gate.x.float()  # matched as float32 rows, as in training
+    joint = gate.fused_with_data(eng, data, 1.0, 0.1)
+    gate.x = gate.x.double()
+    assert joint is not None
+    eng.zero_grad()
+    got = [float(joint[0](1.0)), float(joint[1](0.1))]
+    assert got == pytest.approx(apart, rel=1e-12)
+    for g, w in zip(grads_of(m), want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    gate.x = gate.x.float()
+    off = DataLoss(torch.as_tensor(X + np.float32(0.5)).double(), torch.as_tensor(Y), batch_size=None, seed=0)
+    assert gate.fused_with_data(eng, off, 1.0, 0.1) is None
+    assert gate.fused_with_data(eng, DataLoss(torch.as_tensor(X).double(), torch.as_tensor(Y), metric="l4", seed=0),
+                                1.0, 0.1) is None
+
+
+def test_the_polish_objective_with_the_data_term_inside_the_residual_equals_the_two_terms_apart(tmp_path, monkeypatch):
+    """The Trainer's polish objective (float32, hh_m in small): the joint pass and the two terms apart give
+    the same terms and gradients at the same weights; then a polish with it lowers the loss."""
+    from surrogates.losses import GateResidualLoss
+
+    tr, m = _gate_trainer(tmp_path, False)
+    tr.lbfgs_iterations = 0
+    tr.train(20)
+    out = []
+    for joint in (True, False):
+        if not joint:
+            monkeypatch.setattr(GateResidualLoss, "fused_with_data", lambda *a, **k: None)
+        eng, steps = tr._lbfgs_fused()
+        assert (getattr(steps[0], "__name__", "") == "data_step") == joint
+        total, terms = tr._fused_objective(steps, eng)
+        out.append((float(total), {k: float(v) for k, v in terms.items()}, [g.clone() for g in grads_of(m)]))
+    (ta, terms_a, ga), (tb, terms_b, gb) = out
+    assert ta == pytest.approx(tb, rel=1e-5) and terms_a == pytest.approx(terms_b, rel=1e-5)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    monkeypatch.undo()
+    tr2, _ = _gate_trainer(tmp_path / "polish", False)
+    tr2.train(20)
+    assert getattr(tr2._lbfgs_fused()[1][0], "__name__", "") == "data_step"
+    assert tr2.rows[-1]["total"] < 0.1 * tr2.rows[0]["total"]
