@@ -92,11 +92,16 @@ _CLOCKS = {"cpu": _cpu_once, "cupy": _cupy_once, "torch": _torch_once}
 
 
 def measure(fn: Callable[[], object], clock: str = "cpu", repeats: int = 10, warmup: int = 1,
-            max_repeats: int | None = None, max_spread: float = MAX_SPREAD, budget_s: float = 30.0) -> TimingStats:
+            max_repeats: int | None = None, max_spread: float = MAX_SPREAD, budget_s: float = 30.0,
+            warm: Callable[[], object] | None = None) -> TimingStats:
     """Time ``fn``: ``warmup`` untimed calls, then ``repeats`` timed ones, then more (up to ``max_repeats``)
     while IQR / median exceeds ``max_spread`` and the timed calls have used less than ``budget_s`` seconds.
     Where one call is so long that ``repeats`` of them would overrun ``budget_s``, fewer are taken (at least 3;
     such a measurement is flagged noisy when its spread is large, as any other).
+
+    ``warm``: what the untimed calls run instead of ``fn``, for a call made of many equal pieces (a workload
+    evaluated in chunks): a cheaper call that meets every first-call cost of ``fn`` (each input shape, each
+    allocation size), so a 100 s call is not run a fourth time only to warm up.
 
     ``clock``: ``"cpu"`` (host clock), ``"cupy"`` or ``"torch"`` (CUDA events on that library's current stream).
     """
@@ -106,7 +111,7 @@ def measure(fn: Callable[[], object], clock: str = "cpu", repeats: int = 10, war
         raise ValueError(f"unknown clock {clock!r}; valid: {sorted(_CLOCKS)}")
     once = _CLOCKS[clock]
     for _ in range(warmup):
-        fn()
+        (warm or fn)()
     _sync(clock)
     out = []
     started = perf_counter()

@@ -120,6 +120,43 @@ def test_harness_statistics_on_a_known_sleep():
     assert 0 <= s.iqr < 0.01
 
 
+def test_a_warm_up_can_be_a_cheaper_call_than_the_timed_one():
+    from inference.timing import measure
+
+    calls = []
+
+    stats = measure(lambda: calls.append("timed"), "cpu", repeats=4, warmup=2, warm=lambda: calls.append("warm"))
+    assert calls == ["warm", "warm"] + ["timed"] * stats.repeats and stats.repeats == 4
+
+
+def test_a_chunked_speed_point_warms_up_on_its_first_and_last_chunk(net, tmp_path, monkeypatch):
+    """N x K = 2,600 rows in chunks of 1,000: the warm-up runs the rows 0-999 and 2000-2599 (both shapes the
+    timed calls meet), each timed call the three chunks."""
+    from inference import backends as B
+
+    monkeypatch.setattr(workloads, "CHUNK_ROWS", 1000)
+    sizes = []
+
+    class Recording(B.TorchEager):
+        def __init__(self):
+            super().__init__("cpu")
+            self.name = "recording"
+
+        def prepare(self, model, prec, workdir):
+            r = super().prepare(model, prec, workdir)
+            run = r.run
+            r.run = lambda xd: (sizes.append(len(xd)), run(xd))[1]
+            return r
+
+    monkeypatch.setitem(REGISTRY, "recording", Recording())
+    cfg = speed_cfg(n_cells=[100], n_outputs=26, k_sweep=[], repeats=3, max_repeats=3)
+    path = save_as(net, tmp_path / "C/ddnn/best_model.pth", cfg, "C", "ddnn")
+    df = speedup.run(cfg, {"ddnn": path}, ["recording"], ["fp32"], workdir=tmp_path / "w")
+    assert len(df[df.skipped.isna() & df.failed.isna()]) == 1
+    timed = sizes[-9:]
+    assert timed == [1000, 1000, 600] * 3 and sizes[-11:-9] == [1000, 600]
+
+
 # ---------------------------------------------------------------- workloads
 def test_direct_workload_has_exactly_n_times_k_rows_of_real_inputs(problem_c):
     X, c = direct_rows(problem_c, 37, 26)
