@@ -68,6 +68,7 @@ class SolverTiming:
     device: str
     kernel: TimingStats
     e2e: TimingStats
+    wall_s: float = float("nan")  # what measuring the solver side of the point took
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,14 @@ def time_solver(case: Case, device: str, s: Settings) -> SolverTiming:
     def e2e():
         return solvers.simulate(p.model, y0, case.t_end, p.dt, case.save_every, params, backend=name, dtype="float32")
 
+    started = time.perf_counter()
     e = measure(e2e, "cpu", s.repeats, 1, s.max_repeats)
     if name != "cuda":
-        return SolverTiming(name, device, e, e)
+        return SolverTiming(name, device, e, e, time.perf_counter() - started)
     launch = solvers.get_backend("cuda").launcher(p.model, y0, p.parameter_matrix(case.cells, case.n_cells),
                                                  p.dt, case.n_saves, case.save_every, "float32")
     k = measure(launch, "cupy", s.repeats, 3, s.max_repeats)
-    return SolverTiming(name, device, k, e)
+    return SolverTiming(name, device, k, e, time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------- the surrogate side
@@ -227,7 +229,10 @@ class _Bench:
                 return {**base, "skipped": plan}
         try:
             with _time_limit(self.s.backend_time_limit_s):
-                return {**base, **self._measure(case, sur, backend, prec, solver)}
+                started = time.perf_counter()
+                row = self._measure(case, sur, backend, prec, solver)
+                # what this row cost the benchmark: preparation (first use), checks, warm-up and every repeat
+                return {**base, **row, "wall_s": time.perf_counter() - started}
         except _Skip as exc:
             self.skips[key] = str(exc)
             return {**base, "skipped": str(exc)}
@@ -285,7 +290,7 @@ class _Bench:
         print(f"[{case.sweep}] N={case.n_cells:>7d} K={case.n_outputs:>5d} {backend:14s} {prec} {sur.label}: solver "
               f"{solver.e2e.median:.4g} s (kernel {solver.kernel.median:.4g}), surrogate {e.median:.4g} s (kernel "
               f"{k.median:.4g}) -> speedup {row['speedup']:.3g} (kernel {row['kernel_speedup']:.3g})"
-              f"{' NOISY' if row['noisy'] else ''}", flush=True)
+              f"{' NOISY' if row['noisy'] else ''} [{k.repeats}+{e.repeats if gpu else 0} repeats]", flush=True)
         return row
 
 
@@ -301,6 +306,7 @@ def _base(case: Case, sur: Surrogate, backend: str, prec: str, solver: SolverTim
     return {"sweep": case.sweep, "workload": workload, "device": solver.device, "n_cells": case.n_cells,
             "n_outputs": case.n_outputs, "solver_backend": solver.backend, "solver_seconds": solver.e2e.median,
             "solver_kernel_seconds": solver.kernel.median, "solver_noisy": bool(solver.e2e.noisy or solver.kernel.noisy),
+            "solver_wall_s": solver.wall_s,
             "surrogate": sur.label, "arch": sur.arch, "backend": backend, "precision": prec, "mae": sur.mae,
             **solver.kernel.as_dict("solver_kernel_"), **solver.e2e.as_dict("solver_e2e_")}
 
@@ -342,6 +348,11 @@ def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Ca
     for col in ("skipped", "failed"):
         if col not in df:
             df[col] = None
+    if "wall_s" in df and df["wall_s"].notna().any():  # where the benchmark's own time went
+        solver = df.dropna(subset=["solver_wall_s"]).drop_duplicates(["n_cells", "n_outputs", "device"])
+        spent = df.groupby(["backend", "precision"])["wall_s"].sum().sort_values(ascending=False)
+        print(f"time spent measuring: solver {solver['solver_wall_s'].sum():.1f} s; by backend and precision:\n"
+              + spent[spent > 0].round(1).to_string(), flush=True)
     return df
 
 

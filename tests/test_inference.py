@@ -373,6 +373,8 @@ def test_speed_run_times_an_itnn_by_rollout_on_the_same_k_states(step_net, tmp_p
     assert set(timed.backend) == {"torch", "onnxruntime"} and (timed.n_outputs == 26).all()
     assert timed.workload.str.startswith("iterative rollout").all()
     assert (timed.rows == 300 * 500).all() and (timed.speedup > 0).all() and (timed.mae == 0.01).all()
+    # what each row cost the benchmark: at least its two timed repeats (2 x their median), besides warm-up
+    assert (timed.wall_s >= 0.999 * 2 * timed.surrogate_seconds).all() and (timed.solver_wall_s > 0).all()
     skipped = df[df.skipped.notna()]
     assert (skipped.n_outputs == 2501).all() and skipped.skipped.str.contains("does not divide the 500").all()
 
