@@ -192,7 +192,7 @@ class Trainer:
                 raise InvalidInputError(f"engine 'fused': loss(es) {missing} have no fused form; use engine 'autograd'")
             return None
         self._engine = eng
-        return steps
+        return self._joint_gate(eng, steps)
 
     # ------------------------------------------------------------------ one step
     def _objective(self):
@@ -441,15 +441,21 @@ class Trainer:
         steps = [l.fused_full(eng) if f else l.fused(eng) for (l, _), f in zip(self.losses, full)]
         if any(st is None for st in steps):
             return None
+        return eng, self._joint_gate(eng, steps)
+
+    def _joint_gate(self, eng, steps: list) -> list:
+        """hh_m: a full-set data term and the gate residual in one engine pass where the data rows are trace
+        points (:meth:`~surrogates.losses.GateResidualLoss.fused_with_data`); otherwise ``steps`` as given."""
         from .losses import DataLoss, GateResidualLoss
 
         if len(self.losses) == 2 and isinstance(self.losses[0][0], DataLoss) \
-                and isinstance(self.losses[1][0], GateResidualLoss):  # hh_m: the data rows are trace points
+                and isinstance(self.losses[1][0], GateResidualLoss):
             (data, wd), (gate, wg) = self.losses
-            joint = gate.fused_with_data(eng, data, wd, wg)
-            if joint is not None:
-                steps = list(joint)
-        return eng, steps
+            if data.batch_size == data.X.shape[0]:
+                joint = gate.fused_with_data(eng, data, wd, wg)
+                if joint is not None:
+                    return list(joint)
+        return steps
 
     def _polish_objective(self, fused):
         """The polish's fused objective ``() -> (total, terms)``: replayed from a CUDA graph

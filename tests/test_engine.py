@@ -523,7 +523,28 @@ def test_the_polish_objective_with_the_data_term_inside_the_residual_equals_the_
     for a, b in zip(ga, gb):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     monkeypatch.undo()
+    assert getattr(tr._fused_steps()[0], "__name__", "") == "data_step"  # the first-order steps take it too
     tr2, _ = _gate_trainer(tmp_path / "polish", False)
     tr2.train(20)
     assert getattr(tr2._lbfgs_fused()[1][0], "__name__", "") == "data_step"
     assert tr2.rows[-1]["total"] < 0.1 * tr2.rows[0]["total"]
+
+
+def test_first_order_steps_with_the_data_term_inside_the_residual_follow_the_two_terms_apart(tmp_path, monkeypatch):
+    """hh_m's full-batch Adam steps (plain fused path): 60 steps with the joint pass and with the two terms
+    apart end at the same losses and weights (float32 rounding)."""
+    from surrogates.losses import GateResidualLoss
+
+    runs = []
+    for joint in (True, False):
+        if not joint:
+            monkeypatch.setattr(GateResidualLoss, "fused_with_data", lambda *a, **k: None)
+        tr, m = _gate_trainer(tmp_path / str(joint), False)
+        tr.lbfgs_iterations = 0
+        tr.train(60)
+        runs.append((np.array([[r["total"], r["data"]] for r in tr.rows]),
+                     torch.cat([p.detach().reshape(-1) for p in m.parameters()])))
+    (la, wa), (lb, wb) = runs
+    assert la.shape == (3, 2) and la[-1, 0] < la[0, 0]
+    np.testing.assert_allclose(la, lb, rtol=1e-4)
+    torch.testing.assert_close(wa, wb, rtol=1e-4, atol=1e-5)
