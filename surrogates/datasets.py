@@ -157,8 +157,7 @@ def pool_training_points(p: Problem, test_seed: int) -> np.ndarray:
     a physics term may look without seeing the test rows."""
     if not p.uses_pool:
         raise InvalidInputError(f"problem {p.name} has no pool of rows (kind {p.kind!r})")
-    test, order = _pool_indices(p, test_seed, 0)
-    return np.sort(order)
+    return np.sort(_pool_indices(p, test_seed, 0)[1])
 
 
 def make_split(p: Problem, n: int, seed: int, test_seed: int, val_fraction: float = 0.1):

@@ -596,7 +596,8 @@ class GateResidualLoss(Loss):
         residual_step)`` with the trainer's step signature (the data step does the work and must be called
         first, as the Trainer orders its losses; the residual step returns what it computed), or ``None``
         where it does not apply (then the two terms run separately, with the same result)."""
-        if not data._is_own_call() or data.metric != "mse" or data.X.shape[1] != 2 or data.Y.shape[1] != 1:
+        if not data._is_own_call() or data.metric != "mse" or data.X.shape[1] != 2 or data.Y.shape[1] != 1 \
+                or not own_weight:  # the engine scales the joint gradient by own_weight
             return None
         step = self.fused(engine)
         parts = getattr(step, "parts", None) if step is not None else None
