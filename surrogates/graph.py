@@ -176,18 +176,17 @@ class CapturedObjective:
 
     ``evaluate()`` returns ``(total, terms)``; it must not depend on the host between calls (a term whose
     points are drawn afresh on every call cannot be captured: the Trainer captures only data terms over
-    their whole set and the gate residual on its fixed trace). With ``capture=False`` (or on a CPU) the
-    same body runs uncaptured, which is how the tests check the plumbing. Each call returns fresh tensors
-    (the graph's own outputs are overwritten by the next replay)."""
+    their whole set and the gate residual on its fixed trace). On a CPU the same body runs uncaptured, which
+    is how the tests check the plumbing. Each call returns fresh tensors (the graph's own outputs are
+    overwritten by the next replay)."""
 
-    def __init__(self, evaluate, device, capture: bool = True):
+    def __init__(self, evaluate, device):
         self.evaluate = evaluate
         self.total = torch.zeros((), device=device)
         self.terms: dict | None = None
-        self.capture = capture and torch.device(device).type == "cuda"
         self.graph = None
-        if self.capture:
-            self.graph = globals()["capture"](self._body, [], torch.zeros((), dtype=torch.bool, device=device))
+        if torch.device(device).type == "cuda":
+            self.graph = capture(self._body, [], torch.zeros((), dtype=torch.bool, device=device))
 
     def _body(self):
         total, terms = self.evaluate()

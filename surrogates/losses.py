@@ -588,18 +588,19 @@ class GateResidualLoss(Loss):
         step.parts = (xs, v, residual_grad)  # for fused_with_data
         return step
 
-    def fused_with_data(self, engine, data: "DataLoss", data_weight: float, own_weight: float):
+    def fused_with_data(self, engine, data: "DataLoss", data_weight: float, own_weight: float, step=None):
         """The full-set mean-squared data term of ``data`` and this residual in one pass of the engine, when
         every data row is one of the residual's points (hh_m: the training rows are time points of the trace):
         the residual's forward pass already gives the network's outputs there, so the data term costs an
         index and a subtraction instead of its own forward and backward pass. Returns ``(data_step,
         residual_step)`` with the trainer's step signature (the data step does the work and must be called
         first, as the Trainer orders its losses; the residual step returns what it computed), or ``None``
-        where it does not apply (then the two terms run separately, with the same result)."""
+        where it does not apply (then the two terms run separately, with the same result). ``step``: this
+        loss's :meth:`fused` step on ``engine`` where the caller has made it already."""
         if not data._is_own_call() or data.metric != "mse" or data.X.shape[1] != 2 or data.Y.shape[1] != 1 \
                 or not own_weight:  # the engine scales the joint gradient by own_weight
             return None
-        step = self.fused(engine)
+        step = step or self.fused(engine)
         parts = getattr(step, "parts", None) if step is not None else None
         if parts is None:
             return None

@@ -452,7 +452,7 @@ class Trainer:
                 and isinstance(self.losses[1][0], GateResidualLoss):
             (data, wd), (gate, wg) = self.losses
             if data.batch_size == data.X.shape[0]:
-                joint = gate.fused_with_data(eng, data, wd, wg)
+                joint = gate.fused_with_data(eng, data, wd, wg, steps[1])
                 if joint is not None:
                     return list(joint)
         return steps
