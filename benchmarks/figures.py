@@ -506,6 +506,13 @@ def _in_sweep(df: pd.DataFrame, axis: str) -> pd.DataFrame:
     return df[df.sweep.astype(str).str.split(",").apply(lambda s: axis in s)]
 
 
+def _swept(df: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """The rows of one sweep that form curves: seed ensembles (``<kind>_ensemble``) are timed at one point of
+    it only, so they stay in the speedup table and out of the sweep's panels."""
+    df = _in_sweep(df, axis)
+    return df[~df.surrogate.astype(str).str.endswith("_ensemble")]
+
+
 def _machine(df: pd.DataFrame) -> str:
     from core.machine import describe_machine
 
@@ -591,7 +598,7 @@ def speedup_vs_n(raw_csv, png, pdf) -> None:
     """Speedup over the Euler solver (same device, same N x K outputs) against the number of cells N, at the
     K of the N sweep; stars mark where a backend crosses break-even."""
     _style()
-    df = _in_sweep(timed_rows(raw_csv), "N")
+    df = _swept(timed_rows(raw_csv), "N")
     _speed_figure(df, "n_cells", "cells N", "N",
                   f"Speedup over the Euler solver vs number of cells, K = {_ints(df.n_outputs)} kept states per "
                   f"cell\n{_machine(df)}; speedup = solver time / surrogate time, same outputs, same device",
@@ -602,7 +609,7 @@ def speedup_vs_k(raw_csv, png, pdf) -> None:
     """Speedup against the number of kept states per cell K at the N of the K sweep: the solver's cost hardly
     depends on K, a direct network's grows with it; stars mark the crossover."""
     _style()
-    df = _in_sweep(timed_rows(raw_csv), "K")
+    df = _swept(timed_rows(raw_csv), "K")
     if df.n_outputs.nunique() < 2:
         raise ValueError("the K sweep needs at least two values of K")
     _speed_figure(df, "n_outputs", "kept states per cell K", "K",

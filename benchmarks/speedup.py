@@ -39,11 +39,11 @@ from core.errors import InvalidInputError, PipelineError
 from core.io import read_json, write_text
 from core.layout import Layout
 from core.machine import machine_info
-from inference.backends import REGISTRY, check_against_torch
+from inference.backends import REGISTRY, check_against_torch, ensemble_runner
 from inference.timing import TimingStats, measure
 from inference import workloads
 from inference.workloads import Case, rollout_runner, run_chunked
-from surrogates.config import load_config, speed_problem_of, training_settings, validate_config
+from surrogates.config import load_config, speed_ensembles, speed_problem_of, training_settings, validate_config
 from surrogates.network import load_checkpoint
 from surrogates.problems import Problem, problem_from_config
 
@@ -53,13 +53,16 @@ ROLLOUT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "bf16": 1e-1}  # of the state r
 @dataclass(frozen=True)
 class Surrogate:
     """A trained network to time: its kind (the label), its test MAE, architecture, and for an iterative
-    network the step problem it advances."""
+    network the step problem it advances. A seed ensemble (label ``<kind>_ensemble``) has its networks in
+    ``members`` and ``net`` is their mean (``surrogates.ensemble.Ensemble``, the reference it is checked
+    against); each backend runs every member and averages the outputs."""
 
     label: str
     net: object
     mae: float
     arch: str
     step: Problem | None = None
+    members: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,35 @@ def load_surrogates(cfg: dict, models: dict, expect: dict | None = None) -> dict
             check_provenance(metrics.get("provenance", {}), need, f"metrics file {metrics_path}")
         arch = meta["provenance"].get("arch") or "x".join(f"{a}{w}" for a, w in net.hidden)
         out[label] = Surrogate(label, net.eval(), metrics.get("mae", np.nan), arch, p if p.kind == "step" else None)
+    return out
+
+
+def load_ensembles(cfg: dict, ensembles: dict) -> dict[str, Surrogate]:
+    """Load ``kind -> [checkpoint, ...]`` as seed ensembles of the network the benchmark times for ``kind``
+    (largest n, the configured architecture): every member checked to be that run with its own seed, the
+    seeds distinct (``surrogates.ensemble.load_members``). The MAE is the ensemble's own test score where the
+    workflow wrote it (``training.ensemble``: the accuracy table's ``<kind>_ensemble`` row), checked to be
+    the mean of the same seeds; NaN where it was not scored."""
+    from core.provenance import check_provenance
+    from surrogates import ensemble as ens
+
+    out = {}
+    layout = Layout(cfg["results_dir"])
+    for kind, paths in ensembles.items():
+        p = speed_problem_of(cfg, kind)
+        prob = problem_from_config(p, cfg)
+        n, arch = max(prob.sizes), training_settings(cfg, p)["architecture"]
+        members, seeds = ens.load_members(cfg, p, kind, n, arch, paths)
+        mae = np.nan
+        scored = layout.ensemble_file(p, kind, n, arch)
+        if scored.exists():
+            metrics = read_json(scored, "ensemble metrics file")
+            check_provenance(metrics.get("provenance", {}), ens.expected_ensemble(cfg, p, kind, n, arch, seeds),
+                             f"ensemble metrics file {scored}")
+            mae = metrics.get("mae", np.nan)
+        label = ens.label(kind)
+        out[label] = Surrogate(label, ens.Ensemble(members).eval(), mae, arch, prob if prob.kind == "step" else None,
+                               tuple(members))
     return out
 
 
@@ -177,14 +209,21 @@ class _Bench:
         key = (sur.label, backend, prec)
         if key not in self.runners:
             b = REGISTRY[backend]
-            r = b.prepare(sur.net, prec, self.workdir / f"{sur.label}_{backend}")
+            if sur.members:  # every member on this backend and precision, averaged on the device
+                r = ensemble_runner([b.prepare(m, prec, self.workdir / f"{sur.label}_{backend}_{i}")
+                                     for i, m in enumerate(sur.members)], sur.label)
+            else:
+                r = b.prepare(sur.net, prec, self.workdir / f"{sur.label}_{backend}")
             if sur.step is None:
                 err = check_against_torch(sur.net, r, case.direct_rows()[:4096], prec, backend)
                 fused = None
             else:
                 Y0, P = case.rollout_inputs(sur.step)
                 err = check_against_torch(sur.net, r, np.concatenate([Y0, P], axis=1)[:4096], prec, backend)
-                fused = b.prepare_rollout(sur.net, Y0.shape[1], prec, self.workdir / f"{sur.label}_{backend}")
+                # a fused rollout advances one network: an ensemble (the mean increment each step) rolls out
+                # step by step through its runner
+                fused = None if sur.members else b.prepare_rollout(sur.net, Y0.shape[1], prec,
+                                                                   self.workdir / f"{sur.label}_{backend}")
                 if fused is None and prec != "fp32":
                     raise _Skip("step-by-step rollouts are timed in fp32 only (a fused rollout keeps the state in "
                                 "fp32 registers; a step-by-step one would round it every step)")
@@ -312,9 +351,14 @@ def _base(case: Case, sur: Surrogate, backend: str, prec: str, solver: SolverTim
 
 
 def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Case] | None = None,
-        settings: Settings | None = None, workdir=None, expect: dict | None = None) -> pd.DataFrame:
+        settings: Settings | None = None, workdir=None, expect: dict | None = None,
+        ensembles: dict | None = None) -> pd.DataFrame:
     """Measure every (point, surrogate, backend, precision); returns the tidy table (one row each, timed,
-    ``skipped`` with the reason, or ``failed`` with the reason)."""
+    ``skipped`` with the reason, or ``failed`` with the reason).
+
+    ``ensembles``: ``kind -> [checkpoint, ...]`` seed ensembles (:func:`load_ensembles`), timed at the first
+    point of the N sweep only (the paper's workload: the first N at K = ``speed.n_outputs``), where they cost
+    one evaluation per member; their rows are labelled ``<kind>_ensemble``."""
     cfg = validate_config(cfg)
     sp = cfg["speed"]
     backends = list(backends or sp["backends"])
@@ -324,6 +368,8 @@ def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Ca
     workdir = Path(workdir or tempfile.mkdtemp(prefix="speedup_"))
     info = machine_info()
     surs = load_surrogates(cfg, models, expect)
+    surs.update(load_ensembles(cfg, ensembles or {}))
+    ens_point = next((c for c in points if "N" in c.sweep.split(",")), points[0] if points else None)
     status = {n: REGISTRY[n].unavailable_reason() for n in backends}
     rows = []
     for name in backends:
@@ -341,6 +387,8 @@ def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Ca
         for device in sorted({REGISTRY[b].device for b in live}):
             solver = time_solver(case, device, settings)
             for sur in surs.values():
+                if sur.members and case is not ens_point:
+                    continue
                 for b in [b for b in live if REGISTRY[b].device == device]:
                     for prec in [p for p in precisions if p in REGISTRY[b].precisions]:
                         rows.append(bench.point(case, sur, b, prec, solver))
@@ -360,6 +408,9 @@ def main(argv=None) -> int:
     ap = cli.parser(__doc__)
     ap.add_argument("--model", action="append", default=[],
                     help="KIND=path/to/best_model.pth (default: the configured speed.surrogates of results_dir)")
+    ap.add_argument("--ensemble", action="append", default=[],
+                    help="KIND=SEED0.pth,SEED1.pth,... a seed ensemble to time at the first N (default: speed.ensembles "
+                         "of results_dir, where the configuration has ensembles)")
     ap.add_argument("--backends", nargs="+", help="default: speed.backends")
     ap.add_argument("--precisions", nargs="+", help="default: speed.precisions")
     ap.add_argument("--n", type=int, nargs="+", help="default: speed.n_cells")
@@ -371,7 +422,9 @@ def main(argv=None) -> int:
         cfg = load_config(*a.config)
         layout = Layout(cfg["results_dir"])
         models = dict(m.split("=", 1) for m in a.model) or configured_models(cfg)
-        df = run(cfg, models, a.backends, a.precisions, cases(cfg, a.n, a.k, a.k_sweep))
+        ensembles = ({k: v.split(",") for k, v in (e.split("=", 1) for e in a.ensemble)} if a.ensemble
+                     else {} if a.model else configured_ensembles(cfg))
+        df = run(cfg, models, a.backends, a.precisions, cases(cfg, a.n, a.k, a.k_sweep), ensembles=ensembles)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -398,6 +451,19 @@ def configured_models(cfg: dict) -> dict:
         if not out[kind].exists():
             raise InvalidInputError(f"no trained {kind} model at {out[kind]}: run the workflow first, or name one "
                                     f"with --model {kind}=PATH")
+    return out
+
+
+def configured_ensembles(cfg: dict) -> dict:
+    """``kind -> [best_model.pth of each seed]`` of the ensembles the configuration times (``speed.ensembles``)."""
+    layout = Layout(cfg["results_dir"])
+    out = {}
+    for kind, p, n, arch, seeds in speed_ensembles(cfg):
+        out[kind] = [layout.run_file("model", p, kind, n, arch, s) for s in seeds]
+        missing = [str(f) for f in out[kind] if not f.exists()]
+        if missing:
+            raise InvalidInputError(f"the {kind} ensemble lacks trained members {missing}: run the workflow first, or "
+                                    f"name them with --ensemble {kind}=PATH,PATH,...")
     return out
 
 

@@ -49,6 +49,24 @@ class Runner:
         return self.to_host(self.run(self.device_input(x)))
 
 
+def ensemble_runner(runners: list[Runner], label: str = "") -> Runner:
+    """The mean of several networks' runners on one backend and precision (a seed ensemble,
+    ``surrogates.ensemble.Ensemble``): each member runs on the same device input, the outputs are summed on the
+    device and divided by their number. What it costs is what it is: one network evaluation per member."""
+    runners = list(runners)
+    if len(runners) < 2:
+        raise InvalidInputError(f"an ensemble runner needs at least 2 member runners, got {len(runners)}")
+    first, m = runners[0], len(runners)
+
+    def run(xd):
+        out = first.run(xd)
+        for r in runners[1:]:
+            out = out + r.run(xd)
+        return out / m
+
+    return Runner(first.device_input, run, first.to_host, label)
+
+
 class InferenceBackend(ABC):
     """One way of running a network. Subclasses set ``name``, ``device`` and ``precisions`` and fill in
     ``prepare``; ``warmup`` is how many untimed calls its runners need before they are steady."""

@@ -82,6 +82,10 @@ def _check_speed(cfg: dict, problems: dict) -> None:
                                 "inputs of this config")
     for kind in sp["surrogates"]:
         speed_problem_of(cfg, kind)
+    for i, kind in enumerate(sp.get("ensembles", [])):
+        if kind not in sp["surrogates"]:
+            raise InvalidInputError(f"config key speed.ensembles.{i}: {kind!r} is not one of speed.surrogates "
+                                    f"{list(sp['surrogates'])}; an ensemble is timed beside its own kind's network")
     n_steps = whole_steps(sp["t_end"], cfg["solver"]["dt"], "config key speed.t_end (in steps of solver.dt)")
     for key, values in (("n_outputs", [sp["n_outputs"]]), ("k_sweep", sp["k_sweep"])):
         for i, K in enumerate(values):
@@ -106,6 +110,21 @@ def speed_problem_of(cfg: dict, kind: str) -> str:
             return name
     raise InvalidInputError(f"config key speed.surrogates: no {kind!r} is trained on {target!r} or on a step problem "
                             f"judged on it (see training.surrogates)")
+
+
+def speed_ensembles(cfg: Mapping) -> list[tuple[str, str, int, str, tuple[int, ...]]]:
+    """The seed ensembles the speed benchmark times: ``(kind, problem, n, arch, seeds)`` for each kind of
+    ``speed.ensembles``, the same network as its kind's timed one (largest n) averaged over every seed; none
+    where the grid has no ensembles (``training.ensemble`` off, or fewer than two seeds), as in the accuracy
+    table."""
+    seeds = tuple(int(s) for s in cfg["training"]["seeds"])
+    if not cfg["training"].get("ensemble", True) or len(seeds) < 2:
+        return []
+    out = []
+    for kind in cfg["speed"].get("ensembles", []):
+        p = speed_problem_of(cfg, kind)
+        out.append((kind, p, max(problem_from_config(p, cfg).sizes), training_settings(cfg, p)["architecture"], seeds))
+    return out
 
 
 def training_settings(cfg: Mapping, problem: str) -> dict:

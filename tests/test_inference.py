@@ -1,4 +1,5 @@
 """Inference backends, ONNX export, the fused kernel, the timing harness and the workloads."""
+import json
 import shutil
 import subprocess
 import time
@@ -473,3 +474,114 @@ def test_the_gpu_checks_grid_and_lbfgs_steps_run_on_a_cpu(tmp_path):
     out = gpu_check.lbfgs(cfg, tmp_path, gpu_check.Budget(600), iterations=20)
     for key in ("ddnn torch", "ddnn ours ", "ddnn ours+graph", "pinn_seed torch", "pinn_seed ours ", "pinn_seed ours+graph"):
         assert key in out
+
+
+# ---------------------------------------------------------------- seed ensembles, timed as surrogates of their own
+def ensemble_cfg(tmp_path, **speed):
+    """Problem C and D with a small architecture of their own, results under tmp_path."""
+    return merge(speed_cfg(**speed), {"results_dir": str(tmp_path / "results"), "training": {
+        "architecture": "tiny", "architectures": {"tiny": [["SiLU", 16], ["Tanh", 16]]}}})
+
+
+def save_members(cfg, problem, kind, n_inputs, seeds=(0, 1, 2), scale=1.0):
+    """A trained-looking network for each seed, saved where the workflow keeps them (largest n)."""
+    from core.layout import Layout
+
+    p = problem_from_config(problem, cfg)
+    n, layout, paths = max(p.sizes), Layout(cfg["results_dir"]), []
+    for s in seeds:
+        torch.manual_seed(100 + s)
+        net = MLP(n_inputs, 2, [("SiLU", 16), ("Tanh", 16)], output_scale=[scale, scale]).eval()
+        path = layout.run_file("model", problem, kind, n, "tiny", s)
+        save_checkpoint(net, path, meta={"provenance": expected_model(cfg, problem, kind, n, s, "tiny")})
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_an_ensemble_runner_computes_the_mean_of_its_networks(net, backend, tmp_path, problem_c):
+    from inference.backends import ensemble_runner
+    from surrogates.ensemble import Ensemble
+
+    torch.manual_seed(3)
+    members = [net] + [MLP(4, 2, [("SiLU", 32), ("Sigmoid", 32), ("Tanh", 16)]).eval() for _ in range(2)]
+    X, _ = direct_rows(problem_c, 200, 26)
+    r = ensemble_runner([REGISTRY[backend].prepare(m, "fp32", tmp_path / str(i)) for i, m in enumerate(members)])
+    with torch.no_grad():
+        want = Ensemble(members)(torch.as_tensor(X)).numpy()
+        one = members[0](torch.as_tensor(X)).numpy()
+    got = r(X)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(got - one).max() > 1e-2  # the mean, not its first member
+    with pytest.raises(InvalidInputError, match="at least 2 member runners"):
+        ensemble_runner([REGISTRY[backend].prepare(net, "fp32", tmp_path / "solo")])
+
+
+def test_an_ensemble_rolls_out_with_the_mean_increment_of_its_networks(tmp_path):
+    """Through a runner, step by step, an ITNN ensemble is surrogates.ensemble's rollout (the mean increment at
+    every step), not the mean of its members' rollouts."""
+    from inference.backends import ensemble_runner
+    from surrogates.ensemble import Ensemble
+    from surrogates.itnn import rollout
+
+    cfg = load_config()
+    d, c = problem_from_config("D", cfg), problem_from_config("C", cfg)
+    torch.manual_seed(5)
+    members = [MLP(3, 2, [("Tanh", 16)], input_range=([-0.1, 0.0, 0.08], [1.0, 0.2, 0.12]),
+                   output_scale=[0.02, 0.002]).eval() for _ in range(3)]
+    Y0, P = Case(c, 25, 6, 50.0).rollout_inputs(d)
+    want = rollout(Ensemble(members), Y0, P, n_steps=30, keep_every=6)
+    r = ensemble_runner([REGISTRY["torch"].prepare(m, "fp32", tmp_path) for m in members])
+    kept = workloads.rollout_runner(r, Y0, P, n_steps=30, keep_every=6, keep_first=True)
+    got = np.stack([r.to_host(k) for k in kept])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    mean_of_rollouts = np.mean([rollout(m, Y0, P, n_steps=30, keep_every=6) for m in members], axis=0)
+    assert np.abs(mean_of_rollouts - want).max() > 1e-6  # the two differ: this is the right one
+
+
+def test_the_speed_benchmark_times_seed_ensembles_at_the_papers_point(tmp_path):
+    """An ensemble gets rows of its own (<kind>_ensemble) at the first N of the N sweep only, for every
+    backend, with the MAE its accuracy row has; its members are checked to be the configured runs."""
+    from core.layout import Layout
+    from surrogates import ensemble as ens
+
+    cfg = ensemble_cfg(tmp_path, n_cells=[300, 600], n_outputs=26, k_sweep=[1])
+    ddnn = save_members(cfg, "C", "ddnn", 4)
+    itnn = save_members(cfg, "D", "itnn", 3, scale=0.01)
+    n_c = max(problem_from_config("C", cfg).sizes)
+    score = Layout(cfg["results_dir"]).ensemble_file("C", "ddnn", n_c, "tiny")
+    score.parent.mkdir(parents=True)
+    score.write_text(json.dumps({"provenance": ens.expected_ensemble(cfg, "C", "ddnn", n_c, "tiny", [0, 1, 2]),
+                                 "mae": 0.0042}))
+    df = speedup.run(cfg, {"ddnn": ddnn[0], "itnn": itnn[0]}, ["torch", "onnxruntime"], ["fp32"],
+                     workdir=tmp_path / "w", ensembles={"ddnn": ddnn, "itnn": itnn})
+    timed = df[df.skipped.isna() & df.failed.isna()]
+    e = timed[timed.surrogate.str.endswith("_ensemble")]
+    assert set(zip(e.surrogate, e.backend)) == {(k, b) for k in ("ddnn_ensemble", "itnn_ensemble")
+                                                 for b in ("torch", "onnxruntime")}
+    assert (e.n_cells == 300).all() and (e.n_outputs == 26).all() and (e.speedup > 0).all()
+    assert (e[e.surrogate == "ddnn_ensemble"].mae == 0.0042).all()  # its own score
+    assert e[e.surrogate == "itnn_ensemble"].mae.isna().all()  # not scored: no number is made up
+    assert (e.max_rel_diff_vs_torch < 1e-4).all()
+    singles = timed[~timed.surrogate.str.endswith("_ensemble")]
+    assert {(300, 26), (600, 26), (300, 1)} <= set(zip(singles.n_cells, singles.n_outputs))
+    # a member that is not the configured run (another seed's file twice) is refused before any timing
+    from core.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="repeat a seed"):
+        speedup.run(cfg, {"ddnn": ddnn[0]}, ["torch"], ["fp32"], workdir=tmp_path / "w2",
+                    ensembles={"ddnn": [ddnn[0], ddnn[0]]})
+
+
+def test_configured_ensembles_follow_the_grids_ensembles(tmp_path):
+    from surrogates.config import speed_ensembles, validate_config
+
+    cfg = ensemble_cfg(tmp_path)
+    got = speed_ensembles(cfg)
+    assert [(k, p, a, s) for k, p, _, a, s in got] == [("ddnn", "C", "tiny", (0, 1, 2)), ("itnn", "D", "tiny", (0, 1, 2))]
+    assert speed_ensembles(merge(cfg, {"training": {"seeds": [0]}})) == []  # no ensemble of one network
+    assert speed_ensembles(merge(cfg, {"training": {"ensemble": False}})) == []
+    with pytest.raises(InvalidInputError, match=r"speed.ensembles.1: 'pinn_seed' is not one of speed.surrogates"):
+        validate_config(merge(cfg, {"speed": {"ensembles": ["ddnn", "pinn_seed"]}}))
+    with pytest.raises(InvalidInputError, match="lacks trained members"):
+        speedup.configured_ensembles(cfg)

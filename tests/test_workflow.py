@@ -64,14 +64,23 @@ def test_the_accurate_preset_plans_the_grid_with_the_best_settings(tmp_path):
 
 
 def test_a_cohort_job_writes_every_seed_as_a_lone_run_would(tmp_path, tiny_config):
+    """... and the speed benchmark times the two seeds' ensemble beside the first seed's network, with the
+    ensemble's own test score as its MAE."""
     import json
 
-    extra = tiny_config({"training": {"cohort": True, "seeds": [0, 1]}})
+    extra = tiny_config({"training": {"cohort": True, "seeds": [0, 1]},
+                         "speed": {"surrogates": ["ddnn"], "ensembles": ["ddnn"], "n_cells": [300], "k_sweep": []}})
     lay = Layout(tmp_path / "results")
     targets = [str(lay.run_file("metrics", "C", "ddnn", 300, "mlp3x64", s)) for s in (0, 1)]
-    res = snakemake(*targets, "--cores", "1", "--configfile", "config/quick.yaml", extra)
+    speed_raw = lay.benchmark("speed_raw.csv")
+    res = snakemake(*targets, str(speed_raw), "--cores", "1", "--configfile", "config/quick.yaml", extra)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert _job_counts(res.stdout + res.stderr).get("train_cohort") == 1
+    speed = pd.read_csv(speed_raw)
+    scored = json.loads(lay.ensemble_file("C", "ddnn", 300, "mlp3x64").read_text())
+    ens = speed[speed.surrogate == "ddnn_ensemble"]
+    assert set(ens.backend) == {"torch", "onnxruntime"} and (ens.speedup > 0).all() and (ens.mae == scored["mae"]).all()
+    assert set(speed.surrogate) == {"ddnn", "ddnn_ensemble"}
     m = [json.loads(open(t).read()) for t in targets]
     assert [r["seed"] for r in m] == [0, 1] and [r["cohort"] for r in m] == [2, 2]
     assert m[0]["mae"] != m[1]["mae"] and all(math.isfinite(r["mae"]) for r in m)

@@ -8,7 +8,8 @@ min_version("9.0")
 from core.layout import Layout, RUN_FILES
 from core.lock import hold_for_process
 from core.machine import cuda_device_count
-from surrogates.config import cohort_kinds, ensemble_grid, speed_problem_of, training_grid, training_settings, validate_config
+from surrogates.config import (cohort_kinds, ensemble_grid, speed_ensembles, speed_problem_of, training_grid,
+                               training_settings, validate_config)
 from surrogates.problems import SURROGATE_KINDS, problem_from_config
 from surrogates.transfer import transfer_grid
 
@@ -126,10 +127,16 @@ def speed_model(kind):
 
 
 def speed_models():
+    """The benchmark's inputs: per timed kind its network (input `KIND`), and per seed ensemble of
+    speed.ensembles its members' networks (`ensemble_KIND`, a list) and its test score (`ensemble_KIND_score`:
+    the MAE of its row)."""
     out = {}
     for k in config["speed"]["surrogates"]:
         p, n, seed = speed_model(k)
         out[k] = model_file(p, k, n, seed, "model")
+    for k, p, n, arch, seeds in speed_ensembles(config):
+        out[f"ensemble_{k}"] = [path(LAYOUT.run_file("model", p, k, n, arch, s)) for s in seeds]
+        out[f"ensemble_{k}_score"] = path(LAYOUT.ensemble_file(p, k, n, arch))
     return out
 
 

@@ -22,14 +22,17 @@ device = snakemake.params.device
 if device == "auto":  # resolved here, on the node that runs the timings (a GPU node on a cluster)
     device = "cuda" if torch.cuda.is_available() else "cpu"
 backends = [b for b in sp["backends"] if device == "cuda" or REGISTRY[b].device == "cpu"]
-models = dict(snakemake.input.items())
+kinds = sp["surrogates"]
+models = {kind: snakemake.input[kind] for kind in kinds}
+ensembles = {name[len("ensemble_"):]: list(files) for name, files in snakemake.input.items()
+             if name.startswith("ensemble_") and not name.endswith("_score")}
 expect = {}
 for kind in models:  # the workflow knows exactly which model it asked for: check all of it
     p = speed_problem_of(cfg, kind)
     expect[kind] = expected_model(cfg, p, kind, max(problem_from_config(p, cfg).sizes), cfg["training"]["seeds"][0],
                                   training_settings(cfg, p)["architecture"])
 df = speedup.run(cfg, models, backends, sp["precisions"], workdir=Path(snakemake.output.raw).parent / "speed_work",
-                 expect=expect)
+                 expect=expect, ensembles=ensembles)
 write_text(snakemake.output.raw, df.to_csv(index=False))
 failed = df[df["failed"].notna()]
 if len(failed):
