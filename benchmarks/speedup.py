@@ -10,7 +10,10 @@ drawn from the problem's box. A direct network evaluates N x K rows; an iterativ
 step problem such as D) rolls the N cells out for T / step steps and keeps the same K states (through the
 backend's fused rollout where it has one). Every backend is checked against eager torch first.
 
-Kernel-only and end-to-end times are both recorded (on a CPU they coincide). The untimed warm-up of a
+Kernel-only and end-to-end times are both recorded (on a CPU they coincide). End to end, a direct network
+does the solver's whole job: from the cells' inputs and the K kept times on the host to the N x K outputs on
+the host, its N x K input rows built on the device it runs on (on a GPU: the cells go over, not the rows);
+kernel-only, it runs on rows already on the device. The untimed warm-up of a
 workload that is evaluated in several chunks runs its first and last chunk (every shape the timed calls
 meet), not the whole call again. Repeats continue while a
 measurement's spread (IQR / median) is above 10%, up to ``speed.max_repeats``, and fewer (at least 3) where
@@ -42,7 +45,7 @@ from core.machine import machine_info
 from inference.backends import REGISTRY, check_against_torch, ensemble_runner
 from inference.timing import TimingStats, measure
 from inference import workloads
-from inference.workloads import Case, rollout_runner, run_chunked
+from inference.workloads import Case, rollout_runner, run_chunked, run_from_cells
 from surrogates.config import load_config, speed_ensembles, speed_problem_of, training_settings, validate_config
 from surrogates.network import load_checkpoint
 from surrogates.problems import Problem, problem_from_config
@@ -298,17 +301,24 @@ class _Bench:
             return measure(fn, clk, s.repeats, b.warmup, s.max_repeats, budget_s=budget, warm=warm)
 
         if sur.step is None:
-            X = case.direct_rows()
-            xd = r.device_input(X)
-            # many chunks: warm up on the first and the last (every shape a call meets), not a whole call
-            c = workloads.CHUNK_ROWS
-            ends = sorted({0, c * ((len(X) - 1) // c)}) if len(X) > c else None
-            warm_k = (lambda: [r.run(xd[a:a + c]) for a in ends]) if ends else None
-            k = timed(lambda: run_chunked(r, xd), clock, warm_k)
-            # on a CPU the result is already where it is used: end to end is the same measurement
-            warm_e = (lambda: [r.to_host(r.run(r.device_input(X[a:a + c]))) for a in ends]) if ends else None
-            e = timed(lambda: [r.to_host(y) for y in run_chunked(r, r.device_input(X))], "cpu", warm_e) if gpu else k
-            rows = len(X)
+            # end to end, as the solver's: from the cells' inputs and the kept times on the host to the N x K
+            # outputs on the host, the rows built where the network runs; many chunks: warm up on the first
+            # and the last (every shape a call meets), not on a whole call
+            cells, times = case.cell_inputs()
+            per = workloads.cells_per_call(case.n_outputs)
+            starts = sorted({0, per * ((case.n_cells - 1) // per)}) if case.n_cells > per else None
+            warm_e = (lambda: run_from_cells(r, cells, times, starts)) if starts else None
+            e = timed(lambda: run_from_cells(r, cells, times), "cpu", warm_e)
+            rows = case.n_cells * case.n_outputs
+            if gpu:  # kernel only: the network on rows already on the device
+                X = case.direct_rows()
+                xd = r.device_input(X)
+                c = workloads.CHUNK_ROWS
+                ends = sorted({0, c * ((len(X) - 1) // c)}) if len(X) > c else None
+                warm_k = (lambda: [r.run(xd[a:a + c]) for a in ends]) if ends else None
+                k = timed(lambda: run_chunked(r, xd), clock, warm_k)
+            else:  # on a CPU the rows are where the network runs: the kernel time is the end-to-end one
+                k = e
         else:
             n_steps, keep_every = case.rollout_plan(sur.step)
             Y0, P = case.rollout_inputs(sur.step)

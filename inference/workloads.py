@@ -69,6 +69,15 @@ class Case:
         cols = [np.tile(t, self.n_cells)] + [np.repeat(self.cells[name], len(t)) for name in p.inputs[1:]]
         return np.stack(cols, axis=1).astype(np.float32)
 
+    def cell_inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """What a direct network's caller holds, as the solver's does: the cells' inputs (N, n_inputs - 1) and
+        the K kept times (K, 1), float32. :func:`direct_rows_of` makes :meth:`direct_rows` of them, bit for bit."""
+        p = self.problem
+        if p.kind != "trajectory" or p.inputs[0] != "t":
+            raise InvalidInputError(f"direct workloads need a trajectory problem with t as first input, not {p.name!r}")
+        cells = np.stack([self.cells[name] for name in p.inputs[1:]], axis=1).astype(np.float32)
+        return cells, self.kept_times().astype(np.float32)[:, None]
+
     def solver_inputs(self):
         """Initial states (N, n_states) and per-cell parameters for ``solvers.simulate``."""
         return self.problem.split(self.cells, self.n_cells)
@@ -105,6 +114,40 @@ def sample_cells(problem: Problem, n_cells: int, seed: int = 0) -> dict:
 def run_chunked(runner, xd) -> list:
     """Evaluate all rows in calls of at most CHUNK_ROWS rows (device-side results, one per call)."""
     return [runner.run(xd[i:i + CHUNK_ROWS]) for i in range(0, len(xd), CHUNK_ROWS)]
+
+
+def direct_rows_of(cells, times):
+    """The (N*K, n_inputs) rows [t, cell inputs], cell-major, from (N, n_inputs - 1) cells and (K, 1) times, on
+    whatever device the arrays are (NumPy, torch, CuPy): a GPU backend builds its rows where it runs them."""
+    n, k = len(cells), len(times)
+    if isinstance(cells, np.ndarray):
+        return np.concatenate([np.tile(times, (n, 1)), np.repeat(cells, k, axis=0)], axis=1)
+    lib = type(cells).__module__.split(".")[0]
+    if lib == "torch":
+        import torch
+
+        return torch.cat([times.repeat(n, 1), cells.repeat_interleave(k, dim=0)], dim=1)
+    if lib == "cupy":
+        import cupy
+
+        return cupy.concatenate([cupy.tile(times, (n, 1)), cupy.repeat(cells, k, axis=0)], axis=1)
+    raise TypeError(f"cannot build rows from arrays of type {type(cells).__name__}")
+
+
+def cells_per_call(n_outputs: int) -> int:
+    """Cells whose N x K rows fit one network call of at most CHUNK_ROWS rows (at least one cell)."""
+    return max(1, CHUNK_ROWS // max(1, int(n_outputs)))
+
+
+def run_from_cells(runner, cells: np.ndarray, times: np.ndarray, starts=None) -> list:
+    """A direct network's whole job, as the solver's: the cells' inputs and the kept times go to the device,
+    the N x K rows are built there (:func:`direct_rows_of`) and evaluated in calls of at most CHUNK_ROWS rows,
+    and the outputs come back to the host (one array per call, rows cell-major). ``starts``: only the chunks
+    of cells beginning at these indices (a warm-up that meets every shape of the full call)."""
+    per = cells_per_call(len(times))
+    cd, td = runner.device_input(cells), runner.device_input(times)
+    starts = range(0, len(cells), per) if starts is None else starts
+    return [runner.to_host(runner.run(direct_rows_of(cd[a:a + per], td))) for a in starts]
 
 
 def _concat(a, b):

@@ -131,8 +131,8 @@ def test_a_warm_up_can_be_a_cheaper_call_than_the_timed_one():
 
 
 def test_a_chunked_speed_point_warms_up_on_its_first_and_last_chunk(net, tmp_path, monkeypatch):
-    """N x K = 2,600 rows in chunks of 1,000: the warm-up runs the rows 0-999 and 2000-2599 (both shapes the
-    timed calls meet), each timed call the three chunks."""
+    """N x K = 100 x 26 rows in calls of at most 1,000 rows, i.e. of 38 whole cells (988 rows): the warm-up
+    runs the first and the last call (both shapes the timed calls meet), each timed call all three."""
     from inference import backends as B
 
     monkeypatch.setattr(workloads, "CHUNK_ROWS", 1000)
@@ -155,7 +155,7 @@ def test_a_chunked_speed_point_warms_up_on_its_first_and_last_chunk(net, tmp_pat
     df = speedup.run(cfg, {"ddnn": path}, ["recording"], ["fp32"], workdir=tmp_path / "w")
     assert len(df[df.skipped.isna() & df.failed.isna()]) == 1
     timed = sizes[-9:]
-    assert timed == [1000, 1000, 600] * 3 and sizes[-11:-9] == [1000, 600]
+    assert timed == [988, 988, 624] * 3 and sizes[-11:-9] == [988, 624]
 
 
 # ---------------------------------------------------------------- workloads
@@ -334,6 +334,28 @@ def test_large_workloads_are_evaluated_in_bounded_chunks(net, monkeypatch, probl
     np.testing.assert_array_equal(np.concatenate([r.to_host(p) for p in parts]), r(X))
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_a_direct_networks_end_to_end_job_starts_from_the_cells_as_the_solvers(net, backend, monkeypatch, problem_c):
+    """The rows built from the cells and kept times where the network runs (NumPy, torch) are the workload's
+    rows bit for bit, and the whole job from cells to host outputs gives the network's outputs on them, in
+    calls of whole cells (here 38 cells of 26 rows to a call of at most 1,000)."""
+    import torch as _torch
+
+    case = Case(problem_c, 97, 26, 50.0)
+    X = case.direct_rows()
+    cells, times = case.cell_inputs()
+    assert cells.shape == (97, 3) and times.shape == (26, 1)
+    np.testing.assert_array_equal(workloads.direct_rows_of(cells, times), X)
+    np.testing.assert_array_equal(workloads.direct_rows_of(_torch.as_tensor(cells), _torch.as_tensor(times)).numpy(), X)
+    monkeypatch.setattr(workloads, "CHUNK_ROWS", 1000)
+    r = REGISTRY[backend].prepare(net, "fp32", None if backend == "torch" else problem_c and __import__("tempfile").mkdtemp())
+    parts = workloads.run_from_cells(r, cells, times)
+    assert [len(p) for p in parts] == [988, 988, 546] and all(isinstance(p, np.ndarray) for p in parts)
+    np.testing.assert_allclose(np.concatenate(parts), r(X), rtol=1e-6, atol=1e-7)
+    last = workloads.run_from_cells(r, cells, times, starts=[76])
+    np.testing.assert_allclose(last[0], r(X[76 * 26:]), rtol=1e-6, atol=1e-7)
+
+
 # ---------------------------------------------------------------- the iterative (ITNN) workload
 @pytest.fixture(scope="module")
 def step_net():
@@ -412,6 +434,7 @@ def test_a_failing_backend_is_recorded_and_the_others_go_on(net, tmp_path, monke
     ok = df[df.failed.isna() & df.skipped.isna()]
     assert set(ok.backend) == {"torch"} and len(ok) == 2 and (ok.speedup > 0).all()  # (300, 26) and (300, 1)
     monkeypatch.setattr(speedup, "configured_models", lambda cfg: {"ddnn": path})
+    monkeypatch.setattr(speedup, "configured_ensembles", lambda cfg: {})
     cfg_file = tmp_path / "c.yaml"
     import yaml
 
