@@ -563,8 +563,9 @@ def test_an_ensemble_rolls_out_with_the_mean_increment_of_its_networks(tmp_path)
 
 
 def test_the_speed_benchmark_times_seed_ensembles_at_the_papers_point(tmp_path):
-    """An ensemble gets rows of its own (<kind>_ensemble) at the first N of the N sweep only, for every
-    backend, with the MAE its accuracy row has; its members are checked to be the configured runs."""
+    """An ensemble gets a row of its own (<kind>_ensemble) at the first N of the N sweep only, on the backend
+    that ran one network of its kind fastest there, with the MAE its accuracy row has; its members are
+    checked to be the configured runs."""
     from core.layout import Layout
     from surrogates import ensemble as ens
 
@@ -580,8 +581,11 @@ def test_the_speed_benchmark_times_seed_ensembles_at_the_papers_point(tmp_path):
                      workdir=tmp_path / "w", ensembles={"ddnn": ddnn, "itnn": itnn})
     timed = df[df.skipped.isna() & df.failed.isna()]
     e = timed[timed.surrogate.str.endswith("_ensemble")]
-    assert set(zip(e.surrogate, e.backend)) == {(k, b) for k in ("ddnn_ensemble", "itnn_ensemble")
-                                                 for b in ("torch", "onnxruntime")}
+    assert sorted(e.surrogate) == ["ddnn_ensemble", "itnn_ensemble"]
+    at = timed[(timed.n_cells == 300) & (timed.n_outputs == 26)]
+    for kind in ("ddnn", "itnn"):
+        fastest = at[at.surrogate == kind].sort_values("surrogate_seconds").backend.iloc[0]
+        assert e[e.surrogate == kind + "_ensemble"].backend.item() == fastest
     assert (e.n_cells == 300).all() and (e.n_outputs == 26).all() and (e.speedup > 0).all()
     assert (e[e.surrogate == "ddnn_ensemble"].mae == 0.0042).all()  # its own score
     assert e[e.surrogate == "itnn_ensemble"].mae.isna().all()  # not scored: no number is made up

@@ -79,7 +79,9 @@ def test_a_cohort_job_writes_every_seed_as_a_lone_run_would(tmp_path, tiny_confi
     speed = pd.read_csv(speed_raw)
     scored = json.loads(lay.ensemble_file("C", "ddnn", 300, "mlp3x64").read_text())
     ens = speed[speed.surrogate == "ddnn_ensemble"]
-    assert set(ens.backend) == {"torch", "onnxruntime"} and (ens.speedup > 0).all() and (ens.mae == scored["mae"]).all()
+    single = speed[(speed.surrogate == "ddnn") & (speed.n_outputs == 26)].sort_values("surrogate_seconds")
+    assert list(ens.backend) == [single.backend.iloc[0]]  # one row, on the backend that served ddnn best
+    assert (ens.speedup > 0).all() and (ens.mae == scored["mae"]).all()
     assert set(speed.surrogate) == {"ddnn", "ddnn_ensemble"}
     m = [json.loads(open(t).read()) for t in targets]
     assert [r["seed"] for r in m] == [0, 1] and [r["cohort"] for r in m] == [2, 2]
