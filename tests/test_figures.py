@@ -158,3 +158,10 @@ def test_palette_names_every_registered_kind_and_backend_once():
 def test_crossings_are_interpolated_in_log_log():
     assert F._crossings([1, 100], [10, 0.1]) == pytest.approx([10.0])
     assert F._crossings([1, 10, 100], [2, 3, 4]) == []
+
+
+def test_ensembles_timed_at_one_point_stay_out_of_the_sweep_panels():
+    df = pd.DataFrame({"sweep": ["N,K", "N,K", "N", "K"], "surrogate": ["ddnn", "ddnn_ensemble", "ddnn", "ddnn"],
+                       "n_cells": [100, 100, 200, 100], "n_outputs": [26, 26, 26, 1]})
+    assert list(F._swept(df, "N").surrogate) == ["ddnn", "ddnn"] and list(F._swept(df, "N").n_cells) == [100, 200]
+    assert list(F._swept(df, "K").n_outputs) == [26, 1]
