@@ -66,6 +66,8 @@ def color(name: str) -> str:
 
 
 def label(kind: str) -> str:
+    if kind.endswith("_ensemble") and kind[:-len("_ensemble")] in SURROGATE_LABELS:  # surrogates.ensemble's rows
+        return SURROGATE_LABELS[kind[:-len("_ensemble")]] + ", mean of the seeds"
     return SURROGATE_LABELS.get(kind, kind)
 
 
@@ -618,11 +620,12 @@ def speedup_vs_k(raw_csv, png, pdf) -> None:
 
 
 def time_vs_error(raw_csv, accuracy_csv, problem: str, png, pdf, units: str = "1") -> None:
-    """End-to-end inference time against held-out test MAE at the largest N of the N sweep: colour the
-    surrogate kind, marker the backend; the solver's time per device dashed, the Euler floor dotted."""
+    """End-to-end inference time against held-out test MAE at the paper's point (the first, smallest N of
+    the N sweep, where the seed ensembles are timed too): colour the surrogate kind, marker the backend; the
+    solver's time per device dashed, the Euler floor dotted."""
     _style()
     df = _in_sweep(timed_rows(raw_csv), "N")
-    df = df[df.n_cells == df.n_cells.max()]
+    df = df[df.n_cells == df.n_cells.min()]
     N, K = _ints(df.n_cells), _ints(df.n_outputs)
     fig, axes = _grid(1, 1, panel=(8.0, 3.8))  # the axes and the legend beside them
     ax = axes[0, 0]
@@ -630,7 +633,8 @@ def time_vs_error(raw_csv, accuracy_csv, problem: str, png, pdf, units: str = "1
         c = color(r.surrogate)
         ax.scatter(r.surrogate_seconds, r.mae, marker=BACKEND_MARKERS.get(r.backend, "o"), s=55, lw=1.3,
                    facecolors="white" if r.noisy else c, edgecolors=c, zorder=3)
-    handles = [_handle(label(k), color(k), ls="none", marker="o") for k in SURROGATE_COLORS if k in set(df.surrogate)]
+    kinds = [k for k in SURROGATE_COLORS if k in set(df.surrogate)] + sorted(set(df.surrogate) - set(SURROGATE_COLORS))
+    handles = [_handle(label(k), color(k), ls="none", marker="o") for k in kinds]
     handles += [_handle(f"{b} ({d})", "0.4", ls="none", marker=BACKEND_MARKERS.get(b, "o"))
                 for (b, d), _ in df.groupby(["backend", "device"])]
     for j, (dev, sub) in enumerate(df.groupby("device")):

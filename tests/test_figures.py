@@ -165,3 +165,7 @@ def test_ensembles_timed_at_one_point_stay_out_of_the_sweep_panels():
                        "n_cells": [100, 100, 200, 100], "n_outputs": [26, 26, 26, 1]})
     assert list(F._swept(df, "N").surrogate) == ["ddnn", "ddnn"] and list(F._swept(df, "N").n_cells) == [100, 200]
     assert list(F._swept(df, "K").n_outputs) == [26, 1]
+
+
+def test_an_ensembles_label_names_its_kind():
+    assert F.label("itnn_ensemble") == "ITNN (rolled out), mean of the seeds" and F.label("odd_ensemble") == "odd_ensemble"
