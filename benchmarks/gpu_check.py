@@ -17,8 +17,9 @@ first; ``--skip`` leaves any out):
 6. ``solver``: the ``cuda`` kernel against a plain one-thread-per-cell kernel over N, kernel only, and
    ``simulate(backend="cuda")`` end to end (pinned, overlapped copies) and with the result left on the GPU;
 7. ``training``: iterations/s of the plain eager loop, the fused engine and the captured step (C);
-8. ``speed``: the trained C and D surrogates of the configuration if they exist, else C (ddnn) and D (itnn)
-   trained briefly here; the speed benchmark at the configured N with K = 26 and the K sweep.
+8. ``speed``: the trained C and D surrogates of the configuration if they exist, else C (ddnn, 3 seeds) and D (itnn)
+   trained briefly here; the speed benchmark at the configured N with K = 26 (C's seed ensemble too) and
+   the K sweep.
 
 Each step has a share of the time budget and records what it could not finish; a step that fails is
 recorded and the others go on. At most eight files are written into one folder (summary.md, pytest.log,
@@ -210,28 +211,39 @@ def _rate(p, hidden, X, Y, engine, capture, device="cuda", iters=3000):
 
 
 # ---------------------------------------------------------------- 4. networks
-def networks(cfg: dict, budget: Budget, iterations: int = 3000) -> dict:
-    """``kind -> checkpoint`` for the speed benchmark: the configured trained models, else brief GPU trainings."""
-    from benchmarks.speedup import configured_models
+def networks(cfg: dict, budget: Budget, iterations: int = 3000) -> tuple[dict, dict]:
+    """``(kind -> checkpoint, kind -> [checkpoint of each seed])`` for the speed benchmark: the configured
+    trained models and ensembles, else brief GPU trainings (C's ddnn with three seeds, its ensemble timed
+    too, and D's itnn)."""
+    from benchmarks.speedup import configured_ensembles, configured_models
     from benchmarks.surrogate_accuracy import ensure_datasets
     from core.errors import InvalidInputError
     from surrogates.train import train_surrogate
 
     try:
-        return configured_models(cfg)
+        models = configured_models(cfg)
+        try:
+            return models, configured_ensembles(cfg)
+        except InvalidInputError:
+            return models, {}
     except InvalidInputError:
         pass
     lay = Layout(cfg["results_dir"])
-    runs = [("C", "ddnn", 10_000), ("D", "itnn", 10_000)]
+    runs = [("C", "ddnn", 10_000, (0, 1, 2)), ("D", "itnn", 10_000, (0,))]
     arch = cfg["training"]["architecture"]
-    ensure_datasets(cfg, [(p, k, n, arch, 0) for p, k, n in runs])
-    out = {}
-    for p, k, n in runs:
-        d = lay.model_dir(p, k, n, arch, 0)
-        if not (d / "metrics.json").exists():
-            train_surrogate(cfg, p, k, n, 0, lay.dataset_dir(p), d, arch, iterations=iterations)
-        out[k] = d / "best_model.pth"
-    return out
+    ensure_datasets(cfg, [(p, k, n, arch, s) for p, k, n, seeds in runs for s in seeds])
+    out, ens = {}, {}
+    for p, k, n, seeds in runs:
+        paths = []
+        for seed in seeds:
+            d = lay.model_dir(p, k, n, arch, seed)
+            if not (d / "metrics.json").exists():
+                train_surrogate(cfg, p, k, n, seed, lay.dataset_dir(p), d, arch, iterations=iterations)
+            paths.append(d / "best_model.pth")
+        out[k] = paths[0]
+        if len(paths) > 1:
+            ens[k] = paths
+    return out, ens
 
 
 # ---------------------------------------------------------------- 4b. the grid's trainings
@@ -418,7 +430,7 @@ def _spread_outputs(net, X) -> None:
         last.bias.sub_((lo + hi) / 2).mul_(s)
 
 
-def speed(cfg: dict, models: dict, out: Path, budget: Budget, backends=None) -> str:
+def speed(cfg: dict, models: dict, out: Path, budget: Budget, backends=None, ensembles=None) -> str:
     from benchmarks.speedup import Settings, cases, run
 
     sp = cfg["speed"]
@@ -428,7 +440,7 @@ def speed(cfg: dict, models: dict, out: Path, budget: Budget, backends=None) -> 
     # the configured point first, then the K sweep, then the N sweep: what the budget leaves out is the least
     first = (sp["n_cells"][0], sp["n_outputs"])
     points = sorted(cases(cfg), key=lambda c: ((c.n_cells, c.n_outputs) != first, c.sweep == "N", c.n_outputs, c.n_cells))
-    df = run(cfg, models, backends, sp["precisions"], points, settings)
+    df = run(cfg, models, backends, sp["precisions"], points, settings, ensembles=ensembles)
     df.to_csv(out / "speed_raw.csv", index=False)
     timed = df[df["failed"].isna() & df["skipped"].isna()] if "failed" in df else df
     at = timed[(timed.n_cells == sp["n_cells"][0]) & (timed.n_outputs == sp["n_outputs"])]
@@ -436,8 +448,10 @@ def speed(cfg: dict, models: dict, out: Path, budget: Budget, backends=None) -> 
         return "no timed rows (speed_raw.csv)"
     best = at.loc[at.kernel_speedup.idxmax()]
     failed = int(df["failed"].notna().sum()) if "failed" in df else 0
+    ens = "".join(f"; {r.surrogate} ({r.backend} {r.precision}) end to end {r.speedup:.2f}x"
+                  for r in at[at.surrogate.str.endswith("_ensemble")].itertuples())
     return (f"best at N = {sp['n_cells'][0]}, K = {sp['n_outputs']}: {best.surrogate} {best.backend} {best.precision} "
-            f"kernel speedup {best.kernel_speedup:.2f}x, end to end {best.speedup:.2f}x; {failed} failed row(s) "
+            f"kernel speedup {best.kernel_speedup:.2f}x, end to end {best.speedup:.2f}x{ens}; {failed} failed row(s) "
             "(speed_raw.csv)")
 
 
@@ -479,10 +493,17 @@ def main(argv=None) -> int:
             if name not in a.skip:
                 step(name, summary, fn, *args)
         if "speed" not in a.skip:
-            models = {}
-            step("networks", summary, lambda: (models.update(networks(cfg, budget)), ", ".join(models))[1])
+            models, ensembles = {}, {}
+
+            def _networks():
+                m, e = networks(cfg, budget)
+                models.update(m)
+                ensembles.update(e)
+                return ", ".join(models) + "".join(f", {k} ensemble of {len(v)}" for k, v in ensembles.items())
+
+            step("networks", summary, _networks)
             if models:
-                step("speed", summary, speed, cfg, models, out, budget)
+                step("speed", summary, speed, cfg, models, out, budget, None, ensembles)
     lines = [f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')}", "", f"Machine: {describe_machine(info)}; "
              + ", ".join(f"{k} {info[k]}" for k in ("torch", "triton", "cupy-cuda12x", "cupy-cuda13x") if k in info)
              + f"; driver {info.get('gpu_driver')}", "", "| step | status | time | result |", "|---|---|---|---|"]

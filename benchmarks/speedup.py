@@ -125,11 +125,11 @@ def load_surrogates(cfg: dict, models: dict, expect: dict | None = None) -> dict
 
 
 def load_ensembles(cfg: dict, ensembles: dict) -> dict[str, Surrogate]:
-    """Load ``kind -> [checkpoint, ...]`` as seed ensembles of the network the benchmark times for ``kind``
-    (largest n, the configured architecture): every member checked to be that run with its own seed, the
-    seeds distinct (``surrogates.ensemble.load_members``). The MAE is the ensemble's own test score where the
-    workflow wrote it (``training.ensemble``: the accuracy table's ``<kind>_ensemble`` row), checked to be
-    the mean of the same seeds; NaN where it was not scored."""
+    """Load ``kind -> [checkpoint, ...]`` as seed ensembles: every member checked to be the run of ``kind`` on
+    its speed problem with the training size and architecture its first member records, each with its own
+    seed, the seeds distinct (``surrogates.ensemble.load_members``). The MAE is the ensemble's own test score
+    where the workflow wrote it (``training.ensemble``: the accuracy table's ``<kind>_ensemble`` row), checked
+    to be the mean of the same seeds; NaN where it was not scored."""
     from core.provenance import check_provenance
     from surrogates import ensemble as ens
 
@@ -138,7 +138,14 @@ def load_ensembles(cfg: dict, ensembles: dict) -> dict[str, Surrogate]:
     for kind, paths in ensembles.items():
         p = speed_problem_of(cfg, kind)
         prob = problem_from_config(p, cfg)
-        n, arch = max(prob.sizes), training_settings(cfg, p)["architecture"]
+        if len(paths) < 2:
+            raise InvalidInputError(f"the {kind} ensemble needs at least 2 checkpoints, got {len(paths)}")
+        _, meta = load_checkpoint(paths[0])
+        first = meta.get("provenance", {})
+        n, arch = first.get("n"), first.get("arch")
+        if not isinstance(n, int) or not isinstance(arch, str):
+            raise InvalidInputError(f"checkpoint {paths[0]} records no training size and architecture; it cannot be "
+                                    f"a member of an ensemble")
         members, seeds = ens.load_members(cfg, p, kind, n, arch, paths)
         mae = np.nan
         scored = layout.ensemble_file(p, kind, n, arch)

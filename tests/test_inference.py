@@ -460,10 +460,12 @@ def test_the_gpu_check_steps_that_are_not_cuda_specific_run_on_a_cpu(tmp_path):
     budget = gpu_check.Budget(600)
     summary = gpu_check.training(cfg, tmp_path, budget, device="cpu", iters=60)
     assert "fused engine, CUDA graph" in summary and (tmp_path / "training.csv").exists()
-    models = gpu_check.networks(cfg, budget, iterations=20)
+    models, ensembles = gpu_check.networks(cfg, budget, iterations=20)
     assert set(models) == {"ddnn", "itnn"} and all(p.exists() for p in models.values())
-    text = gpu_check.speed(cfg, models, tmp_path, budget, backends=["torch"])
-    assert "kernel speedup" in text and (tmp_path / "speed_raw.csv").exists()
+    assert list(ensembles) == ["ddnn"] and len(ensembles["ddnn"]) == 3 and ensembles["ddnn"][0] == models["ddnn"]
+    text = gpu_check.speed(cfg, models, tmp_path, budget, backends=["torch"], ensembles=ensembles)
+    assert "kernel speedup" in text and "ddnn_ensemble (torch fp32) end to end" in text
+    assert (tmp_path / "speed_raw.csv").exists()
 
 
 def test_the_gpu_checks_grid_and_lbfgs_steps_run_on_a_cpu(tmp_path):
