@@ -449,8 +449,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", action="append", default=[],
                     help="KIND=path/to/best_model.pth (default: the configured speed.surrogates of results_dir)")
     ap.add_argument("--ensemble", action="append", default=[],
-                    help="KIND=SEED0.pth,SEED1.pth,... a seed ensemble to time at the first N (default: speed.ensembles "
-                         "of results_dir, where the configuration has ensembles)")
+                    help="KIND=SEED0.pth,SEED1.pth,... a seed ensemble to time at the first N (default: none when --model "
+                         "is given, else speed.ensembles of results_dir where the configuration has ensembles)")
     ap.add_argument("--backends", nargs="+", help="default: speed.backends")
     ap.add_argument("--precisions", nargs="+", help="default: speed.precisions")
     ap.add_argument("--n", type=int, nargs="+", help="default: speed.n_cells")
