@@ -218,7 +218,9 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, capsys):
 
 # ---------------------------------------------------------------- two runs in one directory
 def test_a_second_run_on_the_same_outputs_is_refused_by_the_lock(tiny_config, snakemake, tmp_path):
-    cfg = tiny_config({"training": {"overrides": {"C": {"iterations": 20000, "val_every": 100}}}})
+    # long enough that the first run is still training while two more Snakemake runs start (each takes
+    # seconds to build its DAG, many more on a loaded machine: 20,000 steps finished before the second did)
+    cfg = tiny_config({"training": {"overrides": {"C": {"iterations": 60000, "val_every": 100}}}})
     results = tmp_path / "results"
     target = model_dir(results, "C") / "metrics.json"
     first = start(cfg, target, cores=1)
@@ -236,7 +238,7 @@ def test_a_second_run_on_the_same_outputs_is_refused_by_the_lock(tiny_config, sn
     side = snakemake(Layout(tmp_path / "other").test("B"), "--cores", "1", "--configfile", "config/quick.yaml", other)
     assert side.returncode == 0, (side.stdout + side.stderr)[-3000:]
     assert first.wait(timeout=600) == 0, first.output()
-    assert json.loads(target.read_text())["iterations"] == 20000
+    assert json.loads(target.read_text())["iterations"] == 60000
 
 
 # ---------------------------------------------------------------- the SLURM end-to-end comparison
