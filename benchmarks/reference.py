@@ -46,7 +46,8 @@ def grid_state(cfg, layout: Layout) -> dict:
     return {"done": done, "missing": missing, "versions": sorted(versions), "seconds": dict(seconds)}
 
 
-def summary(state: dict, copied: list[str], absent: list[str], info: dict, note: str | None) -> str:
+def summary(state: dict, copied: list[str], absent: list[str], info: dict, note: str | None,
+            kept: list[str] = ()) -> str:
     n_done, n_missing = len(state["done"]), len(state["missing"])
     total = n_done + n_missing
     lines = [
@@ -62,6 +63,9 @@ def summary(state: dict, copied: list[str], absent: list[str], info: dict, note:
         f"- models trained by code version(s): {', '.join(state['versions']) or 'none'}",
         f"- files: {', '.join(copied) or 'none'}" + (f"; **not made by the run**: {', '.join(absent)}" if absent else ""),
     ]
+    if kept:
+        lines += [f"- **kept from an earlier copy** (not made by this run: an earlier run's, of other models and "
+                  f"code; its run.md is in this folder's git history): {', '.join(kept)}"]
     if note:
         lines += [f"- note: {note}"]
     if state["seconds"]:
@@ -84,15 +88,17 @@ def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = 
         raise InvalidInputError(f"nothing to copy: {layout.root} has no tables and no trained models "
                                 f"(run `snakemake --cores all` first)")
     out.mkdir(parents=True, exist_ok=True)
-    copied, absent = [], []
+    copied, absent, kept = [], [], []
     for src in sources:
         if src.exists():
             write_bytes(out / src.name, src.read_bytes())
             copied.append(src.name)
         else:
             absent.append(src.name)
+            if (out / src.name).exists():  # an earlier copy's file stays, said to be one
+                kept.append(src.name)
     info = machine_info() if info is None else info
-    write_text(out / "run.md", summary(state, copied, absent, info, note))
+    write_text(out / "run.md", summary(state, copied, absent, info, note, kept))
     return state
 
 

@@ -41,6 +41,13 @@ def test_a_partial_run_is_copied_and_marked_partial_with_what_is_missing(tiny_co
     assert "**not made by the run**: accuracy.md, speedup.csv" in run
     assert "abc1234" in run and "took 3 h" in run and "Test CPU (2 cores)" in run
     assert f"| {first[0]} | {first[1]} | 1 | 12 |" in run  # 12.5 s rounds to 12
+    assert "kept from an earlier copy" not in run
+    # a later partial copy over it: the earlier table the run did not remake stays, and run.md says so
+    table.unlink()
+    copy_reference(cfg, out, info=INFO)
+    run = (out / "run.md").read_text()
+    assert (out / "accuracy.csv").exists() and "**kept from an earlier copy** (not made by this run" in run
+    assert "git history): accuracy.csv" in run
 
 
 def test_a_complete_run_is_not_marked_partial(tiny_config, tmp_path):
