@@ -66,8 +66,9 @@ def color(name: str) -> str:
 
 
 def label(kind: str) -> str:
-    if kind.endswith("_ensemble") and kind[:-len("_ensemble")] in SURROGATE_LABELS:  # surrogates.ensemble's rows
-        return SURROGATE_LABELS[kind[:-len("_ensemble")]] + ", mean of the seeds"
+    base = kind.removesuffix("_ensemble")  # surrogates.ensemble's rows: <kind>_ensemble
+    if base != kind and base in SURROGATE_LABELS:
+        return SURROGATE_LABELS[base] + ", mean of the seeds"
     return SURROGATE_LABELS.get(kind, kind)
 
 

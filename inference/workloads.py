@@ -62,16 +62,11 @@ class Case:
 
     def direct_rows(self) -> np.ndarray:
         """Inputs of a direct network: (N*K, n_inputs) float32, cell-major."""
-        p = self.problem
-        if p.kind != "trajectory" or p.inputs[0] != "t":
-            raise InvalidInputError(f"direct workloads need a trajectory problem with t as first input, not {p.name!r}")
-        t = self.kept_times()
-        cols = [np.tile(t, self.n_cells)] + [np.repeat(self.cells[name], len(t)) for name in p.inputs[1:]]
-        return np.stack(cols, axis=1).astype(np.float32)
+        return direct_rows_of(*self.cell_inputs())
 
     def cell_inputs(self) -> tuple[np.ndarray, np.ndarray]:
         """What a direct network's caller holds, as the solver's does: the cells' inputs (N, n_inputs - 1) and
-        the K kept times (K, 1), float32. :func:`direct_rows_of` makes :meth:`direct_rows` of them, bit for bit."""
+        the K kept times (K, 1), float32; :func:`direct_rows_of` makes the rows of them on any device."""
         p = self.problem
         if p.kind != "trajectory" or p.inputs[0] != "t":
             raise InvalidInputError(f"direct workloads need a trajectory problem with t as first input, not {p.name!r}")

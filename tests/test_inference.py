@@ -345,6 +345,9 @@ def test_a_direct_networks_end_to_end_job_starts_from_the_cells_as_the_solvers(n
     X = case.direct_rows()
     cells, times = case.cell_inputs()
     assert cells.shape == (97, 3) and times.shape == (26, 1)
+    by_hand = np.stack([np.tile(case.kept_times(), 97)] + [np.repeat(case.cells[c], 26) for c in ("u0", "w0", "I")],
+                       axis=1).astype(np.float32)  # t, then each cell's inputs, cell-major
+    np.testing.assert_array_equal(X, by_hand)
     np.testing.assert_array_equal(workloads.direct_rows_of(cells, times), X)
     np.testing.assert_array_equal(workloads.direct_rows_of(_torch.as_tensor(cells), _torch.as_tensor(times)).numpy(), X)
     monkeypatch.setattr(workloads, "CHUNK_ROWS", 1000)
