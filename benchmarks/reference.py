@@ -7,7 +7,8 @@
 Copied: the accuracy and speed tables (CSV and Markdown) and the solver-throughput CSV, where the run made them.
 Written beside them: ``run.md``, which names the machine, the date, the code versions the models were trained
 with, and every job of the configured training grid that has no metrics.json (the copy is then marked
-**partial**), with the training time each part of the grid took.
+**partial**), with the training time each part of the grid took, and (``--snakemake-log``) the run's wall time and the
+seconds of each rule, read from Snakemake's own log (``benchmarks.runlog``).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def grid_state(cfg, layout: Layout) -> dict:
 
 
 def summary(state: dict, copied: list[str], absent: list[str], info: dict, note: str | None,
-            kept: list[str] = ()) -> str:
+            kept: list[str] = (), timing: str | None = None) -> str:
     n_done, n_missing = len(state["done"]), len(state["missing"])
     total = n_done + n_missing
     lines = [
@@ -76,11 +77,17 @@ def summary(state: dict, copied: list[str], absent: list[str], info: dict, note:
             count[(job[0], job[1])] += 1
         for (p, s), sec in sorted(state["seconds"].items()):
             lines.append(f"| {p} | {s} | {count[(p, s)]} | {sec:.0f} |")
+    if timing:
+        lines += ["", timing.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
-def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = None) -> dict:
-    """Copy the run's tables under ``out`` and write ``out/run.md``. Returns the grid state."""
+def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = None, logs=()) -> dict:
+    """Copy the run's tables under ``out`` and write ``out/run.md`` (with the wall time and seconds per rule
+    that the Snakemake ``logs`` record, when given). Returns the grid state."""
+    from .runlog import markdown, read_logs
+
+    timing = markdown(read_logs(logs)) if logs else None  # a bad log is refused before anything is written
     layout = Layout(cfg["results_dir"])
     state = grid_state(cfg, layout)
     sources = [layout.table(name, ext) for name, ext in TABLES] + [layout.benchmark(b) for b in BENCHMARKS]
@@ -98,7 +105,7 @@ def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = 
             if (out / src.name).exists():  # an earlier copy's file stays, said to be one
                 kept.append(src.name)
     info = machine_info() if info is None else info
-    write_text(out / "run.md", summary(state, copied, absent, info, note, kept))
+    write_text(out / "run.md", summary(state, copied, absent, info, note, kept, timing))
     return state
 
 
@@ -129,6 +136,9 @@ def main(argv=None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/reference"), help="tracked folder to write")
     ap.add_argument("--note", default=None, help="one line written into run.md (e.g. how long the run took)")
+    ap.add_argument("--snakemake-log", type=Path, nargs="+", default=[], metavar="LOG",
+                    help="the run's .snakemake/log/*.snakemake.log (several: a resumed run, in order): its wall "
+                         "time and the seconds of each rule go into run.md")
     ap.add_argument("--evaluate", type=Path, default=None, metavar="CHECKPOINT",
                     help="instead: score this checkpoint on its problem's held-out test set and print the errors")
     a = ap.parse_args(argv)
@@ -146,7 +156,7 @@ def main(argv=None) -> int:
               f"max {r['euler_floor_max_abs_err']:.3g})")
         return 0
     try:
-        state = copy_reference(cfg, a.out, a.note)
+        state = copy_reference(cfg, a.out, a.note, logs=a.snakemake_log)
     except InvalidInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -94,3 +94,24 @@ def test_the_shipped_checkpoint_of_problem_c_scores_what_its_metrics_say():
     for k in ("mae", "max_abs_err", "rel_l2"):
         assert got[k] == pytest.approx(recorded["test"][k], rel=1e-5)
     assert got["mae"] < 1e-3
+
+
+def test_the_run_s_wall_time_goes_into_run_md_from_snakemake_s_log(tiny_config, tmp_path):
+    from test_runlog import LOG
+
+    cfg = _config(tiny_config)
+    table = Layout(cfg["results_dir"]).table("accuracy", "csv")
+    table.parent.mkdir(parents=True)
+    table.write_text("problem,mae\n")
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(LOG)
+    copy_reference(cfg, tmp_path / "ref", info=INFO, logs=[log])
+    run = (tmp_path / "ref" / "run.md").read_text()
+    assert "Wall time of the run (Snakemake's log: run.snakemake.log): **0:02:28**" in run
+    assert "| train | 1 | 120 | 120 |" in run
+    # a log that is not one is refused before anything is written
+    bad = tmp_path / "bad.log"
+    bad.write_text("hello\n")
+    with pytest.raises(InvalidInputError, match="bad.log: no Snakemake job found"):
+        copy_reference(cfg, tmp_path / "ref2", info=INFO, logs=[bad])
+    assert not (tmp_path / "ref2").exists()
