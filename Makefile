@@ -44,8 +44,9 @@ gpu-check:
 	@$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 # The paper's grid through the workflow on one GPU machine (workflow/profiles/gpu: training jobs sharing the
-# GPU), timed; with the machine's own Python (the project from this folder, not installed), Snakemake and its
-# dependencies from .whl/ where it lacks them.
+# GPU), timed (and the seconds of each rule, from Snakemake's log: benchmarks.runlog); with the machine's own
+# Python (the project from this folder, not installed), Snakemake and its dependencies from .whl/ where it
+# lacks them.
 #   make gpu-grid                      everything (config/config.yaml, into results/gpu_grid)
 #   make gpu-grid GRID_UNTIL=train     the datasets and the trainings only
 #   make gpu-grid GRID_ARGS=-n         more Snakemake options (here: a dry run)
@@ -58,7 +59,9 @@ gpu-grid:
 	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m snakemake --profile workflow/profiles/gpu \
 		--configfile $(GRID_CONFIG) --config results_dir=$(GRID_RESULTS) $(if $(GRID_UNTIL),--until $(GRID_UNTIL)) \
 		$(GRID_ARGS); \
-	rc=$$?; echo "== gpu-grid: $$(( $$(date +%s) - start )) s wall, snakemake exit $$rc"; exit $$rc
+	rc=$$?; echo "== gpu-grid: $$(( $$(date +%s) - start )) s wall, snakemake exit $$rc"; \
+	log=$$(ls -t .snakemake/log/*.snakemake.log 2>/dev/null | head -1); \
+	if [ -n "$$log" ]; then $(GPU_PYTHON) -m benchmarks.runlog $$log; fi; exit $$rc
 
 # Wheels for a GPU machine without network (Python 3.12, x86-64): what the project needs beyond its GPU image
 # (jsonschema for the configuration; Snakemake 9.27.1 and what it needs for `make gpu-grid`, ~27 MB in all).
