@@ -60,7 +60,7 @@ gpu-grid:
 		--configfile $(GRID_CONFIG) --config results_dir=$(GRID_RESULTS) $(if $(GRID_UNTIL),--until $(GRID_UNTIL)) \
 		$(GRID_ARGS); \
 	rc=$$?; echo "== gpu-grid: $$(( $$(date +%s) - start )) s wall, snakemake exit $$rc"; \
-	log=$$(ls -t .snakemake/log/*.snakemake.log 2>/dev/null | head -1); \
+	log=$$(find .snakemake/log -name '*.snakemake.log' -newermt "@$$start" 2>/dev/null | sort | tail -1); \
 	if [ -n "$$log" ]; then $(GPU_PYTHON) -m benchmarks.runlog $$log; fi; exit $$rc
 
 # Wheels for a GPU machine without network (Python 3.12, x86-64): what the project needs beyond its GPU image
