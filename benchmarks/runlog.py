@@ -90,15 +90,15 @@ def parse_log(text: str, name: str = "log") -> Run:
     run = Run(logs=[name])
     jobs: dict[int, Job] = {}
     stamp: _dt.datetime | None = None
-    pending: tuple[str, _dt.datetime] | None = None  # a rule line seen, its jobid line not yet
-    job: Job | None = None                            # the job whose header is being read (wildcards)
+    pending: str | None = None  # the rule of a header whose jobid line is not read yet (started at `stamp`)
+    job: Job | None = None      # the job whose header is being read (wildcards)
     error_rule: str | None = None
     for line in text.splitlines():
         if m := _STAMP.match(line):
             stamp, pending, job, error_rule = _stamp(m.group(1)), None, None, None
             run.last = stamp
         elif (m := _START.match(line)) and stamp is not None:
-            pending, job = (m.group(1), stamp), None
+            pending, job = m.group(1), None
         elif (m := _MESSAGE.match(line)) and stamp is not None and int(m.group(1)) not in jobs:
             jobs[int(m.group(1))] = Job("?", int(m.group(1)), stamp)  # named by its "Finished" line
         elif m := _ERROR.match(line):
@@ -106,13 +106,12 @@ def parse_log(text: str, name: str = "log") -> Run:
         elif m := _JOBID.match(line):
             jid = int(m.group(1))
             if error_rule is not None:
-                if jid in jobs:
-                    jobs[jid].rule = error_rule if jobs[jid].rule == "?" else jobs[jid].rule
-                    jobs[jid].failed = True
-                    jobs[jid].end = jobs[jid].end or stamp
+                if (j := jobs.get(jid)) is not None:
+                    j.rule = error_rule if j.rule == "?" else j.rule
+                    j.failed, j.end = True, j.end or stamp
                 error_rule = None
             elif pending is not None and jid not in jobs:
-                job = jobs[jid] = Job(pending[0], jid, pending[1])
+                job = jobs[jid] = Job(pending, jid, stamp)
                 pending = None
         elif (m := _WILDCARDS.match(line)) and job is not None:
             job.wildcards = m.group(1)
