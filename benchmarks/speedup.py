@@ -15,7 +15,8 @@ does the solver's whole job: from the cells' inputs and the K kept times on the 
 the host, its N x K input rows built on the device it runs on (on a GPU: the cells go over, not the rows);
 kernel-only, it runs on rows already on the device. The untimed warm-up of a
 workload that is evaluated in several chunks runs its first and last chunk (every shape the timed calls
-meet), not the whole call again. Repeats continue while a
+meet), not the whole call again; that of a step-by-step rollout on a CPU, one step of each chunk of cells.
+Repeats continue while a
 measurement's spread (IQR / median) is above 10%, up to ``speed.max_repeats``, and fewer (at least 3) where
 one call is so long that the repeats would not fit in a tenth of the per-point time limit; a point that stays
 noisy is flagged. A backend that fails to prepare, mismatches, or takes longer than
@@ -333,8 +334,12 @@ class _Bench:
             if fused is not None:  # inputs placed once, as for the direct kernel-only time
                 y_d, p_d = r.device_input(Y0), r.device_input(P)
                 k = timed(lambda: roll(y_d, p_d, n_steps, keep_every, case.n_outputs > 1), clock)
-            else:
+            elif gpu:
                 k = timed(lambda: roll(Y0, P, n_steps, keep_every, case.n_outputs > 1), clock)
+            else:  # a rollout is n_steps equal calls per chunk of cells: one step of each chunk warms up every
+                # shape and first-use cost the timed rollouts meet (not a whole 4-35 s rollout on a CPU)
+                k = timed(lambda: roll(Y0, P, n_steps, keep_every, case.n_outputs > 1), clock,
+                          lambda: rollout_runner(r, Y0, P, 1, 1, False))
             e = timed(lambda: [r.to_host(y) for y in roll(Y0, P, n_steps, keep_every, case.n_outputs > 1)],
                       "cpu") if gpu else k
             rows = case.n_cells * n_steps

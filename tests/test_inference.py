@@ -405,6 +405,36 @@ def test_speed_run_times_an_itnn_by_rollout_on_the_same_k_states(step_net, tmp_p
     assert (skipped.n_outputs == 2501).all() and skipped.skipped.str.contains("does not divide the 500").all()
 
 
+def test_a_cpu_rollout_warms_up_on_one_step_of_each_chunk(step_net, tmp_path, monkeypatch):
+    """N = 300 cells in chunks of 128: the warm-up is one step of each chunk (128, 128, 44 rows), not a whole
+    500-step rollout; each timed rollout is all 500 steps of every chunk."""
+    from inference import backends as B
+
+    monkeypatch.setattr(workloads, "CHUNK_ROWS", 128)
+    sizes = []
+
+    class Recording(B.TorchEager):
+        def __init__(self):
+            super().__init__("cpu")
+            self.name = "recording"
+
+        def prepare(self, model, prec, workdir):
+            r = super().prepare(model, prec, workdir)
+            run = r.run
+            r.run = lambda xd: (sizes.append(len(xd)), run(xd))[1]
+            return r
+
+    monkeypatch.setitem(REGISTRY, "recording", Recording())
+    cfg = speed_cfg(n_cells=[300], n_outputs=26, k_sweep=[], repeats=3, max_repeats=3)
+    path = save_as(step_net, tmp_path / "D/itnn/best_model.pth", cfg, "D", "itnn")
+    df = speedup.run(cfg, {"itnn": path}, ["recording"], ["fp32"], workdir=tmp_path / "w")
+    row = df[df.skipped.isna() & df.failed.isna()]
+    assert len(row) == 1 and int(row.kernel_repeats.iloc[0]) == 3
+    rollout = [128] * 500 + [128] * 500 + [44] * 500
+    assert sizes[-3 * len(rollout):] == rollout * 3  # the three timed rollouts
+    assert sizes[-3 * len(rollout) - 3:-3 * len(rollout)] == [128, 128, 44]  # the warm-up before them
+
+
 def test_a_failing_backend_is_recorded_and_the_others_go_on(net, tmp_path, monkeypatch):
     """A backend that cannot prepare, one that mismatches and one past its time limit each give failed rows
     with the reason; every other row is measured, and the program exits non-zero at the end."""
