@@ -47,17 +47,18 @@ gpu-check:
 # GPU), timed (and the seconds of each rule, from Snakemake's log: benchmarks.runlog); with the machine's own
 # Python (the project from this folder, not installed), Snakemake and its dependencies from .whl/ where it
 # lacks them.
-#   make gpu-grid                      everything (config/config.yaml, into results/gpu_grid)
+#   make gpu-grid                      everything (config/gpu.yaml: the paper's grid, GPU timings; into results/gpu)
 #   make gpu-grid GRID_UNTIL=train     the datasets and the trainings only
 #   make gpu-grid GRID_ARGS=-n         more Snakemake options (here: a dry run)
-GRID_CONFIG ?= config/config.yaml
-GRID_RESULTS ?= results/gpu_grid
+#   GRID_CONFIG=config/config.yaml     the plain grid (CPU backends timed too); GRID_RESULTS=DIR another folder
+GRID_CONFIG ?= config/gpu.yaml
+GRID_RESULTS ?=
 GRID_UNTIL ?=
 GRID_ARGS ?=
 gpu-grid:
 	@$(GPU_SITE) export PYTHONPATH=$(CURDIR):$$PYTHONPATH; start=$$(date +%s); \
 	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m snakemake --profile workflow/profiles/gpu \
-		--configfile $(GRID_CONFIG) --config results_dir=$(GRID_RESULTS) $(if $(GRID_UNTIL),--until $(GRID_UNTIL)) \
+		--configfile $(GRID_CONFIG) $(if $(GRID_RESULTS),--config results_dir=$(GRID_RESULTS)) $(if $(GRID_UNTIL),--until $(GRID_UNTIL)) \
 		$(GRID_ARGS); \
 	rc=$$?; echo "== gpu-grid: $$(( $$(date +%s) - start )) s wall, snakemake exit $$rc"; \
 	log=$$(find .snakemake/log -name '*.snakemake.log' -newermt "@$$start" 2>/dev/null | sort | tail -1); \

@@ -359,6 +359,23 @@ class _Skip(Exception):
     pass
 
 
+def backends_for(names: list, device: str) -> list:
+    """The backends of ``names`` that a speed run on ``device`` times (``cuda``: all of them, GPU and CPU;
+    ``cpu``: the CPU ones), or an error that names the list when none is left (e.g. a GPU preset on a
+    machine without a GPU)."""
+    if device not in ("cpu", "cuda"):
+        raise InvalidInputError(f"speed device must be cpu or cuda, got {device!r}")
+    unknown = [b for b in names if b not in REGISTRY]
+    if unknown:
+        raise InvalidInputError(f"unknown speed backend(s) {unknown}; valid: {sorted(REGISTRY)}")
+    kept = [b for b in names if device == "cuda" or REGISTRY[b].device == "cpu"]
+    if not kept:
+        raise InvalidInputError(f"speed.backends {list(names)} has no CPU backend, and the speed benchmark runs on "
+                                f"the CPU here (no GPU seen, or speed.device: cpu): add torch or onnxruntime, or "
+                                f"run it on a GPU machine")
+    return kept
+
+
 def _fastest(rows: list, case: Case, device: str, ensemble: Surrogate) -> tuple[str, str] | None:
     """(backend, precision) that ran one network of the ensemble's kind fastest end to end at this point and
     device (fp32 only for an iterative kind: an ensemble rolls out step by step). An ensemble costs one
@@ -417,6 +434,9 @@ def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Ca
             rows.append({"backend": name, "skipped": status[name]})
             print(f"{name}: skipped ({status[name]})", flush=True)
     live = [b for b in backends if status[b] is None]
+    if not live:
+        raise InvalidInputError("no speed backend can run on this machine: " + ("; ".join(
+            f"{n}: {status[n]}" for n in backends) if backends else "none was given"))
     bench = _Bench(settings, workdir)
     for case in points:
         if settings.deadline is not None and time.monotonic() > settings.deadline:

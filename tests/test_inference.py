@@ -435,6 +435,17 @@ def test_a_cpu_rollout_warms_up_on_one_step_of_each_chunk(step_net, tmp_path, mo
     assert sizes[-3 * len(rollout) - 3:-3 * len(rollout)] == [128, 128, 44]  # the warm-up before them
 
 
+def test_a_speed_run_with_no_backend_that_can_run_here_is_an_error(net, tmp_path):
+    cfg = speed_cfg(n_cells=[100], k_sweep=[])
+    path = save_as(net, tmp_path / "C/ddnn/best_model.pth", cfg, "C", "ddnn")
+    with pytest.raises(InvalidInputError, match="no speed backend can run on this machine: tensorrt: "):
+        speedup.run(cfg, {"ddnn": path}, ["tensorrt"], ["fp32"], workdir=tmp_path / "w")
+    assert speedup.backends_for(["torch_cuda", "torch", "fused"], "cpu") == ["torch"]
+    assert speedup.backends_for(["torch_cuda", "torch"], "cuda") == ["torch_cuda", "torch"]
+    with pytest.raises(InvalidInputError, match=r"unknown speed backend\(s\) \['tourch'\]"):
+        speedup.backends_for(["tourch"], "cpu")
+
+
 def test_a_failing_backend_is_recorded_and_the_others_go_on(net, tmp_path, monkeypatch):
     """A backend that cannot prepare, one that mismatches and one past its time limit each give failed rows
     with the reason; every other row is measured, and the program exits non-zero at the end."""

@@ -63,6 +63,30 @@ def test_the_accurate_preset_plans_the_grid_with_the_best_settings(tmp_path):
     assert "B/ddnn/n100000/mlp3x64" not in out
 
 
+def test_the_gpu_preset_plans_the_paper_grid_with_gpu_timings_only(tmp_path):
+    """config/gpu.yaml (make gpu-grid): the same grid as config/config.yaml, data-only seeds in cohort jobs, and a
+    speed benchmark of GPU backends only that holds the GPU; on this CPU machine its backends are refused by
+    name rather than timing nothing."""
+    from benchmarks.speedup import backends_for
+    from core.config import read_config
+    from core.errors import InvalidInputError
+    from inference.backends import REGISTRY
+
+    extra = tmp_path / "here.yaml"
+    extra.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "r")}))
+    res = snakemake("-n", "--configfile", "config/gpu.yaml", str(extra))
+    assert res.returncode == 0, res.stderr[-2000:]
+    jobs = _job_counts(res.stdout)
+    assert jobs["train_cohort"] == (1 + 3 + 3 + 2) + 3 and jobs["train"] == 3 * ((1 + 3 + 3 + 2) + 2)
+    assert jobs["benchmark_speed"] == 1 and jobs["benchmark_solver"] == 1 and jobs["export_onnx"] == 69
+    assert "C/ddnn/n100000/mlp3x64" in res.stdout  # the paper's architecture, as in config/config.yaml
+    speed = read_config(ROOT / "config/gpu.yaml")["speed"]
+    assert {REGISTRY[b].device for b in speed["backends"]} == {"cuda"} and speed["device"] == "cuda"
+    assert backends_for(speed["backends"], "cuda") == speed["backends"]
+    with pytest.raises(InvalidInputError, match=r"has no CPU backend.*run it on a GPU machine"):
+        backends_for(speed["backends"], "cpu")
+
+
 def test_a_cohort_job_writes_every_seed_as_a_lone_run_would(tmp_path, tiny_config):
     """... and the speed benchmark times the two seeds' ensemble beside the first seed's network, with the
     ensemble's own test score as its MAE."""

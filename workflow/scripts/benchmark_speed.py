@@ -11,7 +11,6 @@ import torch  # noqa: E402
 
 from benchmarks import speedup  # noqa: E402
 from core.io import write_text  # noqa: E402
-from inference.backends import REGISTRY  # noqa: E402
 from surrogates.config import speed_problem_of, training_settings  # noqa: E402
 from surrogates.problems import problem_from_config  # noqa: E402
 from surrogates.train import expected_model  # noqa: E402
@@ -21,7 +20,7 @@ cfg, sp = dict(snakemake.config), snakemake.params.speed
 device = snakemake.params.device
 if device == "auto":  # resolved here, on the node that runs the timings (a GPU node on a cluster)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-backends = [b for b in sp["backends"] if device == "cuda" or REGISTRY[b].device == "cpu"]
+backends = speedup.backends_for(sp["backends"], device)
 kinds = sp["surrogates"]
 models = {kind: snakemake.input[kind] for kind in kinds}
 ensembles = {name[len("ensemble_"):]: list(files) for name, files in snakemake.input.items()
