@@ -1,0 +1,77 @@
+"""benchmarks.training_speed: the upstream trainer's row (run from a checkout in a child process) and the table."""
+import json
+import textwrap
+
+import pytest
+
+from benchmarks import training_speed as ts
+from core.errors import InvalidInputError
+
+FAKE_TRAINER = textwrap.dedent('''
+    import json, math, os
+    import torch
+
+    class Trainer:  # the upstream constructor's signature; records what it was given
+        def __init__(self, n_epochs, model, device="cpu", batch_size=1000, target=[], data=[], patience=300,
+                     tolerance=1e-3, val_steps=None, print_steps=5000, validation=None, optimizer=None):
+            self.model, self.opt, self.batch = model, optimizer, batch_size
+            self.X, self.Y = data, target
+            self.n_it = int(n_epochs * math.ceil(len(data) * (1 - validation) / batch_size))
+            shapes = [list(p.shape) for p in model.parameters()]
+            with open(os.environ["FAKE_UPSTREAM_LOG"], "w") as f:
+                json.dump({"shapes": shapes, "batch": batch_size, "rows": len(data), "device": device,
+                           "n_it": self.n_it, "module": __file__}, f)
+
+        def train(self):
+            if os.environ.get("FAKE_UPSTREAM_FAIL"):
+                raise RuntimeError("upstream broke")
+            for i in range(self.n_it):
+                self.opt.zero_grad()
+                a = (i * self.batch) % (len(self.X) - self.batch)
+                loss = torch.mean((self.model(self.X[a:a + self.batch]) - self.Y[a:a + self.batch]) ** 2)
+                loss.backward()
+                self.opt.step()
+            return self.model, {}
+''')
+
+
+@pytest.fixture()
+def checkout(tmp_path, monkeypatch):
+    root = tmp_path / "Pinn-Torch"
+    (root / "fisiocomPinn").mkdir(parents=True)
+    (root / "fisiocomPinn" / "__init__.py").write_text("")
+    (root / "fisiocomPinn" / "Trainer.py").write_text(FAKE_TRAINER)
+    monkeypatch.setenv("FAKE_UPSTREAM_LOG", str(tmp_path / "seen.json"))
+    return root
+
+
+def test_the_upstream_trainer_runs_from_its_checkout_on_the_same_network_and_batch(checkout, tmp_path):
+    """The child imports the checkout's fisiocomPinn (not this project's layer of the same name) and trains the
+    configured 3x64 net of problem C at the given batch, about the asked number of steps."""
+    rate = ts.upstream_rate(str(checkout), [], "C", [("SiLU", 64), ("Sigmoid", 64), ("Sigmoid", 64)], 1024, 150,
+                            1e-3, "cpu")
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert rate > 0 and seen["module"] == str(checkout / "fisiocomPinn" / "Trainer.py")
+    assert seen["shapes"] == [[64, 4], [64], [64, 64], [64], [64, 64], [64], [2, 64], [2]]
+    assert seen["batch"] == 1024 and seen["rows"] == 100_000 and seen["device"] == "cpu"
+    assert 150 <= seen["n_it"] < 150 + 97  # whole passes of 97 batches (99,000 training rows)
+
+
+def test_an_upstream_that_is_missing_or_fails_is_a_clear_error(checkout, tmp_path, monkeypatch):
+    with pytest.raises(InvalidInputError, match="no fisiocomPinn/Trainer.py there"):
+        ts.upstream_rate(str(tmp_path), [], "C", [("Tanh", 8)], 64, 10, 1e-3, "cpu")
+    monkeypatch.setenv("FAKE_UPSTREAM_FAIL", "1")
+    with pytest.raises(InvalidInputError, match="(?s)upstream trainer from .* failed: .*upstream broke"):
+        ts.upstream_rate(str(checkout), [], "C", [("Tanh", 8)], 64, 10, 1e-3, "cpu")
+
+
+def test_the_table_has_a_ratio_to_upstream_only_where_it_was_measured():
+    info = {"cpu": "test CPU"}
+    rows = [{"problem": "C", "network": "mlp3x64", "batch": 1024, "variant": "reference (plain eager loop)",
+             "it_per_s": 500.0, "vs_reference": 1.0}]
+    plain = ts.table(rows, {}, info, "cpu", 100, 1)
+    assert "x upstream" not in plain and "| 500 | 1.00 |" in plain
+    rows = [{**rows[0], "vs_upstream": 1.25}, {**rows[0], "variant": ts.UPSTREAM, "it_per_s": 400.0,
+                                               "vs_reference": 0.8, "vs_upstream": 1.0}]
+    text = ts.table(rows, {}, info, "cpu", 100, 1)
+    assert "| x reference | x upstream |" in text and "| 500 | 1.00 | 1.25 |" in text and "| 400 | 0.80 | 1.00 |" in text
