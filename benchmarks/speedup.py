@@ -51,6 +51,7 @@ from surrogates.config import load_config, speed_ensembles, speed_problem_of, tr
 from surrogates.network import load_checkpoint
 from surrogates.problems import Problem, problem_from_config
 
+BUDGET_SPENT = "not measured: the time budget of this run was spent"
 ROLLOUT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "bf16": 1e-1}  # of the state range, after the whole rollout
 
 
@@ -264,6 +265,8 @@ class _Bench:
 
     def point(self, case: Case, sur: Surrogate, backend: str, prec: str, solver: SolverTiming) -> dict:
         base = _base(case, sur, backend, prec, solver)
+        if self.s.deadline is not None and time.monotonic() > self.s.deadline:
+            return {**base, "skipped": BUDGET_SPENT}
         key = (sur.label, backend, prec)
         if key in self.broken:
             return {**base, "failed": self.broken[key]}
@@ -420,7 +423,9 @@ def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Ca
     sp = cfg["speed"]
     backends = list(backends or sp["backends"])
     precisions = list(precisions or sp["precisions"])
-    settings = settings or Settings(sp["repeats"], sp["max_repeats"], sp["backend_time_limit_s"])
+    budget = sp.get("time_budget_s")
+    settings = settings or Settings(sp["repeats"], sp["max_repeats"], sp["backend_time_limit_s"],
+                                    time.monotonic() + budget if budget else None)
     points = points if points is not None else cases(cfg)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="speedup_"))
     info = machine_info()
@@ -441,7 +446,7 @@ def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Ca
     for case in points:
         if settings.deadline is not None and time.monotonic() > settings.deadline:
             rows.append({"n_cells": case.n_cells, "n_outputs": case.n_outputs, "sweep": case.sweep,
-                         "skipped": "not measured: the time budget of this run was spent"})
+                         "skipped": BUDGET_SPENT})
             print(f"N={case.n_cells} K={case.n_outputs}: skipped (time budget spent)", flush=True)
             continue
         for device in sorted({REGISTRY[b].device for b in live}):

@@ -18,7 +18,7 @@ from inference.export import export_onnx
 from inference.kernels.fused_cuda import kernel_source, packed_parameters
 from inference.timing import time_cpu
 from inference.workloads import Case, kept_times
-from surrogates.config import load_config
+from surrogates.config import load_config, validate_config
 from surrogates.network import MLP, save_checkpoint
 from surrogates.problems import problem_from_config
 from surrogates.train import expected_model
@@ -444,6 +444,33 @@ def test_a_speed_run_with_no_backend_that_can_run_here_is_an_error(net, tmp_path
     assert speedup.backends_for(["torch_cuda", "torch"], "cuda") == ["torch_cuda", "torch"]
     with pytest.raises(InvalidInputError, match=r"unknown speed backend\(s\) \['tourch'\]"):
         speedup.backends_for(["tourch"], "cpu")
+
+
+def test_a_speed_run_stops_measuring_when_its_time_budget_is_spent(net, tmp_path, monkeypatch):
+    """speed.time_budget_s: the measurement that crosses the budget finishes; every later one (the rest of that
+    point, and whole later points) is a row skipped with the reason, so the run ends and its table is written."""
+    from inference import backends as B
+
+    class Sleepy(B.TorchEager):
+        def __init__(self):
+            super().__init__("cpu")
+            self.name = "sleepy"
+
+        def prepare(self, model, prec, workdir):
+            time.sleep(1.5)  # past the budget below
+            return super().prepare(model, prec, workdir)
+
+    monkeypatch.setitem(REGISTRY, "sleepy", Sleepy())
+    cfg = speed_cfg(n_cells=[100, 200], k_sweep=[2], time_budget_s=1.0)
+    path = save_as(net, tmp_path / "C/ddnn/best_model.pth", cfg, "C", "ddnn")
+    df = speedup.run(cfg, {"ddnn": path}, ["sleepy", "torch"], ["fp32"], workdir=tmp_path / "w")
+    timed = df[df.skipped.isna() & df.failed.isna()]
+    assert len(timed) == 1 and timed.backend.iloc[0] == "sleepy" and timed.n_cells.iloc[0] == 100
+    skipped = df[df.skipped.fillna("").str.contains("time budget of this run was spent")]
+    assert ((skipped.n_cells == 100) & (skipped.backend == "torch")).sum() == 1  # the rest of the first point
+    assert set(zip(skipped.n_cells, skipped.n_outputs)) == {(100, 26), (200, 26), (100, 2)}
+    with pytest.raises(InvalidInputError, match="time_budget_s"):
+        validate_config(merge(load_config(), {"speed": {"time_budget_s": 0}}))
 
 
 def test_a_failing_backend_is_recorded_and_the_others_go_on(net, tmp_path, monkeypatch):
