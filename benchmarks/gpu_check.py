@@ -91,7 +91,7 @@ def step(name, summary, fn, *args):
 
 # ---------------------------------------------------------------- 1. the GPU tests
 # the files with GPU tests, the one never yet seen passing on a GPU first; any other file after them
-GPU_TEST_FILES = ["test_triton_kernels.py", "test_cohort.py", "test_engine.py", "test_cuda.py", "test_inference.py"]
+GPU_TEST_FILES = ["test_triton_step.py", "test_triton_kernels.py", "test_cohort.py", "test_engine.py", "test_cuda.py", "test_inference.py"]
 
 
 def gpu_tests(out: Path, budget: Budget, seconds: float = 150.0, only=None) -> str:

@@ -8,7 +8,8 @@ default network on problem C (the data-driven 3x64 net of the paper) and the ste
 * ``reference``: a plain eager loop of the same network, as the upstream Pinn-Torch trainer runs it
   (contiguous slices of the data, ``torch.optim.Adam``, the loss read back every step);
 * ``autograd``: this project's Trainer on its autograd path;
-* ``fused``: the Trainer on the hand-written engine (``surrogates.engine``) with the fused Adam;
+* ``fused``: the Trainer on the hand-written engine (``surrogates.engine``) with the fused Adam; on a GPU
+  also with its data step in one Triton kernel (``surrogates.triton_step``, engine ``triton``);
 * the same for a PINN step (data + ODE residual on ``training.physics.collocation_points`` points + the
   initial condition), and the cost of one collocation row relative to one data row in each path.
 
@@ -265,6 +266,9 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
             variants["trainer, fused engine, CUDA graph"] = variants.pop("trainer, fused engine")
             variants["trainer, fused engine, not captured"] = lambda: trainer_rate(
                 p, hidden, X, Y, batch, iterations, s["lr"], device, "fused", capture=False)
+            # the data step in one Triton kernel (surrogates.triton_step), captured as the fused step is
+            variants["trainer, Triton data step, CUDA graph"] = lambda: trainer_rate(
+                p, hidden, X, Y, batch, iterations, s["lr"], device, "triton")
         variants["3 seeds as one stacked model (per network)"] = lambda: cohort_rate(
             p, hidden, X, Y, batch, iterations, s["lr"], device)
         if p.kind == "trajectory":

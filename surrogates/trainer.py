@@ -30,7 +30,7 @@ from .network import load_weights, save_checkpoint, state_copy, torch_save
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULES = ("constant", "cosine", "exponential")
-ENGINES = ("auto", "fused", "autograd")
+ENGINES = ("auto", "fused", "triton", "autograd")
 ADAMW_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's default, kept by the fused path
 
 
@@ -118,7 +118,9 @@ class Trainer:
     checkpoint_meta : extra entries for the meta of ``best_model.pth`` (e.g. its ``provenance``).
     engine : ``"auto"`` (the hand-written :mod:`~surrogates.engine` when the model is an ``MLP`` and every loss
         has a fused form, else autograd), ``"fused"`` (required: an error names the loss that has none) or
-        ``"autograd"``. Both paths compute the same losses and gradients (tests: to 1e-5).
+        ``"autograd"``, or ``"triton"``: the fused engine with each mean-squared-error data step in one Triton
+        kernel (:mod:`~surrogates.triton_step`; a CUDA device, or the CPU under ``TRITON_INTERPRET=1``; never
+        run on a GPU yet). All paths compute the same losses and gradients (tests: to 1e-5).
     capture : run the fused step as one static step (:mod:`~surrogates.graph`) replayed from a CUDA graph:
         ``"auto"`` on a GPU with the fused engine and Adam/AdamW, ``True`` (on a CPU the static step runs
         uncaptured, as the tests do) or ``False``. Losses are then read at validation only.
@@ -180,17 +182,22 @@ class Trainer:
 
         if self.engine == "autograd":
             return None
+        required = self.engine in ("fused", "triton")
         if not isinstance(self.model, MLP):
-            if self.engine == "fused":
-                raise InvalidInputError(f"engine 'fused' trains surrogates.network.MLP, not {type(self.model).__name__}")
+            if required:
+                raise InvalidInputError(f"engine {self.engine!r} trains surrogates.network.MLP, not {type(self.model).__name__}")
             return None
         eng = MLPEngine(self.model, max(l.fused_rows() for l, _ in self.losses) or 1)
         steps = [l.fused(eng) for l, _ in self.losses]
         missing = [l.name for (l, _), st in zip(self.losses, steps) if st is None]
         if missing:
-            if self.engine == "fused":
-                raise InvalidInputError(f"engine 'fused': loss(es) {missing} have no fused form; use engine 'autograd'")
+            if required:
+                raise InvalidInputError(f"engine {self.engine!r}: loss(es) {missing} have no fused form; use engine 'autograd'")
             return None
+        if self.engine == "triton":  # the data steps (mean squared error) in one Triton kernel each
+            from .triton_step import TritonDataStep
+
+            eng.data_kernel = TritonDataStep(eng)
         self._engine = eng
         return self._joint_gate(eng, steps)
 

@@ -1,0 +1,422 @@
+"""A data step of the fused engine in one Triton kernel: forward, loss and every layer's gradients per tile.
+
+On a GPU the fused engine's data step (:meth:`~surrogates.engine.MLPEngine.data_step`) is about thirty small
+kernels for the paper's 3x64 network (one product or elementwise pass each), and the whole training step,
+captured in a CUDA graph, about fifty: the GPU spends its time starting kernels, not computing (a step of
+the 3x64 net at batch 1024 is 52 MFLOP, about a microsecond of the chip's float32 rate). Here each program
+takes ``BLOCK_M`` rows through the whole network and back in registers and writes its share of every
+gradient (and of the loss), in the parameters' own layout, to its own row of a buffer of partial sums;
+one sum over the rows, in a fixed order (the same bits every run: a resumed run equals an uninterrupted
+one, as on the other paths), and one multi-tensor copy into the ``.grad`` tensors finish it. The kernel
+reads the weights where the optimiser keeps them. Three kernels instead of thirty.
+
+What it computes is exactly the engine's data step with the mean squared error: ``weight * mean((z(xs) -
+ys)^2)`` on scaled inputs and outputs, its gradient written into (or added to) each parameter's ``.grad``
+(tests: the same loss and gradients as the engine to float32 rounding, every activation, batches that are
+not a multiple of ``BLOCK_M``, under ``TRITON_INTERPRET=1`` on the CPU). Products are float32 on the CPU
+interpreter and ``tf32x3`` on a GPU (three TF32 tensor-core products: about float32 accuracy).
+
+Like :mod:`inference.kernels.triton_mlp` (which this module may not import: it lies to the right of
+``surrogates``), the network's layers are written out as straight-line Triton source per network, the text
+is stored in Triton's cache folder and imported, and Triton is imported only when a step is built.
+
+**Status**: tested on the CPU through Triton's interpreter and compiled for sm_90 without a GPU
+(:func:`ptx_report`); **never run on a GPU yet**. It is used only where asked for (``Trainer(engine=
+"triton")``, ``training_speed``/``gpu_check`` variants); the default GPU path is the captured fused step.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from core.errors import BackendUnavailableError, InvalidInputError
+from core.io import write_text
+
+MIN_WIDTH = 16   # tl.dot needs K, N >= 16
+MAX_WIDTH = 128
+# (BLOCK_M, num_warps) by the widest hidden layer: one tile's activations of every layer stay in registers.
+# Chosen by compiling for sm_90 without a GPU (ptx_report, tf32x3): the 3x64 net at (32, 8) 234 registers
+# a thread, no spills ((32, 4) spilled 192 bytes, (64, 8) 1.5 kB); the 4x128 net spills at every size tried,
+# least at (16, 8) (720 bytes; (16, 16) 832, (32, 8) 1.6 kB).
+LAUNCH = {64: (32, 8), 128: (16, 8)}
+FP32_INPUT_PRECISION = "tf32x3"
+
+_PRELUDE = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, INTERPRETED: tl.constexpr):
+    if INTERPRETED:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=__FP32_INPUT_PRECISION__)
+
+
+@triton.jit
+def _load_wt(ptr, K_REAL: tl.constexpr, N_REAL: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
+    """W^T as a (K, N) block, zero padded, from a torch Linear weight W (N_REAL, K_REAL), row-major."""
+    k = tl.arange(0, K)[:, None]
+    n = tl.arange(0, N)[None, :]
+    return tl.load(ptr + n * K_REAL + k, mask=(k < K_REAL) & (n < N_REAL), other=0.0)
+
+
+@triton.jit
+def _store_wt(ptr, wt, K_REAL: tl.constexpr, N_REAL: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
+    """The (K, N) block wt = dW^T stored as dW (N_REAL, K_REAL), row-major, without the padding."""
+    k = tl.arange(0, K)[:, None]
+    n = tl.arange(0, N)[None, :]
+    tl.store(ptr + n * K_REAL + k, wt, mask=(k < K_REAL) & (n < N_REAL))
+
+
+@triton.jit
+def _load_b(ptr, N_REAL: tl.constexpr, N: tl.constexpr):
+    n = tl.arange(0, N)
+    return tl.load(ptr + n, mask=n < N_REAL, other=0.0)
+
+
+@triton.jit
+def _store_b(ptr, b, N_REAL: tl.constexpr, N: tl.constexpr):
+    n = tl.arange(0, N)
+    tl.store(ptr + n, b, mask=n < N_REAL)
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _sum(x, axis: tl.constexpr):
+    # not tl.sum: Triton's own @triton.jit functions are decorated when triton is imported, and the
+    # interpreter cannot call them when TRITON_INTERPRET was set after that (as the tests do)
+    return tl.reduce(x, axis, _add)
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _tanh(z):
+    e = tl.exp(-2.0 * tl.abs(z))  # in (0, 1]: no overflow
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(z < 0.0, -t, t)
+
+
+# ---- activations f(z) and their derivatives f'(z), given z and a = f(z)
+@triton.jit
+def _f_Sigmoid(z):
+    return _sigmoid(z)
+
+
+@triton.jit
+def _d_Sigmoid(z, a):
+    return a * (1.0 - a)
+
+
+@triton.jit
+def _f_Tanh(z):
+    return _tanh(z)
+
+
+@triton.jit
+def _d_Tanh(z, a):
+    return 1.0 - a * a
+
+
+@triton.jit
+def _f_SiLU(z):
+    return z * _sigmoid(z)
+
+
+@triton.jit
+def _d_SiLU(z, a):
+    s = _sigmoid(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+@triton.jit
+def _f_ReLU(z):
+    return tl.maximum(z, 0.0)
+
+
+@triton.jit
+def _d_ReLU(z, a):
+    return tl.where(z > 0.0, 1.0, 0.0)
+
+
+@triton.jit
+def _f_LeakyReLU(z):
+    return tl.where(z > 0.0, z, 0.01 * z)
+
+
+@triton.jit
+def _d_LeakyReLU(z, a):
+    return tl.where(z > 0.0, 1.0, 0.01)
+
+
+@triton.jit
+def _f_ELU(z):
+    return tl.where(z > 0.0, z, tl.exp(tl.minimum(z, 0.0)) - 1.0)
+
+
+@triton.jit
+def _d_ELU(z, a):
+    return tl.where(z > 0.0, 1.0, a + 1.0)
+
+
+@triton.jit
+def _f_Softplus(z):  # torch's threshold 20: z itself above it
+    return tl.where(z > 20.0, z, tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))))
+
+
+@triton.jit
+def _d_Softplus(z, a):
+    return tl.where(z > 20.0, 1.0, _sigmoid(z))
+
+
+@triton.jit
+def _f_GELU(z):
+    return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+
+
+@triton.jit
+def _d_GELU(z, a):
+    return 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)
+'''
+
+ACTIVATIONS = ("Sigmoid", "Tanh", "SiLU", "ReLU", "LeakyReLU", "ELU", "Softplus", "GELU")
+
+
+def _padded(width: int) -> int:
+    return max(MIN_WIDTH, 1 << (int(width) - 1).bit_length())
+
+
+class _Layout:
+    """The network's padded widths and where each layer's weights live in the packed buffers."""
+
+    def __init__(self, model):
+        cfg = model.config()
+        hidden = [(a, int(w)) for a, w in cfg["hidden"]]
+        if cfg.get("output_activation") is not None:
+            raise InvalidInputError("the Triton data step trains networks without an output activation, got "
+                                    f"{cfg['output_activation']!r}; use the fused engine")
+        if not hidden:
+            raise InvalidInputError("the Triton data step needs at least one hidden layer")
+        for a, _ in hidden:
+            if a not in ACTIVATIONS:
+                raise InvalidInputError(f"the Triton data step has no activation {a!r}; valid: {list(ACTIVATIONS)}")
+        self.widths = (int(cfg["n_inputs"]), *[w for _, w in hidden], int(cfg["n_outputs"]))
+        if max(self.widths) > MAX_WIDTH:
+            raise InvalidInputError(f"the Triton data step supports widths up to {MAX_WIDTH}, got {self.widths}")
+        self.acts = tuple(a for a, _ in hidden)
+        self.padded = tuple(_padded(w) for w in self.widths)
+        # a partial row: every gradient in the parameters' order and layout (weight (out, in), then bias, per
+        # layer), then the sum of squared errors
+        self.w_off, self.b_off = [], []
+        at = 0
+        for i in range(len(self.widths) - 1):
+            self.w_off.append(at)
+            at += self.widths[i] * self.widths[i + 1]
+            self.b_off.append(at)
+            at += self.widths[i + 1]
+        self.loss_off = at
+        self.partial_size = at + 1
+
+    @property
+    def launch(self) -> tuple[int, int]:
+        """(BLOCK_M, num_warps) for this network (see LAUNCH)."""
+        return LAUNCH[64 if max(self.padded[1:-1]) <= 64 else 128]
+
+    def describe(self) -> str:
+        return " -> ".join([str(self.widths[0])] + [f"{w} {a}" for w, a in zip(self.widths[1:-1], self.acts)]
+                           + [f"{self.widths[-1]} linear"])
+
+
+def _source(lay: _Layout) -> str:
+    p, w, L = lay.padded, lay.widths, len(lay.padded) - 1
+    params = ", ".join(f"w{i}_ptr, b{i}_ptr" for i in range(L))
+    lines = [
+        "", "",
+        "@triton.jit",
+        f"def data_step_kernel(x_ptr, y_ptr, part_ptr, n_rows, scale, {params},",
+        "                     BLOCK_M: tl.constexpr, INTERPRETED: tl.constexpr):",
+        f'    """{lay.describe()} (padded {" -> ".join(map(str, p))}): rows [pid * BLOCK_M, +BLOCK_M) forward and back;',
+        "    the weights and biases read from the parameters themselves (torch's layout); writes this program's",
+        "    partial sums of every gradient (times ``scale``), in the parameters' order and layout, and of the",
+        '    squared errors to row pid of part."""',
+        "    pid = tl.program_id(0)",
+        "    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)",
+        "    live = (rows < n_rows)[:, None]",
+        "    r = rows.to(tl.int64)[:, None]",
+        f"    cin = tl.arange(0, {p[0]})",
+        f"    cout = tl.arange(0, {p[-1]})",
+        f"    h0 = tl.load(x_ptr + r * {w[0]} + cin[None, :], mask=live & (cin < {w[0]})[None, :], other=0.0)",
+        f"    part = part_ptr + pid.to(tl.int64) * {lay.partial_size}",
+    ]
+    for i in range(L):
+        lines.append(f"    w{i} = _load_wt(w{i}_ptr, {w[i]}, {w[i + 1]}, {p[i]}, {p[i + 1]})")
+        lines.append(f"    z{i} = _dot(h{i}, w{i}, INTERPRETED) + _load_b(b{i}_ptr, {w[i + 1]}, {p[i + 1]})[None, :]")
+        if i < L - 1:
+            lines.append(f"    h{i + 1} = _f_{lay.acts[i]}(z{i})")
+    lines += [
+        f"    y = tl.load(y_ptr + r * {w[-1]} + cout[None, :], mask=live & (cout < {w[-1]})[None, :], other=0.0)",
+        f"    d = tl.where(live & (cout < {w[-1]})[None, :], z{L - 1} - y, 0.0)",
+        f"    tl.store(part + {lay.loss_off}, _sum(_sum(d * d, 1), 0))",
+        "    g = d * scale",
+    ]
+    for i in range(L - 1, -1, -1):
+        lines.append(f"    _store_wt(part + {lay.w_off[i]}, _dot(tl.trans(h{i}), g, INTERPRETED), {w[i]}, {w[i + 1]}, "
+                     f"{p[i]}, {p[i + 1]})")
+        lines.append(f"    _store_b(part + {lay.b_off[i]}, _sum(g, 0), {w[i + 1]}, {p[i + 1]})")
+        if i > 0:
+            lines.append(f"    g = _dot(g, tl.trans(w{i}), INTERPRETED) * _d_{lay.acts[i - 1]}(z{i - 1}, h{i})")
+    header = f"# generated by surrogates.triton_step for {lay.describe()} -- do not edit"
+    prelude = _PRELUDE.replace("__FP32_INPUT_PRECISION__", repr(FP32_INPUT_PRECISION))
+    return header + "\n" + prelude + "\n".join(lines) + "\n"
+
+
+def _triton():
+    try:
+        import triton
+    except ImportError as exc:
+        raise BackendUnavailableError(f"the Triton data step needs the triton package, and it cannot be imported: "
+                                      f"{exc}") from None
+    return triton
+
+
+def interpreting() -> bool:
+    return bool(_triton().knobs.runtime.interpret)
+
+
+_MODULES: dict = {}
+
+
+def _module(lay: _Layout, interpreted: bool):
+    source = _source(lay)
+    key = (source, interpreted)
+    if key in _MODULES:
+        return _MODULES[key]
+    triton = _triton()
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    path = Path(triton.knobs.cache.dir) / "ephys_surrogates" / f"data_step_{digest}.py"
+    if not path.exists() or path.read_text() != source:
+        write_text(path, source)
+    name = f"_triton_data_step_{digest}_{'interpreted' if interpreted else 'compiled'}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    with triton.knobs.runtime.scope():  # @triton.jit reads the mode when it decorates
+        triton.knobs.runtime.interpret = interpreted
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    _MODULES[key] = module
+    return module
+
+
+def kernel_source(model) -> str:
+    """The generated Triton module of ``model``'s data step (for reading and for :func:`ptx_report`)."""
+    return _source(_Layout(model))
+
+
+class TritonDataStep:
+    """``engine``'s data step (mean squared error) as one kernel per batch plus one gather and one sum.
+
+    Call it as :meth:`~surrogates.engine.MLPEngine.data_step` (``xs``, ``ys`` scaled, float32, on the engine's
+    device; ``p`` must be 2). The kernel reads the weights and biases from the parameters' own storage,
+    which the optimiser updates in place, so a CUDA graph of the step stays valid.
+    """
+
+    def __init__(self, engine, rows: int | None = None):
+        self.engine = engine
+        self.lay = _Layout(engine.model)
+        dev = engine.W[0].device
+        self.interpreted = interpreting()
+        if self.interpreted and dev.type != "cpu":
+            raise InvalidInputError(f"under TRITON_INTERPRET=1 the Triton data step runs on CPU tensors, got {dev}")
+        if not self.interpreted and dev.type != "cuda":
+            raise InvalidInputError(f"the Triton data step runs on a CUDA device (or on the CPU under "
+                                    f"TRITON_INTERPRET=1); the model is on {dev}")
+        if engine.W[0].dtype != torch.float32:
+            raise InvalidInputError(f"the Triton data step trains float32 networks, got {engine.W[0].dtype}")
+        self.kernel = _module(self.lay, self.interpreted).data_step_kernel
+        self.rows = int(rows or engine.rows)
+        self.block_m, self.num_warps = self.lay.launch
+        self.part = torch.zeros(-(-self.rows // self.block_m), self.lay.partial_size, device=dev)
+        self.flat = torch.zeros(self.lay.partial_size, device=dev)
+        # the parameters' storage, read by the kernel in place (the optimiser updates it in place)
+        self._params = [t for W, b in zip(engine.W, engine.b) for t in (W, b)]
+        for t in self._params:
+            if not t.is_contiguous():
+                raise InvalidInputError("the Triton data step reads contiguous parameters")
+        self._grads = [t for lin in engine.linears for t in (lin.weight.grad, lin.bias.grad)]
+        sizes = [g.numel() for g in self._grads]
+        self._flat_views = [v.view_as(g) for v, g in zip(torch.split(self.flat[:-1], sizes), self._grads)]
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, weight: float = 1.0, p: float = 2.0) -> torch.Tensor:
+        if p != 2.0:
+            raise InvalidInputError(f"the Triton data step computes the mean squared error (p = 2), got p = {p}")
+        n = xs.shape[0]
+        if n > self.rows or n < 1:
+            raise InvalidInputError(f"the Triton data step was sized for 1 to {self.rows} rows, got {n}")
+        lay = self.lay
+        if xs.shape[1] != lay.widths[0] or ys.shape[1] != lay.widths[-1]:
+            raise InvalidInputError(f"xs must be (rows, {lay.widths[0]}) and ys (rows, {lay.widths[-1]}), got "
+                                    f"{tuple(xs.shape)} and {tuple(ys.shape)}")
+        xs, ys = xs.contiguous(), ys.contiguous()
+        programs = -(-n // self.block_m)
+        count = n * lay.widths[-1]
+        part = self.part[:programs]
+        self.kernel[(programs,)](xs, ys, part, n, 2.0 * weight / count, *self._params, BLOCK_M=self.block_m,
+                                 INTERPRETED=self.interpreted, num_warps=self.num_warps)
+        torch.sum(part, 0, out=self.flat)  # a fixed order: the same bits every run
+        eng = self.engine
+        with torch.no_grad():
+            if eng._written:
+                torch._foreach_add_(self._grads, self._flat_views)
+            else:
+                torch._foreach_copy_(self._grads, self._flat_views)
+        eng._written = True
+        return self.flat[-1] / count
+
+
+def ptx_report(model, arch: int = 90, block_m: int | None = None, num_warps: int | None = None) -> dict:
+    """Compile the data step of ``model`` for ``sm_<arch>`` without a GPU; registers and spills from ptxas."""
+    import re
+    import subprocess
+    import tempfile
+
+    triton = _triton()
+    from triton.backends.compiler import GPUTarget
+
+    lay = _Layout(model)
+    fn = _module(lay, interpreted=False).data_step_kernel
+    layers = len(lay.widths) - 1
+    names = ["x_ptr", "y_ptr", "part_ptr", "n_rows", "scale"] + [f"{k}{i}_ptr" for i in range(layers) for k in "wb"]
+    types = ["*fp32"] * 3 + ["i32", "fp32"] + ["*fp32"] * (2 * layers)
+    block_m, num_warps = block_m or lay.launch[0], num_warps or lay.launch[1]
+    constexprs = {"BLOCK_M": block_m, "INTERPRETED": False}
+    signature = {**dict(zip(names, types)), **{k: "constexpr" for k in constexprs}}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(types) if t.startswith("*")}
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    ptx = compiled.asm["ptx"]
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        out = subprocess.run([triton.knobs.nvidia.ptxas.path, "-v", f"--gpu-name=sm_{arch}a", str(src), "-o",
+                              str(Path(d) / "k.o")], capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    return {"network": lay.describe(), "arch": arch, "BLOCK_M": block_m, "num_warps": num_warps,
+            "registers": int(regs.group(1)) if regs else None,
+            "spill_stores": int(spill.group(1)) if spill else None, "spill_loads": int(spill.group(2)) if spill else None,
+            "shared_bytes": compiled.metadata.shared, "ptxas": text.strip()[-800:],
+            "tensor_cores": bool(re.search(r"\b(wgmma\.mma_async|mma\.sync)", ptx))}
