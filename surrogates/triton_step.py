@@ -8,7 +8,8 @@ takes ``BLOCK_M`` rows through the whole network and back in registers and write
 gradient (and of the loss), in the parameters' own layout, to its own row of a buffer of partial sums;
 one sum over the rows, in a fixed order (the same bits every run: a resumed run equals an uninterrupted
 one, as on the other paths), and one multi-tensor copy into the ``.grad`` tensors finish it. The kernel
-reads the weights where the optimiser keeps them. Three kernels instead of thirty.
+reads the weights where the optimiser keeps them. With the batch selection, the data term is 8 kernels
+instead of 31, and the captured data-only step 28 instead of 51 (operators counted on the CPU).
 
 What it computes is exactly the engine's data step with the mean squared error: ``weight * mean((z(xs) -
 ys)^2)`` on scaled inputs and outputs, its gradient written into (or added to) each parameter's ``.grad``
