@@ -77,6 +77,23 @@ def write_text(path, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
+def import_generated(source: str, path, module_name: str):
+    """Store generated Python ``source`` at ``path`` (atomically, unless the file already holds it) and import
+    it as ``module_name`` (registered in ``sys.modules``). For generated kernels: Numba's cache and Triton's
+    JIT read a function's source from its file, so the text must live in one."""
+    import importlib.util
+    import sys
+
+    path = Path(path)
+    if not path.exists() or path.read_text() != source:
+        write_text(path, source)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def json_default(o):
     """``json.dumps`` fallback for NumPy scalars and arrays and paths."""
     if isinstance(o, np.generic):

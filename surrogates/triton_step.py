@@ -28,14 +28,12 @@ is stored in Triton's cache folder and imported, and Triton is imported only whe
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import torch
 
 from core.errors import BackendUnavailableError, InvalidInputError
-from core.io import write_text
+from core.io import import_generated
 
 MIN_WIDTH = 16   # tl.dot needs K, N >= 16
 MAX_WIDTH = 128
@@ -308,15 +306,10 @@ def _module(lay: _Layout, interpreted: bool):
     triton = _triton()
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     path = Path(triton.knobs.cache.dir) / "ephys_surrogates" / f"data_step_{digest}.py"
-    if not path.exists() or path.read_text() != source:
-        write_text(path, source)
     name = f"_triton_data_step_{digest}_{'interpreted' if interpreted else 'compiled'}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
     with triton.knobs.runtime.scope():  # @triton.jit reads the mode when it decorates
         triton.knobs.runtime.interpret = interpreted
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        module = import_generated(source, path, name)
     _MODULES[key] = module
     return module
 

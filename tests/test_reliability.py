@@ -187,6 +187,21 @@ def test_a_full_disk_names_the_file_and_leaves_nothing_half_written(tmp_path, mo
     assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_generated_source_is_stored_whole_and_imported(tmp_path):
+    """core.io.import_generated (the Numba and Triton kernels' loader): the file holds the source (a stale one
+    is replaced, atomically), the module is importable by name, and a second load reads the same file."""
+    import sys
+
+    path = tmp_path / "gen" / "k.py"
+    path.parent.mkdir()
+    path.write_text("VALUE = 0  # stale")
+    m = core_io.import_generated("VALUE = 41\n\ndef f():\n    return VALUE + 1\n", path, "_test_generated_k")
+    assert m.f() == 42 and sys.modules["_test_generated_k"] is m and path.read_text().startswith("VALUE = 41")
+    assert not list(path.parent.glob(".*tmp"))  # no temporary left behind
+    again = core_io.import_generated("VALUE = 41\n\ndef f():\n    return VALUE + 1\n", path, "_test_generated_k2")
+    assert again.f() == 42 and again is not m
+
+
 def test_the_training_cli_takes_zero_iterations_literally_and_rejects_bad_seeds(world, tmp_path, capsys):
     cfg, lay = world
     cfgfile = tmp_path / "tiny.yaml"

@@ -57,10 +57,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +66,7 @@ from pathlib import Path
 import torch
 
 from core.errors import BackendUnavailableError, InvalidInputError
-from core.io import write_text
+from core.io import import_generated
 from core.precision import canonical
 from inference.export import torch_dtype
 
@@ -475,17 +473,12 @@ def _module(net: _Net, interpreted: bool):
     triton = _triton()
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     path = Path(triton.knobs.cache.dir) / "ephys_surrogates" / f"mlp_{digest}.py"
-    if not path.exists() or path.read_text() != source:
-        write_text(path, source)
     name = f"_triton_mlp_{digest}_{'interpreted' if interpreted else 'compiled'}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
     with triton.knobs.runtime.scope():  # @triton.jit reads the mode when it decorates
         triton.knobs.runtime.interpret = interpreted
         if interpreted:
             _patch_interpreter_loop_bounds()
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        module = import_generated(source, path, name)
     _MODULES[key] = module
     return module
 

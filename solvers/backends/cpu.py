@@ -12,13 +12,12 @@ spares later processes the compilation.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from core.io import import_generated
 
 from ..model import VTRAP_SERIES_BELOW, CellModel
 from .base import Backend
@@ -105,19 +104,9 @@ def _load_kernel(model: CellModel, dtype: str, contract: bool | None = None):
     if key in _KERNELS:
         return _KERNELS[key]
     digest = hashlib.sha256(src.encode()).hexdigest()[:16]
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"euler_{model.name}_{dtype}_{digest}.py"
-    if not path.exists():  # write to a temporary name, then rename: concurrent processes never see half a file
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(src)
-        os.replace(tmp, path)
-    name = f"_solvers_generated_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    path = cache_dir() / f"euler_{model.name}_{dtype}_{digest}.py"
+    # written to a temporary name, then renamed: concurrent processes never see half a file
+    module = import_generated(src, path, f"_solvers_generated_{path.stem}")
     _KERNELS[key] = module.kernel
     return module.kernel
 
