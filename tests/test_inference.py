@@ -130,12 +130,10 @@ def test_a_warm_up_can_be_a_cheaper_call_than_the_timed_one():
     assert calls == ["warm", "warm"] + ["timed"] * stats.repeats and stats.repeats == 4
 
 
-def test_a_chunked_speed_point_warms_up_on_its_first_and_last_chunk(net, tmp_path, monkeypatch):
-    """N x K = 100 x 26 rows in calls of at most 1,000 rows, i.e. of 38 whole cells (988 rows): the warm-up
-    runs the first and the last call (both shapes the timed calls meet), each timed call all three."""
+def recording_backend(monkeypatch) -> list:
+    """Register backend ``recording``: eager torch on the CPU that records the rows of every call (returned)."""
     from inference import backends as B
 
-    monkeypatch.setattr(workloads, "CHUNK_ROWS", 1000)
     sizes = []
 
     class Recording(B.TorchEager):
@@ -150,6 +148,14 @@ def test_a_chunked_speed_point_warms_up_on_its_first_and_last_chunk(net, tmp_pat
             return r
 
     monkeypatch.setitem(REGISTRY, "recording", Recording())
+    return sizes
+
+
+def test_a_chunked_speed_point_warms_up_on_its_first_and_last_chunk(net, tmp_path, monkeypatch):
+    """N x K = 100 x 26 rows in calls of at most 1,000 rows, i.e. of 38 whole cells (988 rows): the warm-up
+    runs the first and the last call (both shapes the timed calls meet), each timed call all three."""
+    monkeypatch.setattr(workloads, "CHUNK_ROWS", 1000)
+    sizes = recording_backend(monkeypatch)
     cfg = speed_cfg(n_cells=[100], n_outputs=26, k_sweep=[], repeats=3, max_repeats=3)
     path = save_as(net, tmp_path / "C/ddnn/best_model.pth", cfg, "C", "ddnn")
     df = speedup.run(cfg, {"ddnn": path}, ["recording"], ["fp32"], workdir=tmp_path / "w")
@@ -408,23 +414,8 @@ def test_speed_run_times_an_itnn_by_rollout_on_the_same_k_states(step_net, tmp_p
 def test_a_cpu_rollout_warms_up_on_one_step_of_each_chunk(step_net, tmp_path, monkeypatch):
     """N = 300 cells in chunks of 128: the warm-up is one step of each chunk (128, 128, 44 rows), not a whole
     500-step rollout; each timed rollout is all 500 steps of every chunk."""
-    from inference import backends as B
-
     monkeypatch.setattr(workloads, "CHUNK_ROWS", 128)
-    sizes = []
-
-    class Recording(B.TorchEager):
-        def __init__(self):
-            super().__init__("cpu")
-            self.name = "recording"
-
-        def prepare(self, model, prec, workdir):
-            r = super().prepare(model, prec, workdir)
-            run = r.run
-            r.run = lambda xd: (sizes.append(len(xd)), run(xd))[1]
-            return r
-
-    monkeypatch.setitem(REGISTRY, "recording", Recording())
+    sizes = recording_backend(monkeypatch)
     cfg = speed_cfg(n_cells=[300], n_outputs=26, k_sweep=[], repeats=3, max_repeats=3)
     path = save_as(step_net, tmp_path / "D/itnn/best_model.pth", cfg, "D", "itnn")
     df = speedup.run(cfg, {"itnn": path}, ["recording"], ["fp32"], workdir=tmp_path / "w")

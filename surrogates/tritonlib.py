@@ -1,0 +1,65 @@
+"""Loading generated Triton source, for the project's kernels (surrogates.triton_step; inference.kernels).
+
+Triton reads a JIT function's source with ``inspect``, so a kernel generated as text per network is stored
+as a file in Triton's cache folder and imported (:func:`core.io.import_generated`). ``@triton.jit`` reads
+``TRITON_INTERPRET`` when it decorates, so each source is imported once per mode (interpreted on the CPU,
+or compiled for a GPU) and kept. Triton is imported only when a kernel is built.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from core.errors import BackendUnavailableError
+from core.io import import_generated
+
+_MODULES: dict = {}
+
+# Triton source shared by the generated modules (each decorates its own copy): float32 activations from exp,
+# without overflow
+EXACT_ACTIVATIONS = '''
+@triton.jit
+def _tanh_exact(z):
+    e = tl.exp(-2.0 * tl.abs(z))  # in (0, 1]: no overflow
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(z < 0.0, -t, t)
+
+
+@triton.jit
+def _sigmoid_exact(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+'''
+
+
+def triton(what: str = "the Triton kernels"):
+    """The triton package, or :class:`BackendUnavailableError` naming ``what`` needs it."""
+    try:
+        import triton as t
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"{what} need the triton package (pip install 'ephys-surrogates[test]', which pins triton 3.6.0), "
+            f"and it cannot be imported: {exc}") from None
+    return t
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``) right now."""
+    return bool(triton().knobs.runtime.interpret)
+
+
+def load_module(source: str, stem: str, interpreted: bool, before=None):
+    """The module of generated ``source`` (file ``<stem>_<digest>.py``), its kernels decorated for the
+    interpreter or for the GPU; ``before()`` runs inside the mode's scope first (e.g. interpreter patches)."""
+    key = (source, interpreted)
+    if key in _MODULES:
+        return _MODULES[key]
+    t = triton()
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    path = Path(t.knobs.cache.dir) / "ephys_surrogates" / f"{stem}_{digest}.py"
+    with t.knobs.runtime.scope():  # @triton.jit reads the mode when it decorates
+        t.knobs.runtime.interpret = interpreted
+        if before is not None:
+            before()
+        module = import_generated(source, path, f"_triton_{stem}_{digest}_{'interpreted' if interpreted else 'compiled'}")
+    _MODULES[key] = module
+    return module
