@@ -156,7 +156,9 @@ def upstream_rate(upstream: str, config: list, problem: str, hidden, batch: int,
 
 def trainer_rate(p, hidden, X, Y, batch, iters, lr, device, engine, physics=None, capture="auto") -> float:
     """Iterations/s of this project's Trainer (one validation at the end; set-up, and on a GPU the capture of
-    the step's CUDA graph, included)."""
+    the step's CUDA graph, included; a Triton kernel's one-off compilation is not: a short run first)."""
+    if engine == "triton" and iters > 3:
+        trainer_rate(p, hidden, X, Y, batch, 3, lr, device, engine, physics, capture)
     net = _net(p, hidden, X, Y, device)
     with tempfile.TemporaryDirectory() as out:
         tr = Trainer(net, out, validation=None, val_every=iters, lr=lr, lr_schedule="cosine", engine=engine,
