@@ -608,13 +608,43 @@ def speedup_vs_n(raw_csv, png, pdf) -> None:
                   png, pdf)
 
 
+def _unmeasured(raw_csv, axis: str) -> list[str]:
+    """Why points of a sweep were not measured (the reasons of its skipped rows that have no timed row beside
+    them at the same point), e.g. a speed run's time budget."""
+    raw = pd.read_csv(raw_csv)
+    if "skipped" not in raw or "sweep" not in raw:
+        return []
+    sweep = raw[raw.sweep.notna()]
+    sweep = _in_sweep(sweep, axis)
+    timed = sweep[sweep.skipped.isna() & (sweep["failed"].isna() if "failed" in sweep else True)]
+    done = set(zip(timed.n_cells, timed.n_outputs))
+    left = sweep[sweep.skipped.notna() & ~pd.Series([(n, k) in done for n, k in zip(sweep.n_cells, sweep.n_outputs)],
+                                                      index=sweep.index)]
+    return sorted(set(left.skipped.astype(str)))
+
+
+def _note_figure(png, pdf, title: str, note: str) -> None:
+    """A figure that says what is missing and why, where the data for a plot were not measured."""
+    fig, ax = plt.subplots(figsize=(7.5, 2.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True, fontsize=10)
+    fig.suptitle(title)
+    save(fig, png, pdf)
+
+
 def speedup_vs_k(raw_csv, png, pdf) -> None:
     """Speedup against the number of kept states per cell K at the N of the K sweep: the solver's cost hardly
-    depends on K, a direct network's grows with it; stars mark the crossover."""
+    depends on K, a direct network's grows with it; stars mark the crossover. Where the run measured fewer
+    than two K (its time budget spent first), the figure says so instead."""
     _style()
     df = _swept(timed_rows(raw_csv), "K")
     if df.n_outputs.nunique() < 2:
-        raise ValueError("the K sweep needs at least two values of K")
+        why = _unmeasured(raw_csv, "K")
+        if not why:
+            raise ValueError("the K sweep needs at least two values of K")
+        return _note_figure(png, pdf, "Where a surrogate pays off: speedup vs kept states per cell",
+                            f"The K sweep was not measured in this run (timed K: {_ints(df.n_outputs) or 'none'}): "
+                            + "; ".join(why))
     _speed_figure(df, "n_outputs", "kept states per cell K", "K",
                   f"Where a surrogate pays off: speedup vs kept states per cell, N = {_ints(df.n_cells)} cells\n"
                   f"{_machine(df)}; speedup = solver time / surrogate time, same outputs, same device", png, pdf)

@@ -115,6 +115,26 @@ def test_speed_figures_render_with_skipped_noisy_and_gpu_rows(tmp_path, runs, gp
         _is_figure(png, pdf)
 
 
+def test_a_k_sweep_left_out_by_the_time_budget_gives_a_figure_that_says_so(tmp_path, runs):
+    """A speed run whose budget ran out before its K sweep (speed.time_budget_s): the K figure names why
+    instead of failing the workflow; a sweep of one K with nothing skipped is still a configuration error."""
+    raw = pd.read_csv(_speed_raw(tmp_path / "speed_raw.csv", True))
+    late = raw.sweep == "K"
+    budget = "not measured: the time budget of this run was spent"
+    cut = raw[~late].copy()
+    cut = pd.concat([cut, pd.DataFrame([{"sweep": "K", "n_cells": 1000, "n_outputs": k, "skipped": budget}
+                                        for k in (1, 101)])])
+    cut.to_csv(tmp_path / "cut.csv", index=False)
+    png, pdf = tmp_path / "k.png", tmp_path / "k.pdf"
+    F.speedup_vs_k(tmp_path / "cut.csv", png, pdf)
+    _is_figure(png, pdf)
+    assert F._unmeasured(tmp_path / "cut.csv", "K") == [budget]
+    F.speedup_vs_n(tmp_path / "cut.csv", tmp_path / "n.png", tmp_path / "n.pdf")  # the N sweep as measured
+    raw[~late].to_csv(tmp_path / "one_k.csv", index=False)
+    with pytest.raises(ValueError, match="at least two values of K"):
+        F.speedup_vs_k(tmp_path / "one_k.csv", png, pdf)
+
+
 def test_solver_throughput_figure_renders(tmp_path):
     png, pdf = tmp_path / "t.png", tmp_path / "t.pdf"
     F.solver_throughput(_throughput(tmp_path / "solver_throughput.csv"), png, pdf)
