@@ -280,6 +280,9 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
                                                                     device, "autograd", phys)
             variants["PINN, fused engine" + (", CUDA graph" if gpu else "")] = lambda: trainer_rate(
                 p, hidden, X, Y, batch, n_pinn, s["lr"], device, "fused", phys)
+            if gpu:  # its data and initial-condition terms through the Triton data step
+                variants["PINN, Triton data steps, CUDA graph"] = lambda: trainer_rate(
+                    p, hidden, X, Y, batch, n_pinn, s["lr"], device, "triton", phys)
         rates = {k: [] for k in variants}
         for _ in range(rounds):
             for k, f in variants.items():

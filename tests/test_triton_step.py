@@ -102,6 +102,21 @@ def test_a_trainer_on_the_triton_engine_follows_the_fused_one(interpreter):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_a_pinn_on_the_triton_engine_follows_the_fused_one(interpreter, tmp_path):
+    """A PINN (data, ODE residual, initial condition) with engine "triton": the data and initial-condition terms
+    go through the kernel, the residual through the engine; 30 static steps equal engine "fused"'s."""
+    from test_engine import _pinn_trainer
+
+    finals = []
+    for engine in ("fused", "triton"):
+        tr, m = _pinn_trainer(tmp_path / engine, True, engine)
+        tr.train(30)
+        finals.append((torch.cat([p.detach().reshape(-1) for p in m.parameters()]), tr.rows[-1]))
+    torch.testing.assert_close(finals[0][0], finals[1][0], rtol=1e-4, atol=1e-5)
+    for k in ("data", "physics", "initial", "total"):
+        assert finals[1][1][k] == pytest.approx(finals[0][1][k], rel=1e-4)
+
+
 def test_what_the_kernel_cannot_do_is_refused_by_name(interpreter):
     from surrogates.triton_step import TritonDataStep
 
