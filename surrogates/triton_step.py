@@ -188,7 +188,7 @@ def _padded(width: int) -> int:
 
 
 class _Layout:
-    """The network's padded widths and where each layer's weights live in the packed buffers."""
+    """The network's widths, padded widths, and where each gradient lies in a program's row of partial sums."""
 
     def __init__(self, model):
         cfg = model.config()
@@ -290,7 +290,7 @@ def kernel_source(model) -> str:
 
 
 class TritonDataStep:
-    """``engine``'s data step (mean squared error) as one kernel per batch plus one gather and one sum.
+    """``engine``'s data step (mean squared error) as one kernel per batch, one sum and one copy into ``.grad``.
 
     Call it as :meth:`~surrogates.engine.MLPEngine.data_step` (``xs``, ``ys`` scaled, float32, on the engine's
     device; ``p`` must be 2). The kernel reads the weights and biases from the parameters' own storage,
