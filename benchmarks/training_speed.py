@@ -26,6 +26,7 @@ machine; ``--readme`` also writes it into benchmarks/README.md between its train
 """
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import sys
@@ -286,20 +287,36 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
         rates = {k: [] for k in variants}
         for _ in range(rounds):
             for k, f in variants.items():
-                rates[k].append(f())
+                if rates[k] and math.isnan(rates[k][-1]):  # failed in an earlier round: not tried again
+                    rates[k].append(math.nan)
+                    continue
+                try:
+                    rates[k].append(f())
+                except Exception as exc:  # one variant failing (a kernel new to this GPU) must not lose the table
+                    print(f"{name} {k}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                    rates[k].append(math.nan)
         ref = rates["reference (plain eager loop)"]
         up = rates.get(UPSTREAM)
         for k, r in rates.items():
             results.append({"problem": name, "network": s["architecture"], "batch": batch, "variant": k,
-                            "it_per_s": statistics.median(r), "vs_reference": statistics.median(
-                                [a / b for a, b in zip(r, ref)])})
+                            "it_per_s": _median(r), "vs_reference": _median([a / b for a, b in zip(r, ref)])})
             if up:
-                results[-1]["vs_upstream"] = statistics.median([a / b for a, b in zip(r, up)])
-            print(f"{name} {k:34s} {statistics.median(r):9.1f} it/s  (x{results[-1]['vs_reference']:.2f} the reference; "
+                results[-1]["vs_upstream"] = _median([a / b for a, b in zip(r, up)])
+            print(f"{name} {k:34s} {_median(r):9.1f} it/s  (x{results[-1]['vs_reference']:.2f} the reference; "
                   f"rounds {', '.join(f'{v:.0f}' for v in r)})", flush=True)
         if p.kind == "trajectory":
             costs[name] = row_costs(p, hidden, X, Y, batch, s["physics"]["collocation_points"], device)
     return results, costs
+
+
+def _median(values) -> float:
+    """The median of the finite values (NaN: a failed run), NaN when none is."""
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def _fmt(v: float, spec: str) -> str:
+    return "failed" if math.isnan(v) else format(v, spec)
 
 
 def table(results, costs, info, device, iterations, rounds) -> str:
@@ -313,9 +330,9 @@ def table(results, costs, info, device, iterations, rounds) -> str:
              "| problem | network | batch | variant | iterations/s | x reference |" + (" x upstream |" if up else ""),
              "|---|---|---:|---|---:|---:|" + ("---:|" if up else "")]
     for r in results:
-        lines.append(f"| {r['problem']} | {r['network']} | {r['batch']} | {r['variant']} | {r['it_per_s']:.0f} | "
-                     f"{r['vs_reference']:.2f} |" + (f" {r['vs_upstream']:.2f} |" if "vs_upstream" in r else
-                                                     (" |" if up else "")))
+        lines.append(f"| {r['problem']} | {r['network']} | {r['batch']} | {r['variant']} | {_fmt(r['it_per_s'], '.0f')} | "
+                     f"{_fmt(r['vs_reference'], '.2f')} |" + (f" {_fmt(r['vs_upstream'], '.2f')} |" if "vs_upstream" in r
+                                                              else (" |" if up else "")))
     for name, c in costs.items():
         lines += ["", f"Cost of one row on problem {name} (seconds per row; collocation row = ODE residual with its "
                       "time derivative):", "", "| path | data row | collocation row | ratio |", "|---|---:|---:|---:|"]

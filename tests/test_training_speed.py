@@ -75,3 +75,30 @@ def test_the_table_has_a_ratio_to_upstream_only_where_it_was_measured():
                                                "vs_reference": 0.8, "vs_upstream": 1.0}]
     text = ts.table(rows, {}, info, "cpu", 100, 1)
     assert "| x reference | x upstream |" in text and "| 500 | 1.00 | 1.25 |" in text and "| 400 | 0.80 | 1.00 |" in text
+
+
+def test_a_variant_that_fails_is_reported_and_the_others_are_measured(monkeypatch):
+    """A variant that raises (e.g. a kernel new to the GPU at hand) is tried once, reported as failed in the
+    table, and every other variant keeps its figures."""
+    from surrogates.config import load_config
+
+    calls = []
+
+    def fake_rate(p, hidden, X, Y, batch, iters, lr, device, engine, physics=None, capture="auto"):
+        calls.append(engine)
+        if engine == "autograd":
+            raise RuntimeError("no such kernel")
+        return 100.0 if engine == "fused" else 50.0
+
+    monkeypatch.setattr(ts, "reference_loop", lambda *a: 50.0)
+    monkeypatch.setattr(ts, "trainer_rate", fake_rate)
+    monkeypatch.setattr(ts, "cohort_rate", lambda *a, **k: 120.0)
+    monkeypatch.setattr(ts, "row_costs", lambda *a, **k: {})
+    results, _ = ts.measure(load_config(), 10, 2, "cpu")
+    by = {(r["problem"], r["variant"]): r for r in results}
+    # C: the trainer's and the PINN's autograd variants, D: the trainer's; none tried again in the second round
+    assert calls.count("autograd") == 3
+    by = {r["variant"]: r for r in results if r["problem"] == "D"}
+    assert by["trainer, fused engine"]["it_per_s"] == 100.0 and by["trainer, fused engine"]["vs_reference"] == 2.0
+    text = ts.table(results, {}, {"cpu": "test CPU"}, "cpu", 10, 2)
+    assert "| trainer, autograd path | failed | failed |" in text and "| trainer, fused engine | 100 | 2.00 |" in text
