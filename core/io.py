@@ -77,6 +77,18 @@ def write_text(path, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_write` left in ``folder`` (not below it) when its
+    process was killed mid-write (SIGKILL cannot be caught). Call it only while holding the folder (its
+    :class:`~core.lock.FolderLock`): a temporary of a live writer would go too. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            _remove(str(tmp))
+            removed.append(tmp)
+    return removed
+
+
 def import_generated(source: str, path, module_name: str):
     """Store generated Python ``source`` at ``path`` (atomically, unless the file already holds it) and import
     it as ``module_name`` (registered in ``sys.modules``). For generated kernels: Numba's cache and Triton's

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from core.errors import InvalidInputError, PipelineError
-from core.io import load_dataset, write_json
+from core.io import load_dataset, remove_stale_temporaries, write_json
 from core.lock import FolderLock
 from core.machine import describe_machine, machine_info
 from core.provenance import project_version
@@ -163,6 +163,9 @@ def train_surrogates(cfg: dict, problem: str, surrogate: str, n: int, seeds, dat
     with ExitStack() as locks:
         for out_dir in out_dirs:
             locks.enter_context(FolderLock(out_dir, what="training folder"))
+            # held now: a temporary file here is a write that a killed run (SIGKILL) left half done
+            for tmp in remove_stale_temporaries(out_dir):
+                print(f"removed {tmp.name}, a file a killed run left half written", flush=True)
         train = load_dataset(train_path or data_dir / f"n{n}" / "train.npz", expect=expected_provenance(p, cfg, "train", n))
         val = load_dataset(val_path or data_dir / f"n{n}" / "val.npz", expect=expected_provenance(p, cfg, "val", n))
         test = load_dataset(test_path or data_dir / "test.npz", expect=expected_provenance(p, cfg, "test"))

@@ -271,6 +271,22 @@ def test_one_training_per_folder(world, tmp_path):
     assert train_surrogate(cfg, "B", "ddnn", 300, 0, lay.dataset_dir("B"), out, iterations=5)["iterations"] == 5
 
 
+def test_a_half_written_file_of_a_killed_run_is_removed_when_its_folder_is_trained_again(world, tmp_path, capsys):
+    """SIGKILL in the middle of an atomic write leaves its temporary (``.checkpoint.pth.<random>.tmp``) in the
+    run's folder; the next training of that folder, holding it, removes it and says so. Files that are not
+    such temporaries stay."""
+    cfg, lay = fresh(world, tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".checkpoint.pth.bi4vsk75.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    keep = out / "notes.txt"
+    keep.write_text("mine")
+    assert train_surrogate(cfg, "B", "ddnn", 300, 0, lay.dataset_dir("B"), out, iterations=5)["iterations"] == 5
+    assert not stale.exists() and keep.read_text() == "mine" and list(out.glob(".*.tmp")) == []
+    assert "removed .checkpoint.pth.bi4vsk75.tmp, a file a killed run left half written" in capsys.readouterr().out
+
+
 def test_a_second_workflow_run_on_the_same_folder_spelt_otherwise_refuses_at_once(tiny_config, snakemake, tmp_path):
     cfg = tiny_config({"training": {"overrides": {"C": {"iterations": 20000, "val_every": 100}}}})
     (tmp_path / "alias").symlink_to(tmp_path)
