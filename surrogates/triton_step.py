@@ -26,7 +26,6 @@ source per network, loaded by :mod:`surrogates.tritonlib`; Triton is imported on
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
@@ -353,8 +352,6 @@ class TritonDataStep:
 def ptx_report(model, arch: int = 90, block_m: int | None = None, num_warps: int | None = None) -> dict:
     """Compile the data step of ``model`` for ``sm_<arch>`` without a GPU; registers and spills from ptxas."""
     import re
-    import subprocess
-    import tempfile
 
     triton = _triton()
     from triton.backends.compiler import GPUTarget
@@ -371,16 +368,6 @@ def ptx_report(model, arch: int = 90, block_m: int | None = None, num_warps: int
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     ptx = compiled.asm["ptx"]
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "k.ptx"
-        src.write_text(ptx)
-        out = subprocess.run([triton.knobs.nvidia.ptxas.path, "-v", f"--gpu-name=sm_{arch}a", str(src), "-o",
-                              str(Path(d) / "k.o")], capture_output=True, text=True)
-    text = out.stdout + out.stderr
-    regs = re.search(r"Used (\d+) registers", text)
-    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
-    return {"network": lay.describe(), "arch": arch, "BLOCK_M": block_m, "num_warps": num_warps,
-            "registers": int(regs.group(1)) if regs else None,
-            "spill_stores": int(spill.group(1)) if spill else None, "spill_loads": int(spill.group(2)) if spill else None,
-            "shared_bytes": compiled.metadata.shared, "ptxas": text.strip()[-800:],
+    return {"network": lay.describe(), "BLOCK_M": block_m, "num_warps": num_warps,
+            **tritonlib.ptxas_figures(ptx), "shared_bytes": compiled.metadata.shared,
             "tensor_cores": bool(re.search(r"\b(wgmma\.mma_async|mma\.sync)", ptx))}

@@ -57,10 +57,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -768,7 +766,7 @@ def ptx_report(config: dict, precision: str, arch: int = 90, kind: str = "mlp", 
                               options={"num_warps": num_warps, "num_stages": num_stages})
     compile_s = time.perf_counter() - t0
     ptx = compiled.asm["ptx"]
-    figures = _ptxas_figures(ptx, _ptxas_path())
+    figures = tritonlib.ptxas_figures(ptx)
     return {
         "kind": kind, "precision": net.precision, "network": net.describe(), "arch": figures.pop("target"),
         "BLOCK_M": block_m, "num_warps": num_warps, "num_stages": num_stages, "staged_weights": net.stage_weights,
@@ -778,52 +776,6 @@ def ptx_report(config: dict, precision: str, arch: int = 90, kind: str = "mlp", 
     }
 
 
-def _ptxas_path() -> str:
-    return _triton().knobs.nvidia.ptxas.path
-
-
 def ptxas_unavailable_reason() -> str | None:
     """Why :func:`ptx_report` cannot run here (no triton, or its ptxas does not start), or None."""
-    try:
-        ptxas = _ptxas_path()
-        subprocess.run([ptxas, "--version"], capture_output=True, check=True, timeout=60)
-    except BackendUnavailableError as exc:
-        return str(exc)
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        return f"the ptxas that ships with triton does not run here ({type(exc).__name__}: {exc})"
-    return None
-
-
-def _ptxas_figures(ptx: str, ptxas: str) -> dict:
-    """Run ``ptxas -v`` on ``ptx`` for the target its ``.target`` line names, and parse what it reports."""
-    import tempfile
-
-    target = re.search(r"^\s*\.target\s+(sm_\w+)", ptx, re.M)
-    if target is None:
-        raise InvalidInputError("the PTX has no .target line")
-    target = target.group(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "kernel.ptx"
-        src.write_text(ptx)
-        try:
-            res = subprocess.run([ptxas, "-v", f"-arch={target}", str(src), "-o", str(Path(tmp) / "kernel.cubin")],
-                                 capture_output=True, text=True, timeout=300)
-        except OSError as exc:
-            raise BackendUnavailableError(f"cannot run ptxas ({ptxas}): {exc}") from None
-    if res.returncode:
-        raise RuntimeError(f"ptxas ({ptxas}) rejected the PTX (code {res.returncode}): {res.stderr.strip()[-2000:]}")
-    log = res.stderr + res.stdout
-
-    def number(pattern: str) -> int:
-        m = re.search(pattern, log)
-        return int(m.group(1)) if m else 0
-
-    return {
-        "target": target,
-        "registers": number(r"Used (\d+) registers"),
-        "spill_stores": number(r"(\d+) bytes spill stores"),
-        "spill_loads": number(r"(\d+) bytes spill loads"),
-        "stack_frame": number(r"(\d+) bytes stack frame"),
-        "static_shared_bytes": number(r"(\d+) bytes smem"),
-        "ptxas_notes": sorted(set(re.findall(r"\((C\d+)\)", log))),
-    }
+    return tritonlib.ptxas_unavailable_reason()
