@@ -46,14 +46,19 @@ def test_cohort_config_trains_the_seeds_of_data_only_runs_in_one_job(tmp_path):
     assert jobs["export_onnx"] == 3 * ((1 + 3 + 3 + 2) * 2 + 2 + 3) and jobs["ensemble"] == (1 + 3 + 3 + 2) * 2 + 2 + 3
 
 
+def _preset_dry_run(preset: str, tmp_path):
+    """``snakemake -n`` of config/<preset>.yaml (results under tmp_path): the result and its job counts."""
+    extra = tmp_path / "here.yaml"
+    extra.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "r")}))
+    res = snakemake("-n", "--configfile", f"config/{preset}.yaml", str(extra))
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res, _job_counts(res.stdout)
+
+
 def test_the_accurate_preset_plans_the_grid_with_the_best_settings(tmp_path):
     """config/accurate.yaml (the accuracy issue's best settings) is a valid preset: the same grid, the 4x128 net
     for B, C and D, the data-only seeds in cohort jobs."""
-    extra = tmp_path / "here.yaml"
-    extra.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "r")}))
-    res = snakemake("-n", "--configfile", "config/accurate.yaml", str(extra))
-    assert res.returncode == 0, res.stderr[-2000:]
-    jobs = _job_counts(res.stdout)
+    res, jobs = _preset_dry_run("accurate", tmp_path)
     assert jobs["train_cohort"] == (1 + 3 + 3 + 2) + 3 and jobs["train"] == 3 * ((1 + 3 + 3 + 2) + 2)
     assert jobs["itnn_transfer"] == 3
     out = res.stdout
@@ -72,11 +77,7 @@ def test_the_gpu_preset_plans_the_paper_grid_with_gpu_timings_only(tmp_path):
     from core.errors import InvalidInputError
     from inference.backends import REGISTRY
 
-    extra = tmp_path / "here.yaml"
-    extra.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "r")}))
-    res = snakemake("-n", "--configfile", "config/gpu.yaml", str(extra))
-    assert res.returncode == 0, res.stderr[-2000:]
-    jobs = _job_counts(res.stdout)
+    res, jobs = _preset_dry_run("gpu", tmp_path)
     assert jobs["train_cohort"] == (1 + 3 + 3 + 2) + 3 and jobs["train"] == 3 * ((1 + 3 + 3 + 2) + 2)
     assert jobs["benchmark_speed"] == 1 and jobs["benchmark_solver"] == 1 and jobs["export_onnx"] == 69
     assert "C/ddnn/n100000/mlp3x64" in res.stdout  # the paper's architecture, as in config/config.yaml
