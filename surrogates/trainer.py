@@ -30,7 +30,7 @@ from .network import load_weights, save_checkpoint, state_copy, torch_save
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULES = ("constant", "cosine", "exponential")
-ENGINES = ("auto", "fused", "triton", "autograd")
+ENGINES = ("auto", "fused", "cpp", "triton", "autograd")
 ADAMW_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's default, kept by the fused path
 
 
@@ -91,6 +91,16 @@ class _Stepper:
             self.sched.load_state_dict(s["scheduler"])
 
 
+_NOTED: set = set()
+
+
+def _note_once(message: str) -> None:
+    """A message on stderr, once per process."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(message, file=sys.stderr)
+
+
 class TrainingDivergedError(PipelineError, FloatingPointError):
     """A loss became NaN or infinite; the best checkpoint so far is kept."""
 
@@ -117,10 +127,13 @@ class Trainer:
     fingerprint : what the run is (settings, data); a ``checkpoint.pth`` written for another is not resumed.
     checkpoint_meta : extra entries for the meta of ``best_model.pth`` (e.g. its ``provenance``).
     engine : ``"auto"`` (the hand-written :mod:`~surrogates.engine` when the model is an ``MLP`` and every loss
-        has a fused form, else autograd), ``"fused"`` (required: an error names the loss that has none) or
-        ``"autograd"``, or ``"triton"``: the fused engine with each mean-squared-error data step in one Triton
-        kernel (:mod:`~surrogates.triton_step`; a CUDA device, or the CPU under ``TRITON_INTERPRET=1``; never
-        run on a GPU yet). All paths compute the same losses and gradients (tests: to 1e-5).
+        has a fused form, else autograd; on a CPU, for a float32 model, with its mean-squared-error data steps
+        in one compiled call, :mod:`~surrogates.cpu_step`, where that can be built), ``"fused"`` (the engine on
+        torch operators only; required: an error names the loss that has none), ``"cpp"`` (the engine with
+        the compiled CPU data step; an error says why where it cannot be built), ``"autograd"``, or
+        ``"triton"``: the fused engine with each mean-squared-error data step in one Triton kernel
+        (:mod:`~surrogates.triton_step`; a CUDA device, or the CPU under ``TRITON_INTERPRET=1``; never run on a
+        GPU yet). All paths compute the same losses and gradients (tests: to 1e-5).
     capture : run the fused step as one static step (:mod:`~surrogates.graph`) replayed from a CUDA graph:
         ``"auto"`` on a GPU with the fused engine and Adam/AdamW, ``True`` (on a CPU the static step runs
         uncaptured, as the tests do) or ``False``. Losses are then read at validation only.
@@ -182,7 +195,7 @@ class Trainer:
 
         if self.engine == "autograd":
             return None
-        required = self.engine in ("fused", "triton")
+        required = self.engine in ("fused", "cpp", "triton")
         if not isinstance(self.model, MLP):
             if required:
                 raise InvalidInputError(f"engine {self.engine!r} trains surrogates.network.MLP, not {type(self.model).__name__}")
@@ -198,6 +211,8 @@ class Trainer:
             from .triton_step import TritonDataStep
 
             eng.data_kernel = TritonDataStep(eng)
+        else:
+            eng.data_kernel = self._cpu_kernel(eng)
         self._engine = eng
         return self._joint_gate(eng, steps)
 
@@ -222,11 +237,12 @@ class Trainer:
         """The same objective as :meth:`_objective`, each term's gradient added by the engine."""
         (engine or self._engine).zero_grad()
         terms = {}
-        total = 0.0
+        total = None
         for (loss, w), step in zip(self.losses, steps):
             v = step(w)
             terms[loss.name] = v
-            total = total + w * v
+            wv = v if w == 1.0 else w * v  # no tensor operation for a lone unit-weight term (~10 us a step)
+            total = wv if total is None else total + wv
         return total, terms
 
     def _static_step(self, fused, stepper, total):
@@ -240,7 +256,7 @@ class Trainer:
         return StaticStep(self, self._engine, stepper.opt, total)
 
     def _check_finite(self, total, terms, since: int | None = None):
-        if not torch.isfinite(total) or since is not None:
+        if since is not None or not math.isfinite(float(total.detach())):  # ~1 us; torch.isfinite ~7
             bad = [n for n, v in terms.items() if not torch.isfinite(v)]
             when = f"between iterations {max(since, 0)} and {self.iteration}" if since is not None else \
                 f"at iteration {self.iteration}"
@@ -434,6 +450,25 @@ class Trainer:
 
     LBFGS_CHUNK = 8192  # rows per engine call in the polish's full-set data terms
 
+    def _cpu_kernel(self, eng):
+        """The compiled CPU data step (:mod:`~surrogates.cpu_step`) for ``eng``: always with engine ``"cpp"``
+        (an error says why it cannot be used), with ``"auto"`` where it applies and builds (a float32 model on
+        the CPU), else ``None`` (the engine's torch operators)."""
+        if self.engine not in ("cpp", "auto"):
+            return None
+        from .cpu_step import CpuDataStep, CpuStepUnavailable
+
+        p = eng.W[0]
+        if self.engine == "auto" and (p.device.type != "cpu" or p.dtype != torch.float32):
+            return None
+        try:
+            return CpuDataStep(eng)
+        except CpuStepUnavailable as e:
+            if self.engine == "cpp":
+                raise InvalidInputError(f"engine 'cpp': {e}") from None
+            _note_once(f"{e}; training with the engine's torch operators instead")
+            return None
+
     def _lbfgs_fused(self):
         """``(engine, steps)`` for the polish's full-set objective through the fused engine (data terms over
         every row, in chunks; physics terms as in the first-order steps), or ``None`` for autograd: when the
@@ -445,6 +480,7 @@ class Trainer:
         full = [hasattr(l, "fused_full") and hasattr(l, "X") for l, _ in self.losses]
         rows = max(min(l.X.shape[0], self.LBFGS_CHUNK) if f else l.fused_rows() for (l, _), f in zip(self.losses, full))
         eng = MLPEngine(self.model, rows)
+        eng.data_kernel = self._cpu_kernel(eng) if self.engine != "triton" else None
         steps = [l.fused_full(eng) if f else l.fused(eng) for (l, _), f in zip(self.losses, full)]
         if any(st is None for st in steps):
             return None

@@ -1,0 +1,444 @@
+// The mean-squared-error data step of a surrogates.network.MLP on a CPU, in one call: forward, loss and every
+// parameter's gradient, without a torch operator inside (see surrogates/cpu_step.py).
+//
+// Rows are taken in tiles that stay in the core's cache. Per layer: the product by the BLAS that torch itself
+// links (sgemm_), or a plain loop when one side is thin (an input or output layer of a few columns, where a
+// BLAS call is mostly overhead); the bias, the activation and its derivative in one pass over the product;
+// backward, the derivative's product and the bias gradient in one pass. The loss is summed in double precision.
+// Every sum has a fixed order: the same inputs give the same bits on every run of the same build.
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+                       const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+                       const int* ldc);
+
+namespace {
+
+// column-major C (m x n) = alpha op(A) op(B) + beta C, as the Fortran BLAS
+inline void gemm(char ta, char tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta,
+                 float* c, int ldc) {
+  const float one = 1.0f;
+  sgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+constexpr int THIN = 8;  // a side this narrow goes through a plain loop instead of the BLAS
+
+// exp(x) for float, vectorisable (a Cephes-style polynomial on x - n ln 2, then 2^n by exponent bits):
+// within 2 ulp of expf on [-87, 88]; clamped outside (exp(-87) ~ 1.6e-38, exp(88) ~ 1.7e38); NaN stays NaN.
+__attribute__((always_inline)) inline float fexp(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const float r2 = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float s;
+  std::memcpy(&s, &bits, sizeof s);
+  return p * s;
+}
+
+enum Act : int64_t { IDENTITY = 0, SIGMOID, TANH, SILU, RELU, LEAKY_RELU, ELU, GELU, SOFTPLUS };
+
+// one row of a layer: z = c + bias; a = f(z); d = f'(z)
+__attribute__((always_inline)) inline void act_row(int64_t code, const float* __restrict c, const float* __restrict bias, float* __restrict a,
+                    float* __restrict d, int n) {
+  switch (code) {
+    case SIGMOID:
+#pragma omp simd
+      for (int j = 0; j < n; ++j) {
+        const float s = 1.0f / (1.0f + fexp(-(c[j] + bias[j])));
+        a[j] = s;
+        d[j] = s - s * s;
+      }
+      break;
+    case TANH:
+#pragma omp simd
+      for (int j = 0; j < n; ++j) {
+        const float t = 2.0f / (1.0f + fexp(-2.0f * (c[j] + bias[j]))) - 1.0f;
+        a[j] = t;
+        d[j] = 1.0f - t * t;
+      }
+      break;
+    case SILU:
+#pragma omp simd
+      for (int j = 0; j < n; ++j) {
+        const float z = c[j] + bias[j];
+        const float s = 1.0f / (1.0f + fexp(-z));
+        const float v = z * s;
+        a[j] = v;
+        d[j] = s * (1.0f + z - v);
+      }
+      break;
+    case RELU:
+    case LEAKY_RELU: {
+      const float slope = code == RELU ? 0.0f : 0.01f;
+#pragma omp simd
+      for (int j = 0; j < n; ++j) {
+        const float z = c[j] + bias[j];
+        a[j] = z > 0.0f ? z : z * slope;
+        d[j] = z > 0.0f ? 1.0f : slope;
+      }
+      break;
+    }
+    case ELU:
+      for (int j = 0; j < n; ++j) {
+        const float z = c[j] + bias[j];
+        const float e = std::expm1(z);
+        a[j] = z > 0.0f ? z : e;
+        d[j] = z > 0.0f ? 1.0f : e + 1.0f;
+      }
+      break;
+    case GELU:
+      for (int j = 0; j < n; ++j) {
+        const float z = c[j] + bias[j];
+        const float cdf = 0.5f * (1.0f + std::erf(z * 0.70710678118654752f));
+        a[j] = z * cdf;
+        d[j] = cdf + z * std::exp(-0.5f * z * z) * 0.39894228040143268f;
+      }
+      break;
+    case SOFTPLUS:
+      for (int j = 0; j < n; ++j) {
+        const float z = c[j] + bias[j];
+        a[j] = z > 20.0f ? z : std::log1p(std::exp(z));
+        d[j] = z > 20.0f ? 1.0f : 1.0f / (1.0f + std::exp(-z));
+      }
+      break;
+    default:
+#pragma omp simd
+      for (int j = 0; j < n; ++j) {
+        a[j] = c[j] + bias[j];
+        d[j] = 1.0f;
+      }
+  }
+}
+
+struct Layer {
+  int k, n;  // inputs, outputs
+  const float* W;  // n x k, row-major (torch's Linear.weight)
+  const float* b;
+  float* gW;
+  float* gb;
+  int64_t act;
+};
+
+// A vector of V floats (GCC/Clang vector extensions: one AVX-512 register, two AVX2 ones elsewhere), loaded
+// and stored at any float alignment. The thin loops keep their sums in these, in registers, across rows.
+constexpr int V = 16;
+typedef float vf __attribute__((vector_size(V * sizeof(float)), aligned(4), may_alias));
+inline vf vload(const float* p) { return *reinterpret_cast<const vf*>(p); }
+inline void vstore(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
+inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int j = 0; j < V; ++j) s += v[j];
+  return s;
+}
+
+// forward of a layer of K (thin) inputs: z[r, :] = sum_c prev[r, c] W^T[c, :], then the activation, row by row
+template <int K>
+void forward_thin_inputs(const Layer& L, const float* prev, int rows, float* wt, float* row, float* a, float* d) {
+  const int n = L.n, nv = n - n % V;
+  for (int c = 0; c < K; ++c)
+    for (int j = 0; j < n; ++j) wt[c * n + j] = L.W[j * K + c];
+  for (int r = 0; r < rows; ++r) {
+    const float* ar = prev + (size_t)r * K;
+    for (int j = 0; j < nv; j += V) {
+      vf z = vload(wt + j) * ar[0];
+      for (int c = 1; c < K; ++c) z += vload(wt + c * n + j) * ar[c];
+      vstore(row + j, z);
+    }
+    for (int j = nv; j < n; ++j) {
+      float z = wt[j] * ar[0];
+      for (int c = 1; c < K; ++c) z += wt[c * n + j] * ar[c];
+      row[j] = z;
+    }
+    act_row(L.act, row, L.b, a + (size_t)r * n, d + (size_t)r * n, n);
+  }
+}
+
+// forward of a layer of N (thin) outputs: one dot product each, then the activation, row by row
+template <int N>
+void forward_thin_outputs(const Layer& L, const float* prev, int rows, float* row, float* a, float* d) {
+  const int k = L.k, kv = k - k % V;
+  for (int r = 0; r < rows; ++r) {
+    const float* ar = prev + (size_t)r * k;
+    vf acc[N] = {};
+    for (int c = 0; c < kv; c += V) {
+      const vf x = vload(ar + c);
+      for (int o = 0; o < N; ++o) acc[o] += x * vload(L.W + (size_t)o * k + c);
+    }
+    for (int o = 0; o < N; ++o) {
+      float s = hsum(acc[o]);
+      for (int c = kv; c < k; ++c) s += ar[c] * L.W[(size_t)o * k + c];
+      row[o] = s;
+    }
+    act_row(L.act, row, L.b, a + (size_t)r * N, d + (size_t)r * N, N);
+  }
+}
+
+// gW (n x K) += g^T a for K (thin) inputs: a block of V output columns at a time, summed over rows in registers
+template <int K>
+void weight_gradient_thin_inputs(const Layer& L, const float* g, const float* a, int rows) {
+  const int n = L.n, nv = n - n % V;
+  for (int j = 0; j < nv; j += V) {
+    vf acc[K] = {};
+    for (int r = 0; r < rows; ++r) {
+      const vf gv = vload(g + (size_t)r * n + j);
+      for (int c = 0; c < K; ++c) acc[c] += gv * a[(size_t)r * K + c];
+    }
+    for (int c = 0; c < K; ++c)
+      for (int jj = 0; jj < V; ++jj) L.gW[(j + jj) * K + c] += acc[c][jj];
+  }
+  for (int j = nv; j < n; ++j)
+    for (int c = 0; c < K; ++c) {
+      float s = 0.0f;
+      for (int r = 0; r < rows; ++r) s += g[(size_t)r * n + j] * a[(size_t)r * K + c];
+      L.gW[j * K + c] += s;
+    }
+}
+
+// gW (N x k) += g^T a for N (thin) outputs: a block of V input columns at a time, summed over rows in registers
+template <int N>
+void weight_gradient_thin_outputs(const Layer& L, const float* g, const float* a, int rows) {
+  const int k = L.k, kv = k - k % V;
+  for (int c = 0; c < kv; c += V) {
+    vf acc[N] = {};
+    for (int r = 0; r < rows; ++r) {
+      const vf av = vload(a + (size_t)r * k + c);
+      for (int o = 0; o < N; ++o) acc[o] += av * g[(size_t)r * N + o];
+    }
+    for (int o = 0; o < N; ++o) vstore(L.gW + (size_t)o * k + c, vload(L.gW + (size_t)o * k + c) + acc[o]);
+  }
+  for (int c = kv; c < k; ++c)
+    for (int o = 0; o < N; ++o) {
+      float s = 0.0f;
+      for (int r = 0; r < rows; ++r) s += g[(size_t)r * N + o] * a[(size_t)r * k + c];
+      L.gW[(size_t)o * k + c] += s;
+    }
+}
+
+// ga (rows x k) = (g W) * d for N (thin) outputs, and gb (k) += its column sums
+template <int N>
+void input_gradient_thin_outputs(const Layer& L, const float* g, int rows, const float* d, float* ga, float* gb) {
+  const int k = L.k, kv = k - k % V;
+  for (int c = 0; c < kv; c += V) {
+    vf w[N];
+    for (int o = 0; o < N; ++o) w[o] = vload(L.W + (size_t)o * k + c);
+    vf sum = {};
+    for (int r = 0; r < rows; ++r) {
+      const float* gr = g + (size_t)r * N;
+      vf v = w[0] * gr[0];
+      for (int o = 1; o < N; ++o) v += w[o] * gr[o];
+      v *= vload(d + (size_t)r * k + c);
+      vstore(ga + (size_t)r * k + c, v);
+      sum += v;
+    }
+    vstore(gb + c, vload(gb + c) + sum);
+  }
+  for (int c = kv; c < k; ++c) {
+    float sum = 0.0f;
+    for (int r = 0; r < rows; ++r) {
+      const float* gr = g + (size_t)r * N;
+      float v = L.W[c] * gr[0];
+      for (int o = 1; o < N; ++o) v += L.W[(size_t)o * k + c] * gr[o];
+      v *= d[(size_t)r * k + c];
+      ga[(size_t)r * k + c] = v;
+      sum += v;
+    }
+    gb[c] += sum;
+  }
+}
+
+// ga (rows x k) *= d, and gb (k) += its column sums (after the BLAS product)
+void scale_and_sum(const float* d, int rows, int k, float* ga, float* gb) {
+  const int kv = k - k % V;
+  for (int c = 0; c < kv; c += V) {
+    vf sum = {};
+    for (int r = 0; r < rows; ++r) {
+      const vf v = vload(ga + (size_t)r * k + c) * vload(d + (size_t)r * k + c);
+      vstore(ga + (size_t)r * k + c, v);
+      sum += v;
+    }
+    vstore(gb + c, vload(gb + c) + sum);
+  }
+  for (int c = kv; c < k; ++c) {
+    float sum = 0.0f;
+    for (int r = 0; r < rows; ++r) {
+      const float v = ga[(size_t)r * k + c] * d[(size_t)r * k + c];
+      ga[(size_t)r * k + c] = v;
+      sum += v;
+    }
+    gb[c] += sum;
+  }
+}
+
+// the thin loops' width as a template argument (1 to THIN)
+#define THIN_CASES(width, CALL) \
+  switch (width) {              \
+    case 1: CALL(1); break;     \
+    case 2: CALL(2); break;     \
+    case 3: CALL(3); break;     \
+    case 4: CALL(4); break;     \
+    case 5: CALL(5); break;     \
+    case 6: CALL(6); break;     \
+    case 7: CALL(7); break;     \
+    default: CALL(8);           \
+  }
+
+// a layer's forward for a tile: a, d (rows x n) = f, f' of (prev W^T + b). A thin layer (a few inputs or
+// outputs) is computed row by row, the row's pre-activations in L1 (`row`); a wide one by one BLAS product
+// into `c`, then one pass for the bias and activation.
+void forward_layer(const Layer& L, const float* prev, int rows, float* c, float* wt, float* row, float* a, float* d) {
+  if (L.k <= THIN) {
+#define FWD_K(K) forward_thin_inputs<K>(L, prev, rows, wt, row, a, d)
+    THIN_CASES(L.k, FWD_K)
+  } else if (L.n <= THIN) {
+#define FWD_N(N) forward_thin_outputs<N>(L, prev, rows, row, a, d)
+    THIN_CASES(L.n, FWD_N)
+  } else {
+    gemm('T', 'N', L.n, rows, L.k, L.W, L.k, prev, L.k, 0.0f, c, L.n);
+    for (int r = 0; r < rows; ++r)
+      act_row(L.act, c + (size_t)r * L.n, L.b, a + (size_t)r * L.n, d + (size_t)r * L.n, L.n);
+  }
+}
+
+// gW (n x k) += g^T (n x rows) a (rows x k)
+void weight_gradient(const Layer& L, const float* g, const float* a, int rows) {
+  if (L.k <= THIN) {
+#define WG_K(K) weight_gradient_thin_inputs<K>(L, g, a, rows)
+    THIN_CASES(L.k, WG_K)
+  } else if (L.n <= THIN) {
+#define WG_N(N) weight_gradient_thin_outputs<N>(L, g, a, rows)
+    THIN_CASES(L.n, WG_N)
+  } else {
+    gemm('N', 'T', L.k, L.n, rows, a, L.k, g, L.n, 1.0f, L.gW, L.k);
+  }
+}
+
+// ga (rows x k) = (g (rows x n) W (n x k)) * d, the layer below's pre-activation cotangent; its bias
+// gradient gb (k) += the column sums of ga, in the same pass
+void input_gradient(const Layer& L, const float* g, int rows, const float* d, float* ga, float* gb) {
+  if (L.n <= THIN) {
+#define IG_N(N) input_gradient_thin_outputs<N>(L, g, rows, d, ga, gb)
+    THIN_CASES(L.n, IG_N)
+  } else {
+    gemm('N', 'N', L.k, rows, L.n, L.W, L.k, g, L.n, 0.0f, ga, L.k);
+    scale_and_sum(d, rows, L.k, ga, gb);
+  }
+}
+
+}  // namespace
+
+// weight * mean((net(x) - y)^2) for scaled rows x (B x inputs), y (B x outputs); its gradient written into
+// (add = false) or added to (add = true) gW, gb. Returns the unweighted mean squared error (a 0-d float tensor).
+torch::Tensor data_step(const torch::Tensor& x, const torch::Tensor& y, const std::vector<torch::Tensor>& W,
+                        const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>& gW,
+                        const std::vector<torch::Tensor>& gb, const std::vector<int64_t>& acts, double weight,
+                        bool add, int64_t tile) {
+  const int nl = static_cast<int>(W.size());
+  TORCH_CHECK(nl >= 1 && b.size() == W.size() && gW.size() == W.size() && gb.size() == W.size() &&
+                  acts.size() == W.size(), "cpu_step.data_step: one weight, bias, gradient pair and activation per layer");
+  TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0) && x.size(0) >= 1,
+              "cpu_step.data_step: x and y must be 2-D with the same number (>= 1) of rows");
+  std::vector<Layer> layers(nl);
+  int maxw = static_cast<int>(x.size(1));
+  for (int i = 0; i < nl; ++i) {
+    for (const auto* t : {&W[i], &b[i], &gW[i], &gb[i]})
+      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kFloat32 && t->is_contiguous(),
+                  "cpu_step.data_step: parameters and gradients must be contiguous float32 CPU tensors");
+    const int k = static_cast<int>(W[i].size(1)), n = static_cast<int>(W[i].size(0));
+    TORCH_CHECK(k == (i == 0 ? x.size(1) : layers[i - 1].n), "cpu_step.data_step: layer ", i, " takes ", k,
+                " inputs, the layer before gives ", (i == 0 ? x.size(1) : layers[i - 1].n));
+    layers[i] = {k, n, W[i].data_ptr<float>(), b[i].data_ptr<float>(), gW[i].data_ptr<float>(),
+                 gb[i].data_ptr<float>(), acts[i]};
+    maxw = std::max(maxw, n);
+  }
+  const int out = layers[nl - 1].n;
+  TORCH_CHECK(y.size(1) == out, "cpu_step.data_step: y has ", y.size(1), " columns, the network ", out, " outputs");
+  for (const auto* t : {&x, &y})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kFloat32 && t->is_contiguous(),
+                "cpu_step.data_step: x and y must be contiguous float32 CPU tensors");
+  const int B = static_cast<int>(x.size(0));
+  const int T = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(B, tile)));
+
+  // scratch: per layer its output a and derivative d for one tile; two cotangent buffers; the product; the
+  // small transposes and accumulators of the thin loops
+  const size_t per = (size_t)T * maxw;
+  thread_local std::vector<float> buf;
+  buf.resize(per * (2 * nl + 3) + (size_t)maxw * (THIN + 1) + 64);
+  std::vector<float*> A(nl), D(nl);
+  for (int i = 0; i < nl; ++i) {
+    A[i] = buf.data() + per * (2 * i);
+    D[i] = buf.data() + per * (2 * i + 1);
+  }
+  float* G0 = buf.data() + per * (2 * nl);
+  float* G1 = G0 + per;
+  float* C = G1 + per;
+  float* small = C + per;               // maxw * THIN: a thin layer's transpose
+  float* rowbuf = small + (size_t)maxw * THIN;  // maxw: one row's pre-activations
+
+  if (!add) {
+    for (auto& L : layers) {
+      std::fill(L.gW, L.gW + (size_t)L.n * L.k, 0.0f);
+      std::fill(L.gb, L.gb + L.n, 0.0f);
+    }
+  }
+  const float* X = x.data_ptr<float>();
+  const float* Y = y.data_ptr<float>();
+  const float scale = static_cast<float>(2.0 * weight / ((double)B * out));
+  double sse = 0.0;
+  for (int r0 = 0; r0 < B; r0 += T) {
+    const int rows = std::min(T, B - r0);
+    const float* xin = X + (size_t)r0 * layers[0].k;
+    const float* prev = xin;
+    for (int i = 0; i < nl; ++i) {
+      const Layer& L = layers[i];
+      forward_layer(L, prev, rows, C, small, rowbuf, A[i], D[i]);
+      prev = A[i];
+    }
+    // the loss and the cotangent of the last pre-activation
+    const float* yr = Y + (size_t)r0 * out;
+    const float* z = A[nl - 1];
+    const float* d = D[nl - 1];
+    float* g = G0;
+    float* gbl = layers[nl - 1].gb;
+    for (int r = 0; r < rows; ++r) {
+      double s = 0.0;
+      for (int o = 0; o < out; ++o) {
+        const size_t j = (size_t)r * out + o;
+        const float e = z[j] - yr[j];
+        s += (double)e * e;
+        g[j] = scale * e * d[j];
+        gbl[o] += g[j];
+      }
+      sse += s;
+    }
+    for (int i = nl - 1; i >= 0; --i) {
+      const Layer& L = layers[i];
+      const float* a = i == 0 ? xin : A[i - 1];
+      weight_gradient(L, g, a, rows);
+      if (i > 0) {  // the layer below's cotangent and bias gradient
+        float* ga = g == G0 ? G1 : G0;
+        input_gradient(L, g, rows, D[i - 1], ga, layers[i - 1].gb);
+        g = ga;
+      }
+    }
+  }
+  return torch::tensor(static_cast<float>(sse / ((double)B * out)));
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("data_step", &data_step, "the mean-squared-error data step of an MLP (see surrogates/cpu_step.py)");
+}

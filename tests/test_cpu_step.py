@@ -1,0 +1,191 @@
+"""The fused engine's data step in one compiled CPU call (surrogates.cpu_step).
+
+The reference is the engine's own data step on torch operators (itself checked against autograd in
+tests/test_engine.py). The extension is built on first use (about 30 s, once per machine); the tests skip
+only where there is no C++ compiler or ninja, so a source that no longer builds fails here.
+"""
+import importlib.util
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import InvalidInputError
+from surrogates.engine import MLPEngine
+from surrogates.network import MLP
+
+NETS = {  # hidden layers, inputs, outputs, output activation: every activation; thin and wide first/last layers
+    "3x64": ([("SiLU", 64), ("Sigmoid", 64), ("Sigmoid", 64)], 3, 2, None),
+    "odd": ([("GELU", 50), ("ELU", 20), ("Softplus", 9)], 3, 5, None),
+    "relu-tanh": ([("ReLU", 32), ("LeakyReLU", 17), ("Tanh", 24)], 2, 1, "Sigmoid"),
+    # 12 inputs, 10 outputs (BLAS products at both ends), a 6-wide layer (the thin loops in the middle)
+    "wide-ends": ([("Tanh", 6), ("SiLU", 40)], 12, 10, "Tanh"),
+}
+
+
+@pytest.fixture(scope="module")
+def cpu_step():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine: the compiled CPU data step cannot be built")
+    if importlib.util.find_spec("ninja") is None and shutil.which("ninja") is None:
+        pytest.skip("no ninja on this machine (neither the ninja package nor a binary): torch's builder needs it")
+    from surrogates import cpu_step
+
+    cpu_step.load()  # a build failure fails the test
+    return cpu_step
+
+
+def make(name, seed=0):
+    hidden, n_in, n_out, out_act = NETS[name]
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(-2, 2, n_in)
+    net = MLP(n_in, n_out, hidden, output_activation=out_act, input_range=(lo, lo + rng.uniform(0.5, 3, n_in)),
+              output_center=rng.uniform(-1, 1, n_out), output_scale=rng.uniform(0.5, 2, n_out))
+    with torch.no_grad():  # pre-activations of order 1-2 (the ReLUs' kinks, the Softplus' threshold sides)
+        for lin in net.linear_layers():
+            lin.weight.mul_(2.0)
+            lin.bias.mul_(2.0)
+    return net
+
+
+def grads(net):
+    return [p.grad.clone() for p in net.parameters()]
+
+
+def close(got, want):
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max())), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("name,rows,tile", [("3x64", 1024, 256), ("3x64", 300, 7), ("odd", 77, 32),
+                                            ("relu-tanh", 33, 256), ("wide-ends", 129, 64)])
+def test_the_compiled_step_gives_the_engines_loss_and_gradients(cpu_step, name, rows, tile):
+    """Whole and ragged tiles; every activation; the second data term of a step adds to the first."""
+    net = make(name)
+    eng = MLPEngine(net, 1024)
+    g = torch.Generator().manual_seed(1)
+    xs = torch.rand(rows, net.n_inputs, generator=g) * 2 - 1
+    ys = torch.randn(rows, net.n_outputs, generator=g)
+    eng.zero_grad()
+    want = eng.data_step(xs, ys, 0.7)
+    want_g = grads(net)
+    for p in net.parameters():  # stale values the first call must overwrite, not add to
+        p.grad.fill_(3.0)
+    eng.data_kernel = cpu_step.CpuDataStep(eng, tile=tile)
+    eng.zero_grad()
+    got = eng.data_step(xs, ys, 0.7)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    close(grads(net), want_g)
+    half = rows // 2 + 1
+    eng.data_step(xs[:half], ys[:half], 0.3)  # added to the first: a second data term
+    both = grads(net)
+    eng.data_kernel = None
+    eng.zero_grad()
+    eng.data_step(xs, ys, 0.7)
+    eng.data_step(xs[:half], ys[:half], 0.3)
+    close(both, grads(net))
+
+
+def test_the_same_inputs_give_the_same_bits(cpu_step):
+    net = make("3x64")
+    eng = MLPEngine(net, 1024)
+    eng.data_kernel = cpu_step.CpuDataStep(eng)
+    xs, ys = torch.rand(1000, 3), torch.rand(1000, 2)
+    runs = []
+    for _ in range(2):
+        eng.zero_grad()
+        loss = eng.data_step(xs, ys)
+        runs.append((loss.clone(), grads(net)))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def _train(engine, d, iters=40):
+    from surrogates.losses import DataLoss
+    from surrogates.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (600, 3)).astype(np.float32)
+    Y = np.stack([np.sin(3 * X[:, 0]) * X[:, 1], X[:, 2] ** 2], 1).astype(np.float32)
+    net = make("3x64")
+    tr = Trainer(net, d, validation=None, val_every=10, lr=3e-3, lr_schedule="cosine", engine=engine,
+                 progress=False)
+    tr.add_loss(DataLoss(X, Y, batch_size=64, seed=0))
+    tr.train(iters)
+    return tr, net
+
+
+def test_a_trainer_on_the_compiled_step_follows_the_torch_operators(cpu_step, tmp_path):
+    """engine "cpp" (and "auto", which picks it on a CPU) against engine "fused" (torch operators): the same
+    loss curve and weights to float32 rounding over 40 Adam steps."""
+    out = {}
+    for engine in ("fused", "cpp", "auto"):
+        tr, net = _train(engine, tmp_path / engine)
+        assert (tr._engine.data_kernel is not None) == (engine != "fused")
+        out[engine] = ([r["total"] for r in tr.rows], [p.detach().clone() for p in net.parameters()])
+    lf, wf = out["fused"]
+    for engine in ("cpp", "auto"):
+        lc, wc = out[engine]
+        assert len(lc) == 4 and np.allclose(lf, lc, rtol=1e-4)
+        for a, b in zip(wf, wc):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_what_the_compiled_step_cannot_do_is_refused_by_name(cpu_step, tmp_path):
+    net = make("3x64").double()
+    with pytest.raises(InvalidInputError, match="float32"):
+        cpu_step.CpuDataStep(MLPEngine(net, 64))
+    net = make("3x64")
+    eng = MLPEngine(net, 64)
+    step = cpu_step.CpuDataStep(eng)
+    with pytest.raises(InvalidInputError, match="mean squared error"):
+        step(torch.zeros(6, 3), torch.zeros(6, 2), p=1.0)
+    with pytest.raises(InvalidInputError, match="y has 3 columns, the network 2 outputs"):
+        step(torch.zeros(6, 3), torch.zeros(6, 3))
+    with pytest.raises(InvalidInputError, match="float32"):
+        step(torch.zeros(6, 3, dtype=torch.float64), torch.zeros(6, 2))
+    eng.data_kernel = step
+    eng.zero_grad()  # other powers go through the engine's own step
+    assert float(eng.data_step(torch.zeros(6, 3), torch.ones(6, 2), p=1.0)) > 0
+
+
+def test_auto_falls_back_to_torch_operators_where_it_cannot_be_built(cpu_step, tmp_path, monkeypatch, capsys):
+    """No compiler (simulated): engine "auto" trains on the torch operators and says why once; engine "cpp"
+    is an error that says why."""
+    from surrogates import trainer as trainer_mod
+
+    def refuse():
+        raise cpu_step.CpuStepUnavailable("the compiled CPU data step could not be built (simulated)")
+
+    monkeypatch.setattr(cpu_step, "load", refuse)
+    monkeypatch.setattr(trainer_mod, "_NOTED", set())
+    tr, _ = _train("auto", tmp_path / "auto", iters=10)
+    assert tr._engine is not None and tr._engine.data_kernel is None
+    assert capsys.readouterr().err.count("could not be built (simulated)") == 1
+    with pytest.raises(InvalidInputError, match="engine 'cpp': the compiled CPU data step could not be built"):
+        _train("cpp", tmp_path / "cpp", iters=10)
+
+
+def test_the_build_is_named_by_what_it_depends_on(cpu_step, monkeypatch):
+    """-march=native: a build is never shared between CPUs with different instruction sets (a cluster's
+    nodes under one home folder), nor between sources or torch versions."""
+    a = cpu_step.build_name()
+    monkeypatch.setattr(cpu_step, "_cpu_signature", lambda: "flags : fpu sse2 avx2")
+    b = cpu_step.build_name()
+    monkeypatch.setattr(cpu_step, "FLAGS", cpu_step.FLAGS + ["-DX"])
+    c = cpu_step.build_name()
+    assert len({a, b, c}) == 3 and all(n.startswith("surrogates_cpu_step_") for n in (a, b, c))
+
+
+def test_the_ninja_package_is_found_when_ninja_is_not_on_the_path(monkeypatch):
+    """torch's builder runs `ninja` from PATH; a venv's python run by its full path may not have the venv's
+    bin folder there: the ninja package's folder is put first."""
+    ninja = pytest.importorskip("ninja")
+    from surrogates import cpu_step
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(cpu_step.shutil, "which", lambda name: None)
+    cpu_step._ninja_on_path()
+    assert cpu_step.os.environ["PATH"].split(cpu_step.os.pathsep)[0] == ninja.BIN_DIR
