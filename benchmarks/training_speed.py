@@ -157,8 +157,9 @@ def upstream_rate(upstream: str, config: list, problem: str, hidden, batch: int,
 
 def trainer_rate(p, hidden, X, Y, batch, iters, lr, device, engine, physics=None, capture="auto") -> float:
     """Iterations/s of this project's Trainer (one validation at the end; set-up, and on a GPU the capture of
-    the step's CUDA graph, included; a Triton kernel's one-off compilation is not: a short run first)."""
-    if engine == "triton" and iters > 3:
+    the step's CUDA graph, included; the one-off build of a Triton kernel or of the compiled CPU step is not:
+    a short run first)."""
+    if engine in ("triton", "cpp") and iters > 3:
         trainer_rate(p, hidden, X, Y, batch, 3, lr, device, engine, physics, capture)
     net = _net(p, hidden, X, Y, device)
     with tempfile.TemporaryDirectory() as out:
@@ -265,6 +266,9 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
                     "trainer, autograd path": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "autograd"),
                     "trainer, fused engine": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "fused")}
         gpu = torch.device(device).type == "cuda"
+        if not gpu:  # the data step in one compiled call (surrogates.cpu_step), what engine "auto" picks here
+            variants["trainer, compiled CPU data step"] = lambda: trainer_rate(
+                p, hidden, X, Y, batch, iterations, s["lr"], device, "cpp")
         if gpu:  # on a GPU the fused step is captured by default ("auto"); the uncaptured one beside it
             variants["trainer, fused engine, CUDA graph"] = variants.pop("trainer, fused engine")
             variants["trainer, fused engine, not captured"] = lambda: trainer_rate(
