@@ -125,6 +125,107 @@ __attribute__((always_inline)) inline void act_row(int64_t code, const float* __
   }
 }
 
+// one row of a layer with its tangent (forward mode): z = c + bias and zt given; a = f(z), d1 = f'(z),
+// at = f'(z) zt and q = f''(z) zt (the backward pass needs d1 and q: gz = g f' + gt f'' zt, gzt = gt f')
+__attribute__((always_inline)) inline void act_tangent_row(int64_t code, const float* __restrict c,
+                                                           const float* __restrict bias, const float* __restrict zt,
+                                                           float* __restrict a, float* __restrict d1,
+                                                           float* __restrict at, float* __restrict q, int n) {
+  switch (code) {
+    case SIGMOID:
+#pragma omp simd
+      for (int j = 0; j < n; ++j) {
+        const float s = 1.0f / (1.0f + fexp(-(c[j] + bias[j])));
+        const float f1 = s - s * s;
+        a[j] = s;
+        d1[j] = f1;
+        at[j] = f1 * zt[j];
+        q[j] = f1 * (1.0f - 2.0f * s) * zt[j];
+      }
+      break;
+    case TANH:
+#pragma omp simd
+      for (int j = 0; j < n; ++j) {
+        const float t = 2.0f / (1.0f + fexp(-2.0f * (c[j] + bias[j]))) - 1.0f;
+        const float f1 = 1.0f - t * t;
+        a[j] = t;
+        d1[j] = f1;
+        at[j] = f1 * zt[j];
+        q[j] = -2.0f * t * f1 * zt[j];
+      }
+      break;
+    case SILU:
+#pragma omp simd
+      for (int j = 0; j < n; ++j) {
+        const float z = c[j] + bias[j];
+        const float s = 1.0f / (1.0f + fexp(-z));
+        const float v = z * s;
+        const float f1 = s * (1.0f + z - v);
+        a[j] = v;
+        d1[j] = f1;
+        at[j] = f1 * zt[j];
+        q[j] = s * (1.0f - s) * (2.0f + z - 2.0f * v) * zt[j];
+      }
+      break;
+    case RELU:
+    case LEAKY_RELU: {
+      const float slope = code == RELU ? 0.0f : 0.01f;
+#pragma omp simd
+      for (int j = 0; j < n; ++j) {
+        const float z = c[j] + bias[j];
+        const float f1 = z > 0.0f ? 1.0f : slope;
+        a[j] = z > 0.0f ? z : z * slope;
+        d1[j] = f1;
+        at[j] = f1 * zt[j];
+        q[j] = 0.0f;
+      }
+      break;
+    }
+    case ELU:
+      for (int j = 0; j < n; ++j) {
+        const float z = c[j] + bias[j];
+        const float e = std::expm1(z);
+        const float f1 = z > 0.0f ? 1.0f : e + 1.0f;
+        a[j] = z > 0.0f ? z : e;
+        d1[j] = f1;
+        at[j] = f1 * zt[j];
+        q[j] = z > 0.0f ? 0.0f : (e + 1.0f) * zt[j];
+      }
+      break;
+    case GELU:
+      for (int j = 0; j < n; ++j) {
+        const float z = c[j] + bias[j];
+        const float cdf = 0.5f * (1.0f + std::erf(z * 0.70710678118654752f));
+        const float phi = std::exp(-0.5f * z * z) * 0.39894228040143268f;
+        const float f1 = cdf + z * phi;
+        a[j] = z * cdf;
+        d1[j] = f1;
+        at[j] = f1 * zt[j];
+        q[j] = phi * (2.0f - z * z) * zt[j];
+      }
+      break;
+    case SOFTPLUS:
+      for (int j = 0; j < n; ++j) {
+        const float z = c[j] + bias[j];
+        const float s = 1.0f / (1.0f + std::exp(-z));
+        const float f1 = z > 20.0f ? 1.0f : s;
+        a[j] = z > 20.0f ? z : std::log1p(std::exp(z));
+        d1[j] = f1;
+        at[j] = f1 * zt[j];
+        q[j] = z > 20.0f ? 0.0f : s * (1.0f - s) * zt[j];
+      }
+      break;
+    default:
+#pragma omp simd
+      for (int j = 0; j < n; ++j) {
+        a[j] = c[j] + bias[j];
+        d1[j] = 1.0f;
+        at[j] = zt[j];
+        q[j] = 0.0f;
+      }
+  }
+}
+
 struct Layer {
   int k, n;  // inputs, outputs
   const float* W;  // n x k, row-major (torch's Linear.weight)
@@ -146,9 +247,10 @@ inline float hsum(vf v) {
   return s;
 }
 
-// forward of a layer of K (thin) inputs: z[r, :] = sum_c prev[r, c] W^T[c, :], then the activation, row by row
-template <int K>
-void forward_thin_inputs(const Layer& L, const float* prev, int rows, float* wt, float* row, float* a, float* d) {
+// z[r, :] = prev[r, :] W^T for a layer of K (thin) inputs, row by row in L1 (`row`), each row handed to
+// epi(r, row) (the bias and activation)
+template <int K, class Epi>
+void rows_thin_inputs(const Layer& L, const float* prev, int rows, float* wt, float* row, Epi&& epi) {
   const int n = L.n, nv = n - n % V;
   for (int c = 0; c < K; ++c)
     for (int j = 0; j < n; ++j) wt[c * n + j] = L.W[j * K + c];
@@ -164,13 +266,13 @@ void forward_thin_inputs(const Layer& L, const float* prev, int rows, float* wt,
       for (int c = 1; c < K; ++c) z += wt[c * n + j] * ar[c];
       row[j] = z;
     }
-    act_row(L.act, row, L.b, a + (size_t)r * n, d + (size_t)r * n, n);
+    epi(r, row);
   }
 }
 
-// forward of a layer of N (thin) outputs: one dot product each, then the activation, row by row
-template <int N>
-void forward_thin_outputs(const Layer& L, const float* prev, int rows, float* row, float* a, float* d) {
+// the same for a layer of N (thin) outputs: one dot product each
+template <int N, class Epi>
+void rows_thin_outputs(const Layer& L, const float* prev, int rows, float* row, Epi&& epi) {
   const int k = L.k, kv = k - k % V;
   for (int r = 0; r < rows; ++r) {
     const float* ar = prev + (size_t)r * k;
@@ -184,7 +286,7 @@ void forward_thin_outputs(const Layer& L, const float* prev, int rows, float* ro
       for (int c = kv; c < k; ++c) s += ar[c] * L.W[(size_t)o * k + c];
       row[o] = s;
     }
-    act_row(L.act, row, L.b, a + (size_t)r * N, d + (size_t)r * N, N);
+    epi(r, row);
   }
 }
 
@@ -301,11 +403,13 @@ void scale_and_sum(const float* d, int rows, int k, float* ga, float* gb) {
 // outputs) is computed row by row, the row's pre-activations in L1 (`row`); a wide one by one BLAS product
 // into `c`, then one pass for the bias and activation.
 void forward_layer(const Layer& L, const float* prev, int rows, float* c, float* wt, float* row, float* a, float* d) {
+  const int n = L.n;
+  auto act = [&](int r, const float* z) { act_row(L.act, z, L.b, a + (size_t)r * n, d + (size_t)r * n, n); };
   if (L.k <= THIN) {
-#define FWD_K(K) forward_thin_inputs<K>(L, prev, rows, wt, row, a, d)
+#define FWD_K(K) rows_thin_inputs<K>(L, prev, rows, wt, row, act)
     THIN_CASES(L.k, FWD_K)
   } else if (L.n <= THIN) {
-#define FWD_N(N) forward_thin_outputs<N>(L, prev, rows, row, a, d)
+#define FWD_N(N) rows_thin_outputs<N>(L, prev, rows, row, act)
     THIN_CASES(L.n, FWD_N)
   } else {
     gemm('T', 'N', L.n, rows, L.k, L.W, L.k, prev, L.k, 0.0f, c, L.n);
@@ -339,6 +443,115 @@ void input_gradient(const Layer& L, const float* g, int rows, const float* d, fl
   }
 }
 
+// out (rows x n) = in (rows x k) W^T, without the bias
+void linear(const Layer& L, const float* in, int rows, float* out, float* wt, float* row) {
+  const int n = L.n;
+  auto store = [&](int r, const float* z) { std::memcpy(out + (size_t)r * n, z, sizeof(float) * n); };
+  if (L.k <= THIN) {
+#define LIN_K(K) rows_thin_inputs<K>(L, in, rows, wt, row, store)
+    THIN_CASES(L.k, LIN_K)
+  } else if (L.n <= THIN) {
+#define LIN_N(N) rows_thin_outputs<N>(L, in, rows, row, store)
+    THIN_CASES(L.n, LIN_N)
+  } else {
+    gemm('T', 'N', L.n, rows, L.k, L.W, L.k, in, L.k, 0.0f, out, L.n);
+  }
+}
+
+// out (rows x k) = g (rows x n) W (n x k)
+template <int N>
+void backprop_thin_outputs(const Layer& L, const float* g, int rows, float* out) {
+  const int k = L.k;
+  for (int r = 0; r < rows; ++r) {
+    float* o_ = out + (size_t)r * k;
+    const float* gr = g + (size_t)r * N;
+#pragma omp simd
+    for (int c = 0; c < k; ++c) {
+      float v = gr[0] * L.W[c];
+      for (int o = 1; o < N; ++o) v += gr[o] * L.W[(size_t)o * k + c];
+      o_[c] = v;
+    }
+  }
+}
+
+void backprop(const Layer& L, const float* g, int rows, float* out) {
+  if (L.n <= THIN) {
+#define BP_N(N) backprop_thin_outputs<N>(L, g, rows, out)
+    THIN_CASES(L.n, BP_N)
+  } else {
+    gemm('N', 'N', L.k, rows, L.n, L.W, L.k, g, L.n, 0.0f, out, L.k);
+  }
+}
+
+// through a layer's activation, in place: g <- g d1 + gt q, gt <- gt d1 (cotangents of the pre-activation and
+// its tangent), and gb (n) += the column sums of the new g
+void through_activation(const float* d1, const float* q, int rows, int n, float* g, float* gt, float* gb) {
+  const int nv = n - n % V;
+  for (int c = 0; c < nv; c += V) {
+    vf sum = {};
+    for (int r = 0; r < rows; ++r) {
+      const size_t j = (size_t)r * n + c;
+      const vf d = vload(d1 + j), t = vload(gt + j);
+      const vf v = vload(g + j) * d + t * vload(q + j);
+      vstore(g + j, v);
+      vstore(gt + j, t * d);
+      sum += v;
+    }
+    vstore(gb + c, vload(gb + c) + sum);
+  }
+  for (int c = nv; c < n; ++c) {
+    float sum = 0.0f;
+    for (int r = 0; r < rows; ++r) {
+      const size_t j = (size_t)r * n + c;
+      const float v = g[j] * d1[j] + gt[j] * q[j];
+      g[j] = v;
+      gt[j] *= d1[j];
+      sum += v;
+    }
+    gb[c] += sum;
+  }
+}
+
+// the layers, checked: contiguous float32 CPU tensors, widths that chain from `inputs`; gW, gb may be null
+// (a forward pass only)
+std::vector<Layer> make_layers(const char* fn, int64_t inputs, const std::vector<torch::Tensor>& W,
+                               const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>* gW,
+                               const std::vector<torch::Tensor>* gb, const std::vector<int64_t>& acts) {
+  const size_t nl = W.size();
+  TORCH_CHECK(nl >= 1 && b.size() == nl && acts.size() == nl && (!gW || gW->size() == nl) && (!gb || gb->size() == nl),
+              "cpu_step.", fn, ": one weight, bias, gradient pair and activation per layer");
+  std::vector<Layer> layers(nl);
+  for (size_t i = 0; i < nl; ++i) {
+    std::vector<const torch::Tensor*> ts = {&W[i], &b[i]};
+    if (gW) ts.push_back(&(*gW)[i]);
+    if (gb) ts.push_back(&(*gb)[i]);
+    for (const auto* t : ts)
+      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kFloat32 && t->is_contiguous(),
+                  "cpu_step.", fn, ": parameters and gradients must be contiguous float32 CPU tensors");
+    const int k = static_cast<int>(W[i].size(1)), n = static_cast<int>(W[i].size(0));
+    const int64_t before = i == 0 ? inputs : layers[i - 1].n;
+    TORCH_CHECK(k == before, "cpu_step.", fn, ": layer ", i, " takes ", k, " inputs, the layer before gives ", before);
+    TORCH_CHECK(b[i].numel() == n, "cpu_step.", fn, ": layer ", i, " has ", n, " outputs and ", b[i].numel(), " biases");
+    layers[i] = {k, n, W[i].data_ptr<float>(), b[i].data_ptr<float>(), gW ? (*gW)[i].data_ptr<float>() : nullptr,
+                 gb ? (*gb)[i].data_ptr<float>() : nullptr, acts[i]};
+  }
+  return layers;
+}
+
+void check_rows(const char* fn, const torch::Tensor& t, int64_t rows, int64_t cols, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(), "cpu_step.", fn, ": ",
+              what, " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.dim() == 2 && t.size(0) >= rows && t.size(1) == cols, "cpu_step.", fn, ": ", what, " must have at least ",
+              rows, " rows of ", cols, " columns, got ", t.sizes());
+}
+
+void zero_gradients(const std::vector<Layer>& layers) {
+  for (const auto& L : layers) {
+    std::fill(L.gW, L.gW + (size_t)L.n * L.k, 0.0f);
+    std::fill(L.gb, L.gb + L.n, 0.0f);
+  }
+}
+
 }  // namespace
 
 // weight * mean((net(x) - y)^2) for scaled rows x (B x inputs), y (B x outputs); its gradient written into
@@ -347,24 +560,12 @@ torch::Tensor data_step(const torch::Tensor& x, const torch::Tensor& y, const st
                         const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>& gW,
                         const std::vector<torch::Tensor>& gb, const std::vector<int64_t>& acts, double weight,
                         bool add, int64_t tile) {
-  const int nl = static_cast<int>(W.size());
-  TORCH_CHECK(nl >= 1 && b.size() == W.size() && gW.size() == W.size() && gb.size() == W.size() &&
-                  acts.size() == W.size(), "cpu_step.data_step: one weight, bias, gradient pair and activation per layer");
   TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0) && x.size(0) >= 1,
               "cpu_step.data_step: x and y must be 2-D with the same number (>= 1) of rows");
-  std::vector<Layer> layers(nl);
+  const std::vector<Layer> layers = make_layers("data_step", x.size(1), W, b, &gW, &gb, acts);
+  const int nl = static_cast<int>(layers.size());
   int maxw = static_cast<int>(x.size(1));
-  for (int i = 0; i < nl; ++i) {
-    for (const auto* t : {&W[i], &b[i], &gW[i], &gb[i]})
-      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kFloat32 && t->is_contiguous(),
-                  "cpu_step.data_step: parameters and gradients must be contiguous float32 CPU tensors");
-    const int k = static_cast<int>(W[i].size(1)), n = static_cast<int>(W[i].size(0));
-    TORCH_CHECK(k == (i == 0 ? x.size(1) : layers[i - 1].n), "cpu_step.data_step: layer ", i, " takes ", k,
-                " inputs, the layer before gives ", (i == 0 ? x.size(1) : layers[i - 1].n));
-    layers[i] = {k, n, W[i].data_ptr<float>(), b[i].data_ptr<float>(), gW[i].data_ptr<float>(),
-                 gb[i].data_ptr<float>(), acts[i]};
-    maxw = std::max(maxw, n);
-  }
+  for (const auto& L : layers) maxw = std::max(maxw, L.n);
   const int out = layers[nl - 1].n;
   TORCH_CHECK(y.size(1) == out, "cpu_step.data_step: y has ", y.size(1), " columns, the network ", out, " outputs");
   for (const auto* t : {&x, &y})
@@ -389,12 +590,7 @@ torch::Tensor data_step(const torch::Tensor& x, const torch::Tensor& y, const st
   float* small = C + per;               // maxw * THIN: a thin layer's transpose
   float* rowbuf = small + (size_t)maxw * THIN;  // maxw: one row's pre-activations
 
-  if (!add) {
-    for (auto& L : layers) {
-      std::fill(L.gW, L.gW + (size_t)L.n * L.k, 0.0f);
-      std::fill(L.gb, L.gb + L.n, 0.0f);
-    }
-  }
+  if (!add) zero_gradients(layers);
   const float* X = x.data_ptr<float>();
   const float* Y = y.data_ptr<float>();
   const float scale = static_cast<float>(2.0 * weight / ((double)B * out));
@@ -439,6 +635,139 @@ torch::Tensor data_step(const torch::Tensor& x, const torch::Tensor& y, const st
   return torch::tensor(static_cast<float>(sse / ((double)B * out)));
 }
 
+// The forward pass with tangents (forward mode), for rows x (n x inputs) and a direction v: one for every
+// row (1-D, `inputs` long) or one per row (n x inputs). Each layer's a, at = f'(z) zt, d1 = f'(z) and
+// q = f''(z) zt go into A, AT, D1, Q (at least n rows of the layer's width each); the network's outputs and
+// their derivatives along v are then A[-1][:n] and AT[-1][:n]. The backward pass reads the same buffers.
+void tangent_forward(const torch::Tensor& x, const torch::Tensor& v, const std::vector<torch::Tensor>& W,
+                     const std::vector<torch::Tensor>& b, const std::vector<int64_t>& acts,
+                     const std::vector<torch::Tensor>& A, const std::vector<torch::Tensor>& AT,
+                     const std::vector<torch::Tensor>& D1, const std::vector<torch::Tensor>& Q) {
+  const char* fn = "tangent_forward";
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1, "cpu_step.tangent_forward: x must be 2-D with >= 1 rows");
+  const int rows = static_cast<int>(x.size(0)), inputs = static_cast<int>(x.size(1));
+  check_rows(fn, x, rows, inputs, "x");
+  const std::vector<Layer> layers = make_layers(fn, inputs, W, b, nullptr, nullptr, acts);
+  const int nl = static_cast<int>(layers.size());
+  const bool shared = v.dim() == 1;
+  if (shared) {
+    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == torch::kFloat32 && v.is_contiguous() && v.numel() == inputs,
+                "cpu_step.tangent_forward: a shared direction v must be a contiguous float32 CPU vector of ", inputs);
+  } else {
+    check_rows(fn, v, rows, inputs, "v");
+  }
+  TORCH_CHECK(A.size() == (size_t)nl && AT.size() == (size_t)nl && D1.size() == (size_t)nl && Q.size() == (size_t)nl,
+              "cpu_step.tangent_forward: four buffers per layer");
+  int maxw = inputs;
+  for (int i = 0; i < nl; ++i) {
+    maxw = std::max(maxw, layers[i].n);
+    for (const auto* t : {&A[i], &AT[i], &D1[i], &Q[i]}) check_rows(fn, *t, rows, layers[i].n, "a buffer");
+  }
+  const size_t per = (size_t)rows * maxw;
+  thread_local std::vector<float> buf;
+  buf.resize(2 * per + (size_t)maxw * (THIN + 2) + 64);
+  float* C = buf.data();
+  float* CT = C + per;
+  float* wt = CT + per;
+  float* row = wt + (size_t)maxw * THIN;
+  float* ztrow = row + maxw;
+  const float* prev = x.data_ptr<float>();
+  const float* prevt = shared ? nullptr : v.data_ptr<float>();
+  for (int i = 0; i < nl; ++i) {
+    const Layer& L = layers[i];
+    const int n = L.n;
+    float *a = A[i].data_ptr<float>(), *at = AT[i].data_ptr<float>(), *d1 = D1[i].data_ptr<float>(),
+          *q = Q[i].data_ptr<float>();
+    linear(L, prev, rows, C, wt, row);
+    const float* zt = ztrow;
+    size_t zt_stride = 0;
+    if (i == 0 && shared) {  // zt = W v, the same for every row
+      const float* vv = v.data_ptr<float>();
+      for (int j = 0; j < n; ++j) {
+        float t = 0.0f;
+        for (int c = 0; c < L.k; ++c) t += L.W[(size_t)j * L.k + c] * vv[c];
+        ztrow[j] = t;
+      }
+    } else {
+      linear(L, prevt, rows, CT, wt, row);
+      zt = CT;
+      zt_stride = n;
+    }
+    for (int r = 0; r < rows; ++r) {
+      const size_t o = (size_t)r * n;
+      act_tangent_row(L.act, C + o, L.b, zt + r * zt_stride, a + o, d1 + o, at + o, q + o, n);
+    }
+    prev = a;
+    prevt = at;
+  }
+}
+
+// The backward pass after tangent_forward (same x, v and buffers): gz, gzt (n x outputs) are the cotangents of
+// the outputs and of their derivatives along v; every parameter's gradient is written into (add = false) or
+// added to (add = true) gW, gb.
+void tangent_backward(const torch::Tensor& x, const torch::Tensor& v, const torch::Tensor& gz,
+                      const torch::Tensor& gzt, const std::vector<torch::Tensor>& W,
+                      const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>& gW,
+                      const std::vector<torch::Tensor>& gb, const std::vector<int64_t>& acts,
+                      const std::vector<torch::Tensor>& A, const std::vector<torch::Tensor>& AT,
+                      const std::vector<torch::Tensor>& D1, const std::vector<torch::Tensor>& Q, bool add) {
+  const char* fn = "tangent_backward";
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1, "cpu_step.tangent_backward: x must be 2-D with >= 1 rows");
+  const int rows = static_cast<int>(x.size(0)), inputs = static_cast<int>(x.size(1));
+  check_rows(fn, x, rows, inputs, "x");
+  const std::vector<Layer> layers = make_layers(fn, inputs, W, b, &gW, &gb, acts);
+  const int nl = static_cast<int>(layers.size());
+  const bool shared = v.dim() == 1;
+  if (shared) {
+    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == torch::kFloat32 && v.is_contiguous() && v.numel() == inputs,
+                "cpu_step.tangent_backward: a shared direction v must be a contiguous float32 CPU vector of ", inputs);
+  } else {
+    check_rows(fn, v, rows, inputs, "v");
+  }
+  const int out = layers[nl - 1].n;
+  check_rows(fn, gz, rows, out, "gz");
+  check_rows(fn, gzt, rows, out, "gzt");
+  TORCH_CHECK(A.size() == (size_t)nl && AT.size() == (size_t)nl && D1.size() == (size_t)nl && Q.size() == (size_t)nl,
+              "cpu_step.tangent_backward: four buffers per layer");
+  int maxw = inputs;
+  for (int i = 0; i < nl; ++i) {
+    maxw = std::max(maxw, layers[i].n);
+    for (const auto* t : {&A[i], &AT[i], &D1[i], &Q[i]}) check_rows(fn, *t, rows, layers[i].n, "a buffer");
+  }
+  const size_t per = (size_t)rows * maxw;
+  thread_local std::vector<float> buf;
+  buf.resize(4 * per + maxw + 64);
+  float *g = buf.data(), *g2 = g + per, *gt = g2 + per, *gt2 = gt + per, *colsum = gt2 + per;
+  std::memcpy(g, gz.data_ptr<float>(), sizeof(float) * rows * out);
+  std::memcpy(gt, gzt.data_ptr<float>(), sizeof(float) * rows * out);
+  if (!add) zero_gradients(layers);
+  for (int i = nl - 1; i >= 0; --i) {
+    const Layer& L = layers[i];
+    const int n = L.n, k = L.k;
+    through_activation(D1[i].data_ptr<float>(), Q[i].data_ptr<float>(), rows, n, g, gt, L.gb);
+    weight_gradient(L, g, i == 0 ? x.data_ptr<float>() : A[i - 1].data_ptr<float>(), rows);
+    if (i == 0 && shared) {  // the layer's input tangent is v on every row: gW += (column sums of gt) v^T
+      std::fill(colsum, colsum + n, 0.0f);
+      for (int r = 0; r < rows; ++r)
+#pragma omp simd
+        for (int j = 0; j < n; ++j) colsum[j] += gt[(size_t)r * n + j];
+      const float* vv = v.data_ptr<float>();
+      for (int j = 0; j < n; ++j)
+        for (int c = 0; c < k; ++c) L.gW[(size_t)j * k + c] += colsum[j] * vv[c];
+    } else {
+      weight_gradient(L, gt, i == 0 ? v.data_ptr<float>() : AT[i - 1].data_ptr<float>(), rows);
+    }
+    if (i > 0) {
+      backprop(L, g, rows, g2);
+      backprop(L, gt, rows, gt2);
+      std::swap(g, g2);
+      std::swap(gt, gt2);
+    }
+  }
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("data_step", &data_step, "the mean-squared-error data step of an MLP (see surrogates/cpu_step.py)");
+  m.def("tangent_forward", &tangent_forward, "an MLP's forward pass with tangents (see surrogates/cpu_step.py)");
+  m.def("tangent_backward", &tangent_backward, "the backward pass after tangent_forward");
 }

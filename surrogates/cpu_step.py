@@ -98,12 +98,13 @@ def load(verbose: bool = False):
         name = build_name()
         folder = Path(cpp_extension._get_build_directory(name, verbose=False))
         if not any(folder.glob(f"{name}*.so")):
-            print(f"building the compiled CPU data step (once per machine, ~30 s) in {folder}", file=sys.stderr)
+            print(f"building the compiled CPU training step (once per machine, ~30 s) in {folder}", file=sys.stderr)
         try:
             _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, verbose=verbose)
-        except Exception as e:  # compiler, ninja or build failure: say which, once
-            msg = str(e).strip().splitlines()
-            _failure = f"the compiled CPU data step could not be built ({type(e).__name__}: {msg[-1] if msg else ''})"
+        except Exception as e:  # compiler, ninja or build failure: say which (the compiler's first error), once
+            lines = str(e).strip().splitlines()
+            first = next((ln.strip() for ln in lines if "error:" in ln), lines[-1] if lines else "")
+            _failure = f"the compiled CPU step could not be built ({type(e).__name__}: {first[:300]})"
             raise CpuStepUnavailable(_failure) from e
         return _module
 
@@ -117,7 +118,40 @@ def unavailable_reason() -> str | None:
     return None
 
 
-class CpuDataStep:
+class _Compiled:
+    """What both compiled steps share: the checks, the engine's parameters and gradients, the module."""
+
+    what = "the compiled CPU step"
+
+    def __init__(self, engine):
+        self.engine = engine
+        dev, dtype = engine.W[0].device, engine.W[0].dtype
+        if dev.type != "cpu":
+            raise InvalidInputError(f"{self.what} trains CPU models; the model is on {dev}")
+        if dtype != torch.float32:
+            raise InvalidInputError(f"{self.what} trains float32 networks, got {dtype}")
+        acts = [a for a, _ in engine.model.hidden] + [engine.model.output_activation]
+        unknown = [a for a in acts if a not in CODES]
+        if unknown:
+            raise InvalidInputError(f"{self.what} has no activation {unknown[0]!r}; valid: {sorted(k for k in CODES if k)}")
+        self.acts = [CODES[a] for a in acts]
+        for t in (*engine.W, *engine.b):
+            if not t.is_contiguous():
+                raise InvalidInputError(f"{self.what} reads contiguous parameters")
+        self.W, self.b = list(engine.W), list(engine.b)
+        self.gW = [lin.weight.grad for lin in engine.linears]
+        self.gb = [lin.bias.grad for lin in engine.linears]
+        self.module = load()
+
+    @staticmethod
+    def _call(fn, *args):
+        try:
+            return fn(*args)
+        except RuntimeError as e:  # the C++ checks (shapes, dtypes) name what was wrong
+            raise InvalidInputError(str(e).splitlines()[0]) from None
+
+
+class CpuDataStep(_Compiled):
     """``engine``'s data step (mean squared error) as one compiled call.
 
     Call it as :meth:`~surrogates.engine.MLPEngine.data_step` (``xs``, ``ys`` scaled, float32, on the CPU;
@@ -126,39 +160,49 @@ class CpuDataStep:
     """
 
     rows = sys.maxsize
+    what = "the compiled CPU data step"
 
     def __init__(self, engine, tile: int = TILE):
-        self.engine = engine
-        dev, dtype = engine.W[0].device, engine.W[0].dtype
-        if dev.type != "cpu":
-            raise InvalidInputError(f"the compiled CPU data step trains CPU models; the model is on {dev}")
-        if dtype != torch.float32:
-            raise InvalidInputError(f"the compiled CPU data step trains float32 networks, got {dtype}")
-        acts = [a for a, _ in engine.model.hidden] + [engine.model.output_activation]
-        unknown = [a for a in acts if a not in CODES]
-        if unknown:
-            raise InvalidInputError(f"the compiled CPU data step has no activation {unknown[0]!r}; valid: "
-                                    f"{sorted(k for k in CODES if k)}")
-        self.acts = [CODES[a] for a in acts]
+        super().__init__(engine)
         self.tile = int(tile)
         if self.tile < 1:
             raise InvalidInputError(f"tile must be >= 1 row, got {tile}")
-        for t in (*engine.W, *engine.b):
-            if not t.is_contiguous():
-                raise InvalidInputError("the compiled CPU data step reads contiguous parameters")
-        self.W, self.b = list(engine.W), list(engine.b)
-        self.gW = [lin.weight.grad for lin in engine.linears]
-        self.gb = [lin.bias.grad for lin in engine.linears]
-        self._fn = load().data_step
 
     def __call__(self, xs: torch.Tensor, ys: torch.Tensor, weight: float = 1.0, p: float = 2.0) -> torch.Tensor:
         if p != 2.0:
             raise InvalidInputError(f"the compiled CPU data step computes the mean squared error (p = 2), got p = {p}")
         eng = self.engine
-        try:
-            loss = self._fn(xs.contiguous(), ys.contiguous(), self.W, self.b, self.gW, self.gb, self.acts,
-                            float(weight), eng._written, self.tile)
-        except RuntimeError as e:  # the C++ checks (shapes, dtypes) name what was wrong
-            raise InvalidInputError(str(e).splitlines()[0]) from None
+        loss = self._call(self.module.data_step, xs.contiguous(), ys.contiguous(), self.W, self.b, self.gW, self.gb,
+                          self.acts, float(weight), eng._written, self.tile)
+        eng._written = True
+        return loss
+
+
+class CpuTangentStep(_Compiled):
+    """``engine``'s residual step with a closed-form gradient
+    (:meth:`~surrogates.engine.MLPEngine.tangent_step_closed`) in two compiled calls: the forward pass with
+    tangents, then, after ``residual_grad`` (torch operators on the small output tensors), the backward pass.
+    Per layer it keeps ``a``, ``at``, ``f'(z)`` and ``f''(z) zt`` for up to ``rows`` rows (the engine's)."""
+
+    what = "the compiled CPU residual step"
+
+    def __init__(self, engine, rows: int | None = None):
+        super().__init__(engine)
+        self.rows = int(rows or engine.rows)
+        widths = [lin.out_features for lin in engine.linears]
+        self.bufs = [[torch.empty(self.rows, w) for w in widths] for _ in range(4)]  # a, at, f', f'' zt
+
+    def __call__(self, xs: torch.Tensor, vs: torch.Tensor, residual_grad, weight: float = 1.0) -> torch.Tensor:
+        n = xs.shape[0]
+        if n > self.rows or n < 1:
+            raise InvalidInputError(f"{self.what} was sized for 1 to {self.rows} rows, got {n}")
+        eng, m = self.engine, self.module
+        xs, vs = xs.contiguous(), vs.contiguous()
+        A, AT, D1, Q = self.bufs
+        self._call(m.tangent_forward, xs, vs, self.W, self.b, self.acts, A, AT, D1, Q)
+        with torch.no_grad():
+            loss, gz, gzt = residual_grad(A[-1][:n], AT[-1][:n])
+            self._call(m.tangent_backward, xs, vs, gz.mul_(weight).contiguous(), gzt.mul_(weight).contiguous(),
+                       self.W, self.b, self.gW, self.gb, self.acts, A, AT, D1, Q, eng._written)
         eng._written = True
         return loss

@@ -325,8 +325,10 @@ class MLPEngine:
         self._written = False
         self.mm = _Products(dev)
         self._views: dict = {}
-        # a kernel that does a whole mean-squared-error data step (surrogates.triton_step), or None
+        # a kernel that does a whole mean-squared-error data step (surrogates.triton_step, surrogates.cpu_step),
+        # and one for a residual step with a closed-form gradient (surrogates.cpu_step), or None
         self.data_kernel = None
+        self.tangent_kernel = None
 
     def _v(self, n: int) -> dict:
         """The buffers cut to ``n`` rows (views made once per size: slicing costs microseconds a call)."""
@@ -457,6 +459,9 @@ class MLPEngine:
         """As :meth:`tangent_step`, for a residual that gives its own gradients: ``residual_grad(z, zt) -> (loss,
         dloss/dz, dloss/dzt)`` in closed form. Autograd over the output tensors costs tens of small operations
         and their bookkeeping a step (a third of a collocation row's cost on a CPU); this costs a handful."""
+        k = self.tangent_kernel
+        if k is not None and xs.shape[0] <= k.rows:
+            return k(xs, vs, residual_grad, weight)
         z, zt = self.forward(xs, vs)
         with torch.no_grad():
             loss, gz, gzt = residual_grad(z, zt)

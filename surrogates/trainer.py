@@ -212,7 +212,7 @@ class Trainer:
 
             eng.data_kernel = TritonDataStep(eng)
         else:
-            eng.data_kernel = self._cpu_kernel(eng)
+            self._cpu_kernels(eng)
         self._engine = eng
         return self._joint_gate(eng, steps)
 
@@ -450,24 +450,23 @@ class Trainer:
 
     LBFGS_CHUNK = 8192  # rows per engine call in the polish's full-set data terms
 
-    def _cpu_kernel(self, eng):
-        """The compiled CPU data step (:mod:`~surrogates.cpu_step`) for ``eng``: always with engine ``"cpp"``
-        (an error says why it cannot be used), with ``"auto"`` where it applies and builds (a float32 model on
-        the CPU), else ``None`` (the engine's torch operators)."""
+    def _cpu_kernels(self, eng) -> None:
+        """``eng``'s data and residual steps as compiled CPU calls (:mod:`~surrogates.cpu_step`): always with
+        engine ``"cpp"`` (an error says why they cannot be used), with ``"auto"`` where they apply and build (a
+        float32 model on the CPU); otherwise the engine keeps its torch operators."""
         if self.engine not in ("cpp", "auto"):
-            return None
-        from .cpu_step import CpuDataStep, CpuStepUnavailable
+            return
+        from .cpu_step import CpuDataStep, CpuStepUnavailable, CpuTangentStep
 
         p = eng.W[0]
         if self.engine == "auto" and (p.device.type != "cpu" or p.dtype != torch.float32):
-            return None
+            return
         try:
-            return CpuDataStep(eng)
+            eng.data_kernel, eng.tangent_kernel = CpuDataStep(eng), CpuTangentStep(eng)
         except CpuStepUnavailable as e:
             if self.engine == "cpp":
                 raise InvalidInputError(f"engine 'cpp': {e}") from None
             _note_once(f"{e}; training with the engine's torch operators instead")
-            return None
 
     def _lbfgs_fused(self):
         """``(engine, steps)`` for the polish's full-set objective through the fused engine (data terms over
@@ -480,7 +479,8 @@ class Trainer:
         full = [hasattr(l, "fused_full") and hasattr(l, "X") for l, _ in self.losses]
         rows = max(min(l.X.shape[0], self.LBFGS_CHUNK) if f else l.fused_rows() for (l, _), f in zip(self.losses, full))
         eng = MLPEngine(self.model, rows)
-        eng.data_kernel = self._cpu_kernel(eng) if self.engine != "triton" else None
+        if self.engine != "triton":
+            self._cpu_kernels(eng)
         steps = [l.fused_full(eng) if f else l.fused(eng) for (l, _), f in zip(self.losses, full)]
         if any(st is None for st in steps):
             return None

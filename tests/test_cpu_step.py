@@ -88,6 +88,59 @@ def test_the_compiled_step_gives_the_engines_loss_and_gradients(cpu_step, name, 
     close(both, grads(net))
 
 
+def _quadratic(z, zt):
+    """A residual with its gradient in closed form: mean(z^2 + 3 zt^2)."""
+    n = z.numel()
+    return torch.mean(z * z + 3.0 * zt * zt), z * (2.0 / n), zt * (6.0 / n)
+
+
+@pytest.mark.parametrize("name,rows,shared", [("3x64", 300, True), ("3x64", 64, False), ("odd", 77, True),
+                                              ("relu-tanh", 33, False), ("wide-ends", 129, True)])
+def test_the_compiled_residual_step_gives_the_engines_loss_and_gradients(cpu_step, name, rows, shared):
+    """The forward pass with tangents and its backward (tangent_step_closed): one direction for every row
+    (the ODE residual's d/dt) or one per row; every activation; a second term adds to the first."""
+    net = make(name)
+    eng = MLPEngine(net, 512)
+    g = torch.Generator().manual_seed(2)
+    xs = torch.rand(rows, net.n_inputs, generator=g) * 2 - 1
+    vs = torch.randn(net.n_inputs, generator=g) if shared else torch.randn(rows, net.n_inputs, generator=g)
+    eng.zero_grad()
+    want = eng.tangent_step_closed(xs, vs, _quadratic, 0.7)
+    want_g = grads(net)
+    for p in net.parameters():
+        p.grad.fill_(3.0)
+    eng.tangent_kernel = cpu_step.CpuTangentStep(eng)
+    eng.zero_grad()
+    got = eng.tangent_step_closed(xs, vs, _quadratic, 0.7)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    close(grads(net), want_g)
+    eng.data_step(xs, torch.zeros(rows, net.n_outputs), 0.3)  # a data term after it adds
+    both = grads(net)
+    eng.tangent_kernel = None
+    eng.zero_grad()
+    eng.tangent_step_closed(xs, vs, _quadratic, 0.7)
+    eng.data_step(xs, torch.zeros(rows, net.n_outputs), 0.3)
+    close(both, grads(net))
+    with pytest.raises(InvalidInputError, match="sized for 1 to 512 rows"):
+        cpu_step.CpuTangentStep(eng)(torch.zeros(513, net.n_inputs), torch.ones(net.n_inputs), _quadratic)
+
+
+def test_a_pinn_on_the_compiled_steps_follows_the_torch_operators(cpu_step, tmp_path):
+    """A PINN (data, ODE residual in closed form, initial condition) on engine "cpp": every term through a
+    compiled call; 60 steps equal engine "fused"'s to float32 rounding."""
+    from test_engine import _pinn_trainer
+
+    finals = []
+    for engine in ("fused", "cpp"):
+        tr, m = _pinn_trainer(tmp_path / engine, False, engine)
+        tr.train(60)
+        assert (tr._engine.tangent_kernel is not None) == (engine == "cpp")
+        finals.append((torch.cat([p.detach().reshape(-1) for p in m.parameters()]), tr.rows[-1]))
+    torch.testing.assert_close(finals[0][0], finals[1][0], rtol=1e-4, atol=1e-5)
+    for k in ("data", "physics", "initial", "total"):
+        assert finals[1][1][k] == pytest.approx(finals[0][1][k], rel=1e-4)
+
+
 def test_the_same_inputs_give_the_same_bits(cpu_step):
     net = make("3x64")
     eng = MLPEngine(net, 1024)
@@ -157,14 +210,14 @@ def test_auto_falls_back_to_torch_operators_where_it_cannot_be_built(cpu_step, t
     from surrogates import trainer as trainer_mod
 
     def refuse():
-        raise cpu_step.CpuStepUnavailable("the compiled CPU data step could not be built (simulated)")
+        raise cpu_step.CpuStepUnavailable("the compiled CPU step could not be built (simulated)")
 
     monkeypatch.setattr(cpu_step, "load", refuse)
     monkeypatch.setattr(trainer_mod, "_NOTED", set())
     tr, _ = _train("auto", tmp_path / "auto", iters=10)
     assert tr._engine is not None and tr._engine.data_kernel is None
     assert capsys.readouterr().err.count("could not be built (simulated)") == 1
-    with pytest.raises(InvalidInputError, match="engine 'cpp': the compiled CPU data step could not be built"):
+    with pytest.raises(InvalidInputError, match="engine 'cpp': the compiled CPU step could not be built"):
         _train("cpp", tmp_path / "cpp", iters=10)
 
 
