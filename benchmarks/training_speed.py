@@ -8,8 +8,10 @@ default network on problem C (the data-driven 3x64 net of the paper) and the ste
 * ``reference``: a plain eager loop of the same network, as the upstream Pinn-Torch trainer runs it
   (contiguous slices of the data, ``torch.optim.Adam``, the loss read back every step);
 * ``autograd``: this project's Trainer on its autograd path;
-* ``fused``: the Trainer on the hand-written engine (``surrogates.engine``) with the fused Adam; on a GPU
-  also with its data step in one Triton kernel (``surrogates.triton_step``, engine ``triton``);
+* ``fused``: the Trainer on the hand-written engine (``surrogates.engine``) with the fused Adam, on torch
+  operators; on a CPU also with its data and residual steps as compiled calls (``surrogates.cpu_step``,
+  engine ``cpp``, what ``auto`` picks there), on a GPU with its data step in one Triton kernel
+  (``surrogates.triton_step``, engine ``triton``);
 * the same for a PINN step (data + ODE residual on ``training.physics.collocation_points`` points + the
   initial condition), and the cost of one collocation row relative to one data row in each path.
 
@@ -199,16 +201,26 @@ def cohort_rate(p, hidden, X, Y, batch, iters, lr, device, size: int = 3) -> flo
 
 
 def row_costs(p, hidden, X, Y, batch, n_coll, device, reps=200) -> dict:
-    """Seconds per data row and per collocation row, for the autograd and the fused path."""
+    """Seconds per data row and per collocation row, for the autograd and the fused path, and on a CPU the
+    fused path through the compiled steps (``surrogates.cpu_step``: what engine "auto" trains with there)."""
     from surrogates.engine import MLPEngine
 
     out = {}
-    for engine in ("autograd", "fused"):
+    paths = ["autograd", "fused"] + (["compiled"] if torch.device(device).type == "cpu" else [])
+    for engine in paths:
         net = _net(p, hidden, X, Y, device)
         data = DataLoss(X, Y, batch_size=batch, seed=0)
         phys = ODEResidualLoss(p, n_coll, "sobol", seed=1)
-        if engine == "fused":
+        if engine in ("fused", "compiled"):
             eng = MLPEngine(net, max(batch, n_coll))
+            if engine == "compiled":
+                from surrogates.cpu_step import CpuDataStep, CpuStepUnavailable, CpuTangentStep
+
+                try:
+                    eng.data_kernel, eng.tangent_kernel = CpuDataStep(eng), CpuTangentStep(eng)
+                except CpuStepUnavailable as exc:
+                    print(f"row costs, compiled path: skipped ({exc})", file=sys.stderr)
+                    continue
             fd, fp = data.fused(eng), phys.fused(eng)
 
             def d():
@@ -267,7 +279,7 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
                     "trainer, fused engine": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "fused")}
         gpu = torch.device(device).type == "cuda"
         if not gpu:  # the data step in one compiled call (surrogates.cpu_step), what engine "auto" picks here
-            variants["trainer, compiled CPU data step"] = lambda: trainer_rate(
+            variants["trainer, compiled CPU steps"] = lambda: trainer_rate(
                 p, hidden, X, Y, batch, iterations, s["lr"], device, "cpp")
         if gpu:  # on a GPU the fused step is captured by default ("auto"); the uncaptured one beside it
             variants["trainer, fused engine, CUDA graph"] = variants.pop("trainer, fused engine")
@@ -285,6 +297,9 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
                                                                     device, "autograd", phys)
             variants["PINN, fused engine" + (", CUDA graph" if gpu else "")] = lambda: trainer_rate(
                 p, hidden, X, Y, batch, n_pinn, s["lr"], device, "fused", phys)
+            if not gpu:  # every term through the compiled CPU steps (engine "auto" on a CPU)
+                variants["PINN, compiled CPU steps"] = lambda: trainer_rate(
+                    p, hidden, X, Y, batch, n_pinn, s["lr"], device, "cpp", phys)
             if gpu:  # its data and initial-condition terms through the Triton data step
                 variants["PINN, Triton data steps, CUDA graph"] = lambda: trainer_rate(
                     p, hidden, X, Y, batch, n_pinn, s["lr"], device, "triton", phys)
