@@ -635,133 +635,144 @@ torch::Tensor data_step(const torch::Tensor& x, const torch::Tensor& y, const st
   return torch::tensor(static_cast<float>(sse / ((double)B * out)));
 }
 
+namespace {
+
+// what both tangent passes check and share: the layers, the direction, the buffers (two blocks of n rows per
+// layer: AA = [a; at], DQ = [f'(z); f''(z) zt])
+struct TangentArgs {
+  std::vector<Layer> layers;
+  int rows, inputs, maxw;
+  bool shared;
+};
+
+TangentArgs tangent_args(const char* fn, const torch::Tensor& x, const torch::Tensor& v,
+                         const std::vector<torch::Tensor>& W, const std::vector<torch::Tensor>& b,
+                         const std::vector<torch::Tensor>* gW, const std::vector<torch::Tensor>* gb,
+                         const std::vector<int64_t>& acts, const std::vector<torch::Tensor>& AA,
+                         const std::vector<torch::Tensor>& DQ) {
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1, "cpu_step.", fn, ": x must be 2-D with >= 1 rows");
+  TangentArgs t;
+  t.rows = static_cast<int>(x.size(0));
+  t.inputs = static_cast<int>(x.size(1));
+  check_rows(fn, x, t.rows, t.inputs, "x");
+  t.layers = make_layers(fn, t.inputs, W, b, gW, gb, acts);
+  t.shared = v.dim() == 1;
+  if (t.shared) {
+    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == torch::kFloat32 && v.is_contiguous() && v.numel() == t.inputs,
+                "cpu_step.", fn, ": a shared direction v must be a contiguous float32 CPU vector of ", t.inputs);
+  } else {
+    check_rows(fn, v, t.rows, t.inputs, "v");
+  }
+  const size_t nl = t.layers.size();
+  TORCH_CHECK(AA.size() == nl && DQ.size() == nl, "cpu_step.", fn, ": two buffers per layer");
+  t.maxw = t.inputs;
+  for (size_t i = 0; i < nl; ++i) {
+    t.maxw = std::max(t.maxw, t.layers[i].n);
+    check_rows(fn, AA[i], 2 * (int64_t)t.rows, t.layers[i].n, "a buffer");
+    check_rows(fn, DQ[i], 2 * (int64_t)t.rows, t.layers[i].n, "a buffer");
+  }
+  return t;
+}
+
+}  // namespace
+
 // The forward pass with tangents (forward mode), for rows x (n x inputs) and a direction v: one for every
-// row (1-D, `inputs` long) or one per row (n x inputs). Each layer's a, at = f'(z) zt, d1 = f'(z) and
-// q = f''(z) zt go into A, AT, D1, Q (at least n rows of the layer's width each); the network's outputs and
-// their derivatives along v are then A[-1][:n] and AT[-1][:n]. The backward pass reads the same buffers.
+// row (1-D, `inputs` long) or one per row (n x inputs). Per layer, AA gets a = f(z) in its first n rows and
+// at = f'(z) zt in the next n, DQ f'(z) and f''(z) zt the same way (buffers of at least 2n rows); the values
+// and tangents go through each layer's product together (2n rows, one BLAS call). The network's outputs and
+// their derivatives along v are AA[-1][:n] and AA[-1][n:2n]. The backward pass reads the same buffers.
 void tangent_forward(const torch::Tensor& x, const torch::Tensor& v, const std::vector<torch::Tensor>& W,
                      const std::vector<torch::Tensor>& b, const std::vector<int64_t>& acts,
-                     const std::vector<torch::Tensor>& A, const std::vector<torch::Tensor>& AT,
-                     const std::vector<torch::Tensor>& D1, const std::vector<torch::Tensor>& Q) {
-  const char* fn = "tangent_forward";
-  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1, "cpu_step.tangent_forward: x must be 2-D with >= 1 rows");
-  const int rows = static_cast<int>(x.size(0)), inputs = static_cast<int>(x.size(1));
-  check_rows(fn, x, rows, inputs, "x");
-  const std::vector<Layer> layers = make_layers(fn, inputs, W, b, nullptr, nullptr, acts);
-  const int nl = static_cast<int>(layers.size());
-  const bool shared = v.dim() == 1;
-  if (shared) {
-    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == torch::kFloat32 && v.is_contiguous() && v.numel() == inputs,
-                "cpu_step.tangent_forward: a shared direction v must be a contiguous float32 CPU vector of ", inputs);
-  } else {
-    check_rows(fn, v, rows, inputs, "v");
-  }
-  TORCH_CHECK(A.size() == (size_t)nl && AT.size() == (size_t)nl && D1.size() == (size_t)nl && Q.size() == (size_t)nl,
-              "cpu_step.tangent_forward: four buffers per layer");
-  int maxw = inputs;
-  for (int i = 0; i < nl; ++i) {
-    maxw = std::max(maxw, layers[i].n);
-    for (const auto* t : {&A[i], &AT[i], &D1[i], &Q[i]}) check_rows(fn, *t, rows, layers[i].n, "a buffer");
-  }
-  const size_t per = (size_t)rows * maxw;
+                     const std::vector<torch::Tensor>& AA, const std::vector<torch::Tensor>& DQ) {
+  const TangentArgs t = tangent_args("tangent_forward", x, v, W, b, nullptr, nullptr, acts, AA, DQ);
+  const int n = t.rows, nl = static_cast<int>(t.layers.size());
+  const size_t per = (size_t)2 * n * t.maxw;
   thread_local std::vector<float> buf;
-  buf.resize(2 * per + (size_t)maxw * (THIN + 2) + 64);
+  buf.resize(2 * per + (size_t)t.maxw * (THIN + 2) + 64);
   float* C = buf.data();
-  float* CT = C + per;
-  float* wt = CT + per;
-  float* row = wt + (size_t)maxw * THIN;
-  float* ztrow = row + maxw;
-  const float* prev = x.data_ptr<float>();
-  const float* prevt = shared ? nullptr : v.data_ptr<float>();
+  float* XV = C + per;  // x and a per-row v, stacked
+  float* wt = XV + per;
+  float* row = wt + (size_t)t.maxw * THIN;
+  float* ztrow = row + t.maxw;
   for (int i = 0; i < nl; ++i) {
-    const Layer& L = layers[i];
-    const int n = L.n;
-    float *a = A[i].data_ptr<float>(), *at = AT[i].data_ptr<float>(), *d1 = D1[i].data_ptr<float>(),
-          *q = Q[i].data_ptr<float>();
-    linear(L, prev, rows, C, wt, row);
-    const float* zt = ztrow;
-    size_t zt_stride = 0;
-    if (i == 0 && shared) {  // zt = W v, the same for every row
+    const Layer& L = t.layers[i];
+    const int w = L.n;
+    float* a = AA[i].data_ptr<float>();
+    float* d1 = DQ[i].data_ptr<float>();
+    float *at = a + (size_t)n * w, *q = d1 + (size_t)n * w;
+    const float* zt = C + (size_t)n * w;  // the tangents' products follow the values'
+    size_t zt_stride = w;
+    if (i == 0 && t.shared) {  // zt = W v, the same for every row
+      linear(L, x.data_ptr<float>(), n, C, wt, row);
       const float* vv = v.data_ptr<float>();
-      for (int j = 0; j < n; ++j) {
-        float t = 0.0f;
-        for (int c = 0; c < L.k; ++c) t += L.W[(size_t)j * L.k + c] * vv[c];
-        ztrow[j] = t;
+      for (int j = 0; j < w; ++j) {
+        float s = 0.0f;
+        for (int c = 0; c < L.k; ++c) s += L.W[(size_t)j * L.k + c] * vv[c];
+        ztrow[j] = s;
       }
+      zt = ztrow;
+      zt_stride = 0;
+    } else if (i == 0) {
+      std::memcpy(XV, x.data_ptr<float>(), sizeof(float) * n * L.k);
+      std::memcpy(XV + (size_t)n * L.k, v.data_ptr<float>(), sizeof(float) * n * L.k);
+      linear(L, XV, 2 * n, C, wt, row);
     } else {
-      linear(L, prevt, rows, CT, wt, row);
-      zt = CT;
-      zt_stride = n;
+      linear(L, AA[i - 1].data_ptr<float>(), 2 * n, C, wt, row);
     }
-    for (int r = 0; r < rows; ++r) {
-      const size_t o = (size_t)r * n;
-      act_tangent_row(L.act, C + o, L.b, zt + r * zt_stride, a + o, d1 + o, at + o, q + o, n);
+    for (int r = 0; r < n; ++r) {
+      const size_t o = (size_t)r * w;
+      act_tangent_row(L.act, C + o, L.b, zt + r * zt_stride, a + o, d1 + o, at + o, q + o, w);
     }
-    prev = a;
-    prevt = at;
   }
 }
 
 // The backward pass after tangent_forward (same x, v and buffers): gz, gzt (n x outputs) are the cotangents of
 // the outputs and of their derivatives along v; every parameter's gradient is written into (add = false) or
-// added to (add = true) gW, gb.
+// added to (add = true) gW, gb. The cotangents of values and tangents are kept stacked (2n rows), so each
+// layer's weight gradient (g^T a + gt^T at) and input gradient are one BLAS call each.
 void tangent_backward(const torch::Tensor& x, const torch::Tensor& v, const torch::Tensor& gz,
                       const torch::Tensor& gzt, const std::vector<torch::Tensor>& W,
                       const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>& gW,
                       const std::vector<torch::Tensor>& gb, const std::vector<int64_t>& acts,
-                      const std::vector<torch::Tensor>& A, const std::vector<torch::Tensor>& AT,
-                      const std::vector<torch::Tensor>& D1, const std::vector<torch::Tensor>& Q, bool add) {
+                      const std::vector<torch::Tensor>& AA, const std::vector<torch::Tensor>& DQ, bool add) {
   const char* fn = "tangent_backward";
-  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1, "cpu_step.tangent_backward: x must be 2-D with >= 1 rows");
-  const int rows = static_cast<int>(x.size(0)), inputs = static_cast<int>(x.size(1));
-  check_rows(fn, x, rows, inputs, "x");
-  const std::vector<Layer> layers = make_layers(fn, inputs, W, b, &gW, &gb, acts);
-  const int nl = static_cast<int>(layers.size());
-  const bool shared = v.dim() == 1;
-  if (shared) {
-    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == torch::kFloat32 && v.is_contiguous() && v.numel() == inputs,
-                "cpu_step.tangent_backward: a shared direction v must be a contiguous float32 CPU vector of ", inputs);
-  } else {
-    check_rows(fn, v, rows, inputs, "v");
-  }
-  const int out = layers[nl - 1].n;
-  check_rows(fn, gz, rows, out, "gz");
-  check_rows(fn, gzt, rows, out, "gzt");
-  TORCH_CHECK(A.size() == (size_t)nl && AT.size() == (size_t)nl && D1.size() == (size_t)nl && Q.size() == (size_t)nl,
-              "cpu_step.tangent_backward: four buffers per layer");
-  int maxw = inputs;
-  for (int i = 0; i < nl; ++i) {
-    maxw = std::max(maxw, layers[i].n);
-    for (const auto* t : {&A[i], &AT[i], &D1[i], &Q[i]}) check_rows(fn, *t, rows, layers[i].n, "a buffer");
-  }
-  const size_t per = (size_t)rows * maxw;
+  const TangentArgs t = tangent_args(fn, x, v, W, b, &gW, &gb, acts, AA, DQ);
+  const int n = t.rows, nl = static_cast<int>(t.layers.size());
+  const int out = t.layers[nl - 1].n;
+  check_rows(fn, gz, n, out, "gz");
+  check_rows(fn, gzt, n, out, "gzt");
+  const size_t per = (size_t)2 * n * t.maxw;
   thread_local std::vector<float> buf;
-  buf.resize(4 * per + maxw + 64);
-  float *g = buf.data(), *g2 = g + per, *gt = g2 + per, *gt2 = gt + per, *colsum = gt2 + per;
-  std::memcpy(g, gz.data_ptr<float>(), sizeof(float) * rows * out);
-  std::memcpy(gt, gzt.data_ptr<float>(), sizeof(float) * rows * out);
-  if (!add) zero_gradients(layers);
+  buf.resize(2 * per + t.maxw + 64);
+  float *G = buf.data(), *G2 = G + per, *colsum = G2 + per;
+  std::memcpy(G, gz.data_ptr<float>(), sizeof(float) * n * out);
+  std::memcpy(G + (size_t)n * out, gzt.data_ptr<float>(), sizeof(float) * n * out);
+  if (!add) zero_gradients(t.layers);
   for (int i = nl - 1; i >= 0; --i) {
-    const Layer& L = layers[i];
-    const int n = L.n, k = L.k;
-    through_activation(D1[i].data_ptr<float>(), Q[i].data_ptr<float>(), rows, n, g, gt, L.gb);
-    weight_gradient(L, g, i == 0 ? x.data_ptr<float>() : A[i - 1].data_ptr<float>(), rows);
-    if (i == 0 && shared) {  // the layer's input tangent is v on every row: gW += (column sums of gt) v^T
-      std::fill(colsum, colsum + n, 0.0f);
-      for (int r = 0; r < rows; ++r)
-#pragma omp simd
-        for (int j = 0; j < n; ++j) colsum[j] += gt[(size_t)r * n + j];
-      const float* vv = v.data_ptr<float>();
-      for (int j = 0; j < n; ++j)
-        for (int c = 0; c < k; ++c) L.gW[(size_t)j * k + c] += colsum[j] * vv[c];
+    const Layer& L = t.layers[i];
+    const int w = L.n, k = L.k;
+    float* gt = G + (size_t)n * w;
+    const float* d1 = DQ[i].data_ptr<float>();
+    through_activation(d1, d1 + (size_t)n * w, n, w, G, gt, L.gb);
+    if (i > 0) {  // [g; gt]^T [a; at] in one product
+      weight_gradient(L, G, AA[i - 1].data_ptr<float>(), 2 * n);
     } else {
-      weight_gradient(L, gt, i == 0 ? v.data_ptr<float>() : AT[i - 1].data_ptr<float>(), rows);
+      weight_gradient(L, G, x.data_ptr<float>(), n);
+      if (t.shared) {  // the layer's input tangent is v on every row: gW += (column sums of gt) v^T
+        std::fill(colsum, colsum + w, 0.0f);
+        for (int r = 0; r < n; ++r)
+#pragma omp simd
+          for (int j = 0; j < w; ++j) colsum[j] += gt[(size_t)r * w + j];
+        const float* vv = v.data_ptr<float>();
+        for (int j = 0; j < w; ++j)
+          for (int c = 0; c < k; ++c) L.gW[(size_t)j * k + c] += colsum[j] * vv[c];
+      } else {
+        weight_gradient(L, gt, v.data_ptr<float>(), n);
+      }
     }
     if (i > 0) {
-      backprop(L, g, rows, g2);
-      backprop(L, gt, rows, gt2);
-      std::swap(g, g2);
-      std::swap(gt, gt2);
+      backprop(L, G, 2 * n, G2);
+      std::swap(G, G2);
     }
   }
 }

@@ -182,7 +182,8 @@ class CpuTangentStep(_Compiled):
     """``engine``'s residual step with a closed-form gradient
     (:meth:`~surrogates.engine.MLPEngine.tangent_step_closed`) in two compiled calls: the forward pass with
     tangents, then, after ``residual_grad`` (torch operators on the small output tensors), the backward pass.
-    Per layer it keeps ``a``, ``at``, ``f'(z)`` and ``f''(z) zt`` for up to ``rows`` rows (the engine's)."""
+    Per layer it keeps ``[a; at]`` and ``[f'(z); f''(z) zt]`` (two blocks of the call's rows) for up to
+    ``rows`` rows (the engine's)."""
 
     what = "the compiled CPU residual step"
 
@@ -190,7 +191,8 @@ class CpuTangentStep(_Compiled):
         super().__init__(engine)
         self.rows = int(rows or engine.rows)
         widths = [lin.out_features for lin in engine.linears]
-        self.bufs = [[torch.empty(self.rows, w) for w in widths] for _ in range(4)]  # a, at, f', f'' zt
+        self.AA = [torch.empty(2 * self.rows, w) for w in widths]  # [a; at]
+        self.DQ = [torch.empty(2 * self.rows, w) for w in widths]  # [f'(z); f''(z) zt]
 
     def __call__(self, xs: torch.Tensor, vs: torch.Tensor, residual_grad, weight: float = 1.0) -> torch.Tensor:
         n = xs.shape[0]
@@ -198,11 +200,11 @@ class CpuTangentStep(_Compiled):
             raise InvalidInputError(f"{self.what} was sized for 1 to {self.rows} rows, got {n}")
         eng, m = self.engine, self.module
         xs, vs = xs.contiguous(), vs.contiguous()
-        A, AT, D1, Q = self.bufs
-        self._call(m.tangent_forward, xs, vs, self.W, self.b, self.acts, A, AT, D1, Q)
+        self._call(m.tangent_forward, xs, vs, self.W, self.b, self.acts, self.AA, self.DQ)
         with torch.no_grad():
-            loss, gz, gzt = residual_grad(A[-1][:n], AT[-1][:n])
+            out = self.AA[-1]
+            loss, gz, gzt = residual_grad(out[:n], out[n:2 * n])
             self._call(m.tangent_backward, xs, vs, gz.mul_(weight).contiguous(), gzt.mul_(weight).contiguous(),
-                       self.W, self.b, self.gW, self.gb, self.acts, A, AT, D1, Q, eng._written)
+                       self.W, self.b, self.gW, self.gb, self.acts, self.AA, self.DQ, eng._written)
         eng._written = True
         return loss
