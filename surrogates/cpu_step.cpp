@@ -290,45 +290,55 @@ void rows_thin_outputs(const Layer& L, const float* prev, int rows, float* row, 
   }
 }
 
-// gW (n x K) += g^T a for K (thin) inputs: a block of V output columns at a time, summed over rows in registers
+// sums over rows of wide[r, j + jj] * thin[r, c], for a block of V columns j.. of `wide` (acc[c][jj]) or one
+// column j (s[c]): the thin layers' weight gradients, summed in registers
+template <int T>
+inline void outer_sums(const float* wide, int cols, const float* thin, int rows, int j, vf* acc) {
+  for (int c = 0; c < T; ++c) acc[c] = vf{};
+  for (int r = 0; r < rows; ++r) {
+    const vf x = vload(wide + (size_t)r * cols + j);
+    for (int c = 0; c < T; ++c) acc[c] += x * thin[(size_t)r * T + c];
+  }
+}
+
+template <int T>
+inline void outer_sums_one(const float* wide, int cols, const float* thin, int rows, int j, float* s) {
+  for (int c = 0; c < T; ++c) s[c] = 0.0f;
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < T; ++c) s[c] += wide[(size_t)r * cols + j] * thin[(size_t)r * T + c];
+}
+
+// gW (n x K) += g^T a for K (thin) inputs
 template <int K>
 void weight_gradient_thin_inputs(const Layer& L, const float* g, const float* a, int rows) {
   const int n = L.n, nv = n - n % V;
+  vf acc[K];
+  float s[K];
   for (int j = 0; j < nv; j += V) {
-    vf acc[K] = {};
-    for (int r = 0; r < rows; ++r) {
-      const vf gv = vload(g + (size_t)r * n + j);
-      for (int c = 0; c < K; ++c) acc[c] += gv * a[(size_t)r * K + c];
-    }
+    outer_sums<K>(g, n, a, rows, j, acc);
     for (int c = 0; c < K; ++c)
       for (int jj = 0; jj < V; ++jj) L.gW[(j + jj) * K + c] += acc[c][jj];
   }
-  for (int j = nv; j < n; ++j)
-    for (int c = 0; c < K; ++c) {
-      float s = 0.0f;
-      for (int r = 0; r < rows; ++r) s += g[(size_t)r * n + j] * a[(size_t)r * K + c];
-      L.gW[j * K + c] += s;
-    }
+  for (int j = nv; j < n; ++j) {
+    outer_sums_one<K>(g, n, a, rows, j, s);
+    for (int c = 0; c < K; ++c) L.gW[j * K + c] += s[c];
+  }
 }
 
-// gW (N x k) += g^T a for N (thin) outputs: a block of V input columns at a time, summed over rows in registers
+// gW (N x k) += g^T a for N (thin) outputs
 template <int N>
 void weight_gradient_thin_outputs(const Layer& L, const float* g, const float* a, int rows) {
   const int k = L.k, kv = k - k % V;
+  vf acc[N];
+  float s[N];
   for (int c = 0; c < kv; c += V) {
-    vf acc[N] = {};
-    for (int r = 0; r < rows; ++r) {
-      const vf av = vload(a + (size_t)r * k + c);
-      for (int o = 0; o < N; ++o) acc[o] += av * g[(size_t)r * N + o];
-    }
+    outer_sums<N>(a, k, g, rows, c, acc);
     for (int o = 0; o < N; ++o) vstore(L.gW + (size_t)o * k + c, vload(L.gW + (size_t)o * k + c) + acc[o]);
   }
-  for (int c = kv; c < k; ++c)
-    for (int o = 0; o < N; ++o) {
-      float s = 0.0f;
-      for (int r = 0; r < rows; ++r) s += g[(size_t)r * N + o] * a[(size_t)r * k + c];
-      L.gW[(size_t)o * k + c] += s;
-    }
+  for (int c = kv; c < k; ++c) {
+    outer_sums_one<N>(a, k, g, rows, c, s);
+    for (int o = 0; o < N; ++o) L.gW[(size_t)o * k + c] += s[o];
+  }
 }
 
 // ga (rows x k) = (g W) * d for N (thin) outputs, and gb (k) += its column sums

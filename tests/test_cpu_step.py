@@ -13,7 +13,7 @@ import torch
 
 from core.errors import InvalidInputError
 from surrogates.engine import MLPEngine
-from surrogates.network import MLP
+from test_triton_step import build_net, grads
 
 NETS = {  # hidden layers, inputs, outputs, output activation: every activation; thin and wide first/last layers
     "3x64": ([("SiLU", 64), ("Sigmoid", 64), ("Sigmoid", 64)], 3, 2, None),
@@ -37,21 +37,7 @@ def cpu_step():
 
 
 def make(name, seed=0):
-    hidden, n_in, n_out, out_act = NETS[name]
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    lo = rng.uniform(-2, 2, n_in)
-    net = MLP(n_in, n_out, hidden, output_activation=out_act, input_range=(lo, lo + rng.uniform(0.5, 3, n_in)),
-              output_center=rng.uniform(-1, 1, n_out), output_scale=rng.uniform(0.5, 2, n_out))
-    with torch.no_grad():  # pre-activations of order 1-2 (the ReLUs' kinks, the Softplus' threshold sides)
-        for lin in net.linear_layers():
-            lin.weight.mul_(2.0)
-            lin.bias.mul_(2.0)
-    return net
-
-
-def grads(net):
-    return [p.grad.clone() for p in net.parameters()]
+    return build_net(*NETS[name], seed=seed)
 
 
 def close(got, want):

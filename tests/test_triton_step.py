@@ -32,11 +32,16 @@ def interpreter():
 
 
 def make(name, seed=0):
-    hidden, n_in, n_out = NETS[name]
+    return build_net(*NETS[name], seed=seed)
+
+
+def build_net(hidden, n_in, n_out, output_activation=None, seed=0):
+    """A random MLP with a random input box and output scaling (tests/test_cpu_step.py uses it too)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     lo = rng.uniform(-2, 2, n_in)
-    net = MLP(n_in, n_out, hidden, input_range=(lo, lo + rng.uniform(0.5, 3, n_in)),
+    net = MLP(n_in, n_out, hidden, output_activation=output_activation,
+              input_range=(lo, lo + rng.uniform(0.5, 3, n_in)),
               output_center=rng.uniform(-1, 1, n_out), output_scale=rng.uniform(0.5, 2, n_out))
     with torch.no_grad():  # pre-activations of order 1-2 (the ReLUs' kinks, the Softplus' threshold sides)
         for lin in net.linear_layers():
