@@ -109,7 +109,8 @@ def train_together(trainers, num_iterations: int) -> list[dict]:
                     t._check_finite(total, terms, since=last_check)
                 t._validation_event(total, terms, steppers[s], num_iterations, t0s[s])
             last_check = iteration
-    return [{**t._finish(False, t0), "cohort": len(trainers)} for t, t0 in zip(trainers, t0s)]
+    return [{**t._finish(False, t0), "cohort": len(trainers), "path": "seeds stacked (surrogates.cohort)"}
+            for t, t0 in zip(trainers, t0s)]
 
 
 class _Cohort:

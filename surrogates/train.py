@@ -242,7 +242,7 @@ def _score(cfg, p, r, summary, test) -> dict:
         "val_mae": summary["best_metric"], "stopped_early": summary["stopped_early"],
         "resumed_from_iteration": summary["resumed_from"], "cohort": cohort,
         "cohort_seconds": summary["train_seconds"] if cohort > 1 else None,
-        "device": str(device),
+        "device": str(device), "training_path": summary.get("path"),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else describe_machine(machine_info(gpu=False)),
         "torch": torch.__version__, "euler_floor": test_meta.get("euler_floor"),
         "test_set": {"problem": test_meta.get("provenance", {}).get("problem"), "sha256": test_meta.get("sha256")},

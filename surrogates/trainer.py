@@ -433,7 +433,17 @@ class Trainer:
             load_weights(self.model, self.best_state)
         return {"iterations": self.iteration, "best_iteration": self.best_iteration, "best_metric": self.best_metric,
                 "stopped_early": stopped_early, "resumed": self._resumed_from is not None,
-                "resumed_from": self._resumed_from, "train_seconds": self.elapsed}
+                "resumed_from": self._resumed_from, "train_seconds": self.elapsed, "path": self.path()}
+
+    def path(self) -> str:
+        """Which arithmetic the first-order steps ran on (recorded in a run's metrics.json): ``autograd``,
+        ``fused engine`` (torch operators), ``fused engine, compiled CPU steps`` or ``fused engine, Triton data
+        step``."""
+        eng = self._engine
+        if eng is None:
+            return "autograd"
+        kind = type(eng.data_kernel).__name__
+        return "fused engine" + {"CpuDataStep": ", compiled CPU steps", "TritonDataStep": ", Triton data step"}.get(kind, "")
 
     def _lbfgs(self, t0: float):
         # a deterministic objective: data losses use their whole set (physics losses still resample)

@@ -46,6 +46,7 @@ def test_a_cohort_trains_each_seed_as_it_trains_alone(tmp_path, metric):
     pairs = [_trainer(tmp_path / f"cohort{s}", s, metric=metric) for s in seeds]
     summaries = train_together([t for t, _ in pairs], 70)
     assert [s["cohort"] for s in summaries] == [3, 3, 3]
+    assert {s["path"] for s in summaries} == {"seeds stacked (surrogates.cohort)"}
     for (ta, ma), (tc, mc), s in zip(alone, pairs, seeds):
         assert [r["iteration"] for r in tc.rows] == [20, 40, 60, 70]
         for ra, rc in zip(ta.rows, tc.rows):

@@ -381,6 +381,9 @@ def test_a_tiny_training_run_reduces_test_error_and_writes_metrics(cfg, data, tm
     for k in ("mae", "max_abs_err", "rel_l2", "n_params", "train_seconds", "iterations", "device", "euler_floor"):
         assert k in m, k
     assert m["test"]["rows"] == 30 * 200 and m["device"] == "cpu" and m["iterations"] == 600
+    from surrogates.cpu_step import unavailable_reason  # engine "auto" on a CPU: the compiled steps where they build
+
+    assert m["training_path"] == ("fused engine" if unavailable_reason() else "fused engine, compiled CPU steps")
 
 
 def test_pinn_and_itnn_and_the_hh_m_variants_run(cfg, data, tmp_path):
