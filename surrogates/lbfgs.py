@@ -72,6 +72,7 @@ class LBFGS(torch.optim.LBFGS):
         state["func_evals"] += 1
         flat_grad = self._gather_flat_grad()
         if flat_grad.abs().max() <= tolerance_grad:
+            state["converged"] = True
             return orig_loss
 
         d, t = state.get("d"), state.get("t")
@@ -79,10 +80,13 @@ class LBFGS(torch.optim.LBFGS):
         h_diag = state.get("H_diag")
         prev_flat_grad, prev_loss = state.get("prev_flat_grad"), state.get("prev_loss")
         n_iter = 0
+        start = self._clone_param()  # to tell a call that moved nothing (see the end)
+        restart = state.pop("restart", False)
         while n_iter < max_iter:
             n_iter += 1
             state["n_iter"] += 1
-            if state["n_iter"] == 1:
+            first = state["n_iter"] == 1 or (restart and n_iter == 1)
+            if first:
                 d = flat_grad.neg()
                 S = Y = rho = None
                 h_diag = 1
@@ -100,7 +104,7 @@ class LBFGS(torch.optim.LBFGS):
                 prev_flat_grad.copy_(flat_grad)
             prev_loss = loss
 
-            t = min(1.0, 1.0 / float(flat_grad.abs().sum())) * lr if state["n_iter"] == 1 else lr
+            t = min(1.0, 1.0 / float(flat_grad.abs().sum())) * lr if first else lr
             gtd = flat_grad.dot(d)
             if gtd > -tolerance_change:
                 break
@@ -135,4 +139,16 @@ class LBFGS(torch.optim.LBFGS):
 
         state.update({"d": d, "t": t, "S": S, "Y": Y, "rho": rho, "H_diag": h_diag, "prev_flat_grad": prev_flat_grad,
                       "prev_loss": prev_loss})
+        # A call that moved no parameter leaves the state as it found it, so every later call would do the same
+        # (torch's LBFGS stalls there for good: seen in hh_m polishes, the history's direction so nearly
+        # orthogonal to the gradient that no step along it changes the float32 loss). The next call starts
+        # afresh from steepest descent; if that moves nothing either, the polish has converged.
+        if all(torch.equal(a, p) for a, p in zip(start, self._params)):
+            state["converged"] = restart or S is None
+            state["restart"] = not state["converged"]
         return orig_loss
+
+    @property
+    def converged(self) -> bool:
+        """True once a call from steepest descent moved no parameter (further calls would change nothing)."""
+        return bool(self.state[self._params[0]].get("converged", False))

@@ -93,3 +93,81 @@ def test_on_a_gpu_the_iterates_are_torchs():
     (ref, ref_losses), (got, losses) = runs
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-9)
+
+
+def _stalling_line_search(monkeypatch, stall_with_history=True):
+    """torch's strong-Wolfe search, except that it finds no step (t = 0) along a direction built from the
+    history (or along every direction): a call then moves no parameter, as in the float32 stalls seen in
+    hh_m polishes."""
+    import surrogates.lbfgs as mod
+
+    real = mod._strong_wolfe
+
+    def search(obj_func, x, t, d, loss, grad, gtd, **kw):
+        steepest = torch.allclose(d, -grad)
+        if not stall_with_history or not steepest:
+            return loss, grad, 0.0, 1
+        return real(obj_func, x, t, d, loss, grad, gtd, **kw)
+
+    monkeypatch.setattr(mod, "_strong_wolfe", search)
+
+
+def test_a_call_that_moves_nothing_restarts_from_steepest_descent(monkeypatch):
+    """torch's LBFGS, from a state where the history's direction gives no step, repeats that forever; here
+    the next call drops the history and moves along -gradient."""
+    _stalling_line_search(monkeypatch)
+    m, x, y = _problem()
+    opt = LBFGS(m.parameters(), line_search_fn="strong_wolfe", history_size=5, max_iter=3)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.mean((m(x) - y) ** 2)
+        loss.backward()
+        return loss
+
+    flat = lambda: torch.cat([p.detach().reshape(-1) for p in m.parameters()])  # noqa: E731
+    a = flat()
+    opt.step(closure)  # the first iteration is steepest descent: it moves; the second, from the history, stalls
+    b = flat()
+    assert not torch.equal(a, b)
+    opt.step(closure)  # history: no step at all
+    assert torch.equal(flat(), b) and not opt.converged
+    opt.step(closure)  # afresh from steepest descent: it moves again
+    assert not torch.equal(flat(), b) and not opt.converged
+
+
+def test_a_call_from_steepest_descent_that_moves_nothing_is_convergence(monkeypatch):
+    _stalling_line_search(monkeypatch, stall_with_history=False)
+    m, x, y = _problem()
+    opt = LBFGS(m.parameters(), line_search_fn="strong_wolfe", max_iter=3)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.mean((m(x) - y) ** 2)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert opt.converged
+
+
+def test_the_polish_stops_once_lbfgs_has_converged(monkeypatch, tmp_path, capsys):
+    """The Trainer ends the polish at the first call that moved nothing from steepest descent (every later
+    call would change nothing) and says so."""
+    import numpy as np
+
+    from surrogates.losses import DataLoss
+    from surrogates.network import MLP
+    from surrogates.trainer import Trainer
+
+    _stalling_line_search(monkeypatch, stall_with_history=False)
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (200, 2)).astype(np.float32)
+    Y = (X[:, :1] * X[:, 1:]).astype(np.float32)
+    torch.manual_seed(0)
+    tr = Trainer(MLP(2, 1, [("Tanh", 8)], input_range=([-1, -1], [1, 1])), tmp_path, validation=None, val_every=10,
+                 lbfgs_iterations=200, progress=False)
+    tr.add_loss(DataLoss(X, Y, batch_size=None))
+    summary = tr.train(30)
+    assert summary["iterations"] == 50 and [r["iteration"] for r in tr.rows][-2:] == [30, 50]
+    assert "L-BFGS converged at iteration 50" in capsys.readouterr().err
