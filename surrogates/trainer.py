@@ -563,15 +563,15 @@ class Trainer:
             self._check_finite(total, terms)
             self.elapsed = time.perf_counter() - t0
             self._record(terms, total, float("nan"), self._validate())
-            last = r == rounds - 1 or opt.converged
-            if self.iteration % self.val_every < 20 or last:  # as often as the first-order steps
+            converged = getattr(opt, "converged", False)  # torch.optim.LBFGS (timed by gpu_check) has no such flag
+            if self.iteration % self.val_every < 20 or converged or r == rounds - 1:  # as often as the first-order steps
                 self._write_losses()
                 if self.progress:
                     self._show(end)
-            if opt.converged and r < rounds - 1:
-                print(f"{self.label}L-BFGS converged at iteration {self.iteration} (from steepest descent no step "
-                      f"changes the loss); the polish stops there", file=sys.stderr, flush=True)
-            if opt.converged:
+            if converged:
+                if r < rounds - 1:
+                    print(f"{self.label}L-BFGS converged at iteration {self.iteration} (from steepest descent no "
+                          f"step changes the loss); the polish stops there", file=sys.stderr, flush=True)
                 break
         self._write_stats()
 
