@@ -1,5 +1,6 @@
 // The mean-squared-error data step of a surrogates.network.MLP on a CPU, in one call: forward, loss and every
-// parameter's gradient, without a torch operator inside (see surrogates/cpu_step.py).
+// parameter's gradient, without a torch operator inside; and a residual step's forward pass with tangents and
+// its backward pass (tangent_forward, tangent_backward; see surrogates/cpu_step.py).
 //
 // Rows are taken in tiles that stay in the core's cache. Per layer: the product by the BLAS that torch itself
 // links (sgemm_), or a plain loop when one side is thin (an input or output layer of a few columns, where a

@@ -1,4 +1,4 @@
-"""The fused engine's data step on a CPU in one compiled call (``cpu_step.cpp``, built on first use).
+"""The fused engine's data and residual steps on a CPU as compiled calls (``cpu_step.cpp``, built on first use).
 
 On a CPU the fused engine's data step (:meth:`~surrogates.engine.MLPEngine.data_step`) is some forty torch
 operators for the paper's 3x64 network: eleven matrix products, the activations and their derivatives, the
@@ -10,6 +10,9 @@ that forms the layer below's cotangent; the loss is summed in double precision. 
 a resumed run equals an uninterrupted one, as on the other paths. Exponentials go through a vectorised
 polynomial (within 2 ulp of ``expf``), so results equal the engine's to float32 rounding, not bit for bit
 (tests: loss and gradients to 1e-5 relative, every activation, ragged tiles, a term added to another).
+The residual terms (:meth:`~surrogates.engine.MLPEngine.tangent_step_closed`: the ODE residual, hh_m's gate
+residual) take two calls, :class:`CpuTangentStep`: the forward pass with tangents, then, after the residual's
+closed-form gradient (torch operators on the small output tensors), the backward pass.
 
 The source is compiled with the machine's own instruction set (``-march=native``) by
 :func:`torch.utils.cpp_extension.load` (a C++ compiler and ``ninja``; about 30 s, once per machine: the build
@@ -45,7 +48,7 @@ _failure: str | None = None
 
 
 class CpuStepUnavailable(PipelineError):
-    """The compiled CPU data step cannot be built here (no compiler, no ninja, a failed build)."""
+    """The compiled CPU steps cannot be built here (no compiler, no ninja, a failed build)."""
 
 
 def _cpu_signature() -> str:
