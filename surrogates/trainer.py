@@ -128,9 +128,10 @@ class Trainer:
     checkpoint_meta : extra entries for the meta of ``best_model.pth`` (e.g. its ``provenance``).
     engine : ``"auto"`` (the hand-written :mod:`~surrogates.engine` when the model is an ``MLP`` and every loss
         has a fused form, else autograd; on a CPU, for a float32 model, with its mean-squared-error data steps
-        in one compiled call, :mod:`~surrogates.cpu_step`, where that can be built), ``"fused"`` (the engine on
-        torch operators only; required: an error names the loss that has none), ``"cpp"`` (the engine with
-        the compiled CPU data step; an error says why where it cannot be built), ``"autograd"``, or
+        and closed-form residual steps as compiled calls, :mod:`~surrogates.cpu_step`, where they can be built),
+        ``"fused"`` (the engine on torch operators only; required: an error names the loss that has none),
+        ``"cpp"`` (the engine with the compiled CPU steps; an error says why where they cannot be built),
+        ``"autograd"``, or
         ``"triton"``: the fused engine with each mean-squared-error data step in one Triton kernel
         (:mod:`~surrogates.triton_step`; a CUDA device, or the CPU under ``TRITON_INTERPRET=1``; never run on a
         GPU yet). All paths compute the same losses and gradients (tests: to 1e-5).
