@@ -342,39 +342,7 @@ void weight_gradient_thin_outputs(const Layer& L, const float* g, const float* a
   }
 }
 
-// ga (rows x k) = (g W) * d for N (thin) outputs, and gb (k) += its column sums
-template <int N>
-void input_gradient_thin_outputs(const Layer& L, const float* g, int rows, const float* d, float* ga, float* gb) {
-  const int k = L.k, kv = k - k % V;
-  for (int c = 0; c < kv; c += V) {
-    vf w[N];
-    for (int o = 0; o < N; ++o) w[o] = vload(L.W + (size_t)o * k + c);
-    vf sum = {};
-    for (int r = 0; r < rows; ++r) {
-      const float* gr = g + (size_t)r * N;
-      vf v = w[0] * gr[0];
-      for (int o = 1; o < N; ++o) v += w[o] * gr[o];
-      v *= vload(d + (size_t)r * k + c);
-      vstore(ga + (size_t)r * k + c, v);
-      sum += v;
-    }
-    vstore(gb + c, vload(gb + c) + sum);
-  }
-  for (int c = kv; c < k; ++c) {
-    float sum = 0.0f;
-    for (int r = 0; r < rows; ++r) {
-      const float* gr = g + (size_t)r * N;
-      float v = L.W[c] * gr[0];
-      for (int o = 1; o < N; ++o) v += L.W[(size_t)o * k + c] * gr[o];
-      v *= d[(size_t)r * k + c];
-      ga[(size_t)r * k + c] = v;
-      sum += v;
-    }
-    gb[c] += sum;
-  }
-}
-
-// ga (rows x k) *= d, and gb (k) += its column sums (after the BLAS product)
+// ga (rows x k) *= d, and gb (k) += its column sums (after the input gradient's product)
 void scale_and_sum(const float* d, int rows, int k, float* ga, float* gb) {
   const int kv = k - k % V;
   for (int c = 0; c < kv; c += V) {
@@ -410,23 +378,28 @@ void scale_and_sum(const float* d, int rows, int k, float* ga, float* gb) {
     default: CALL(8);           \
   }
 
-// a layer's forward for a tile: a, d (rows x n) = f, f' of (prev W^T + b). A thin layer (a few inputs or
-// outputs) is computed row by row, the row's pre-activations in L1 (`row`); a wide one by one BLAS product
-// into `c`, then one pass for the bias and activation.
-void forward_layer(const Layer& L, const float* prev, int rows, float* c, float* wt, float* row, float* a, float* d) {
-  const int n = L.n;
-  auto act = [&](int r, const float* z) { act_row(L.act, z, L.b, a + (size_t)r * n, d + (size_t)r * n, n); };
+// c (rows x n) = prev (rows x k) W^T, each row then handed to epi(r, c_row): a thin layer (a few inputs or
+// outputs) row by row, the row in L1 (`row`); a wide one by one BLAS product into `c`
+template <class Epi>
+void rows_product(const Layer& L, const float* prev, int rows, float* c, float* wt, float* row, Epi&& epi) {
   if (L.k <= THIN) {
-#define FWD_K(K) rows_thin_inputs<K>(L, prev, rows, wt, row, act)
-    THIN_CASES(L.k, FWD_K)
+#define PRODUCT_K(K) rows_thin_inputs<K>(L, prev, rows, wt, row, epi)
+    THIN_CASES(L.k, PRODUCT_K)
   } else if (L.n <= THIN) {
-#define FWD_N(N) rows_thin_outputs<N>(L, prev, rows, row, act)
-    THIN_CASES(L.n, FWD_N)
+#define PRODUCT_N(N) rows_thin_outputs<N>(L, prev, rows, row, epi)
+    THIN_CASES(L.n, PRODUCT_N)
   } else {
     gemm('T', 'N', L.n, rows, L.k, L.W, L.k, prev, L.k, 0.0f, c, L.n);
-    for (int r = 0; r < rows; ++r)
-      act_row(L.act, c + (size_t)r * L.n, L.b, a + (size_t)r * L.n, d + (size_t)r * L.n, L.n);
+    for (int r = 0; r < rows; ++r) epi(r, c + (size_t)r * L.n);
   }
+}
+
+// a layer's forward for a tile: a, d (rows x n) = f, f' of (prev W^T + b), the bias and activation in the pass
+// that reads the product
+void forward_layer(const Layer& L, const float* prev, int rows, float* c, float* wt, float* row, float* a, float* d) {
+  const int n = L.n;
+  rows_product(L, prev, rows, c, wt, row,
+               [&](int r, const float* z) { act_row(L.act, z, L.b, a + (size_t)r * n, d + (size_t)r * n, n); });
 }
 
 // gW (n x k) += g^T (n x rows) a (rows x k)
@@ -442,31 +415,13 @@ void weight_gradient(const Layer& L, const float* g, const float* a, int rows) {
   }
 }
 
-// ga (rows x k) = (g (rows x n) W (n x k)) * d, the layer below's pre-activation cotangent; its bias
-// gradient gb (k) += the column sums of ga, in the same pass
-void input_gradient(const Layer& L, const float* g, int rows, const float* d, float* ga, float* gb) {
-  if (L.n <= THIN) {
-#define IG_N(N) input_gradient_thin_outputs<N>(L, g, rows, d, ga, gb)
-    THIN_CASES(L.n, IG_N)
-  } else {
-    gemm('N', 'N', L.k, rows, L.n, L.W, L.k, g, L.n, 0.0f, ga, L.k);
-    scale_and_sum(d, rows, L.k, ga, gb);
-  }
-}
-
 // out (rows x n) = in (rows x k) W^T, without the bias
 void linear(const Layer& L, const float* in, int rows, float* out, float* wt, float* row) {
   const int n = L.n;
-  auto store = [&](int r, const float* z) { std::memcpy(out + (size_t)r * n, z, sizeof(float) * n); };
-  if (L.k <= THIN) {
-#define LIN_K(K) rows_thin_inputs<K>(L, in, rows, wt, row, store)
-    THIN_CASES(L.k, LIN_K)
-  } else if (L.n <= THIN) {
-#define LIN_N(N) rows_thin_outputs<N>(L, in, rows, row, store)
-    THIN_CASES(L.n, LIN_N)
-  } else {
-    gemm('T', 'N', L.n, rows, L.k, L.W, L.k, in, L.k, 0.0f, out, L.n);
-  }
+  rows_product(L, in, rows, out, wt, row, [&](int r, const float* z) {
+    float* dst = out + (size_t)r * n;
+    if (z != dst) std::memcpy(dst, z, sizeof(float) * n);  // a wide layer's product is already there
+  });
 }
 
 // out (rows x k) = g (rows x n) W (n x k)
@@ -492,6 +447,13 @@ void backprop(const Layer& L, const float* g, int rows, float* out) {
   } else {
     gemm('N', 'N', L.k, rows, L.n, L.W, L.k, g, L.n, 0.0f, out, L.k);
   }
+}
+
+// ga (rows x k) = (g (rows x n) W (n x k)) * d, the layer below's pre-activation cotangent, and its bias
+// gradient gb (k) += the column sums of ga
+void input_gradient(const Layer& L, const float* g, int rows, const float* d, float* ga, float* gb) {
+  backprop(L, g, rows, ga);
+  scale_and_sum(d, rows, L.k, ga, gb);
 }
 
 // through a layer's activation, in place: g <- g d1 + gt q, gt <- gt d1 (cotangents of the pre-activation and
