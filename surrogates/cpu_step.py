@@ -23,6 +23,7 @@ CPUs never share a build). Where it cannot be built, :func:`unavailable_reason` 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -83,6 +84,31 @@ def _ninja_on_path() -> None:
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+@contextlib.contextmanager
+def _builder_lock(folder: Path):
+    """Hold an ``flock`` on the build folder (the kernel drops it when its holder dies) around torch's own
+    build lock, a ``lock`` file that torch creates and deletes and that a process killed mid-build or
+    mid-load (SIGKILL: a job's time limit, the OOM killer) leaves behind: every later load would then wait
+    on it forever, without a word. Whoever holds the ``flock`` knows such a file is stale and removes it."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: torch's lock alone
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "surrogates.flock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # another process's build or load: wait for it (it is alive)
+        try:
+            stale = folder / "lock"
+            if stale.exists():
+                print(f"removed {stale}, a build lock left by a process that was killed while holding it",
+                      file=sys.stderr)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def load(verbose: bool = False):
     """The compiled module (built on first use, then cached); :class:`CpuStepUnavailable` with the reason
     when it cannot be built."""
@@ -103,7 +129,8 @@ def load(verbose: bool = False):
         if not any(folder.glob(f"{name}*.so")):
             print(f"building the compiled CPU training step (once per machine, ~30 s) in {folder}", file=sys.stderr)
         try:
-            _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, verbose=verbose)
+            with _builder_lock(folder):
+                _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, verbose=verbose)
         except Exception as e:  # compiler, ninja or build failure: say which (the compiler's first error), once
             lines = str(e).strip().splitlines()
             first = next((ln.strip() for ln in lines if "error:" in ln), lines[-1] if lines else "")
