@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 from functools import lru_cache
 from importlib import metadata
 
@@ -73,6 +74,25 @@ def _gpu() -> dict:
     return {"gpu": name.value.decode(), "gpu_driver": driver.value, "gpu_capability": f"{major.value}.{minor.value}"}
 
 
+def _numba_threads() -> int:
+    """Numba's thread count, without starting its thread pool: ``numba.get_num_threads()`` starts it, and its
+    OpenMP layer then resets the OpenMP thread count that torch set (``torch.set_num_threads(1)`` read back
+    as 2 on the 2-core VM, and torch's element-wise operators ran on both cores), so a benchmark that asked
+    for one thread and then described its machine timed two. Where the pool is already running its count is
+    read; torch's setting is restored either way."""
+    import numba
+    from numba.np.ufunc import parallel
+
+    if not getattr(parallel, "_is_initialized", True):
+        return int(numba.config.NUMBA_NUM_THREADS)
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    n = int(numba.get_num_threads())
+    if before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+    return n
+
+
 def machine_info(gpu: bool = True) -> dict:
     """A flat, JSON-serialisable description of this machine and the relevant library versions."""
     info = {
@@ -87,9 +107,7 @@ def machine_info(gpu: bool = True) -> dict:
         if v:
             info[dist] = v
     try:
-        import numba
-
-        info["numba_threads"] = numba.get_num_threads()
+        info["numba_threads"] = _numba_threads()
     except ImportError:
         pass
     if gpu:

@@ -147,6 +147,8 @@ def test_a_checkpoint_of_another_problem_is_refused_by_export_and_speed(world, t
     ({"training": {"seeds": [-1]}}, r"config key training\.seeds\.0: -1 is less than the minimum of 0"),
     ({"training": {"seeds": [10**20]}}, r"config key training\.seeds\.0: .* is greater than the maximum"),
     ({"problems": {"D": {"step": 0.03}}}, r"config key problems\.D\.step"),
+    ({"training": {"overrides": {"hh_m": {"lbfgs_dtype": "float16"}}}},
+     r"config key training\.overrides\.hh_m\.lbfgs_dtype: 'float16' is not one of \['float32', 'float64'\]"),
 ])
 def test_settings_that_cannot_work_fail_when_the_config_loads(extra, message, tmp_path):
     with pytest.raises(InvalidInputError, match=message):
@@ -346,3 +348,40 @@ def test_a_checkpoint_is_not_scored_against_a_changed_problem(world):
     changed["problems"]["C"]["t_end"] = 30.0
     with pytest.raises(ProvenanceError, match="problem_fingerprint"):
         evaluate_checkpoint(lay.run_file("model", "C", "ddnn", 300, ARCH, 0), changed)
+
+
+# ---------------------------------------------------------------- a benchmark times the threads it asked for
+def test_describing_the_machine_keeps_the_thread_count_a_benchmark_set():
+    """numba.get_num_threads() starts numba's OpenMP pool, which reset torch's thread count (1 became the
+    machine's cores): training_speed set one thread, described its machine and then timed torch's operators
+    on every core. machine_info reads numba's count without starting the pool, and where the pool runs (a
+    parallel solver ran first) torch's setting is restored. In a fresh process: both are process state."""
+    import sys
+
+    code = """
+import numpy as np, torch
+torch.set_num_threads(1)  # as a benchmark does first (numba not yet imported)
+assert torch.get_num_threads() == 1  # OpenMP now initialised in this thread (so is it after any operator)
+from core.machine import machine_info
+
+info = machine_info(gpu=False)
+assert torch.get_num_threads() == 1, ('before the pool', torch.get_num_threads())
+assert info['numba_threads'] >= 1
+from numba import njit, prange
+
+@njit(parallel=True)
+def total(a):
+    s = 0.0
+    for i in prange(a.size):
+        s += a[i]
+    return s
+
+total(np.ones(8))  # the pool starts (and resets OpenMP's count)
+torch.set_num_threads(1)
+machine_info(gpu=False)
+assert torch.get_num_threads() == 1, ('with the pool', torch.get_num_threads())
+print('ok')
+"""
+    pytest.importorskip("numba")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
