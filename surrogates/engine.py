@@ -340,10 +340,11 @@ class MLPEngine:
 
     # ------------------------------------------------------------ scaling
     def scale_x(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.model.in_center) / self.model.in_halfwidth
+        """Inputs in the network's coordinates, in the network's precision (float32 data, a float64 copy)."""
+        return (x.to(self.W[0].dtype) - self.model.in_center) / self.model.in_halfwidth
 
     def scale_y(self, y: torch.Tensor) -> torch.Tensor:
-        return (y - self.model.out_center) / self.model.out_scale
+        return (y.to(self.W[0].dtype) - self.model.out_center) / self.model.out_scale
 
     def zero_grad(self) -> None:
         """The next step's first gradient overwrites instead of adding."""

@@ -537,13 +537,13 @@ class GateResidualLoss(Loss):
         if not self._is_own_call():
             return None
         m = engine.model
-        device = engine.W[0].device
-        x, S = self.x.to(device), self.S.to(device)
+        device, dt = engine.W[0].device, engine.W[0].dtype  # the network's precision (a float64 polish too)
+        x, S, dVdt = (a.to(device=device, dtype=dt) for a in (self.x, self.S, self.dVdt))
         h = m.in_halfwidth
         if self.variant == "seed":  # d/dt at fixed V: one direction for every row
-            v = torch.stack([1.0 / h[0], torch.zeros((), device=device)])
+            v = torch.stack([1.0 / h[0], torch.zeros((), device=device, dtype=dt)])
         else:  # along the trace: d/dt + dV/dt d/dV, a direction per row
-            v = torch.stack([torch.full_like(self.dVdt, 1.0).to(device) / h[0], self.dVdt.to(device) / h[1]], dim=1)
+            v = torch.stack([torch.ones_like(dVdt) / h[0], dVdt / h[1]], dim=1)
         xs = engine.scale_x(x)
         scale = m.out_scale[0]
         if not self.m.has_jacobian():
@@ -556,7 +556,6 @@ class GateResidualLoss(Loss):
             c0, c1 = (torch.as_tensor(c, dtype=torch.float64) for c in self.affine)
             center, sc = float(m.out_center[0]), float(scale)
             # (d gate/dt - rhs) / scale = zt - (c0 + c1 * center) / scale - c1 * z, gate = center + scale * z
-            dt = engine.W[0].dtype
             a0 = ((c0 + c1 * center) / sc).to(device=device, dtype=dt)[:, None]
             c1 = c1.to(device=device, dtype=dt)[:, None]
             neg_c1 = -c1

@@ -200,7 +200,8 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
     settings = {k: v for k, v in s.items() if k != "architectures"}
     trainer = Trainer(model, out_dir, validation=validation, monitor="val_mae", val_every=s["val_every"],
                       optimizer=s["optimizer"], lr=s["lr"], lr_schedule=s["lr_schedule"], lr_final=s["lr_final"],
-                      patience=s["patience"], lbfgs_iterations=s["lbfgs_iterations"], seed=seed, progress=None,
+                      patience=s["patience"], lbfgs_iterations=s["lbfgs_iterations"],
+                      lbfgs_dtype=s.get("lbfgs_dtype", "float32"), seed=seed, progress=None,
                       fingerprint={**prov, "iterations": total, "settings": settings,
                                    "train_sha256": train_meta.get("sha256"), "val_sha256": val_meta.get("sha256")},
                       checkpoint_meta={"provenance": prov})
@@ -286,7 +287,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--iterations", type=_int_arg("--iterations", 0), default=None,
                     help="first-order steps (>= 0; 0 scores the untrained network); default: the config's")
+    ap.add_argument("--threads", type=_int_arg("--threads", 1), default=None,
+                    help="CPU threads (torch.set_num_threads, as the workflow's rule sets its job's threads); "
+                         "default: torch's (every core)")
     a = ap.parse_args(argv)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
     try:
         cfg = load_config(*a.config)
         if len(a.seed) > 1 and "{seed}" not in str(a.out):

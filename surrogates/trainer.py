@@ -10,6 +10,7 @@ It writes into its output folder:
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -120,6 +121,12 @@ class Trainer:
         ``lr * lr_final``) or ``exponential`` (to ``lr * lr_final`` at the end).
     patience : stop after this many validations without improvement (``None``: never).
     lbfgs_iterations : optional L-BFGS polish after the first-order optimiser, on the same losses.
+    lbfgs_dtype : ``"float32"`` (the model's own precision), ``"float64"``: the polish runs on a float64 copy
+        of a float32 model (the fused engine on torch operators) and copies each round's weights back, where
+        in float32 it stalls at a point where the data and physics gradients cancel to rounding (hh_m); or
+        ``"auto"``: the model's precision until the polish stalls there (from steepest descent no step
+        changes the loss), then float64 for the iterations left. Float64 needs the fused engine; with
+        autograd the polish stays in the model's precision (said once).
     seed : seeds torch for anything the losses do not seed themselves.
     resume : continue from ``checkpoint.pth`` in the output folder when there is one.
     progress : ``True``: a progress line (iterations/s, time left); ``False``: none; ``None`` (default): the line
@@ -144,7 +151,7 @@ class Trainer:
                  val_every: int = 100, optimizer: str = "adam", lr: float = 1e-3, lr_schedule: str = "constant",
                  lr_final: float = 0.01, patience: int | None = None, lbfgs_iterations: int = 0, seed: int = 0,
                  resume: bool = True, progress: bool | None = None, fingerprint: dict | None = None,
-                 checkpoint_meta: dict | None = None, engine: str = "auto", capture="auto"):
+                 lbfgs_dtype: str = "float32", checkpoint_meta: dict | None = None, engine: str = "auto", capture="auto"):
         if optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"unknown optimizer {optimizer!r}; valid: {sorted(OPTIMIZERS)}")
         if lr_schedule not in SCHEDULES:
@@ -161,6 +168,9 @@ class Trainer:
         self.validation, self.monitor, self.val_every = validation, monitor, int(val_every)
         self.optimizer_name, self.lr, self.lr_schedule, self.lr_final = optimizer, float(lr), lr_schedule, float(lr_final)
         self.patience, self.lbfgs_iterations, self.seed = patience, int(lbfgs_iterations), int(seed)
+        if lbfgs_dtype not in ("float32", "float64", "auto"):
+            raise InvalidInputError(f"lbfgs_dtype must be 'float32', 'float64' or 'auto', got {lbfgs_dtype!r}")
+        self.lbfgs_dtype = lbfgs_dtype
         self.resume = resume
         # what the run is (settings, data): a checkpoint.pth written for anything else is not resumed
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str)) if fingerprint else None
@@ -479,18 +489,20 @@ class Trainer:
                 raise InvalidInputError(f"engine 'cpp': {e}") from None
             _note_once(f"{e}; training with the engine's torch operators instead")
 
-    def _lbfgs_fused(self):
-        """``(engine, steps)`` for the polish's full-set objective through the fused engine (data terms over
-        every row, in chunks; physics terms as in the first-order steps), or ``None`` for autograd: when the
-        first-order steps did not use the engine, or a term has no fused form."""
+    def _lbfgs_fused(self, model=None):
+        """``(engine, steps)`` for the polish's full-set objective on ``model`` (the Trainer's, or its float64
+        copy) through the fused engine (data terms over every row, in chunks; physics terms as in the
+        first-order steps), or ``None`` for autograd: when the first-order steps did not use the engine, or a
+        term has no fused form."""
         if self._engine is None:
             return None
         from .engine import MLPEngine
 
         full = [hasattr(l, "fused_full") and hasattr(l, "X") for l, _ in self.losses]
         rows = max(min(l.X.shape[0], self.LBFGS_CHUNK) if f else l.fused_rows() for (l, _), f in zip(self.losses, full))
-        eng = MLPEngine(self.model, rows)
-        if self.engine != "triton":
+        model = self.model if model is None else model
+        eng = MLPEngine(model, rows)
+        if self.engine != "triton" and model is self.model:  # a float64 copy keeps the torch operators
             self._cpu_kernels(eng)
         steps = [l.fused_full(eng) if f else l.fused(eng) for (l, _), f in zip(self.losses, full)]
         if any(st is None for st in steps):
@@ -538,14 +550,28 @@ class Trainer:
                   file=sys.stderr, flush=True)
             return plain
 
-    def _lbfgs_steps(self, t0: float):
+    def _polish_setup(self, wide: bool, why: str = ""):
+        """``(model, optimiser, objective)`` for the polish: on the Trainer's model, or (``wide``) on a float64
+        copy of it where the fused engine evaluates the objective (otherwise the model's own, said once)."""
         from .lbfgs import LBFGS  # torch's algorithm, the two-loop recursion without host synchronisations
 
-        opt = LBFGS(self.model.parameters(), lr=1.0, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
+        model = copy.deepcopy(self.model).to(torch.float64) if wide else self.model
+        fused = self._lbfgs_fused(model)  # the engine: no create_graph pass for physics terms, no autograd graph
+        if fused is None and model is not self.model:
+            _note_once(f"lbfgs_dtype {self.lbfgs_dtype!r} needs the fused engine (the losses' autograd forms run in "
+                       f"the model's precision); the polish runs in {self._dtype_name()}")
+            model = self.model
+        elif model is not self.model:
+            print(f"{self.label}L-BFGS polish in float64 from iteration {self.iteration} ({why + '; ' if why else ''}a "
+                  f"copy of the {self._dtype_name()} model, each round's weights rounded back)", file=sys.stderr, flush=True)
+        opt = LBFGS(model.parameters(), lr=1.0, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
+        return model, opt, self._polish_objective(fused)
+
+    def _lbfgs_steps(self, t0: float):
+        narrow = next(self.model.parameters()).dtype != torch.float64
+        model, opt, objective = self._polish_setup(narrow and self.lbfgs_dtype == "float64")
         rounds = max(1, self.lbfgs_iterations // 20)
         end = self.iteration + 20 * rounds
-        fused = self._lbfgs_fused()  # the engine: no create_graph pass for physics terms, no autograd graph
-        objective = self._polish_objective(fused)
         for r in range(rounds):
             def closure():
                 if objective is not None:  # writes each parameter's .grad, which L-BFGS reads
@@ -559,6 +585,10 @@ class Trainer:
                 return total
 
             opt.step(closure)
+            if model is not self.model:  # validation, checkpoints and the best weights are the model's own
+                with torch.no_grad():
+                    for mine, wide in zip(self.model.parameters(), model.parameters()):
+                        mine.copy_(wide)
             self.iteration += 20
             total, terms = objective() if objective is not None else self._objective_value()
             self._check_finite(total, terms)
@@ -569,12 +599,22 @@ class Trainer:
                 self._write_losses()
                 if self.progress:
                     self._show(end)
+            if converged and r < rounds - 1:
+                if self.lbfgs_dtype == "auto" and narrow and model is self.model:
+                    wide = self._polish_setup(True, f"stalled in {self._dtype_name()}: from steepest descent no step "
+                                                    f"changed the loss")
+                    if wide[0] is not self.model:
+                        model, opt, objective = wide
+                        continue
+                print(f"{self.label}L-BFGS converged at iteration {self.iteration} (from steepest descent no "
+                      f"step changes the loss); the polish stops there", file=sys.stderr, flush=True)
+                break
             if converged:
-                if r < rounds - 1:
-                    print(f"{self.label}L-BFGS converged at iteration {self.iteration} (from steepest descent no "
-                          f"step changes the loss); the polish stops there", file=sys.stderr, flush=True)
                 break
         self._write_stats()
+
+    def _dtype_name(self) -> str:
+        return str(next(self.model.parameters()).dtype).replace("torch.", "")
 
     def _show(self, total):
         last = self.rows[-1]

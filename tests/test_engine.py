@@ -548,3 +548,129 @@ def test_first_order_steps_with_the_data_term_inside_the_residual_follow_the_two
     assert la.shape == (3, 2) and la[-1, 0] < la[0, 0]
     np.testing.assert_allclose(la, lb, rtol=1e-4)
     torch.testing.assert_close(wa, wb, rtol=1e-4, atol=1e-5)
+
+
+def test_float32_held_terms_on_a_float64_engine_equal_float64_autograd():
+    """The float64 polish builds the engine on a float64 copy of the model while the losses keep their
+    float32 tensors (data rows, trace points, dV/dt): every term then computes in float64 (its values and
+    gradients equal autograd's on float64 tensors to 1e-10), not in float32 through a mixed-precision
+    operation (a float32 tensor over a float64 0-d tensor stays float32)."""
+    from surrogates.config import load_config
+    from surrogates.datasets import trace_states
+    from surrogates.losses import DataLoss, GateResidualLoss
+    from surrogates.problems import problem_from_config
+
+    cfg = load_config()
+    cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": 12.0}
+    hh = problem_from_config("hh_m", cfg)
+    t, S = trace_states(hh)
+    rows = np.arange(0, len(t), 5)
+    X = np.stack([t[rows], S[rows, 0]], axis=1).astype(np.float32)
+    Y = S[rows, 1:2].astype(np.float32)
+    torch.manual_seed(1)
+    m = MLP(2, 1, [("Tanh", 16), ("Tanh", 16)], input_range=([0.0, -90.0], [12.0, 50.0]), output_center=[0.5],
+            output_scale=[0.5]).double()
+    for variant in ("seed", "total"):
+        for make in (lambda: DataLoss(X, Y, batch_size=None, seed=0),
+                     lambda: GateResidualLoss(hh.model, "m", t, S, variant)):
+            wide = make()  # the reference: the same term with float64 tensors, through autograd
+            for name in ("X", "Y", "x", "dVdt"):  # the same (float32-rounded) values
+                if hasattr(wide, name):
+                    setattr(wide, name, getattr(wide, name).double())
+            if hasattr(wide, "S"):  # the fused form's gate coefficients come from the float64 trace
+                wide.S = torch.as_tensor(np.asarray(S), dtype=torch.float64)
+            m.zero_grad()
+            ref = wide(m)
+            ref.backward()
+            want = [g.clone() for g in grads_of(m)]
+            held = make()
+            assert all(getattr(held, n).dtype == torch.float32 for n in ("X", "x", "S") if hasattr(held, n))
+            eng = MLPEngine(m, 4096)
+            eng.zero_grad()
+            step = held.fused_full(eng) if isinstance(held, DataLoss) else held.fused(eng)
+            got = step(1.0)
+            assert got.dtype == torch.float64 and float(got) == pytest.approx(float(ref.detach()), rel=1e-10)
+            for g, w in zip(grads_of(m), want):
+                torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_a_float64_polish_moves_a_float64_copy_and_rounds_each_round_back(tmp_path, capsys):
+    """lbfgs_dtype = float64: L-BFGS runs on a float64 copy (its objective values are recorded), and after
+    each round the float32 model holds the copy's weights rounded (the float32 objective there equals the
+    recorded float64 one to float32 rounding); the model, its best checkpoint and the first-order steps stay
+    float32. The same run in float32 differs (it is not a no-op switch). With autograd the polish stays float32
+    and says why."""
+    from surrogates.network import load_checkpoint
+
+    runs = {}
+    for dtype in ("float64", "float32"):
+        tr, m = _gate_trainer(tmp_path / dtype, False)
+        tr.lbfgs_dtype = dtype
+        tr.train(20)
+        assert all(p.dtype == torch.float32 for p in m.parameters())
+        runs[dtype] = (tr, m, [r["total"] for r in tr.rows])
+    err = capsys.readouterr().err
+    assert err.count("L-BFGS polish in float64 from iteration 20 (a copy of the float32 model") == 1
+    tr, m, totals = runs["float64"]
+    assert len(totals) == 3 and totals[-1] < 0.5 * totals[0]
+    assert totals[:2] != runs["float32"][2][:2] or totals[2] != runs["float32"][2][2]
+    assert totals[0] == runs["float32"][2][0]  # the first-order steps are the same
+    eng, steps = tr._lbfgs_fused()  # the float32 objective at the model's (rounded) weights
+    total32, _ = tr._fused_objective(steps, eng)
+    assert float(total32) == pytest.approx(totals[-1], rel=1e-4)
+    best, _ = load_checkpoint(tmp_path / "float64" / "best_model.pth")
+    assert all(v.dtype == torch.float32 for v in best.state_dict().values())
+
+    from surrogates import cpu_step
+
+    if cpu_step.unavailable_reason() is None:  # engine cpp: its float32 steps first, torch operators in float64
+        tr, m = _gate_trainer(tmp_path / "cpp", False)
+        tr.engine, tr.lbfgs_dtype = "cpp", "float64"
+        tr.train(20)
+        assert tr.path() == "fused engine, compiled CPU steps" and len(tr.rows) == 3
+        assert tr.rows[-1]["total"] < 0.5 * tr.rows[0]["total"]
+        assert "L-BFGS polish in float64 from iteration 20" in capsys.readouterr().err
+
+    tr, m = _gate_trainer(tmp_path / "autograd", False)
+    tr.engine, tr.lbfgs_dtype = "autograd", "float64"
+    tr.train(20)
+    err = capsys.readouterr().err
+    assert "lbfgs_dtype 'float64' needs the fused engine" in err and "polish in float64" not in err
+    assert len(tr.rows) == 3 and tr.rows[-1]["total"] < tr.rows[0]["total"]
+
+
+def test_lbfgs_dtype_is_checked():
+    from core.errors import InvalidInputError
+    from surrogates.trainer import Trainer
+
+    with pytest.raises(InvalidInputError, match="lbfgs_dtype must be 'float32', 'float64' or 'auto', got 'half'"):
+        Trainer(MLP(2, 1, [("Tanh", 4)]), "unused", lbfgs_dtype="half")
+
+
+def test_an_auto_polish_goes_on_in_float64_where_float32_stalls(tmp_path, monkeypatch, capsys):
+    """lbfgs_dtype = auto: the polish runs in float32 until no step changes the float32 loss, then the
+    iterations left run on a float64 copy (here float32 steps are made to find nothing, as in the hh_m stalls):
+    it goes on to the end and lowers the loss; with float32 alone it stops at the stall."""
+    import surrogates.lbfgs as mod
+
+    real = mod._strong_wolfe
+
+    def search(obj_func, x, t, d, loss, grad, gtd, **kw):
+        if d.dtype == torch.float32:
+            return loss, grad, 0.0, 1  # no step
+        return real(obj_func, x, t, d, loss, grad, gtd, **kw)
+
+    monkeypatch.setattr(mod, "_strong_wolfe", search)
+    ends = {}
+    for dtype in ("auto", "float32"):
+        tr, m = _gate_trainer(tmp_path / dtype, False)
+        tr.lbfgs_dtype, tr.lbfgs_iterations = dtype, 100
+        summary = tr.train(20)
+        ends[dtype] = (summary["iterations"], [r["total"] for r in tr.rows])
+        assert all(p.dtype == torch.float32 for p in m.parameters())
+    err = capsys.readouterr().err
+    assert "L-BFGS polish in float64 from iteration 40 (stalled in float32" in err
+    assert err.count("L-BFGS converged at iteration 40") == 1  # the float32 run only
+    (n_auto, auto), (n32, f32) = ends["auto"], ends["float32"]
+    assert n32 == 40  # stopped at the stall
+    assert n_auto == 120 and auto[-1] < 0.5 * auto[1]  # 20 Adam steps, 100 polish iterations

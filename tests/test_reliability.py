@@ -148,7 +148,7 @@ def test_a_checkpoint_of_another_problem_is_refused_by_export_and_speed(world, t
     ({"training": {"seeds": [10**20]}}, r"config key training\.seeds\.0: .* is greater than the maximum"),
     ({"problems": {"D": {"step": 0.03}}}, r"config key problems\.D\.step"),
     ({"training": {"overrides": {"hh_m": {"lbfgs_dtype": "float16"}}}},
-     r"config key training\.overrides\.hh_m\.lbfgs_dtype: 'float16' is not one of \['float32', 'float64'\]"),
+     r"config key training\.overrides\.hh_m\.lbfgs_dtype: 'float16' is not one of \['float32', 'float64', 'auto'\]"),
 ])
 def test_settings_that_cannot_work_fail_when_the_config_loads(extra, message, tmp_path):
     with pytest.raises(InvalidInputError, match=message):
@@ -211,9 +211,19 @@ def test_the_training_cli_takes_zero_iterations_literally_and_rejects_bad_seeds(
     out = tmp_path / "zero"
     args = ["--config", str(cfgfile), "--problem", "B", "--surrogate", "ddnn", "--n", "300",
             "--data", str(lay.dataset_dir("B")), "--out", str(out)]
-    assert train_main([*args, "--iterations", "0"]) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # --threads as the workflow's rule sets a job's threads (after scoring too: describing the machine)
+        assert train_main([*args, "--iterations", "0", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     m = json.loads((out / "metrics.json").read_text())
     assert m["iterations"] == 0 and m["best_iteration"] == 0 and np.isfinite(m["mae"])
+    with pytest.raises(SystemExit):
+        train_main([*args, "--threads", "0"])
+    assert "--threads must be" in capsys.readouterr().err
     for bad, message in (("-1", "--seed must be between 0 and 4294967295, got -1"),
                          ("1e20", "--seed takes an integer, got '1e20'"),
                          (str(10**20), "--seed must be between 0 and 4294967295")):
