@@ -672,5 +672,5 @@ def test_an_auto_polish_goes_on_in_float64_where_float32_stalls(tmp_path, monkey
     assert "L-BFGS polish in float64 from iteration 40 (stalled in float32" in err
     assert err.count("L-BFGS converged at iteration 40") == 1  # the float32 run only
     (n_auto, auto), (n32, f32) = ends["auto"], ends["float32"]
-    assert n32 == 40 and len(f32) == 3  # stopped at the stall
+    assert n32 == 40 and len(f32) == 2  # rows at 20 (Adam) and 40: stopped at the stall
     assert n_auto == 120 and auto[-1] < 0.5 * f32[-1]  # 20 Adam steps, 100 polish iterations, 80 of them float64
