@@ -222,3 +222,27 @@ def test_a_cohort_takes_each_seeds_lbfgs_polish_as_alone(tmp_path):
         assert tc.rows[-1]["data"] < 0.9 * tc.rows[1]["data"]  # the polish lowered the loss
         assert tc.rows[-1]["data"] == pytest.approx(ta.rows[-1]["data"], rel=1e-3)
         torch.testing.assert_close(_flat(mc), _flat(ma), rtol=1e-3, atol=1e-4)
+
+
+def test_a_cohorts_polish_runs_on_the_engine_and_in_float64_where_asked(tmp_path, capsys):
+    """After the stacked steps each seed's polish runs on its own engine (set up by the cohort's start), so
+    lbfgs_dtype = float64 holds in a cohort too (the GPU preset trains hh_m's ddnn seeds as one): each seed
+    polishes a float64 copy, its weights rounded back into the stacked tensors' views, and ends where it
+    ends alone."""
+    seeds = [0, 1]
+    alone = []
+    for s in seeds:
+        tr, m = _trainer(tmp_path / f"alone{s}", s, lbfgs_iterations=40, engine="fused", lbfgs_dtype="float64")
+        tr.train(40)
+        alone.append((tr, m))
+    capsys.readouterr()
+    pairs = [_trainer(tmp_path / f"cohort{s}", s, lbfgs_iterations=40, engine="fused", lbfgs_dtype="float64")
+             for s in seeds]
+    train_together([t for t, _ in pairs], 40)
+    err = capsys.readouterr().err
+    assert err.count("L-BFGS polish in float64 from iteration 40") == 2 and "needs the fused engine" not in err
+    for (ta, ma), (tc, mc) in zip(alone, pairs):
+        assert all(p.dtype == torch.float32 for p in mc.parameters())
+        assert tc.rows[-1]["data"] < 0.9 * tc.rows[1]["data"]
+        assert tc.rows[-1]["data"] == pytest.approx(ta.rows[-1]["data"], rel=1e-3)
+        torch.testing.assert_close(_flat(mc), _flat(ma), rtol=1e-3, atol=1e-4)
