@@ -423,14 +423,17 @@ def test_the_polish_objective_in_static_form_follows_the_plain_one(tmp_path, cap
     np.testing.assert_array_equal(np.array([r["total"] for r in tr.rows]), b)
 
 
-def test_the_polish_objective_never_touches_the_host(tmp_path):
+@pytest.mark.parametrize("wide", [False, True])
+def test_the_polish_objective_never_touches_the_host(tmp_path, wide):
     """What the polish's graph would capture (the full-set data term and the gate residual, both through the
-    engine) runs no operator that reads a value back or makes a tensor from host data."""
+    engine) runs no operator that reads a value back or makes a tensor from host data; on the float64 copy
+    too (the loss terms' float32 tensors are converted when it is built, not when it runs)."""
     from conftest import host_touches, op_recorder
 
-    tr, _ = _gate_trainer(tmp_path, True)
+    tr, m = _gate_trainer(tmp_path, True)
     tr.train(1)
-    obj = tr._polish_objective(tr._lbfgs_fused())
+    model, _, obj = tr._polish_setup(wide)
+    assert (model is not m) == wide and next(model.parameters()).dtype == (torch.float64 if wide else torch.float32)
     rec = op_recorder()
     with rec:
         obj._body()
@@ -440,7 +443,9 @@ def test_the_polish_objective_never_touches_the_host(tmp_path):
 
 
 @pytest.mark.gpu
-def test_the_captured_polish_on_a_gpu_matches_the_uncaptured_one(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_captured_polish_on_a_gpu_matches_the_uncaptured_one(tmp_path, dtype):
+    """Also in float64 (never run: no GPU in the session that added it)."""
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device")
     from surrogates import graph
@@ -448,11 +453,15 @@ def test_the_captured_polish_on_a_gpu_matches_the_uncaptured_one(tmp_path):
     runs = []
     for capture in (True, False):
         tr, m = _gate_trainer(tmp_path / str(capture), capture)
+        tr.lbfgs_dtype = dtype
         m.cuda()
         tr.train(20)
-        assert isinstance(tr._polish_objective(tr._lbfgs_fused()), graph.CapturedObjective) == capture
-        assert tr._polish_objective(tr._lbfgs_fused()).graph is not None or not capture
+        obj = tr._polish_setup(dtype == "float64")[2]
+        assert isinstance(obj, graph.CapturedObjective) == capture
+        assert not capture or obj.graph is not None
+        assert all(p.dtype == torch.float32 for p in m.parameters())
         runs.append(np.array([r["total"] for r in tr.rows]))
+    assert runs[0][-1] < 0.5 * runs[0][0]
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
 
 
@@ -675,40 +684,3 @@ def test_an_auto_polish_goes_on_in_float64_where_float32_stalls(tmp_path, monkey
     assert n32 == 40 and len(f32) == 2  # rows at 20 (Adam) and 40: stopped at the stall
     assert n_auto == 120 and auto[-1] < 0.5 * f32[-1]  # 20 Adam steps, 100 polish iterations, 80 of them float64
 
-
-def test_the_float64_polish_objective_never_touches_the_host(tmp_path):
-    """The float64 copy's polish objective (what a GPU would capture as one graph) reads nothing back and
-    makes no tensor from host data either: the loss terms' float32 tensors are converted when it is built,
-    not when it runs."""
-    from conftest import host_touches, op_recorder
-
-    tr, m = _gate_trainer(tmp_path, True)
-    tr.lbfgs_dtype = "float64"
-    tr.train(1)
-    wide, _, obj = tr._polish_setup(True)
-    assert next(wide.parameters()).dtype == torch.float64 and wide is not m
-    rec = op_recorder()
-    with rec:
-        obj._body()
-    assert len(rec.ops) > 20
-    found = host_touches(rec.ops)
-    assert not found, f"the float64 polish objective does: {found}"
-
-
-@pytest.mark.gpu
-def test_the_float64_polish_on_a_gpu_is_captured_and_matches_the_uncaptured_one(tmp_path):
-    if not torch.cuda.is_available():
-        pytest.skip("torch sees no CUDA device")
-    from surrogates import graph
-
-    runs = []
-    for capture in (True, False):
-        tr, m = _gate_trainer(tmp_path / str(capture), capture)
-        tr.lbfgs_dtype = "float64"
-        m.cuda()
-        tr.train(20)
-        assert isinstance(tr._polish_setup(True)[2], graph.CapturedObjective) == capture
-        assert all(p.dtype == torch.float32 for p in m.parameters())
-        runs.append(np.array([r["total"] for r in tr.rows]))
-    assert runs[0][-1] < 0.5 * runs[0][0]
-    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
