@@ -52,13 +52,16 @@ def wait_until(cond, proc, timeout=300, what="condition"):
         time.sleep(0.05)
 
 
-def recorded(path: Path) -> bool:
-    """Whether Snakemake has recorded ``path`` as the output of a finished job (its metadata record exists;
-    until then a kill makes Snakemake discard the file)."""
+def recorded(*paths: Path) -> bool:
+    """Whether Snakemake has recorded ``paths`` (all of a job's outputs) as the outputs of a finished job:
+    each has its metadata record and no incomplete marker. Snakemake writes every output's record, then
+    removes every marker; a kill before the last removal makes the job incomplete (seen once: the test
+    waited for one output's record only, killed in between, and the rerun trained the finished job again)."""
     import base64
 
-    name = base64.urlsafe_b64encode(str(Path(path).resolve()).encode()).decode()
-    return (ROOT / ".snakemake" / "metadata" / name).exists()
+    names = [base64.urlsafe_b64encode(str(Path(p).resolve()).encode()).decode() for p in paths]
+    state = ROOT / ".snakemake"
+    return all((state / "metadata" / n).exists() and not (state / "incomplete" / n).exists() for n in names)
 
 
 def checkpoint_iteration(d: Path) -> int:
@@ -80,7 +83,8 @@ def test_killed_mid_training_the_rerun_resumes_and_keeps_completed_work(sig, tin
     fast, slow = model_dir(results, "B"), model_dir(results, "C")
     targets = [fast / "metrics.json", slow / "metrics.json"]
     proc = start(cfg, *targets)
-    wait_until(lambda: recorded(fast / "metrics.json"), proc, what="B trained and recorded complete by Snakemake")
+    outputs = [fast / f for f in ("metrics.json", "best_model.pth", "losses.csv")]  # rule train's
+    wait_until(lambda: recorded(*outputs), proc, what="B trained and recorded complete by Snakemake")
     wait_until(lambda: checkpoint_iteration(slow) >= 200, proc, what="C part-way")
     os.killpg(proc.pid, sig)
     proc.wait(timeout=120)
