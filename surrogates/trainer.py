@@ -587,8 +587,8 @@ class Trainer:
             opt.step(closure)
             if model is not self.model:  # validation, checkpoints and the best weights are the model's own
                 with torch.no_grad():
-                    for mine, wide in zip(self.model.parameters(), model.parameters()):
-                        mine.copy_(wide)
+                    for mine, polished in zip(self.model.parameters(), model.parameters()):
+                        mine.copy_(polished)
             self.iteration += 20
             total, terms = objective() if objective is not None else self._objective_value()
             self._check_finite(total, terms)
@@ -599,17 +599,17 @@ class Trainer:
                 self._write_losses()
                 if self.progress:
                     self._show(end)
-            if converged and r < rounds - 1:
+            if converged:
+                if r == rounds - 1:
+                    break
                 if self.lbfgs_dtype == "auto" and narrow and model is self.model:
-                    wide = self._polish_setup(True, f"stalled in {self._dtype_name()}: from steepest descent no step "
-                                                    f"changed the loss")
-                    if wide[0] is not self.model:
-                        model, opt, objective = wide
+                    setup = self._polish_setup(True, f"stalled in {self._dtype_name()}: from steepest descent no "
+                                                     f"step changed the loss")
+                    if setup[0] is not self.model:
+                        model, opt, objective = setup
                         continue
                 print(f"{self.label}L-BFGS converged at iteration {self.iteration} (from steepest descent no "
                       f"step changes the loss); the polish stops there", file=sys.stderr, flush=True)
-                break
-            if converged:
                 break
         self._write_stats()
 
