@@ -182,7 +182,7 @@ class CapturedObjective:
 
     def __init__(self, evaluate, device):
         self.evaluate = evaluate
-        self.total = torch.zeros((), device=device)
+        self.total: torch.Tensor | None = None
         self.terms: dict | None = None
         self.graph = None
         if torch.device(device).type == "cuda":
@@ -190,8 +190,10 @@ class CapturedObjective:
 
     def _body(self):
         total, terms = self.evaluate()
-        if self.terms is None:  # the first (warm-up or uncaptured) call makes the static outputs
-            self.terms = {k: torch.zeros((), device=self.total.device) for k in terms}
+        if self.terms is None:  # the first (warm-up or uncaptured) call makes the static outputs, in the
+            # objective's own precision (a float64 polish must not see its loss rounded to float32)
+            self.total = torch.zeros((), dtype=total.dtype, device=total.device)
+            self.terms = {k: torch.zeros((), dtype=v.dtype, device=v.device) for k, v in terms.items()}
         self.total.copy_(total)
         for k, v in terms.items():
             self.terms[k].copy_(v)

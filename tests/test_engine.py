@@ -423,6 +423,23 @@ def test_the_polish_objective_in_static_form_follows_the_plain_one(tmp_path, cap
     np.testing.assert_array_equal(np.array([r["total"] for r in tr.rows]), b)
 
 
+def test_the_static_polish_objective_keeps_the_float64_copys_precision(tmp_path):
+    """The captured objective's static outputs are made in the objective's own precision: on the float64 copy
+    the loss L-BFGS compares in its line search is float64 (rounded to float32 it stalls as the float32
+    polish does) and equals the op-by-op value exactly."""
+    from surrogates import graph
+
+    tr, m = _gate_trainer(tmp_path, True)
+    tr.train(1)
+    model, _, _ = tr._polish_setup(True)
+    eng, steps = tr._lbfgs_fused(model)
+    static = graph.CapturedObjective(lambda: tr._fused_objective(steps, eng), "cpu")
+    total, terms = static()
+    assert total.dtype == torch.float64 and all(v.dtype == torch.float64 for v in terms.values())
+    plain, plain_terms = tr._fused_objective(steps, eng)
+    assert float(total) == float(plain) and set(terms) == set(plain_terms)
+
+
 @pytest.mark.parametrize("wide", [False, True])
 def test_the_polish_objective_never_touches_the_host(tmp_path, wide):
     """What the polish's graph would capture (the full-set data term and the gate residual, both through the
