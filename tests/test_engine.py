@@ -462,24 +462,54 @@ def test_the_polish_objective_never_touches_the_host(tmp_path, wide):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_captured_polish_on_a_gpu_matches_the_uncaptured_one(tmp_path, dtype):
-    """Also in float64 (never run: no GPU in the session that added it)."""
+    """The graph's evaluation equals the op-by-op one at the same weights (loss, terms, every gradient, in the
+    objective's precision), also after the weights moved in place as L-BFGS moves them; then a whole polish,
+    captured and not, lowers the loss alike. Not step for step: on an H200 (2026-11-28) the two runs' losses
+    after 40 L-BFGS iterations differed by 7% in float32 and 0.3% in float64 (cuBLAS may pick other kernels
+    inside a capture, and L-BFGS's line search amplifies rounding), while both had lowered it ~2,500x."""
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device")
     from surrogates import graph
 
-    runs = []
+    wide = dtype == "float64"
+    tight = dict(rtol=1e-10, atol=1e-13) if wide else dict(rtol=2e-5, atol=1e-7)
+    tr, m = _gate_trainer(tmp_path / "eval", True)
+    m.cuda()
+    tr.lbfgs_iterations = 0
+    tr.train(20)
+    model, _, obj = tr._polish_setup(wide)
+    assert isinstance(obj, graph.CapturedObjective) and obj.graph is not None
+    params = list(model.parameters())
+    assert all(p.dtype == getattr(torch, dtype) for p in params)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for moved in (False, True):
+        if moved:  # in place, as L-BFGS moves them: the graph must read the parameters where they are
+            with torch.no_grad():
+                for p in params:
+                    p.add_(1e-2 * torch.randn(p.shape, generator=gen, device="cuda", dtype=p.dtype))
+        want_total, want_terms = obj.evaluate()  # op by op
+        want = [p.grad.clone() for p in params]
+        for p in params:  # a replay that wrote no gradient would leave these
+            p.grad.fill_(float("nan"))
+        total, terms = obj()
+        assert total.dtype == params[0].dtype and set(terms) == set(want_terms)
+        torch.testing.assert_close(total, want_total.detach(), **tight)
+        for k in terms:
+            torch.testing.assert_close(terms[k], want_terms[k].detach(), **tight)
+        for p, g in zip(params, want):
+            torch.testing.assert_close(p.grad, g, **tight)
+
+    ends = []
     for capture in (True, False):
         tr, m = _gate_trainer(tmp_path / str(capture), capture)
         tr.lbfgs_dtype = dtype
         m.cuda()
         tr.train(20)
-        obj = tr._polish_setup(dtype == "float64")[2]
-        assert isinstance(obj, graph.CapturedObjective) == capture
-        assert not capture or obj.graph is not None
         assert all(p.dtype == torch.float32 for p in m.parameters())
-        runs.append(np.array([r["total"] for r in tr.rows]))
-    assert runs[0][-1] < 0.5 * runs[0][0]
-    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
+        loss = np.array([r["total"] for r in tr.rows])
+        assert len(loss) == 3 and loss[-1] < 1e-2 * loss[0]
+        ends.append(loss[-1])
+    assert 0.67 < ends[0] / ends[1] < 1.5
 
 
 @pytest.mark.parametrize("affine", [True, False])
