@@ -55,12 +55,21 @@ GRID_CONFIG ?= config/gpu.yaml
 GRID_RESULTS ?=
 GRID_UNTIL ?=
 GRID_ARGS ?=
+# GPU_MPS=auto (default): the training processes share the GPU through an NVIDIA MPS daemon started for the run
+# (and stopped after) where nvidia-cuda-mps-control exists and a CUDA client works under it; GPU_MPS=0: never.
+# Without MPS the GPU runs one process's kernels at a time (H200, 2026-11-28: no gain from 8 jobs sharing it).
+# GPU_JOBS=N: at most N training jobs on the GPU at once (the profile's gpu_jobs=8 otherwise).
+GPU_MPS ?= auto
+GPU_JOBS ?=
 gpu-grid:
-	@$(GPU_SITE) export PYTHONPATH=$(CURDIR):$$PYTHONPATH; start=$$(date +%s); \
+	@$(GPU_SITE) export PYTHONPATH=$(CURDIR):$$PYTHONPATH; \
+	if [ "$(GPU_MPS)" != 0 ]; then eval "$$($(GPU_PYTHON) -m benchmarks.gpu_share --daemon start)"; fi; \
+	start=$$(date +%s); \
 	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m snakemake --profile workflow/profiles/gpu \
 		--configfile $(GRID_CONFIG) $(if $(GRID_RESULTS),--config results_dir=$(GRID_RESULTS)) $(if $(GRID_UNTIL),--until $(GRID_UNTIL)) \
-		$(GRID_ARGS); \
-	rc=$$?; echo "== gpu-grid: $$(( $$(date +%s) - start )) s wall, snakemake exit $$rc"; \
+		$(if $(GPU_JOBS),--resources gpu=1 gpu_jobs=$(GPU_JOBS)) $(GRID_ARGS); \
+	rc=$$?; echo "== gpu-grid: $$(( $$(date +%s) - start )) s wall, snakemake exit $$rc, MPS $$([ -n "$$CUDA_MPS_PIPE_DIRECTORY" ] && echo on || echo off)"; \
+	if [ -n "$$CUDA_MPS_PIPE_DIRECTORY" ]; then $(GPU_PYTHON) -m benchmarks.gpu_share --daemon stop; fi; \
 	log=$$(find .snakemake/log -name '*.snakemake.log' -newermt "@$$start" 2>/dev/null | sort | tail -1); \
 	if [ -n "$$log" ]; then $(GPU_PYTHON) -m benchmarks.runlog $$log; fi; exit $$rc
 

@@ -10,6 +10,8 @@ first; ``--skip`` leaves any out):
    not, 3 seeds as one stacked model, row costs);
 3. ``lbfgs``: seconds per iteration of hh_m's L-BFGS polish: torch.optim.LBFGS, surrogates.lbfgs, and the
    latter with the objective replayed from a CUDA graph;
+3b. ``share``: several training processes on the GPU at once (1, 4, 8), without and with NVIDIA MPS
+   (:mod:`benchmarks.gpu_share`): whether jobs sharing the GPU, as the GPU profile has them, pay;
 4. ``grid``: one real training job of each (problem, surrogate) of the configured grid, as the workflow
    runs it, C's ddnn seeds also as a cohort; the grid's trainings one after the other estimated from them;
 5. ``kernels``: the fused tensor-core kernel's rows/s for the 4x128 and 3x64 nets at 2^20 rows, beside the
@@ -95,7 +97,7 @@ GPU_TEST_FILES = ["test_triton_step.py", "test_triton_kernels.py", "test_cohort.
 
 
 def gpu_tests(out: Path, budget: Budget, seconds: float = 150.0, only=None) -> str:
-    files = [ROOT / "tests" / f for f in (only or GPU_TEST_FILES)]
+    files = [ROOT / "tests" / Path(f).name if not (ROOT / f).is_file() else ROOT / f for f in (only or GPU_TEST_FILES)]
     if not only:
         files += sorted(set((ROOT / "tests").glob("test_*.py")) - set(files))
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "--durations=12", "-p", "no:cacheprovider",
@@ -208,6 +210,17 @@ def _rate(p, hidden, X, Y, engine, capture, device="cuda", iters=3000):
             _sync(device)
             rate = n / (time.perf_counter() - t0)
     return rate
+
+
+# ---------------------------------------------------------------- 3b. several trainings sharing the GPU
+def share(cfg: dict, out: Path, budget: Budget, counts=(1, 4, 8), steps: int = 10_000) -> str:
+    """:mod:`benchmarks.gpu_share`: K training processes at once, aggregate network-iterations/s against one
+    alone, without MPS and with a private MPS daemon where one starts."""
+    from benchmarks.gpu_share import describe, sweep
+
+    if budget.left() < 150:
+        return "skipped: the check's time budget"
+    return describe(sweep(list(counts), steps, "cuda", "auto", "auto"))
 
 
 # ---------------------------------------------------------------- 4. networks
@@ -460,7 +473,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="default: RESULTS/gpu_check")
     ap.add_argument("--budget", type=float, default=330.0, help="seconds for the whole check")
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["tests", "solver", "training", "training table", "lbfgs", "grid", "kernels", "speed"])
+                    choices=["tests", "solver", "training", "training table", "lbfgs", "share", "grid", "kernels", "speed"])
     ap.add_argument("--test-seconds", type=float, default=150.0, help="at most this long for the GPU tests")
     ap.add_argument("--test-files", nargs="*", help="only these files of tests/ (default: every GPU test)")
     ap.add_argument("--grid-reserve", type=float, default=150.0,
@@ -487,6 +500,7 @@ def main(argv=None) -> int:
         for name, fn, args in (("tests", gpu_tests, (out, budget, a.test_seconds, a.test_files)),
                                ("training table", training_table, (cfg, out, budget)),
                                ("lbfgs", lbfgs, (cfg, out, budget)),
+                               ("share", share, (cfg, out, budget)),
                                ("grid", grid, (cfg, out, budget, a.grid_reserve)),
                                ("kernels", kernels, (cfg, out, budget)), ("solver", solver, (cfg, out, budget)),
                                ("training", training, (cfg, out, budget))):
