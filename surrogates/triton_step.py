@@ -21,7 +21,9 @@ As in :mod:`inference.kernels.triton_mlp`, the network's layers are written out 
 source per network, loaded by :mod:`surrogates.tritonlib`; Triton is imported only when a step is built.
 
 **Status**: tested on the CPU through Triton's interpreter and compiled for sm_90 without a GPU
-(:func:`ptx_report`); **never run on a GPU yet**. It is used only where asked for (``Trainer(engine=
+(:func:`ptx_report`); on an H200 (2026-11-28) its GPU test passed (the captured Triton step against the
+captured fused one) and the captured step ran 11,523 it/s on C (3x64, batch 1024), 2.6x the fused step's.
+It is used only where asked for (``Trainer(engine=
 "triton")``, ``training_speed``/``gpu_check`` variants); the default GPU path is the captured fused step.
 """
 from __future__ import annotations
