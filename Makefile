@@ -59,16 +59,20 @@ GRID_ARGS ?=
 # (and stopped after) where nvidia-cuda-mps-control exists and a CUDA client works under it; GPU_MPS=0: never.
 # Without MPS the GPU runs one process's kernels at a time (H200, 2026-11-28: no gain from 8 jobs sharing it).
 # GPU_JOBS=N: at most N training jobs on the GPU at once (the profile's gpu_jobs=8 otherwise).
+# GRID_DEADLINE=SECONDS: stop Snakemake (SIGINT: running jobs are marked incomplete and rerun next time) after
+# that long, and still print the seconds of each rule so far (a machine lent for a fixed time, a job limit).
 GPU_MPS ?= auto
 GPU_JOBS ?=
+GRID_DEADLINE ?=
 gpu-grid:
 	@$(GPU_SITE) export PYTHONPATH=$(CURDIR):$$PYTHONPATH; \
 	if [ "$(GPU_MPS)" != 0 ]; then eval "$$($(GPU_PYTHON) -m benchmarks.gpu_share --daemon start)"; fi; \
 	start=$$(date +%s); \
-	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m snakemake --profile workflow/profiles/gpu \
+	PYTHONUNBUFFERED=1 $(if $(GRID_DEADLINE),timeout -k 30 -s INT $(GRID_DEADLINE)) $(GPU_PYTHON) -m snakemake --profile workflow/profiles/gpu \
 		--configfile $(GRID_CONFIG) $(if $(GRID_RESULTS),--config results_dir=$(GRID_RESULTS)) $(if $(GRID_UNTIL),--until $(GRID_UNTIL)) \
 		$(if $(GPU_JOBS),--resources gpu=1 gpu_jobs=$(GPU_JOBS)) $(GRID_ARGS); \
-	rc=$$?; echo "== gpu-grid: $$(( $$(date +%s) - start )) s wall, snakemake exit $$rc, MPS $$([ -n "$$CUDA_MPS_PIPE_DIRECTORY" ] && echo on || echo off)"; \
+	rc=$$?; [ $$rc = 124 ] && echo "== gpu-grid: stopped at GRID_DEADLINE=$(GRID_DEADLINE) s"; \
+	echo "== gpu-grid: $$(( $$(date +%s) - start )) s wall, snakemake exit $$rc, MPS $$([ -n "$$CUDA_MPS_PIPE_DIRECTORY" ] && echo on || echo off)"; \
 	if [ -n "$$CUDA_MPS_PIPE_DIRECTORY" ]; then $(GPU_PYTHON) -m benchmarks.gpu_share --daemon stop; fi; \
 	log=$$(find .snakemake/log -name '*.snakemake.log' -newermt "@$$start" 2>/dev/null | sort | tail -1); \
 	if [ -n "$$log" ]; then $(GPU_PYTHON) -m benchmarks.runlog $$log; fi; exit $$rc
