@@ -713,7 +713,7 @@ def test_an_auto_polish_goes_on_in_float64_where_float32_stalls(tmp_path, monkey
 
     def search(obj_func, x, t, d, loss, grad, gtd, **kw):
         if d.dtype == torch.float32:
-            return loss, grad, 0.0, 1  # no step
+            return loss, grad, 0.0, 1, kw["g_max"]  # no step
         return real(obj_func, x, t, d, loss, grad, gtd, **kw)
 
     monkeypatch.setattr(mod, "_strong_wolfe", search)

@@ -96,7 +96,7 @@ def test_on_a_gpu_the_iterates_are_torchs():
 
 
 def _stalling_line_search(monkeypatch, stall_with_history=True):
-    """torch's strong-Wolfe search, except that it finds no step (t = 0) along a direction built from the
+    """The strong-Wolfe search, except that it finds no step (t = 0) along a direction built from the
     history (or along every direction): a call then moves no parameter, as in the float32 stalls seen in
     hh_m polishes."""
     import surrogates.lbfgs as mod
@@ -106,7 +106,7 @@ def _stalling_line_search(monkeypatch, stall_with_history=True):
     def search(obj_func, x, t, d, loss, grad, gtd, **kw):
         steepest = torch.allclose(d, -grad)
         if not stall_with_history or not steepest:
-            return loss, grad, 0.0, 1
+            return loss, grad, 0.0, 1, kw["g_max"]
         return real(obj_func, x, t, d, loss, grad, gtd, **kw)
 
     monkeypatch.setattr(mod, "_strong_wolfe", search)
@@ -171,3 +171,79 @@ def test_the_polish_stops_once_lbfgs_has_converged(monkeypatch, tmp_path, capsys
     summary = tr.train(30)
     assert summary["iterations"] == 50 and [r["iteration"] for r in tr.rows][-2:] == [30, 50]
     assert "L-BFGS converged at iteration 50" in capsys.readouterr().err
+
+
+def test_the_line_search_is_torchs_on_floats():
+    """The strong-Wolfe search on Python floats against torch's on 0-d tensors: along a direction of a
+    non-quadratic function, the same step, value, gradient and number of evaluations (to rounding: torch
+    divides a number by a tensor as a reciprocal times the number)."""
+    from torch.optim.lbfgs import _strong_wolfe as torchs
+
+    import surrogates.lbfgs as mod
+
+    def fn(x):
+        return (x ** 4).sum() - 3 * (x ** 2).sum() + x.sum()
+
+    def grad(x):
+        return 4 * x ** 3 - 6 * x + 1
+
+    x0 = torch.tensor([0.3, -1.7, 2.2, 0.05], dtype=torch.float64)
+    g0 = grad(x0)
+    d = -g0
+    for t0 in (1.0, 1e-3, 0.4):
+        f, g, t, n = torchs(lambda x, t, d: (float(fn(x + t * d)), grad(x + t * d)), x0, t0, d, float(fn(x0)), g0,
+                            g0.dot(d))
+        ours = mod._strong_wolfe(lambda x, t, d: (float(fn(x + t * d)), grad(x + t * d), float(grad(x + t * d).dot(d)),
+                                                 float(grad(x + t * d).abs().max())),
+                                 x0, t0, d, float(fn(x0)), g0, float(g0.dot(d)), d_norm=float(d.abs().max()),
+                                 g_max=float(g0.abs().max()))
+        assert ours[3] == n and n >= 2
+        assert ours[2] == pytest.approx(float(t), rel=1e-12) and ours[0] == pytest.approx(f, rel=1e-12)
+        torch.testing.assert_close(ours[1], g, rtol=1e-10, atol=1e-12)
+        assert ours[4] == pytest.approx(float(g.abs().max()), rel=1e-10)
+
+
+def test_an_iteration_reads_three_numbers_back_not_ten():
+    """Host reads (what makes a GPU wait for the host) outside the objective: one for y.s, one for g.d and
+    max|d|, one per line-search evaluation (loss, g.d and max|g| together): 3.1 an iteration here, where
+    torch's LBFGS reads 28 (each coefficient of its two-loop recursion, each test of a 0-d tensor) and this
+    class with torch's line search read ~10 (counted on hh_m-sized networks)."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import op_recorder
+
+    counts = {}
+    for cls in (torch.optim.LBFGS, LBFGS):
+        m, x, y = _problem()
+        opt = cls(m.parameters(), line_search_fn="strong_wolfe", history_size=10, max_iter=20)
+        evals = [0]
+
+        def closure():
+            evals[0] += 1
+            opt.zero_grad()
+            loss = torch.mean((m(x) - y) ** 2)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        tolist, orig = [0], torch.Tensor.tolist
+
+        def counted(self):
+            tolist[0] += 1
+            return orig(self)
+
+        rec, e0, n0 = op_recorder(), evals[0], opt.state[opt._params[0]]["n_iter"]
+        try:
+            torch.Tensor.tolist = counted
+            with rec:
+                opt.step(closure)
+                opt.step(closure)
+        finally:
+            torch.Tensor.tolist = orig
+        its = opt.state[opt._params[0]]["n_iter"] - n0
+        assert its == 40  # no early stop: the counts are per full iteration
+        reads = rec.ops.count("aten._local_scalar_dense.default") + tolist[0]  # the closure reads nothing
+        counts[cls] = (reads / its, (evals[0] - e0) / its)
+    ours, (theirs, _) = counts[LBFGS], counts[torch.optim.LBFGS]
+    assert ours[0] <= 2.1 + ours[1] and theirs >= 2.5 * ours[0]
