@@ -133,6 +133,10 @@ class LBFGS(torch.optim.LBFGS):
     """Drop-in for :class:`torch.optim.LBFGS` (real, dense parameters; ``line_search_fn`` None or
     ``"strong_wolfe"``)."""
 
+    #: called with every loss value read back (a float) before the search uses it, e.g. to stop at a NaN
+    #: without a read of its own; ``None``: nothing
+    check_value = None
+
     def __init__(self, params, **kw):
         super().__init__(params, **kw)
         if any(torch.is_complex(p) for p in self._params):
@@ -176,6 +180,8 @@ class LBFGS(torch.optim.LBFGS):
         loss = closure()
         g = self._gather_flat_grad()
         f, gtd, gmax = torch.stack([loss.detach().double(), g.dot(d).double(), g.abs().max().double()]).tolist()
+        if self.check_value is not None:
+            self.check_value(f)
         self._set_flat(x)
         return f, g, gtd, gmax
 
@@ -196,6 +202,8 @@ class LBFGS(torch.optim.LBFGS):
         orig_loss = closure()
         flat_grad = self._gather_flat_grad()
         loss, g_max = torch.stack([orig_loss.detach().double(), flat_grad.abs().max().double()]).tolist()
+        if self.check_value is not None:
+            self.check_value(loss)
         current_evals = 1
         state["func_evals"] += 1
         if g_max <= tolerance_grad:
@@ -259,6 +267,8 @@ class LBFGS(torch.optim.LBFGS):
                         loss_t = closure()
                     flat_grad = self._gather_flat_grad()
                     loss, g_max = torch.stack([loss_t.detach().double(), flat_grad.abs().max().double()]).tolist()
+                    if self.check_value is not None:
+                        self.check_value(loss)
                     opt_cond = g_max <= tolerance_grad
                     ls_func_evals = 1
             current_evals += ls_func_evals

@@ -572,16 +572,29 @@ class Trainer:
         model, opt, objective = self._polish_setup(narrow and self.lbfgs_dtype == "float64")
         rounds = max(1, self.lbfgs_iterations // 20)
         end = self.iteration + 20 * rounds
+        # surrogates.lbfgs.LBFGS reads every loss it gets back to the host anyway and hands it to check_value:
+        # the finiteness test then costs no read of its own (on a GPU a read makes the device wait)
+        deferred = hasattr(opt, "check_value")
+        last = {}
+
+        def check(value: float):
+            if not math.isfinite(value):
+                self._check_finite(*last["v"])  # raises, naming the term
+
+        if deferred:
+            opt.check_value = check
         for r in range(rounds):
             def closure():
                 if objective is not None:  # writes each parameter's .grad, which L-BFGS reads
                     total, terms = objective()
+                else:
+                    opt.zero_grad(set_to_none=True)
+                    total, terms = self._objective()
+                last["v"] = (total, terms)
+                if not deferred:
                     self._check_finite(total, terms)
-                    return total
-                opt.zero_grad(set_to_none=True)
-                total, terms = self._objective()
-                self._check_finite(total, terms)
-                total.backward()
+                if objective is None:
+                    total.backward()
                 return total
 
             opt.step(closure)
@@ -607,6 +620,8 @@ class Trainer:
                                                      f"step changed the loss")
                     if setup[0] is not self.model:
                         model, opt, objective = setup
+                        if deferred:
+                            opt.check_value = check
                         continue
                 print(f"{self.label}L-BFGS converged at iteration {self.iteration} (from steepest descent no "
                       f"step changes the loss); the polish stops there", file=sys.stderr, flush=True)

@@ -328,6 +328,41 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_best_checkpoin
     assert meta["iteration"] == 30
 
 
+@pytest.mark.parametrize("optimiser", ["ours", "torch's"])
+@pytest.mark.parametrize("engine", ["autograd", "fused"])
+def test_a_non_finite_loss_in_the_polish_stops_it_at_once(tmp_path, monkeypatch, engine, optimiser):
+    """In the L-BFGS polish the loss is checked on every evaluation: by the value surrogates.lbfgs.LBFGS reads
+    back anyway (no read of its own), or in the closure where the optimiser is another one."""
+    import surrogates.lbfgs as lb
+
+    if optimiser == "torch's":
+        monkeypatch.setattr(lb, "LBFGS", torch.optim.LBFGS)
+    tr, _ = _toy_trainer(tmp_path, val_every=10, lbfgs_iterations=100, engine=engine)
+    last = 30  # the 20 Adam steps (full batch), then the polish: its 10th evaluation is the last finite one
+    calls = [0]
+
+    def count(v):
+        calls[0] += 1
+        return v * float("nan") if calls[0] > last else v
+
+    class ExplodingAutograd(DataLoss):
+        def __call__(self, m):
+            return count(super().__call__(m))
+
+    class ExplodingFused(DataLoss):  # keeps DataLoss's __call__, so the engine takes its fused form
+        def fused_full(self, eng):
+            step = super().fused_full(eng)
+            return lambda weight: count(step(weight))
+
+    Exploding = ExplodingAutograd if engine == "autograd" else ExplodingFused
+    X, Y = _toy_data()
+    tr.losses = []
+    tr.add_loss(Exploding(X, Y, batch_size=None, name="data"))
+    with pytest.raises(TrainingDivergedError, match="iteration 20: loss data became nan; the best checkpoint"):
+        tr.train(20)
+    assert calls[0] == last + 1  # stopped at the first non-finite evaluation
+
+
 def test_early_stopping_and_bad_settings(tmp_path):
     tr, _ = _toy_trainer(tmp_path, validation=lambda m: {"val_mae": 1.0}, patience=2, val_every=10)
     s = tr.train(1000)
