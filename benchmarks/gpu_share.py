@@ -90,10 +90,13 @@ def run_together(k: int, steps: int, device: str, engine: str, env: dict | None 
     deadline = time.monotonic() + timeout
     try:
         for p in procs:
-            line = p.stdout.readline().strip()
-            if line != "ready":
-                p.wait(timeout=max(1.0, deadline - time.monotonic()))
-                raise RuntimeError(f"a worker did not start (exit {p.returncode}): {_last_error(p.stderr.read())}")
+            line = None
+            while line != "ready":  # anything a library prints first is skipped
+                line = p.stdout.readline()
+                if not line:  # end of output: the worker ended before it was ready
+                    p.wait(timeout=max(1.0, deadline - time.monotonic()))
+                    raise RuntimeError(f"a worker did not start (exit {p.returncode}): {_last_error(p.stderr.read())}")
+                line = line.strip()
         for p in procs:
             p.stdin.write("go\n")
             p.stdin.flush()
