@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -85,32 +87,46 @@ def run_together(k: int, steps: int, device: str, engine: str, env: dict | None 
     cmd = [sys.executable, "-m", "benchmarks.gpu_share", "--worker", "--steps", str(steps), "--device", device,
            "--engine", engine]
     environ = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=ROOT, env=environ) for _ in range(k)]
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in range(k)]  # stderr: a file never fills as a pipe can
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+                              env=environ) for log in logs]
+    lines = [queue.Queue() for _ in procs]
+    for p, q in zip(procs, lines):  # each worker's stdout read by a thread: waits below have a deadline
+        threading.Thread(target=lambda p=p, q=q: [q.put(x.strip()) for x in p.stdout] + [q.put(None)],
+                         daemon=True).start()
     deadline = time.monotonic() + timeout
+
+    def next_line(i):
+        try:
+            return lines[i].get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RuntimeError(f"a worker said nothing more within {timeout:.0f} s") from None
+
+    def failure(i, what):
+        procs[i].wait(timeout=10)
+        logs[i].seek(0)
+        return RuntimeError(f"a worker {what} (exit {procs[i].returncode}): {_last_error(logs[i].read())}")
+
     try:
-        for p in procs:
-            line = None
-            while line != "ready":  # anything a library prints first is skipped
-                line = p.stdout.readline()
-                if not line:  # end of output: the worker ended before it was ready
-                    p.wait(timeout=max(1.0, deadline - time.monotonic()))
-                    raise RuntimeError(f"a worker did not start (exit {p.returncode}): {_last_error(p.stderr.read())}")
-                line = line.strip()
+        for i in range(k):
+            while (line := next_line(i)) != "ready":  # anything a library prints first is skipped
+                if line is None:
+                    raise failure(i, "did not start")
         for p in procs:
             p.stdin.write("go\n")
             p.stdin.flush()
         results = []
-        for p in procs:
-            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            lines = [x for x in out.strip().splitlines() if x.startswith("{")]
-            if p.returncode != 0 or not lines:
-                raise RuntimeError(f"a worker failed (exit {p.returncode}): {_last_error(err)}")
-            results.append(json.loads(lines[-1]))
+        for i in range(k):
+            while (line := next_line(i)) is not None and not line.startswith("{"):
+                pass
+            if line is None:
+                raise failure(i, "failed")
+            results.append(json.loads(line))
     finally:
-        for p in procs:
+        for p, log in zip(procs, logs):
             if p.poll() is None:
                 p.kill()
+            log.close()
     span = max(r["t1"] for r in results) - min(r["t0"] for r in results)
     per = [r["steps"] / (r["t1"] - r["t0"]) for r in results]
     return {"processes": k, "steps": steps, "span_s": span, "network_it_per_s": k * steps / span,

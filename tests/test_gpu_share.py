@@ -53,3 +53,12 @@ def test_an_mps_daemon_whose_clients_fail_is_stopped_again_and_the_workflow_runs
     res = subprocess.run([sys.executable, "-m", "benchmarks.gpu_share", "--daemon", "start"], capture_output=True,
                          text=True, cwd=gpu_share.ROOT)
     assert res.returncode == 0 and res.stdout == "" and "MPS: off: MPS started but a CUDA client failed" in res.stderr
+
+
+def test_a_worker_that_is_not_ready_in_time_is_killed_not_waited_for():
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="a worker said nothing more within 1 s"):
+        gpu_share.run_together(1, 10, "cpu", "auto", timeout=1.0)  # importing torch alone takes longer
+    assert time.monotonic() - t0 < 10
