@@ -11,7 +11,8 @@ first; ``--skip`` leaves any out):
 3. ``lbfgs``: seconds per iteration of hh_m's L-BFGS polish: torch.optim.LBFGS, surrogates.lbfgs, and the
    latter with the objective replayed from a CUDA graph;
 3b. ``share``: several training processes on the GPU at once (1, 4, 8), without and with NVIDIA MPS
-   (:mod:`benchmarks.gpu_share`): whether jobs sharing the GPU, as the GPU profile has them, pay;
+   (:mod:`benchmarks.gpu_share`): whether jobs sharing the GPU, as the GPU profile has them, pay; and 3
+   networks in one process one after the other against side by side (:mod:`surrogates.side_by_side`);
 4. ``grid``: one real training job of each (problem, surrogate) of the configured grid, as the workflow
    runs it, C's ddnn seeds also as a cohort; the grid's trainings one after the other estimated from them;
 5. ``kernels``: the fused tensor-core kernel's rows/s for the 4x128 and 3x64 nets at 2^20 rows, beside the
@@ -220,7 +221,17 @@ def share(cfg: dict, out: Path, budget: Budget, counts=(1, 4, 8), steps: int = 1
 
     if budget.left() < 150:
         return "skipped: the check's time budget"
-    return describe(sweep(list(counts), steps, "cuda", "auto", "auto"))
+    text = describe(sweep(list(counts), steps, "cuda", "auto", "auto"))
+    if budget.left() > 60:  # the same within one process: 3 networks one after the other, then side by side
+        from benchmarks.gpu_share import in_process
+
+        try:
+            r = in_process(3, steps, "cuda")
+            text += (f"; in one process, 3 networks: one after the other {r['sequential']:.0f} network-it/s, side by "
+                     f"side (threads, streams) {r['side_by_side']:.0f}")
+        except Exception as exc:  # recorded: the rows above stand
+            text += f"; side by side in one process FAILED: {type(exc).__name__}: {exc}"[:300]
+    return text
 
 
 # ---------------------------------------------------------------- 4. networks

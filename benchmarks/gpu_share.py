@@ -34,10 +34,63 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _data(rows: int = 100_000):
+    """Random rows of C's shape, (t, u0, w0, I) -> (u, w)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.0, 1.0, (rows, 4)).astype(np.float32)
+    Y = np.stack([np.sin(3 * X[:, 0] + X[:, 1]), X[:, 2] * X[:, 3]], axis=1).astype(np.float32)
+    return X, Y
+
+
+def _trainer(out, X, Y, seed: int, steps: int, device: str, engine: str):
+    import torch
+
+    from surrogates.losses import DataLoss
+    from surrogates.network import MLP
+    from surrogates.trainer import Trainer
+
+    torch.manual_seed(seed)
+    net = MLP(4, 2, [("SiLU", 64)] * 3, input_range=([0.0] * 4, [1.0] * 4)).to(device)
+    tr = Trainer(net, out, val_every=max(steps, 1), lr=3e-3, engine=engine, progress=False)
+    tr.add_loss(DataLoss(X, Y, batch_size=1024, seed=seed, name="data"))
+    return tr
+
+
+def in_process(k: int, steps: int, device: str, engine: str = "auto") -> dict:
+    """K networks in this process: one after the other, then side by side (:mod:`surrogates.side_by_side`,
+    each in its own thread and stream), after a warm-up. ``{"sequential", "side_by_side"}``: network-it/s."""
+    import torch
+
+    from surrogates.side_by_side import train_side_by_side
+
+    X, Y = _data()
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        _trainer(Path(d) / "warm", X, Y, 0, 200, device, engine).train(200)
+        for mode in ("sequential", "side_by_side"):
+            trainers = [_trainer(Path(d) / f"{mode}{s}", X, Y, s, steps, device, engine) for s in range(k)]
+            sync()
+            t0 = time.perf_counter()
+            if mode == "sequential":
+                for t in trainers:
+                    t.train(steps)
+            else:
+                train_side_by_side(trainers, steps)
+            sync()
+            out[mode] = k * steps / (time.perf_counter() - t0)
+    return out
+
+
 def worker(steps: int, device: str, engine: str, rows: int = 100_000) -> None:
     """One training process: build, warm up, say ``ready``, wait for ``go`` on stdin, train ``steps``
     steps, print ``{"t0": .., "t1": ..}`` (wall-clock seconds: comparable across processes)."""
-    import numpy as np
     import torch
 
     from surrogates.losses import DataLoss
@@ -45,9 +98,7 @@ def worker(steps: int, device: str, engine: str, rows: int = 100_000) -> None:
     from surrogates.trainer import Trainer
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    X = rng.uniform(0.0, 1.0, (rows, 4)).astype(np.float32)  # C's shape: (t, u0, w0, I) -> (u, w)
-    Y = np.stack([np.sin(3 * X[:, 0] + X[:, 1]), X[:, 2] * X[:, 3]], axis=1).astype(np.float32)
+    X, Y = _data(rows)
 
     def sync():
         if device == "cuda":

@@ -73,13 +73,21 @@ def cohort_refusal(trainers) -> str | None:
     return None
 
 
-def train_together(trainers, num_iterations: int) -> list[dict]:
+def train_together(trainers, num_iterations: int, side_by_side: bool = False) -> list[dict]:
     """Train every Trainer for ``num_iterations`` steps, as one stacked model where :func:`cohort_refusal`
-    allows; returns each one's :meth:`Trainer.train` summary (with ``cohort``: the number trained together)."""
+    allows; returns each one's :meth:`Trainer.train` summary (with ``cohort``: the number trained together).
+    Where it does not: with ``side_by_side`` on a GPU each in its own thread and stream
+    (:mod:`~surrogates.side_by_side`), else one after the other."""
     reason = cohort_refusal(trainers)
     if reason is not None:
+        if len(trainers) > 1 and side_by_side and next(trainers[0].model.parameters()).device.type == "cuda":
+            from .side_by_side import train_side_by_side
+
+            print(f"training {len(trainers)} networks side by side (not stacked: {reason})", file=sys.stderr)
+            return train_side_by_side(trainers, num_iterations)
         if len(trainers) > 1:
-            print(f"training {len(trainers)} networks one after the other: {reason}", file=sys.stderr)
+            why = reason + ("; side by side needs a GPU" if side_by_side else "")
+            print(f"training {len(trainers)} networks one after the other: {why}", file=sys.stderr)
         return [{**t.train(num_iterations), "cohort": 1} for t in trainers]
     starts = [t._start(num_iterations) for t in trainers]
     steppers = [st for _, st, _ in starts]

@@ -132,6 +132,7 @@ def training_settings(cfg: Mapping, problem: str) -> dict:
     t = copy.deepcopy(dict(cfg["training"]))
     t.pop("ensemble", None)  # a setting of the grid (surrogates.ensemble), not of a run: runs' records stay as they were
     t.pop("cohort", None)  # how the grid's jobs are cut (surrogates.cohort), not what a run computes
+    t.pop("side_by_side", None)  # likewise (surrogates.side_by_side)
     over = copy.deepcopy(t.pop("overrides", {}).get(problem, {}))
     phys = over.pop("physics", {})
     t.update(over)
@@ -144,9 +145,13 @@ COHORT_KINDS = ("ddnn", "itnn")  # data-only kinds: their seeds can train as one
 
 def cohort_kinds(cfg: Mapping) -> list[str]:
     """The surrogate kinds whose seeds train together, one job per (problem, kind, n, arch)
-    (``training.cohort``, with at least two seeds); the others train one job per seed."""
+    (``training.cohort``, with at least two seeds; with ``training.side_by_side`` every kind, those that
+    cannot be stacked trained side by side in the job, :mod:`~surrogates.side_by_side`); the others train one
+    job per seed."""
     if not cfg["training"].get("cohort", False) or len(cfg["training"]["seeds"]) < 2:
         return []
+    if cfg["training"].get("side_by_side", False):  # the other kinds' seeds share the GPU in one process
+        return list(cfg["training"]["surrogates"])
     return [k for k in COHORT_KINDS if k in cfg["training"]["surrogates"]]
 
 

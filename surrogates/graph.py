@@ -20,6 +20,7 @@ uncaptured, which is how the tests check it against the plain fused path.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -88,6 +89,9 @@ def device_lr(step_count: torch.Tensor, schedule: str, lr0: float, lr_final: flo
     return f * lr0
 
 
+_CAPTURE_LOCK = threading.Lock()  # side-by-side threads (surrogates.side_by_side) capture one at a time
+
+
 def capture(body, state: list, bad: torch.Tensor) -> "torch.cuda.CUDAGraph":
     """A CUDA graph of ``body()``: warmed up twice on a side stream (lazy initialisation, allocations), the
     warm-up undone (every tensor of ``state`` restored, the ``bad`` flag cleared), then captured once. The
@@ -103,8 +107,26 @@ def capture(body, state: list, bad: torch.Tensor) -> "torch.cuda.CUDAGraph":
         dst.copy_(src)
     bad.zero_()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        body()
+    from .side_by_side import in_side_by_side_thread
+
+    if in_side_by_side_thread():
+        # other threads run CUDA work meanwhile: capture this thread's stream only ("thread_local": their work
+        # does not invalidate it), one capture at a time, and without torch.cuda.graph's device-wide
+        # synchronize and cache emptying, which would reach into the other threads' streams
+        with _CAPTURE_LOCK:
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                body()
+            except BaseException:
+                try:
+                    graph.capture_end()
+                except Exception:  # the capture is broken anyway; the body's error is the one to see
+                    pass
+                raise
+            graph.capture_end()
+    else:
+        with torch.cuda.graph(graph):
+            body()
     return graph
 
 

@@ -176,7 +176,8 @@ def train_surrogates(cfg: dict, problem: str, surrogate: str, n: int, seeds, dat
         else:
             from .cohort import train_together
 
-            summaries = train_together([r["trainer"] for r in runs], total)
+            summaries = train_together([r["trainer"] for r in runs], total,
+                                       side_by_side=bool(cfg["training"].get("side_by_side", False)))
         return [_score(cfg, p, r, summary, test) for r, summary in zip(runs, summaries)]
 
 

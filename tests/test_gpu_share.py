@@ -62,3 +62,8 @@ def test_a_worker_that_is_not_ready_in_time_is_killed_not_waited_for():
     with pytest.raises(RuntimeError, match="a worker said nothing more within 1 s"):
         gpu_share.run_together(1, 10, "cpu", "auto", timeout=1.0)  # importing torch alone takes longer
     assert time.monotonic() - t0 < 10
+
+
+def test_in_process_times_the_networks_one_after_the_other_and_side_by_side():
+    r = gpu_share.in_process(2, 30, "cpu")
+    assert set(r) == {"sequential", "side_by_side"} and all(v > 0 for v in r.values())

@@ -46,6 +46,25 @@ def test_cohort_config_trains_the_seeds_of_data_only_runs_in_one_job(tmp_path):
     assert jobs["export_onnx"] == 3 * ((1 + 3 + 3 + 2) * 2 + 2 + 3) and jobs["ensemble"] == (1 + 3 + 3 + 2) * 2 + 2 + 3
 
 
+def test_side_by_side_config_trains_the_seeds_of_every_kind_in_one_job(tmp_path):
+    """training.side_by_side (with cohort): the PINN kinds' seeds too are one job per (problem, kind, n)
+    (stacked where they can be, else side by side on a GPU); the rest of the DAG is unchanged, and the
+    setting, like cohort, is not part of a run's fingerprint (the same run, whichever way its job is cut)."""
+    from surrogates.config import load_config, training_settings
+
+    extra = tmp_path / "sbs.yaml"
+    extra.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "r"),
+                                     "training": {"cohort": True, "side_by_side": True}}))
+    res = snakemake("-n", "--configfile", "config/config.yaml", str(extra))
+    assert res.returncode == 0, res.stderr[-2000:]
+    jobs = _job_counts(res.stdout)
+    assert jobs["train_cohort"] == (1 + 3 + 3 + 2) * 2 + 2 + 3 and "train" not in jobs
+    assert jobs["export_onnx"] == 69 and jobs["ensemble"] == 23
+    cfg = load_config()
+    cfg["training"]["side_by_side"] = True
+    assert "side_by_side" not in training_settings(cfg, "C")
+
+
 def _preset_dry_run(preset: str, tmp_path):
     """``snakemake -n`` of config/<preset>.yaml (results under tmp_path): the result and its job counts."""
     extra = tmp_path / "here.yaml"

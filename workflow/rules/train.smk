@@ -8,7 +8,7 @@ COHORT = cohort_kinds(config)  # training.cohort: these kinds train their seeds 
 
 rule train:
     wildcard_constraints:
-        surrogate="|".join(k for k in SURROGATES if k not in COHORT),
+        surrogate="|".join(k for k in SURROGATES if k not in COHORT) or "(?!)",  # (?!): none (all in cohorts)
     input:
         train=rules.dataset_split.output.train,
         train_meta=rules.dataset_split.output.train_meta,
@@ -33,8 +33,9 @@ rule train:
         "../scripts/train.py"
 
 
-# training.cohort: the seeds of a data-only kind trained together as one stacked model (surrogates.cohort),
-# one job writing every seed's files (the same files, so the rest of the DAG is unchanged; a killed cohort
+# training.cohort: the seeds of a data-only kind trained together as one stacked model (surrogates.cohort);
+# with training.side_by_side every kind's, those that cannot be stacked in threads on a GPU
+# (surrogates.side_by_side); one job writing every seed's files (the same files, so the rest of the DAG is unchanged; a killed cohort
 # resumes from the seeds' checkpoint.pth files).
 if COHORT:
 

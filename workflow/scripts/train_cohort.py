@@ -1,4 +1,5 @@
-"""Rule train_cohort: the seeds of one data-only run trained together (surrogates.cohort), each scored alone."""
+"""Rule train_cohort: the seeds of one run trained together (stacked, surrogates.cohort; with training.side_by_side
+on a GPU, those that cannot be stacked in threads, surrogates.side_by_side), each scored alone."""
 import sys
 from pathlib import Path
 
