@@ -50,7 +50,9 @@ def train_side_by_side(trainers, num_iterations: int) -> list[dict]:
         _local.active = True
         try:
             if device.type == "cuda":
-                with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
+                stream = torch.cuda.Stream(device)
+                stream.wait_stream(torch.cuda.default_stream(device))  # the networks and data made before
+                with torch.cuda.device(device), torch.cuda.stream(stream):
                     out = t.train(num_iterations)
                     torch.cuda.current_stream().synchronize()
                     return out
