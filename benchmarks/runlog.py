@@ -28,6 +28,7 @@ _WILDCARDS = re.compile(r"^\s+wildcards: (.*?)\s*$")
 _MESSAGE = re.compile(r"^Job (\d+): ")  # a rule with a `message:` is announced so, without its name
 _DONE = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)\s*$")
 _ERROR = re.compile(r"^Error in rule (\w+):\s*$")
+_STOP = "Terminating processes on user request"  # Snakemake stopped (Ctrl-C, SIGINT, a deadline): errors after it are the stop's
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Job:
     start: _dt.datetime
     end: _dt.datetime | None = None
     failed: bool = False
+    interrupted: bool = False  # ended by the run's stop (Snakemake terminating on request), not by its own error
     wildcards: str = ""
 
     @property
@@ -55,15 +57,19 @@ class Run:
 
     @property
     def finished(self) -> list[Job]:
-        return [j for j in self.jobs if j.end is not None and not j.failed]
+        return [j for j in self.jobs if j.end is not None and not j.failed and not j.interrupted]
 
     @property
     def failed(self) -> list[Job]:
         return [j for j in self.jobs if j.failed]
 
     @property
+    def interrupted(self) -> list[Job]:
+        return [j for j in self.jobs if j.interrupted]
+
+    @property
     def unfinished(self) -> list[Job]:
-        return [j for j in self.jobs if j.end is None and not j.failed]
+        return [j for j in self.jobs if j.end is None and not j.failed and not j.interrupted]
 
     @property
     def busy_s(self) -> float:
@@ -93,7 +99,10 @@ def parse_log(text: str, name: str = "log") -> Run:
     pending: str | None = None  # the rule of a header whose jobid line is not read yet (started at `stamp`)
     job: Job | None = None      # the job whose header is being read (wildcards)
     error_rule: str | None = None
+    stopping = False
     for line in text.splitlines():
+        if line.startswith(_STOP):
+            stopping = True
         if m := _STAMP.match(line):
             stamp, pending, job, error_rule = _stamp(m.group(1)), None, None, None
             run.last = stamp
@@ -108,7 +117,11 @@ def parse_log(text: str, name: str = "log") -> Run:
             if error_rule is not None:
                 if (j := jobs.get(jid)) is not None:
                     j.rule = error_rule if j.rule == "?" else j.rule
-                    j.failed, j.end = True, j.end or stamp
+                    j.end = j.end or stamp
+                    if stopping:
+                        j.interrupted = True
+                    else:
+                        j.failed = True
                 error_rule = None
             elif pending is not None and jid not in jobs:
                 job = jobs[jid] = Job(pending, jid, stamp)
@@ -162,6 +175,9 @@ def markdown(run: Run) -> str:
              f"({run.busy_s / max(run.wall_s, 1.0):.2f} jobs at a time on average)"]
     if run.failed:
         lines[0] += f"; **{len(run.failed)} failed**: " + ", ".join(f"{j.rule} ({j.wildcards})" for j in run.failed)
+    if run.interrupted:
+        lines[0] += (f"; **{len(run.interrupted)} interrupted** when the run was stopped: "
+                     + ", ".join(f"{j.rule} ({j.wildcards})" for j in run.interrupted))
     if run.unfinished:
         lines[0] += (f"; **{len(run.unfinished)} never finished** (interrupted): "
                      + ", ".join(f"{j.rule} ({j.wildcards})" for j in run.unfinished))

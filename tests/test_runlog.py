@@ -78,6 +78,26 @@ def test_the_markdown_names_failed_and_unfinished_jobs():
     assert md.index("| train |") < md.index("| figure_speed |") < md.index("| dataset_test |")
 
 
+def test_jobs_a_stop_interrupts_are_not_counted_as_failed():
+    """After "Terminating processes on user request" (Ctrl-C, or make gpu-grid's GRID_DEADLINE) the errors
+    Snakemake reports are the stop's: those jobs are interrupted, not failed."""
+    stopped = LOG + """Terminating processes on user request, this might take some time.
+[Fri Nov 27 20:16:30 2026]
+Error in rule export_onnx:
+    message: None
+    jobid: 9
+"""
+    run = parse_log(stopped, "stopped.log")
+    by_id = {j.jobid: j for j in run.jobs}
+    assert by_id[9].interrupted and not by_id[9].failed and by_id[9].seconds == 27
+    assert [j.jobid for j in run.failed] == [3] and run.unfinished == []
+    assert 9 not in {j.jobid for j in run.finished} and run.busy_s == 4 + 120 + 20
+    md = markdown(run)
+    assert "**1 failed**: train (problem=C, surrogate=pinn" in md
+    assert "**1 interrupted** when the run was stopped: export_onnx (problem=C" in md
+    assert "never finished" not in md
+
+
 def test_a_resumed_run_sums_the_wall_time_of_its_logs(tmp_path):
     a, b = tmp_path / "a.snakemake.log", tmp_path / "b.snakemake.log"
     a.write_text(LOG)
