@@ -61,29 +61,23 @@ def _trainer(out, X, Y, seed: int, steps: int, device: str, engine: str):
 def in_process(k: int, steps: int, device: str, engine: str = "auto") -> dict:
     """K networks in this process: one after the other, then side by side (:mod:`surrogates.side_by_side`,
     each in its own thread and stream), after a warm-up. ``{"sequential", "side_by_side"}``: network-it/s."""
-    import torch
-
+    from benchmarks.training_speed import _sync
     from surrogates.side_by_side import train_side_by_side
 
     X, Y = _data()
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     out = {}
     with tempfile.TemporaryDirectory() as d:
         _trainer(Path(d) / "warm", X, Y, 0, 200, device, engine).train(200)
         for mode in ("sequential", "side_by_side"):
             trainers = [_trainer(Path(d) / f"{mode}{s}", X, Y, s, steps, device, engine) for s in range(k)]
-            sync()
+            _sync(device)
             t0 = time.perf_counter()
             if mode == "sequential":
                 for t in trainers:
                     t.train(steps)
             else:
                 train_side_by_side(trainers, steps)
-            sync()
+            _sync(device)
             out[mode] = k * steps / (time.perf_counter() - t0)
     return out
 
@@ -93,37 +87,23 @@ def worker(steps: int, device: str, engine: str, rows: int = 100_000) -> None:
     steps, print ``{"t0": .., "t1": ..}`` (wall-clock seconds: comparable across processes)."""
     import torch
 
-    from surrogates.losses import DataLoss
-    from surrogates.network import MLP
-    from surrogates.trainer import Trainer
+    from benchmarks.training_speed import _sync
 
     torch.set_num_threads(1)
     X, Y = _data(rows)
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     with tempfile.TemporaryDirectory() as d:
-        trainers = []
-        for n in (min(200, steps), steps):  # the first warms up (kernels, capture); the second is timed
-            torch.manual_seed(0)
-            net = MLP(4, 2, [("SiLU", 64)] * 3, input_range=([0.0] * 4, [1.0] * 4)).to(device)
-            tr = Trainer(net, Path(d) / str(n), val_every=max(n, 1), lr=3e-3, engine=engine, progress=False)
-            tr.add_loss(DataLoss(X, Y, batch_size=1024, seed=0, name="data"))
-            trainers.append((tr, n))
-        warm, n0 = trainers[0]
-        warm.train(n0)
-        timed, n = trainers[1]
-        sync()
+        warm = min(200, steps)  # a first run warms up (kernels, capture); the second is timed
+        _trainer(Path(d) / "warm", X, Y, 0, warm, device, engine).train(warm)
+        timed = _trainer(Path(d) / "timed", X, Y, 0, steps, device, engine)
+        _sync(device)
         print("ready", flush=True)
         if sys.stdin.readline().strip() != "go":
             return
         t0 = time.time()
-        timed.train(n)
-        sync()
+        timed.train(steps)
+        _sync(device)
         t1 = time.time()
-    print(json.dumps({"t0": t0, "t1": t1, "steps": n}), flush=True)
+    print(json.dumps({"t0": t0, "t1": t1, "steps": steps}), flush=True)
 
 
 def _last_error(stderr: str) -> str:

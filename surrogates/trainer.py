@@ -581,9 +581,9 @@ class Trainer:
             if not math.isfinite(value):
                 self._check_finite(*last["v"])  # raises, naming the term
 
-        if deferred:
-            opt.check_value = check
         for r in range(rounds):
+            if deferred:  # each round: after an `auto` switch to float64 the optimiser is a new one
+                opt.check_value = check
             def closure():
                 if objective is not None:  # writes each parameter's .grad, which L-BFGS reads
                     total, terms = objective()
@@ -620,8 +620,6 @@ class Trainer:
                                                      f"step changed the loss")
                     if setup[0] is not self.model:
                         model, opt, objective = setup
-                        if deferred:
-                            opt.check_value = check
                         continue
                 print(f"{self.label}L-BFGS converged at iteration {self.iteration} (from steepest descent no "
                       f"step changes the loss); the polish stops there", file=sys.stderr, flush=True)
