@@ -444,7 +444,17 @@ class CellModel:
             self._cache[key] = not d2.has(sp.Derivative, sp.Subs) and sp.simplify(d2) == 0
         return self._cache[key]
 
-    def _make_jacobian_source(self) -> str | None:
+    def jacobian_statements(self) -> tuple[list[str], list[list[str]]] | None:
+        """``(statements, J)``: Python assignments (see :class:`_Printer`) computing ``d_<state>`` and the
+        Jacobian's entries from states and parameters, and ``J[j][k]``, the name of ``d(dy_j/dt)/dy_k``
+        (SymPy's derivative, intermediates substituted, common subexpressions shared). ``None`` when SymPy
+        cannot differentiate the right-hand side into code this module prints."""
+        key = "jacobian_statements"
+        if key not in self._cache:
+            self._cache[key] = self._make_jacobian_statements()
+        return self._cache[key]
+
+    def _make_jacobian_statements(self):
         full, states = self._substituted()
         entries = [sp.diff(full[s], y) for s in self.states for y in states]
         if any(e.has(sp.Derivative, sp.Subs) for e in entries):
@@ -456,10 +466,17 @@ class CellModel:
             lines += [f"_J{i} = {p(e)}" for i, e in enumerate(reduced)]
         except InvalidInputError:
             return None
-        args = ", ".join([*self.states, *self.parameters])
-        body = "".join(f"    {line}\n" for line in self.python_statements() + lines)
         n = self.n_states
-        rows = ", ".join("(" + ", ".join(f"_J{j * n + k}" for k in range(n)) + ",)" for j in range(n))
+        return self.python_statements() + lines, [[f"_J{j * n + k}" for k in range(n)] for j in range(n)]
+
+    def _make_jacobian_source(self) -> str | None:
+        made = self.jacobian_statements()
+        if made is None:
+            return None
+        lines, J = made
+        args = ", ".join([*self.states, *self.parameters])
+        body = "".join(f"    {line}\n" for line in lines)
+        rows = ", ".join("(" + ", ".join(row) + ",)" for row in J)
         ret = ", ".join(f"d_{s}" for s in self.states)
         return f"def rhs_jac({args}):\n{body}    return ({ret},), ({rows},)\n"
 

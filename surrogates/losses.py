@@ -412,6 +412,19 @@ class ODEResidualLoss(_CollocationLoss):
 
             return at
 
+        if engine.tangent_kernel is not None and engine.W[0].device.type == "cpu":
+            # the compiled CPU steps: the residual's gradient as one compiled loop too (surrogates.cpu_residual)
+            from .cpu_residual import ResidualGrad, residual_kernel
+
+            kernel = residual_kernel(phys.p)
+            if kernel is not None:
+                grad = ResidualGrad(kernel, m)
+
+                def at(x, weight: float):
+                    return engine.tangent_step_closed(engine.scale_x(x), v, grad.at(x), weight)
+
+                return at
+
         def at(x, weight: float):  # the residual's gradient in closed form (the model's SymPy Jacobian)
             def residual_grad(z, zt):
                 f, J = phys.m.torch_rhs_jacobian(phys.columns(m.out_center + scale * z, "out_idx"), phys.params(x))

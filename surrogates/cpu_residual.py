@@ -1,0 +1,158 @@
+"""The ODE residual's loss and closed-form gradient on a CPU as one compiled loop (Numba), generated from the
+cell model's definition.
+
+Between the two compiled calls of a residual step (:class:`~surrogates.cpu_step.CpuTangentStep`) the
+residual's own gradient was torch operators on the ``n x outputs`` tensors: the right-hand side and its
+SymPy Jacobian (:meth:`~solvers.model.CellModel.torch_rhs_jacobian`), the residual, its mean square and the
+two cotangents. For a 1,024-point batch of the paper's FitzHugh-Nagumo problem C that is some forty small
+operators, ~180 us of a ~1.7 ms residual step on the 2-vCPU VM, for a few thousand floating-point
+operations. Here one loop over the rows does all of it: the states from the scaled outputs, the parameters
+from the points' input columns (or the problem's fixed values, or the model's defaults), the right-hand side
+and its Jacobian by the same generated statements as the torch path (:meth:`~solvers.model.CellModel.
+jacobian_statements`), the residual ``dy/dt / scale - f / scale`` and
+
+    loss = mean(r^2),  d loss / d zt = 2 r / N,  d loss / d z_k = -scale_k sum_j (2 r_j / (N scale_j)) J_jk
+
+(``N`` = rows x outputs), every row in double precision, the loss summed in double in row order: the same
+value on every run, equal to the torch path's to float32 rounding (tests). The kernel source is written to
+the solvers' kernel cache (``SOLVERS_CACHE_DIR``) and Numba caches its compilation there (about a second,
+once per machine).
+
+Used by :meth:`~surrogates.losses.ODEResidualLoss.fused_at` where the compiled CPU steps train (the engine's
+``tangent_kernel`` is set); the torch operators stay the path on a GPU (captured in a CUDA graph) and on
+the plain fused engine.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from core.io import import_generated
+from solvers.model import VTRAP_DX_SERIES_BELOW, VTRAP_SERIES_BELOW
+
+_KERNELS: dict = {}
+
+_HELPERS = '''
+@njit(cache=True, inline="always")
+def _vtrap(x, k):
+    z = x / k
+    if abs(z) < F(VTRAP_SERIES_BELOW):
+        return k * (F(1.0) + z * (F(0.5) + z * F(1.0 / 12.0)))
+    return x / -math.expm1(-z)
+
+
+@njit(cache=True, inline="always")
+def _vtrap_dx(x, k):
+    z = x / k
+    if abs(z) < F(VTRAP_DX_SERIES_BELOW):
+        return F(0.5) + z * (F(1.0 / 6.0) - z * z * F(1.0 / 180.0))
+    e = -math.expm1(-z)
+    return (e - z * (F(1.0) - e)) / (e * e)
+'''
+
+
+def _parameter_sources(problem) -> list[tuple[str, object]]:
+    """Per model parameter (model order): ``("column", i)`` where an input column gives it, else ``("value",
+    v)``: the problem's fixed value, else the model's default (as :meth:`Problem.parameters` decides)."""
+    model = problem.model
+    out = []
+    for name, par in model.parameters.items():
+        if name in problem.inputs:
+            out.append(("column", problem.inputs.index(name)))
+        else:
+            out.append(("value", float(problem.fixed.get(name, par.default))))
+    return out
+
+
+def kernel_source(problem) -> str | None:
+    """Python source (for Numba) of ``kernel(z, zt, x, out_center, out_scale, gz, gzt) -> loss`` for a trajectory
+    problem's ODE residual, or ``None`` where the model has no closed-form Jacobian."""
+    model = problem.model
+    made = model.jacobian_statements()
+    if made is None:
+        return None
+    statements, J = made
+    states = list(model.state_names)
+    col = [problem.outputs.index(s) for s in states]  # network output column of each model state
+    n_out = len(problem.outputs)
+    ind = " " * 8
+    lines = [
+        f"# generated from model {model.name!r} for problem {problem.name!r} by surrogates.cpu_residual -- do not edit",
+        "import math",
+        "import numpy as np",
+        "from numba import njit",
+        "F = np.float64",
+        "xp = math  # the model printer calls xp.exp, xp.log, ...",
+        _HELPERS.replace("VTRAP_SERIES_BELOW", repr(VTRAP_SERIES_BELOW)).replace(
+            "VTRAP_DX_SERIES_BELOW", repr(VTRAP_DX_SERIES_BELOW)),
+        "",
+        "@njit(cache=True)",
+        "def kernel(_z, _zt, _x, _oc, _os, _gz, _gzt):",
+        "    _n = _z.shape[0]",
+        f"    _c = F(2.0) / F(_n * {n_out})",
+        "    _acc = F(0.0)",
+        "    for _i in range(_n):",
+    ]
+    lines += [f"{ind}{s} = F(_oc[{c}]) + F(_os[{c}]) * F(_z[_i, {c}])" for s, c in zip(states, col)]
+    for name, (kind, v) in zip(model.param_names, _parameter_sources(problem)):
+        lines.append(f"{ind}{name} = F(_x[_i, {v}])" if kind == "column" else f"{ind}{name} = F({v!r})")
+    lines += [f"{ind}{st}" for st in statements]
+    for j, (s, c) in enumerate(zip(states, col)):
+        lines.append(f"{ind}_r{j} = F(_zt[_i, {c}]) - d_{s} / F(_os[{c}])")
+        lines.append(f"{ind}_acc += _r{j} * _r{j}")
+        lines.append(f"{ind}_gzt[_i, {c}] = _c * _r{j}")
+        lines.append(f"{ind}_g{j} = _c * _r{j} / F(_os[{c}])")  # cotangent of f_j
+    for k, c in enumerate(col):
+        terms = " + ".join(f"_g{j} * {J[j][k]}" for j in range(len(states)))
+        lines.append(f"{ind}_gz[_i, {c}] = -F(_os[{c}]) * ({terms})")
+    lines.append(f"    return _acc / F(_n * {n_out})")
+    return "\n".join(lines) + "\n"
+
+
+def residual_kernel(problem):
+    """The compiled kernel for ``problem``'s ODE residual (see :func:`kernel_source`), or ``None`` where the
+    model has no closed-form Jacobian or Numba cannot be imported (then the torch operators do the work)."""
+    src = kernel_source(problem)
+    if src is None:
+        return None
+    if src in _KERNELS:
+        return _KERNELS[src]
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return None
+    from solvers.backends.cpu import cache_dir
+
+    digest = hashlib.sha256(src.encode()).hexdigest()[:16]
+    path = cache_dir() / f"residual_{problem.model.name}_{digest}.py"
+    _KERNELS[src] = import_generated(src, path, f"_surrogates_residual_{path.stem}").kernel
+    return _KERNELS[src]
+
+
+class ResidualGrad:
+    """``residual_grad(z, zt) -> (loss, d loss/d z, d loss/d zt)`` for the points ``x`` (physical units) through
+    the compiled kernel, into buffers kept between calls (the residual step consumes them before the next)."""
+
+    def __init__(self, kernel, model):
+        self.kernel = kernel
+        self.oc = model.out_center.detach().to("cpu", torch.float64).numpy()
+        self.os = model.out_scale.detach().to("cpu", torch.float64).numpy()
+        self._buf: dict = {}
+        self.x = None
+
+    def at(self, x: torch.Tensor) -> "ResidualGrad":
+        self.x = x.contiguous()
+        return self
+
+    def __call__(self, z: torch.Tensor, zt: torch.Tensor):
+        if z.shape[0] != self.x.shape[0]:
+            raise ValueError(f"the residual has {self.x.shape[0]} points and {z.shape[0]} output rows")
+        key = (tuple(z.shape), z.dtype)
+        bufs = self._buf.get(key)
+        if bufs is None:
+            bufs = self._buf[key] = (torch.empty(z.shape, dtype=z.dtype), torch.empty(z.shape, dtype=z.dtype))
+        gz, gzt = bufs
+        loss = self.kernel(z.contiguous().numpy(), zt.contiguous().numpy(), self.x.numpy(), self.oc, self.os,
+                           gz.numpy(), gzt.numpy())
+        return torch.tensor(loss, dtype=z.dtype), gz, gzt
