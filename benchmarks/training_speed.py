@@ -200,9 +200,12 @@ def cohort_rate(p, hidden, X, Y, batch, iters, lr, device, size: int = 3) -> flo
         return size * iters / (time.perf_counter() - t0)
 
 
-def row_costs(p, hidden, X, Y, batch, n_coll, device, reps=200) -> dict:
+def row_costs(p, hidden, X, Y, batch, n_coll, device, reps=200, rounds=5) -> dict:
     """Seconds per data row and per collocation row, for the autograd and the fused path, and on a CPU the
-    fused path through the compiled steps (``surrogates.cpu_step``: what engine "auto" trains with there)."""
+    fused path through the compiled steps (``surrogates.cpu_step``: what engine "auto" trains with there).
+    Each path's data and collocation calls are timed in turn ``rounds`` times: medians of the per-row
+    costs, and the ratio is the median of the rounds' ratios (a shared machine's speed drifts between
+    rounds, less within one)."""
     from surrogates.engine import MLPEngine
 
     out = {}
@@ -238,7 +241,12 @@ def row_costs(p, hidden, X, Y, batch, n_coll, device, reps=200) -> dict:
             def c():
                 net.zero_grad(set_to_none=True)
                 phys(net).backward()
-        out[engine] = {"data_row_s": _per_call(d, device, reps) / batch, "collocation_row_s": _per_call(c, device, reps) / n_coll}
+        dr, cr = [], []
+        for _ in range(max(int(rounds), 1)):
+            dr.append(_per_call(d, device, reps) / batch)
+            cr.append(_per_call(c, device, reps) / n_coll)
+        out[engine] = {"data_row_s": _median(dr), "collocation_row_s": _median(cr),
+                       "ratio": _median([b / a for a, b in zip(dr, cr)])}
     return out
 
 
@@ -324,7 +332,7 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
             print(f"{name} {k:34s} {_median(r):9.1f} it/s  (x{results[-1]['vs_reference']:.2f} the reference; "
                   f"rounds {', '.join(f'{v:.0f}' for v in r)})", flush=True)
         if p.kind == "trajectory":
-            costs[name] = row_costs(p, hidden, X, Y, batch, s["physics"]["collocation_points"], device)
+            costs[name] = row_costs(p, hidden, X, Y, batch, s["physics"]["collocation_points"], device, rounds=rounds)
     return results, costs
 
 
@@ -354,10 +362,11 @@ def table(results, costs, info, device, iterations, rounds) -> str:
                                                               else (" |" if up else "")))
     for name, c in costs.items():
         lines += ["", f"Cost of one row on problem {name} (seconds per row; collocation row = ODE residual with its "
-                      "time derivative):", "", "| path | data row | collocation row | ratio |", "|---|---:|---:|---:|"]
+                      "time derivative; medians over the rounds, the ratio within each round):", "",
+                  "| path | data row | collocation row | ratio |", "|---|---:|---:|---:|"]
         for path, v in c.items():
             lines.append(f"| {path} | {v['data_row_s']:.3g} | {v['collocation_row_s']:.3g} | "
-                         f"{v['collocation_row_s'] / v['data_row_s']:.2f} |")
+                         f"{v.get('ratio', v['collocation_row_s'] / v['data_row_s']):.2f} |")
     return "\n".join(lines) + "\n"
 
 

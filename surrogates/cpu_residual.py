@@ -25,6 +25,7 @@ the plain fused engine.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 
 import torch
 
@@ -118,9 +119,7 @@ def residual_kernel(problem):
         return None
     if src in _KERNELS:
         return _KERNELS[src]
-    try:
-        import numba  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("numba") is None:
         return None
     from solvers.backends.cpu import cache_dir
 

@@ -4,7 +4,6 @@ The reference is the residual's definition differentiated by autograd in float64
 f(center + scale z, params(x))) / scale)^2)`` with ``f`` the model's torch right-hand side, not the closed
 form the kernel shares its Jacobian statements with.
 """
-import numpy as np
 import pytest
 import torch
 
