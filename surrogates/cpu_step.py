@@ -12,7 +12,8 @@ polynomial (within 2 ulp of ``expf``), so results equal the engine's to float32 
 (tests: loss and gradients to 1e-5 relative, every activation, ragged tiles, a term added to another).
 The residual terms (:meth:`~surrogates.engine.MLPEngine.tangent_step_closed`: the ODE residual, hh_m's gate
 residual) take two calls, :class:`CpuTangentStep`: the forward pass with tangents, then, after the residual's
-closed-form gradient (torch operators on the small output tensors), the backward pass.
+closed-form gradient (torch operators on the small output tensors; for the ODE residual one compiled loop,
+:mod:`~surrogates.cpu_residual`), the backward pass.
 
 The source is compiled with the machine's own instruction set (``-march=native``) by
 :func:`torch.utils.cpp_extension.load` (a C++ compiler and ``ninja``; about 30 s, once per machine: the build
