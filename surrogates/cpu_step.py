@@ -212,7 +212,7 @@ class CpuDataStep(_Compiled):
 class CpuTangentStep(_Compiled):
     """``engine``'s residual step with a closed-form gradient
     (:meth:`~surrogates.engine.MLPEngine.tangent_step_closed`) in two compiled calls: the forward pass with
-    tangents, then, after ``residual_grad`` (torch operators on the small output tensors), the backward pass.
+    tangents, then, after ``residual_grad`` (the caller's closed form on the small output tensors), the backward pass.
     Per layer it keeps ``[a; at]`` and ``[f'(z); f''(z) zt]`` (two blocks of the call's rows) for up to
     ``rows`` rows (the engine's)."""
 
