@@ -155,6 +155,19 @@ def cohort_kinds(cfg: Mapping) -> list[str]:
     return [k for k in COHORT_KINDS if k in cfg["training"]["surrogates"]]
 
 
+PHYSICS_KINDS = ("pinn", "pinn_seed")  # kinds whose steps carry a physics residual
+
+
+def training_priority(cfg: Mapping, problem: str, kind: str) -> int:
+    """Snakemake priority of a training job (rules train, train_cohort): the longest first, so that jobs
+    running side by side end together instead of one long job running alone at the end (longest processing
+    time first). 2: a run with an L-BFGS polish (hh_m's: ~60% of the grid's training time on an H100, ~40% on
+    the 2-core CPU); 1: a physics-informed kind (a PINN step costs 3-5x a data-only one); 0: a data-only kind."""
+    if int(training_settings(cfg, problem).get("lbfgs_iterations") or 0) > 0:
+        return 2
+    return 1 if kind in PHYSICS_KINDS else 0
+
+
 def ensemble_grid(cfg: Mapping) -> list[tuple[str, str, int, str, tuple[int, ...]]]:
     """The ensembles of the configuration (``training.ensemble``, with at least two seeds): one per
     ``(problem, surrogate, n, arch)`` of :func:`training_grid`, over its seeds, in the same order."""

@@ -20,10 +20,30 @@ def _job_counts(out: str) -> dict:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
 
 
+def _train_priorities(out: str) -> dict:
+    """(rule, problem, surrogate) -> the set of priorities of those training jobs in a dry run's listing
+    (Snakemake prints a job's priority where it is not 0)."""
+    found = {}
+    for block in out.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0]
+        if rule not in ("train", "train_cohort"):
+            continue
+        w = dict(re.findall(r"(problem|surrogate)=(\w+)", re.search(r"wildcards: (.*)", block).group(1)))
+        pr = re.search(r"^\s+priority: (\d+)$", block, re.M)
+        found.setdefault((rule, w["problem"], w["surrogate"]), set()).add(int(pr.group(1)) if pr else 0)
+    return found
+
+
 def test_dry_run_of_the_default_config_builds_the_full_grid(tmp_path):
     res = snakemake("-n", "--config", f"results_dir={tmp_path}")
     assert res.returncode == 0, res.stderr[-2000:]
     jobs = _job_counts(res.stdout)
+    # the longest training jobs first (surrogates.config.training_priority): hh_m's (an L-BFGS polish), then
+    # the PINNs, then the data-only runs
+    assert _train_priorities(res.stdout) == {
+        **{("train", "hh_m", k): {2} for k in ("ddnn", "pinn", "pinn_seed")},
+        **{("train", p, "pinn"): {1} for p in "ABC"}, **{("train", p, "ddnn"): {0} for p in "ABC"},
+        ("train", "D", "itnn"): {0}}
     # ddnn on A(1 size) B C(3 sizes) hh_m(2 sizes); pinn likewise; pinn_seed on hh_m; itnn on D(3): x 3 seeds
     assert jobs["train"] == 3 * ((1 + 3 + 3 + 2) * 2 + 2 + 3)
     assert jobs["ensemble"] == jobs["train"] // 3  # the mean of the 3 seeds of each configuration (training.ensemble)
@@ -42,6 +62,9 @@ def test_cohort_config_trains_the_seeds_of_data_only_runs_in_one_job(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     jobs = _job_counts(res.stdout)
     assert jobs["train_cohort"] == (1 + 3 + 3 + 2) + 3  # ddnn on A, B, C, hh_m; itnn on D: one job per size
+    pr = _train_priorities(res.stdout)
+    assert pr[("train_cohort", "hh_m", "ddnn")] == {2} and pr[("train_cohort", "C", "ddnn")] == {0}
+    assert pr[("train", "hh_m", "pinn")] == {2} and pr[("train", "B", "pinn")] == {1}
     assert jobs["train"] == 3 * ((1 + 3 + 3 + 2) + 2)  # pinn and pinn_seed: one job per seed
     assert jobs["export_onnx"] == 3 * ((1 + 3 + 3 + 2) * 2 + 2 + 3) and jobs["ensemble"] == (1 + 3 + 3 + 2) * 2 + 2 + 3
 

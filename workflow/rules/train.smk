@@ -23,6 +23,7 @@ rule train:
     params:
         settings=lambda w: training_settings(config, w.problem),
     threads: 1  # small networks train fastest on one thread; jobs run side by side
+    priority: lambda w: training_priority(config, w.problem, w.surrogate)  # longest first (polish, PINN, data)
     resources:
         gpu_jobs=lambda w: 1 if trains_on_gpu(w.problem) else 0,  # a share of the GPU (profiles/gpu: 8 at once)
     log:
@@ -57,6 +58,7 @@ if COHORT:
             settings=lambda w: training_settings(config, w.problem),
             seeds=config["training"]["seeds"],
         threads: 1
+        priority: lambda w: training_priority(config, w.problem, w.surrogate)
         resources:
             gpu_jobs=lambda w: 1 if trains_on_gpu(w.problem) else 0,
         log:
