@@ -44,6 +44,10 @@ def test_dry_run_of_the_default_config_builds_the_full_grid(tmp_path):
         **{("train", "hh_m", k): {2} for k in ("ddnn", "pinn", "pinn_seed")},
         **{("train", p, "pinn"): {1} for p in "ABC"}, **{("train", p, "ddnn"): {0} for p in "ABC"},
         ("train", "D", "itnn"): {0}}
+    # the datasets before any training (every training waits on them; seconds each)
+    datasets = [b for b in res.stdout.split("\nrule ")[1:] if b.startswith(("dataset_split:", "dataset_test:"))]
+    assert len(datasets) == jobs["dataset_split"] + jobs["dataset_test"]
+    assert all(re.search(r"^\s+priority: 10$", b, re.M) for b in datasets)
     # ddnn on A(1 size) B C(3 sizes) hh_m(2 sizes); pinn likewise; pinn_seed on hh_m; itnn on D(3): x 3 seeds
     assert jobs["train"] == 3 * ((1 + 3 + 3 + 2) * 2 + 2 + 3)
     assert jobs["ensemble"] == jobs["train"] // 3  # the mean of the 3 seeds of each configuration (training.ensemble)

@@ -3,6 +3,12 @@
 # them, so editing one triggers a rerun (where it is then refused: its own checksum no longer matches).
 
 
+# Datasets first: a few seconds each, and every training waits on them. Above every training job's priority
+# (surrogates.config.training_priority), which Snakemake would otherwise prefer over a pending dataset job,
+# holding back the trainings (hh_m's, the longest) that wait on it.
+DATASET_PRIORITY = 10
+
+
 rule dataset_split:
     output:
         train=split_pattern("train"),
@@ -13,6 +19,7 @@ rule dataset_split:
         spec=lambda w: config["problems"][w.problem],  # a changed problem reruns its datasets
         solver=config["solver"],
         design=config["datasets"],
+    priority: DATASET_PRIORITY
     log:
         path(LAYOUT.log("datasets", "{problem}_n{n}.log")),
     conda:
@@ -30,6 +37,7 @@ rule dataset_test:
         source=lambda w: config["problems"].get(config["problems"][w.problem].get("test_from", ""), {}),
         solver=config["solver"],
         test_seed=config["datasets"]["test_seed"],
+    priority: DATASET_PRIORITY
     log:
         path(LAYOUT.log("datasets", "{problem}_test.log")),
     conda:
