@@ -212,18 +212,20 @@ class Trainer:
                 raise InvalidInputError(f"engine {self.engine!r} trains surrogates.network.MLP, not {type(self.model).__name__}")
             return None
         eng = MLPEngine(self.model, max(l.fused_rows() for l, _ in self.losses) or 1)
-        steps = [l.fused(eng) for l, _ in self.losses]
-        missing = [l.name for (l, _), st in zip(self.losses, steps) if st is None]
-        if missing:
-            if required:
-                raise InvalidInputError(f"engine {self.engine!r}: loss(es) {missing} have no fused form; use engine 'autograd'")
-            return None
+        # the kernels first: a loss's fused form looks at them (the ODE residual's gradient is compiled
+        # too where the compiled CPU steps train, surrogates.cpu_residual)
         if self.engine == "triton":  # the data steps (mean squared error) in one Triton kernel each
             from .triton_step import TritonDataStep
 
             eng.data_kernel = TritonDataStep(eng)
         else:
             self._cpu_kernels(eng)
+        steps = [l.fused(eng) for l, _ in self.losses]
+        missing = [l.name for (l, _), st in zip(self.losses, steps) if st is None]
+        if missing:
+            if required:
+                raise InvalidInputError(f"engine {self.engine!r}: loss(es) {missing} have no fused form; use engine 'autograd'")
+            return None
         self._engine = eng
         return self._joint_gate(eng, steps)
 

@@ -125,3 +125,22 @@ def test_the_compiled_path_takes_the_kernel_where_the_model_has_a_closed_form_ja
     eng.tangent_kernel = None  # the plain fused engine: torch operators
     loss.fused(eng)(1.0)
     assert len(rec.given) == 1
+
+
+def test_the_trainer_on_the_compiled_steps_takes_the_kernel(tmp_path, monkeypatch):
+    """Through the Trainer (engine "cpp", what "auto" picks on a CPU): every step's ODE residual goes through
+    the kernel. (A first version built the losses' steps before setting the compiled kernels on the engine,
+    so training never reached it while the direct tests passed.)"""
+    pytest.importorskip("ninja")
+    from test_engine import _pinn_trainer
+
+    calls = []
+    call = ResidualGrad.__call__
+    monkeypatch.setattr(ResidualGrad, "__call__", lambda self, z, zt: calls.append(z.shape) or call(self, z, zt))
+    tr, _ = _pinn_trainer(tmp_path / "cpp", False, "cpp")
+    tr.train(5)
+    assert len(calls) == 5 and calls[0] == (128, 2)  # _pinn_trainer's 128 collocation points a step
+    calls.clear()
+    tr, _ = _pinn_trainer(tmp_path / "fused", False, "fused")  # torch operators throughout
+    tr.train(5)
+    assert calls == []
