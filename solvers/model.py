@@ -218,6 +218,31 @@ def _vtrap_scalar(F):
     return _vtrap
 
 
+def numba_vtrap_source(derivative: bool = False) -> str:
+    """Numba source of the scalar vtrap helper ``_vtrap`` (and, with ``derivative``, of ``_vtrap_dx``, its
+    derivative in x, with the series of :class:`vtrap_dx` near the singularity), for generated kernels that
+    import ``math`` and ``njit`` and define ``F``, their float type."""
+    src = (
+        "@njit(cache=True, inline='always')\n"
+        "def _vtrap(x, k):\n"
+        "    z = x / k\n"
+        f"    if abs(z) < F({VTRAP_SERIES_BELOW!r}):\n"
+        "        return k * (F(1.0) + z * (F(0.5) + z * F(1.0 / 12.0)))\n"
+        "    return x / -math.expm1(-z)"
+    )
+    if derivative:
+        src += (
+            "\n\n\n@njit(cache=True, inline='always')\n"
+            "def _vtrap_dx(x, k):\n"
+            "    z = x / k\n"
+            f"    if abs(z) < F({VTRAP_DX_SERIES_BELOW!r}):\n"
+            "        return F(0.5) + z * (F(1.0 / 6.0) - z * z * F(1.0 / 180.0))\n"
+            "    e = -math.expm1(-z)\n"
+            "    return (e - z * (F(1.0) - e)) / (e * e)"
+        )
+    return src
+
+
 def c_vtrap_source(dtype: str, qualifier: str = "static inline") -> str:
     """C source of the vtrap helper for ``dtype`` (``vtrapf`` in single precision)."""
     p = _Printer("c", dtype)

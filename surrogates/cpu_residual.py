@@ -30,27 +30,9 @@ import importlib.util
 import torch
 
 from core.io import import_generated
-from solvers.model import VTRAP_DX_SERIES_BELOW, VTRAP_SERIES_BELOW
+from solvers.model import numba_vtrap_source
 
 _KERNELS: dict = {}
-
-_HELPERS = '''
-@njit(cache=True, inline="always")
-def _vtrap(x, k):
-    z = x / k
-    if abs(z) < F(VTRAP_SERIES_BELOW):
-        return k * (F(1.0) + z * (F(0.5) + z * F(1.0 / 12.0)))
-    return x / -math.expm1(-z)
-
-
-@njit(cache=True, inline="always")
-def _vtrap_dx(x, k):
-    z = x / k
-    if abs(z) < F(VTRAP_DX_SERIES_BELOW):
-        return F(0.5) + z * (F(1.0 / 6.0) - z * z * F(1.0 / 180.0))
-    e = -math.expm1(-z)
-    return (e - z * (F(1.0) - e)) / (e * e)
-'''
 
 
 def _parameter_sources(problem) -> list[tuple[str, object]]:
@@ -85,8 +67,8 @@ def kernel_source(problem) -> str | None:
         "from numba import njit",
         "F = np.float64",
         "xp = math  # the model printer calls xp.exp, xp.log, ...",
-        _HELPERS.replace("VTRAP_SERIES_BELOW", repr(VTRAP_SERIES_BELOW)).replace(
-            "VTRAP_DX_SERIES_BELOW", repr(VTRAP_DX_SERIES_BELOW)),
+        "",
+        numba_vtrap_source(derivative=True),
         "",
         "@njit(cache=True)",
         "def kernel(_z, _zt, _x, _oc, _os, _gz, _gzt):",

@@ -19,7 +19,7 @@ import numpy as np
 
 from core.io import import_generated
 
-from ..model import VTRAP_SERIES_BELOW, CellModel
+from ..model import CellModel, numba_vtrap_source
 from .base import Backend
 
 _DEFAULT_BLOCK = {"float32": 512, "float64": 256}
@@ -52,12 +52,7 @@ def kernel_source(model: CellModel, dtype: str, contract: bool | None = None) ->
         f"F = np.{dtype}",
         "xp = math  # the model printer calls xp.exp, xp.log, ...",
         "",
-        "@njit(cache=True, inline='always')",
-        "def _vtrap(x, k):",
-        "    z = x / k",
-        "    if abs(z) < F(VTRAP_SERIES_BELOW):",
-        "        return k * (F(1.0) + z * (F(0.5) + z * F(1.0 / 12.0)))",
-        "    return x / -math.expm1(-z)",
+        numba_vtrap_source(),
         "",
         f"@njit({fastmath}parallel=True, cache=True)",
         "def kernel(_y0, _p, _out, _dt, _n_saves, _save_every, _block, _bad):",
@@ -95,7 +90,7 @@ def kernel_source(model: CellModel, dtype: str, contract: bool | None = None) ->
         "        _bad[_b] = _first_bad",
         "",
     ]
-    return "\n".join(lines).replace("VTRAP_SERIES_BELOW", repr(VTRAP_SERIES_BELOW))
+    return "\n".join(lines)
 
 
 def _load_kernel(model: CellModel, dtype: str, contract: bool | None = None):
