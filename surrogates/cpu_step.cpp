@@ -1,9 +1,11 @@
 // The mean-squared-error data step of a surrogates.network.MLP on a CPU, in one call: forward, loss and every
 // parameter's gradient, without a torch operator inside; and a residual step's forward pass with tangents and
-// its backward pass (tangent_forward, tangent_backward; see surrogates/cpu_step.py).
+// its backward pass (tangent_forward, tangent_backward; see surrogates/cpu_step.py). In float32 (the training
+// steps) or float64 (a float64 L-BFGS polish): every routine is a template on the scalar type T, and each entry
+// point takes the precision of its x.
 //
 // Rows are taken in tiles that stay in the core's cache. Per layer: the product by the BLAS that torch itself
-// links (sgemm_), or a plain loop when one side is thin (an input or output layer of a few columns, where a
+// links (sgemm_, dgemm_), or a plain loop when one side is thin (an input or output layer of a few columns, where a
 // BLAS call is mostly overhead); the bias, the activation and its derivative in one pass over the product;
 // backward, the derivative's product and the bias gradient in one pass. The loss is summed in double precision.
 // Every sum has a fixed order: the same inputs give the same bits on every run of the same build.
@@ -13,10 +15,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
                        const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+                       const int* ldc);
+extern "C" void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+                       const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
                        const int* ldc);
 
 namespace {
@@ -27,6 +33,84 @@ inline void gemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
   const float one = 1.0f;
   sgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
 }
+
+#ifdef __AVX512F__
+// float64 products on an AVX-512 machine: a register-blocked kernel of our own. MKL's dgemm_ (torch's BLAS)
+// reached 18-30 GFLOP/s on this code's shapes (a product with 64 inputs and outputs, 256 to 16,000 rows) on
+// the AMD EPYC (Zen 4) of benchmarks/README.md, where its sgemm_ reaches 75-85 in float32; this kernel 28-50.
+// Row-major: C[i, j] (+)= sum_p A(i, p) B[p, j], A(i, p) = A[i * si + p * sp], in blocks of MR rows by
+// NV vectors of 8 columns whose sums stay in registers over the whole of p. Sums in a fixed order.
+typedef double vd __attribute__((vector_size(64), aligned(8), may_alias));
+constexpr int DL = 8;  // doubles a vd
+
+template <int MR, int NV>
+__attribute__((always_inline)) inline void dblock(const double* A, long si, long sp, const double* B, long ldb,
+                                                  double* C, long ldc, int K, bool acc) {
+  vd c[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) c[i][v] = acc ? *reinterpret_cast<const vd*>(C + i * ldc + v * DL) : vd{};
+  for (int p = 0; p < K; ++p) {
+    vd b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const vd*>(B + p * ldb + v * DL);
+    for (int i = 0; i < MR; ++i) {
+      const double a = A[i * si + p * sp];
+      for (int v = 0; v < NV; ++v) c[i][v] += a * b[v];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) *reinterpret_cast<vd*>(C + i * ldc + v * DL) = c[i][v];
+}
+
+template <int MR>
+inline void dstrip(const double* A, long si, long sp, const double* B, long ldb, double* C, long ldc, int N, int K,
+                   bool acc) {
+  int j = 0;
+  for (; j + 4 * DL <= N; j += 4 * DL) dblock<MR, 4>(A, si, sp, B + j, ldb, C + j, ldc, K, acc);
+  for (; j + DL <= N; j += DL) dblock<MR, 1>(A, si, sp, B + j, ldb, C + j, ldc, K, acc);
+  for (; j < N; ++j)
+    for (int i = 0; i < MR; ++i) {
+      double s = acc ? C[i * ldc + j] : 0.0;
+      for (int p = 0; p < K; ++p) s += A[i * si + p * sp] * B[p * ldb + j];
+      C[i * ldc + j] = s;
+    }
+}
+
+inline void dproduct(const double* A, long si, long sp, const double* B, long ldb, double* C, long ldc, int M, int N,
+                     int K, bool acc) {
+  constexpr int MR = 6;  // 6 x 4 accumulators, 4 of B and a broadcast: 29 of the 32 vector registers
+  int i = 0;
+  for (; i + MR <= M; i += MR) dstrip<MR>(A + i * si, si, sp, B, ldb, C + i * ldc, ldc, N, K, acc);
+  for (; i < M; ++i) dstrip<1>(A + i * si, si, sp, B, ldb, C + i * ldc, ldc, N, K, acc);
+}
+
+// the Fortran BLAS's column-major call (beta 0 or 1), done as the row-major product of the transposes
+inline void gemm(char ta, char tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
+                 double beta, double* c, int ldc) {
+  const bool acc = beta != 0.0;
+  TORCH_CHECK(beta == 0.0 || beta == 1.0, "cpu_step: the float64 product takes beta 0 or 1");
+  const long si = tb == 'N' ? ldb : 1, sp = tb == 'N' ? 1 : ldb;  // A'(i, p) = op(B)(p, i)
+  if (ta == 'N') {  // B'[p, j] = op(A)(j, p) = a[j + p * lda]: rows of a
+    dproduct(b, si, sp, a, lda, c, ldc, n, m, k, acc);
+    return;
+  }
+  thread_local std::vector<double> t;  // op(A) = A^T: B'[p, j] = a[p + j * lda], gathered into rows
+  t.resize((size_t)k * m);
+  for (int j = 0; j < m; ++j)
+    for (int p = 0; p < k; ++p) t[(size_t)p * m + j] = a[p + (size_t)j * lda];
+  dproduct(b, si, sp, t.data(), m, c, ldc, n, m, k, acc);
+}
+#else
+inline void gemm(char ta, char tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
+                 double beta, double* c, int ldc) {
+  const double one = 1.0;
+  dgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+#endif
+
+template <typename T>
+constexpr torch::ScalarType scalar() { return std::is_same<T, double>::value ? torch::kFloat64 : torch::kFloat32; }
+template <typename T>
+constexpr const char* name() { return std::is_same<T, double>::value ? "float64" : "float32"; }
 
 constexpr int THIN = 8;  // a side this narrow goes through a plain loop instead of the BLAS
 
@@ -51,16 +135,45 @@ __attribute__((always_inline)) inline float fexp(float x) {
   return p * s;
 }
 
+// exp(x) for double, vectorisable: the Taylor polynomial of degree 13 on r = x - n ln 2 (|r| <= ln 2 / 2, where
+// its remainder is below 1e-17), then 2^n by exponent bits: within a few ulp of exp on [-708, 709]; clamped
+// outside (exp(-708) ~ 3e-308); NaN stays NaN.
+__attribute__((always_inline)) inline double fexp(double x) {
+  x = x < -708.0 ? -708.0 : (x > 709.0 ? 709.0 : x);
+  const double n = std::floor(x * 1.4426950408889634074 + 0.5);
+  double r = x - n * 6.93147180369123816490e-1;  // ln 2 in two parts (Cephes): n * the first is exact
+  r = r - n * 1.90821492927058770002e-10;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
+  double s;
+  std::memcpy(&s, &bits, sizeof s);
+  return p * s;
+}
+
 enum Act : int64_t { IDENTITY = 0, SIGMOID, TANH, SILU, RELU, LEAKY_RELU, ELU, GELU, SOFTPLUS };
 
 // one row of a layer: z = c + bias; a = f(z); d = f'(z)
-__attribute__((always_inline)) inline void act_row(int64_t code, const float* __restrict c, const float* __restrict bias, float* __restrict a,
-                    float* __restrict d, int n) {
+template <typename T>
+__attribute__((always_inline)) inline void act_row(int64_t code, const T* __restrict c, const T* __restrict bias, T* __restrict a,
+                    T* __restrict d, int n) {
   switch (code) {
     case SIGMOID:
 #pragma omp simd
       for (int j = 0; j < n; ++j) {
-        const float s = 1.0f / (1.0f + fexp(-(c[j] + bias[j])));
+        const T s = T(1.0) / (T(1.0) + fexp(-(c[j] + bias[j])));
         a[j] = s;
         d[j] = s - s * s;
       }
@@ -68,202 +181,219 @@ __attribute__((always_inline)) inline void act_row(int64_t code, const float* __
     case TANH:
 #pragma omp simd
       for (int j = 0; j < n; ++j) {
-        const float t = 2.0f / (1.0f + fexp(-2.0f * (c[j] + bias[j]))) - 1.0f;
+        const T t = T(2.0) / (T(1.0) + fexp(-T(2.0) * (c[j] + bias[j]))) - T(1.0);
         a[j] = t;
-        d[j] = 1.0f - t * t;
+        d[j] = T(1.0) - t * t;
       }
       break;
     case SILU:
 #pragma omp simd
       for (int j = 0; j < n; ++j) {
-        const float z = c[j] + bias[j];
-        const float s = 1.0f / (1.0f + fexp(-z));
-        const float v = z * s;
+        const T z = c[j] + bias[j];
+        const T s = T(1.0) / (T(1.0) + fexp(-z));
+        const T v = z * s;
         a[j] = v;
-        d[j] = s * (1.0f + z - v);
+        d[j] = s * (T(1.0) + z - v);
       }
       break;
     case RELU:
     case LEAKY_RELU: {
-      const float slope = code == RELU ? 0.0f : 0.01f;
+      const T slope = code == RELU ? T(0.0) : T(0.01);
 #pragma omp simd
       for (int j = 0; j < n; ++j) {
-        const float z = c[j] + bias[j];
-        a[j] = z > 0.0f ? z : z * slope;
-        d[j] = z > 0.0f ? 1.0f : slope;
+        const T z = c[j] + bias[j];
+        a[j] = z > T(0.0) ? z : z * slope;
+        d[j] = z > T(0.0) ? T(1.0) : slope;
       }
       break;
     }
     case ELU:
       for (int j = 0; j < n; ++j) {
-        const float z = c[j] + bias[j];
-        const float e = std::expm1(z);
-        a[j] = z > 0.0f ? z : e;
-        d[j] = z > 0.0f ? 1.0f : e + 1.0f;
+        const T z = c[j] + bias[j];
+        const T e = std::expm1(z);
+        a[j] = z > T(0.0) ? z : e;
+        d[j] = z > T(0.0) ? T(1.0) : e + T(1.0);
       }
       break;
     case GELU:
       for (int j = 0; j < n; ++j) {
-        const float z = c[j] + bias[j];
-        const float cdf = 0.5f * (1.0f + std::erf(z * 0.70710678118654752f));
+        const T z = c[j] + bias[j];
+        const T cdf = T(0.5) * (T(1.0) + std::erf(z * T(0.70710678118654752)));
         a[j] = z * cdf;
-        d[j] = cdf + z * std::exp(-0.5f * z * z) * 0.39894228040143268f;
+        d[j] = cdf + z * std::exp(-T(0.5) * z * z) * T(0.39894228040143268);
       }
       break;
     case SOFTPLUS:
       for (int j = 0; j < n; ++j) {
-        const float z = c[j] + bias[j];
-        a[j] = z > 20.0f ? z : std::log1p(std::exp(z));
-        d[j] = z > 20.0f ? 1.0f : 1.0f / (1.0f + std::exp(-z));
+        const T z = c[j] + bias[j];
+        a[j] = z > T(20.0) ? z : std::log1p(std::exp(z));
+        d[j] = z > T(20.0) ? T(1.0) : T(1.0) / (T(1.0) + std::exp(-z));
       }
       break;
     default:
 #pragma omp simd
       for (int j = 0; j < n; ++j) {
         a[j] = c[j] + bias[j];
-        d[j] = 1.0f;
+        d[j] = T(1.0);
       }
   }
 }
 
 // one row of a layer with its tangent (forward mode): z = c + bias and zt given; a = f(z), d1 = f'(z),
 // at = f'(z) zt and q = f''(z) zt (the backward pass needs d1 and q: gz = g f' + gt f'' zt, gzt = gt f')
-__attribute__((always_inline)) inline void act_tangent_row(int64_t code, const float* __restrict c,
-                                                           const float* __restrict bias, const float* __restrict zt,
-                                                           float* __restrict a, float* __restrict d1,
-                                                           float* __restrict at, float* __restrict q, int n) {
+template <typename T>
+__attribute__((always_inline)) inline void act_tangent_row(int64_t code, const T* __restrict c,
+                                                           const T* __restrict bias, const T* __restrict zt,
+                                                           T* __restrict a, T* __restrict d1,
+                                                           T* __restrict at, T* __restrict q, int n) {
   switch (code) {
     case SIGMOID:
 #pragma omp simd
       for (int j = 0; j < n; ++j) {
-        const float s = 1.0f / (1.0f + fexp(-(c[j] + bias[j])));
-        const float f1 = s - s * s;
+        const T s = T(1.0) / (T(1.0) + fexp(-(c[j] + bias[j])));
+        const T f1 = s - s * s;
         a[j] = s;
         d1[j] = f1;
         at[j] = f1 * zt[j];
-        q[j] = f1 * (1.0f - 2.0f * s) * zt[j];
+        q[j] = f1 * (T(1.0) - T(2.0) * s) * zt[j];
       }
       break;
     case TANH:
 #pragma omp simd
       for (int j = 0; j < n; ++j) {
-        const float t = 2.0f / (1.0f + fexp(-2.0f * (c[j] + bias[j]))) - 1.0f;
-        const float f1 = 1.0f - t * t;
+        const T t = T(2.0) / (T(1.0) + fexp(-T(2.0) * (c[j] + bias[j]))) - T(1.0);
+        const T f1 = T(1.0) - t * t;
         a[j] = t;
         d1[j] = f1;
         at[j] = f1 * zt[j];
-        q[j] = -2.0f * t * f1 * zt[j];
+        q[j] = -T(2.0) * t * f1 * zt[j];
       }
       break;
     case SILU:
 #pragma omp simd
       for (int j = 0; j < n; ++j) {
-        const float z = c[j] + bias[j];
-        const float s = 1.0f / (1.0f + fexp(-z));
-        const float v = z * s;
-        const float f1 = s * (1.0f + z - v);
+        const T z = c[j] + bias[j];
+        const T s = T(1.0) / (T(1.0) + fexp(-z));
+        const T v = z * s;
+        const T f1 = s * (T(1.0) + z - v);
         a[j] = v;
         d1[j] = f1;
         at[j] = f1 * zt[j];
-        q[j] = s * (1.0f - s) * (2.0f + z - 2.0f * v) * zt[j];
+        q[j] = s * (T(1.0) - s) * (T(2.0) + z - T(2.0) * v) * zt[j];
       }
       break;
     case RELU:
     case LEAKY_RELU: {
-      const float slope = code == RELU ? 0.0f : 0.01f;
+      const T slope = code == RELU ? T(0.0) : T(0.01);
 #pragma omp simd
       for (int j = 0; j < n; ++j) {
-        const float z = c[j] + bias[j];
-        const float f1 = z > 0.0f ? 1.0f : slope;
-        a[j] = z > 0.0f ? z : z * slope;
+        const T z = c[j] + bias[j];
+        const T f1 = z > T(0.0) ? T(1.0) : slope;
+        a[j] = z > T(0.0) ? z : z * slope;
         d1[j] = f1;
         at[j] = f1 * zt[j];
-        q[j] = 0.0f;
+        q[j] = T(0.0);
       }
       break;
     }
     case ELU:
       for (int j = 0; j < n; ++j) {
-        const float z = c[j] + bias[j];
-        const float e = std::expm1(z);
-        const float f1 = z > 0.0f ? 1.0f : e + 1.0f;
-        a[j] = z > 0.0f ? z : e;
+        const T z = c[j] + bias[j];
+        const T e = std::expm1(z);
+        const T f1 = z > T(0.0) ? T(1.0) : e + T(1.0);
+        a[j] = z > T(0.0) ? z : e;
         d1[j] = f1;
         at[j] = f1 * zt[j];
-        q[j] = z > 0.0f ? 0.0f : (e + 1.0f) * zt[j];
+        q[j] = z > T(0.0) ? T(0.0) : (e + T(1.0)) * zt[j];
       }
       break;
     case GELU:
       for (int j = 0; j < n; ++j) {
-        const float z = c[j] + bias[j];
-        const float cdf = 0.5f * (1.0f + std::erf(z * 0.70710678118654752f));
-        const float phi = std::exp(-0.5f * z * z) * 0.39894228040143268f;
-        const float f1 = cdf + z * phi;
+        const T z = c[j] + bias[j];
+        const T cdf = T(0.5) * (T(1.0) + std::erf(z * T(0.70710678118654752)));
+        const T phi = std::exp(-T(0.5) * z * z) * T(0.39894228040143268);
+        const T f1 = cdf + z * phi;
         a[j] = z * cdf;
         d1[j] = f1;
         at[j] = f1 * zt[j];
-        q[j] = phi * (2.0f - z * z) * zt[j];
+        q[j] = phi * (T(2.0) - z * z) * zt[j];
       }
       break;
     case SOFTPLUS:
       for (int j = 0; j < n; ++j) {
-        const float z = c[j] + bias[j];
-        const float s = 1.0f / (1.0f + std::exp(-z));
-        const float f1 = z > 20.0f ? 1.0f : s;
-        a[j] = z > 20.0f ? z : std::log1p(std::exp(z));
+        const T z = c[j] + bias[j];
+        const T s = T(1.0) / (T(1.0) + std::exp(-z));
+        const T f1 = z > T(20.0) ? T(1.0) : s;
+        a[j] = z > T(20.0) ? z : std::log1p(std::exp(z));
         d1[j] = f1;
         at[j] = f1 * zt[j];
-        q[j] = z > 20.0f ? 0.0f : s * (1.0f - s) * zt[j];
+        q[j] = z > T(20.0) ? T(0.0) : s * (T(1.0) - s) * zt[j];
       }
       break;
     default:
 #pragma omp simd
       for (int j = 0; j < n; ++j) {
         a[j] = c[j] + bias[j];
-        d1[j] = 1.0f;
+        d1[j] = T(1.0);
         at[j] = zt[j];
-        q[j] = 0.0f;
+        q[j] = T(0.0);
       }
   }
 }
 
+template <typename T>
 struct Layer {
   int k, n;  // inputs, outputs
-  const float* W;  // n x k, row-major (torch's Linear.weight)
-  const float* b;
-  float* gW;
-  float* gb;
+  const T* W;  // n x k, row-major (torch's Linear.weight)
+  const T* b;
+  T* gW;
+  T* gb;
   int64_t act;
 };
 
 // A vector of V floats (GCC/Clang vector extensions: one AVX-512 register, two AVX2 ones elsewhere), loaded
-// and stored at any float alignment. The thin loops keep their sums in these, in registers, across rows.
-constexpr int V = 16;
-typedef float vf __attribute__((vector_size(V * sizeof(float)), aligned(4), may_alias));
-inline vf vload(const float* p) { return *reinterpret_cast<const vf*>(p); }
-inline void vstore(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
-inline float hsum(vf v) {
-  float s = 0.0f;
-  for (int j = 0; j < V; ++j) s += v[j];
+// and stored at any T alignment. The thin loops keep their sums in these, in registers, across rows.
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float type __attribute__((vector_size(64), aligned(4), may_alias));
+};
+template <>
+struct Lanes<double> {
+  typedef double type __attribute__((vector_size(64), aligned(8), may_alias));
+};
+template <typename T>
+using vec = typename Lanes<T>::type;
+template <typename T>
+constexpr int V = 64 / sizeof(T);  // lanes of a vec<T>: 16 floats, 8 doubles
+template <typename T>
+inline vec<T> vload(const T* p) { return *reinterpret_cast<const vec<T>*>(p); }
+template <typename T>
+inline void vstore(T* p, vec<T> v) { *reinterpret_cast<vec<T>*>(p) = v; }
+template <typename T>
+inline T hsum(vec<T> v) {
+  T s = T(0.0);
+  for (int j = 0; j < V<T>; ++j) s += v[j];
   return s;
 }
 
 // z[r, :] = prev[r, :] W^T for a layer of K (thin) inputs, row by row in L1 (`row`), each row handed to
 // epi(r, row) (the bias and activation)
-template <int K, class Epi>
-void rows_thin_inputs(const Layer& L, const float* prev, int rows, float* wt, float* row, Epi&& epi) {
-  const int n = L.n, nv = n - n % V;
+template <int K, typename T, class Epi>
+void rows_thin_inputs(const Layer<T>& L, const T* prev, int rows, T* wt, T* row, Epi&& epi) {
+  const int n = L.n, nv = n - n % V<T>;
   for (int c = 0; c < K; ++c)
     for (int j = 0; j < n; ++j) wt[c * n + j] = L.W[j * K + c];
   for (int r = 0; r < rows; ++r) {
-    const float* ar = prev + (size_t)r * K;
-    for (int j = 0; j < nv; j += V) {
-      vf z = vload(wt + j) * ar[0];
+    const T* ar = prev + (size_t)r * K;
+    for (int j = 0; j < nv; j += V<T>) {
+      vec<T> z = vload(wt + j) * ar[0];
       for (int c = 1; c < K; ++c) z += vload(wt + c * n + j) * ar[c];
       vstore(row + j, z);
     }
     for (int j = nv; j < n; ++j) {
-      float z = wt[j] * ar[0];
+      T z = wt[j] * ar[0];
       for (int c = 1; c < K; ++c) z += wt[c * n + j] * ar[c];
       row[j] = z;
     }
@@ -272,18 +402,18 @@ void rows_thin_inputs(const Layer& L, const float* prev, int rows, float* wt, fl
 }
 
 // the same for a layer of N (thin) outputs: one dot product each
-template <int N, class Epi>
-void rows_thin_outputs(const Layer& L, const float* prev, int rows, float* row, Epi&& epi) {
-  const int k = L.k, kv = k - k % V;
+template <int N, typename T, class Epi>
+void rows_thin_outputs(const Layer<T>& L, const T* prev, int rows, T* row, Epi&& epi) {
+  const int k = L.k, kv = k - k % V<T>;
   for (int r = 0; r < rows; ++r) {
-    const float* ar = prev + (size_t)r * k;
-    vf acc[N] = {};
-    for (int c = 0; c < kv; c += V) {
-      const vf x = vload(ar + c);
+    const T* ar = prev + (size_t)r * k;
+    vec<T> acc[N] = {};
+    for (int c = 0; c < kv; c += V<T>) {
+      const vec<T> x = vload(ar + c);
       for (int o = 0; o < N; ++o) acc[o] += x * vload(L.W + (size_t)o * k + c);
     }
     for (int o = 0; o < N; ++o) {
-      float s = hsum(acc[o]);
+      T s = hsum<T>(acc[o]);
       for (int c = kv; c < k; ++c) s += ar[c] * L.W[(size_t)o * k + c];
       row[o] = s;
     }
@@ -293,32 +423,32 @@ void rows_thin_outputs(const Layer& L, const float* prev, int rows, float* row, 
 
 // sums over rows of wide[r, j + jj] * thin[r, c], for a block of V columns j.. of `wide` (acc[c][jj]) or one
 // column j (s[c]): the thin layers' weight gradients, summed in registers
-template <int T>
-inline void outer_sums(const float* wide, int cols, const float* thin, int rows, int j, vf* acc) {
-  for (int c = 0; c < T; ++c) acc[c] = vf{};
+template <int M, typename T>
+inline void outer_sums(const T* wide, int cols, const T* thin, int rows, int j, vec<T>* acc) {
+  for (int c = 0; c < M; ++c) acc[c] = vec<T>{};
   for (int r = 0; r < rows; ++r) {
-    const vf x = vload(wide + (size_t)r * cols + j);
-    for (int c = 0; c < T; ++c) acc[c] += x * thin[(size_t)r * T + c];
+    const vec<T> x = vload(wide + (size_t)r * cols + j);
+    for (int c = 0; c < M; ++c) acc[c] += x * thin[(size_t)r * M + c];
   }
 }
 
-template <int T>
-inline void outer_sums_one(const float* wide, int cols, const float* thin, int rows, int j, float* s) {
-  for (int c = 0; c < T; ++c) s[c] = 0.0f;
+template <int M, typename T>
+inline void outer_sums_one(const T* wide, int cols, const T* thin, int rows, int j, T* s) {
+  for (int c = 0; c < M; ++c) s[c] = T(0.0);
   for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < T; ++c) s[c] += wide[(size_t)r * cols + j] * thin[(size_t)r * T + c];
+    for (int c = 0; c < M; ++c) s[c] += wide[(size_t)r * cols + j] * thin[(size_t)r * M + c];
 }
 
 // gW (n x K) += g^T a for K (thin) inputs
-template <int K>
-void weight_gradient_thin_inputs(const Layer& L, const float* g, const float* a, int rows) {
-  const int n = L.n, nv = n - n % V;
-  vf acc[K];
-  float s[K];
-  for (int j = 0; j < nv; j += V) {
+template <int K, typename T>
+void weight_gradient_thin_inputs(const Layer<T>& L, const T* g, const T* a, int rows) {
+  const int n = L.n, nv = n - n % V<T>;
+  vec<T> acc[K];
+  T s[K];
+  for (int j = 0; j < nv; j += V<T>) {
     outer_sums<K>(g, n, a, rows, j, acc);
     for (int c = 0; c < K; ++c)
-      for (int jj = 0; jj < V; ++jj) L.gW[(j + jj) * K + c] += acc[c][jj];
+      for (int jj = 0; jj < V<T>; ++jj) L.gW[(j + jj) * K + c] += acc[c][jj];
   }
   for (int j = nv; j < n; ++j) {
     outer_sums_one<K>(g, n, a, rows, j, s);
@@ -327,12 +457,12 @@ void weight_gradient_thin_inputs(const Layer& L, const float* g, const float* a,
 }
 
 // gW (N x k) += g^T a for N (thin) outputs
-template <int N>
-void weight_gradient_thin_outputs(const Layer& L, const float* g, const float* a, int rows) {
-  const int k = L.k, kv = k - k % V;
-  vf acc[N];
-  float s[N];
-  for (int c = 0; c < kv; c += V) {
+template <int N, typename T>
+void weight_gradient_thin_outputs(const Layer<T>& L, const T* g, const T* a, int rows) {
+  const int k = L.k, kv = k - k % V<T>;
+  vec<T> acc[N];
+  T s[N];
+  for (int c = 0; c < kv; c += V<T>) {
     outer_sums<N>(a, k, g, rows, c, acc);
     for (int o = 0; o < N; ++o) vstore(L.gW + (size_t)o * k + c, vload(L.gW + (size_t)o * k + c) + acc[o]);
   }
@@ -343,21 +473,22 @@ void weight_gradient_thin_outputs(const Layer& L, const float* g, const float* a
 }
 
 // ga (rows x k) *= d, and gb (k) += its column sums (after the input gradient's product)
-void scale_and_sum(const float* d, int rows, int k, float* ga, float* gb) {
-  const int kv = k - k % V;
-  for (int c = 0; c < kv; c += V) {
-    vf sum = {};
+template <typename T>
+void scale_and_sum(const T* d, int rows, int k, T* ga, T* gb) {
+  const int kv = k - k % V<T>;
+  for (int c = 0; c < kv; c += V<T>) {
+    vec<T> sum = {};
     for (int r = 0; r < rows; ++r) {
-      const vf v = vload(ga + (size_t)r * k + c) * vload(d + (size_t)r * k + c);
+      const vec<T> v = vload(ga + (size_t)r * k + c) * vload(d + (size_t)r * k + c);
       vstore(ga + (size_t)r * k + c, v);
       sum += v;
     }
     vstore(gb + c, vload(gb + c) + sum);
   }
   for (int c = kv; c < k; ++c) {
-    float sum = 0.0f;
+    T sum = T(0.0);
     for (int r = 0; r < rows; ++r) {
-      const float v = ga[(size_t)r * k + c] * d[(size_t)r * k + c];
+      const T v = ga[(size_t)r * k + c] * d[(size_t)r * k + c];
       ga[(size_t)r * k + c] = v;
       sum += v;
     }
@@ -380,8 +511,8 @@ void scale_and_sum(const float* d, int rows, int k, float* ga, float* gb) {
 
 // c (rows x n) = prev (rows x k) W^T, each row then handed to epi(r, c_row): a thin layer (a few inputs or
 // outputs) row by row, the row in L1 (`row`); a wide one by one BLAS product into `c`
-template <class Epi>
-void rows_product(const Layer& L, const float* prev, int rows, float* c, float* wt, float* row, Epi&& epi) {
+template <typename T, class Epi>
+void rows_product(const Layer<T>& L, const T* prev, int rows, T* c, T* wt, T* row, Epi&& epi) {
   if (L.k <= THIN) {
 #define PRODUCT_K(K) rows_thin_inputs<K>(L, prev, rows, wt, row, epi)
     THIN_CASES(L.k, PRODUCT_K)
@@ -389,21 +520,23 @@ void rows_product(const Layer& L, const float* prev, int rows, float* c, float* 
 #define PRODUCT_N(N) rows_thin_outputs<N>(L, prev, rows, row, epi)
     THIN_CASES(L.n, PRODUCT_N)
   } else {
-    gemm('T', 'N', L.n, rows, L.k, L.W, L.k, prev, L.k, 0.0f, c, L.n);
+    gemm('T', 'N', L.n, rows, L.k, L.W, L.k, prev, L.k, T(0.0), c, L.n);
     for (int r = 0; r < rows; ++r) epi(r, c + (size_t)r * L.n);
   }
 }
 
 // a layer's forward for a tile: a, d (rows x n) = f, f' of (prev W^T + b), the bias and activation in the pass
 // that reads the product
-void forward_layer(const Layer& L, const float* prev, int rows, float* c, float* wt, float* row, float* a, float* d) {
+template <typename T>
+void forward_layer(const Layer<T>& L, const T* prev, int rows, T* c, T* wt, T* row, T* a, T* d) {
   const int n = L.n;
   rows_product(L, prev, rows, c, wt, row,
-               [&](int r, const float* z) { act_row(L.act, z, L.b, a + (size_t)r * n, d + (size_t)r * n, n); });
+               [&](int r, const T* z) { act_row(L.act, z, L.b, a + (size_t)r * n, d + (size_t)r * n, n); });
 }
 
 // gW (n x k) += g^T (n x rows) a (rows x k)
-void weight_gradient(const Layer& L, const float* g, const float* a, int rows) {
+template <typename T>
+void weight_gradient(const Layer<T>& L, const T* g, const T* a, int rows) {
   if (L.k <= THIN) {
 #define WG_K(K) weight_gradient_thin_inputs<K>(L, g, a, rows)
     THIN_CASES(L.k, WG_K)
@@ -411,61 +544,65 @@ void weight_gradient(const Layer& L, const float* g, const float* a, int rows) {
 #define WG_N(N) weight_gradient_thin_outputs<N>(L, g, a, rows)
     THIN_CASES(L.n, WG_N)
   } else {
-    gemm('N', 'T', L.k, L.n, rows, a, L.k, g, L.n, 1.0f, L.gW, L.k);
+    gemm('N', 'T', L.k, L.n, rows, a, L.k, g, L.n, T(1.0), L.gW, L.k);
   }
 }
 
 // out (rows x n) = in (rows x k) W^T, without the bias
-void linear(const Layer& L, const float* in, int rows, float* out, float* wt, float* row) {
+template <typename T>
+void linear(const Layer<T>& L, const T* in, int rows, T* out, T* wt, T* row) {
   const int n = L.n;
-  rows_product(L, in, rows, out, wt, row, [&](int r, const float* z) {
-    float* dst = out + (size_t)r * n;
-    if (z != dst) std::memcpy(dst, z, sizeof(float) * n);  // a wide layer's product is already there
+  rows_product(L, in, rows, out, wt, row, [&](int r, const T* z) {
+    T* dst = out + (size_t)r * n;
+    if (z != dst) std::memcpy(dst, z, sizeof(T) * n);  // a wide layer's product is already there
   });
 }
 
 // out (rows x k) = g (rows x n) W (n x k)
-template <int N>
-void backprop_thin_outputs(const Layer& L, const float* g, int rows, float* out) {
+template <int N, typename T>
+void backprop_thin_outputs(const Layer<T>& L, const T* g, int rows, T* out) {
   const int k = L.k;
   for (int r = 0; r < rows; ++r) {
-    float* o_ = out + (size_t)r * k;
-    const float* gr = g + (size_t)r * N;
+    T* o_ = out + (size_t)r * k;
+    const T* gr = g + (size_t)r * N;
 #pragma omp simd
     for (int c = 0; c < k; ++c) {
-      float v = gr[0] * L.W[c];
+      T v = gr[0] * L.W[c];
       for (int o = 1; o < N; ++o) v += gr[o] * L.W[(size_t)o * k + c];
       o_[c] = v;
     }
   }
 }
 
-void backprop(const Layer& L, const float* g, int rows, float* out) {
+template <typename T>
+void backprop(const Layer<T>& L, const T* g, int rows, T* out) {
   if (L.n <= THIN) {
 #define BP_N(N) backprop_thin_outputs<N>(L, g, rows, out)
     THIN_CASES(L.n, BP_N)
   } else {
-    gemm('N', 'N', L.k, rows, L.n, L.W, L.k, g, L.n, 0.0f, out, L.k);
+    gemm('N', 'N', L.k, rows, L.n, L.W, L.k, g, L.n, T(0.0), out, L.k);
   }
 }
 
 // ga (rows x k) = (g (rows x n) W (n x k)) * d, the layer below's pre-activation cotangent, and its bias
 // gradient gb (k) += the column sums of ga
-void input_gradient(const Layer& L, const float* g, int rows, const float* d, float* ga, float* gb) {
+template <typename T>
+void input_gradient(const Layer<T>& L, const T* g, int rows, const T* d, T* ga, T* gb) {
   backprop(L, g, rows, ga);
   scale_and_sum(d, rows, L.k, ga, gb);
 }
 
 // through a layer's activation, in place: g <- g d1 + gt q, gt <- gt d1 (cotangents of the pre-activation and
 // its tangent), and gb (n) += the column sums of the new g
-void through_activation(const float* d1, const float* q, int rows, int n, float* g, float* gt, float* gb) {
-  const int nv = n - n % V;
-  for (int c = 0; c < nv; c += V) {
-    vf sum = {};
+template <typename T>
+void through_activation(const T* d1, const T* q, int rows, int n, T* g, T* gt, T* gb) {
+  const int nv = n - n % V<T>;
+  for (int c = 0; c < nv; c += V<T>) {
+    vec<T> sum = {};
     for (int r = 0; r < rows; ++r) {
       const size_t j = (size_t)r * n + c;
-      const vf d = vload(d1 + j), t = vload(gt + j);
-      const vf v = vload(g + j) * d + t * vload(q + j);
+      const vec<T> d = vload(d1 + j), t = vload(gt + j);
+      const vec<T> v = vload(g + j) * d + t * vload(q + j);
       vstore(g + j, v);
       vstore(gt + j, t * d);
       sum += v;
@@ -473,10 +610,10 @@ void through_activation(const float* d1, const float* q, int rows, int n, float*
     vstore(gb + c, vload(gb + c) + sum);
   }
   for (int c = nv; c < n; ++c) {
-    float sum = 0.0f;
+    T sum = T(0.0);
     for (int r = 0; r < rows; ++r) {
       const size_t j = (size_t)r * n + c;
-      const float v = g[j] * d1[j] + gt[j] * q[j];
+      const T v = g[j] * d1[j] + gt[j] * q[j];
       g[j] = v;
       gt[j] *= d1[j];
       sum += v;
@@ -487,107 +624,111 @@ void through_activation(const float* d1, const float* q, int rows, int n, float*
 
 // the layers, checked: contiguous float32 CPU tensors, widths that chain from `inputs`; gW, gb may be null
 // (a forward pass only)
-std::vector<Layer> make_layers(const char* fn, int64_t inputs, const std::vector<torch::Tensor>& W,
+template <typename T>
+std::vector<Layer<T>> make_layers(const char* fn, int64_t inputs, const std::vector<torch::Tensor>& W,
                                const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>* gW,
                                const std::vector<torch::Tensor>* gb, const std::vector<int64_t>& acts) {
   const size_t nl = W.size();
   TORCH_CHECK(nl >= 1 && b.size() == nl && acts.size() == nl && (!gW || gW->size() == nl) && (!gb || gb->size() == nl),
               "cpu_step.", fn, ": one weight, bias, gradient pair and activation per layer");
-  std::vector<Layer> layers(nl);
+  std::vector<Layer<T>> layers(nl);
   for (size_t i = 0; i < nl; ++i) {
     std::vector<const torch::Tensor*> ts = {&W[i], &b[i]};
     if (gW) ts.push_back(&(*gW)[i]);
     if (gb) ts.push_back(&(*gb)[i]);
     for (const auto* t : ts)
-      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kFloat32 && t->is_contiguous(),
-                  "cpu_step.", fn, ": parameters and gradients must be contiguous float32 CPU tensors");
+      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == scalar<T>() && t->is_contiguous(), "cpu_step.", fn,
+                  ": parameters and gradients must be contiguous ", name<T>(), " CPU tensors");
     const int k = static_cast<int>(W[i].size(1)), n = static_cast<int>(W[i].size(0));
     const int64_t before = i == 0 ? inputs : layers[i - 1].n;
     TORCH_CHECK(k == before, "cpu_step.", fn, ": layer ", i, " takes ", k, " inputs, the layer before gives ", before);
     TORCH_CHECK(b[i].numel() == n, "cpu_step.", fn, ": layer ", i, " has ", n, " outputs and ", b[i].numel(), " biases");
-    layers[i] = {k, n, W[i].data_ptr<float>(), b[i].data_ptr<float>(), gW ? (*gW)[i].data_ptr<float>() : nullptr,
-                 gb ? (*gb)[i].data_ptr<float>() : nullptr, acts[i]};
+    layers[i] = {k, n, W[i].data_ptr<T>(), b[i].data_ptr<T>(), gW ? (*gW)[i].data_ptr<T>() : nullptr,
+                 gb ? (*gb)[i].data_ptr<T>() : nullptr, acts[i]};
   }
   return layers;
 }
 
+template <typename T>
 void check_rows(const char* fn, const torch::Tensor& t, int64_t rows, int64_t cols, const char* what) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(), "cpu_step.", fn, ": ",
-              what, " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == scalar<T>() && t.is_contiguous(), "cpu_step.", fn, ": ",
+              what, " must be a contiguous ", name<T>(), " CPU tensor (the network's precision)");
   TORCH_CHECK(t.dim() == 2 && t.size(0) >= rows && t.size(1) == cols, "cpu_step.", fn, ": ", what, " must have at least ",
               rows, " rows of ", cols, " columns, got ", t.sizes());
 }
 
-void zero_gradients(const std::vector<Layer>& layers) {
+template <typename T>
+void zero_gradients(const std::vector<Layer<T>>& layers) {
   for (const auto& L : layers) {
-    std::fill(L.gW, L.gW + (size_t)L.n * L.k, 0.0f);
-    std::fill(L.gb, L.gb + L.n, 0.0f);
+    std::fill(L.gW, L.gW + (size_t)L.n * L.k, T(0.0));
+    std::fill(L.gb, L.gb + L.n, T(0.0));
   }
 }
 
 }  // namespace
 
 // weight * mean((net(x) - y)^2) for scaled rows x (B x inputs), y (B x outputs); its gradient written into
-// (add = false) or added to (add = true) gW, gb. Returns the unweighted mean squared error (a 0-d float tensor).
-torch::Tensor data_step(const torch::Tensor& x, const torch::Tensor& y, const std::vector<torch::Tensor>& W,
+// (add = false) or added to (add = true) gW, gb. Returns the unweighted mean squared error (a 0-d T tensor).
+template <typename T>
+torch::Tensor data_step_t(const torch::Tensor& x, const torch::Tensor& y, const std::vector<torch::Tensor>& W,
                         const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>& gW,
                         const std::vector<torch::Tensor>& gb, const std::vector<int64_t>& acts, double weight,
                         bool add, int64_t tile) {
   TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0) && x.size(0) >= 1,
               "cpu_step.data_step: x and y must be 2-D with the same number (>= 1) of rows");
-  const std::vector<Layer> layers = make_layers("data_step", x.size(1), W, b, &gW, &gb, acts);
+  const std::vector<Layer<T>> layers = make_layers<T>("data_step", x.size(1), W, b, &gW, &gb, acts);
   const int nl = static_cast<int>(layers.size());
   int maxw = static_cast<int>(x.size(1));
   for (const auto& L : layers) maxw = std::max(maxw, L.n);
   const int out = layers[nl - 1].n;
   TORCH_CHECK(y.size(1) == out, "cpu_step.data_step: y has ", y.size(1), " columns, the network ", out, " outputs");
   for (const auto* t : {&x, &y})
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kFloat32 && t->is_contiguous(),
-                "cpu_step.data_step: x and y must be contiguous float32 CPU tensors");
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == scalar<T>() && t->is_contiguous(),
+                "cpu_step.data_step: x and y must be contiguous ", name<T>(), " CPU tensors (the network's precision)");
   const int B = static_cast<int>(x.size(0));
-  const int T = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(B, tile)));
+  const int TS = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(B, tile)));
 
   // scratch: per layer its output a and derivative d for one tile; two cotangent buffers; the product; the
   // small transposes and accumulators of the thin loops
-  const size_t per = (size_t)T * maxw;
-  thread_local std::vector<float> buf;
+  const size_t per = (size_t)TS * maxw;
+  thread_local std::vector<T> buf;
   buf.resize(per * (2 * nl + 3) + (size_t)maxw * (THIN + 1) + 64);
-  std::vector<float*> A(nl), D(nl);
+  std::vector<T*> A(nl), D(nl);
   for (int i = 0; i < nl; ++i) {
     A[i] = buf.data() + per * (2 * i);
     D[i] = buf.data() + per * (2 * i + 1);
   }
-  float* G0 = buf.data() + per * (2 * nl);
-  float* G1 = G0 + per;
-  float* C = G1 + per;
-  float* small = C + per;               // maxw * THIN: a thin layer's transpose
-  float* rowbuf = small + (size_t)maxw * THIN;  // maxw: one row's pre-activations
+  T* G0 = buf.data() + per * (2 * nl);
+  T* G1 = G0 + per;
+  T* C = G1 + per;
+  T* small = C + per;               // maxw * THIN: a thin layer's transpose
+  T* rowbuf = small + (size_t)maxw * THIN;  // maxw: one row's pre-activations
 
   if (!add) zero_gradients(layers);
-  const float* X = x.data_ptr<float>();
-  const float* Y = y.data_ptr<float>();
-  const float scale = static_cast<float>(2.0 * weight / ((double)B * out));
+  const T* X = x.data_ptr<T>();
+  const T* Y = y.data_ptr<T>();
+  const T scale = static_cast<T>(2.0 * weight / ((double)B * out));
   double sse = 0.0;
-  for (int r0 = 0; r0 < B; r0 += T) {
-    const int rows = std::min(T, B - r0);
-    const float* xin = X + (size_t)r0 * layers[0].k;
-    const float* prev = xin;
+  for (int r0 = 0; r0 < B; r0 += TS) {
+    const int rows = std::min(TS, B - r0);
+    const T* xin = X + (size_t)r0 * layers[0].k;
+    const T* prev = xin;
     for (int i = 0; i < nl; ++i) {
-      const Layer& L = layers[i];
+      const Layer<T>& L = layers[i];
       forward_layer(L, prev, rows, C, small, rowbuf, A[i], D[i]);
       prev = A[i];
     }
     // the loss and the cotangent of the last pre-activation
-    const float* yr = Y + (size_t)r0 * out;
-    const float* z = A[nl - 1];
-    const float* d = D[nl - 1];
-    float* g = G0;
-    float* gbl = layers[nl - 1].gb;
+    const T* yr = Y + (size_t)r0 * out;
+    const T* z = A[nl - 1];
+    const T* d = D[nl - 1];
+    T* g = G0;
+    T* gbl = layers[nl - 1].gb;
     for (int r = 0; r < rows; ++r) {
       double s = 0.0;
       for (int o = 0; o < out; ++o) {
         const size_t j = (size_t)r * out + o;
-        const float e = z[j] - yr[j];
+        const T e = z[j] - yr[j];
         s += (double)e * e;
         g[j] = scale * e * d[j];
         gbl[o] += g[j];
@@ -595,159 +736,232 @@ torch::Tensor data_step(const torch::Tensor& x, const torch::Tensor& y, const st
       sse += s;
     }
     for (int i = nl - 1; i >= 0; --i) {
-      const Layer& L = layers[i];
-      const float* a = i == 0 ? xin : A[i - 1];
+      const Layer<T>& L = layers[i];
+      const T* a = i == 0 ? xin : A[i - 1];
       weight_gradient(L, g, a, rows);
       if (i > 0) {  // the layer below's cotangent and bias gradient
-        float* ga = g == G0 ? G1 : G0;
+        T* ga = g == G0 ? G1 : G0;
         input_gradient(L, g, rows, D[i - 1], ga, layers[i - 1].gb);
         g = ga;
       }
     }
   }
-  return torch::tensor(static_cast<float>(sse / ((double)B * out)));
+  return torch::tensor(static_cast<T>(sse / ((double)B * out)), torch::dtype(scalar<T>()));
 }
 
 namespace {
 
 // what both tangent passes check and share: the layers, the direction, the buffers (two blocks of n rows per
 // layer: AA = [a; at], DQ = [f'(z); f''(z) zt])
+template <typename T>
 struct TangentArgs {
-  std::vector<Layer> layers;
+  std::vector<Layer<T>> layers;
   int rows, inputs, maxw;
   bool shared;
 };
 
-TangentArgs tangent_args(const char* fn, const torch::Tensor& x, const torch::Tensor& v,
+template <typename T>
+TangentArgs<T> tangent_args(const char* fn, const torch::Tensor& x, const torch::Tensor& v,
                          const std::vector<torch::Tensor>& W, const std::vector<torch::Tensor>& b,
                          const std::vector<torch::Tensor>* gW, const std::vector<torch::Tensor>* gb,
                          const std::vector<int64_t>& acts, const std::vector<torch::Tensor>& AA,
                          const std::vector<torch::Tensor>& DQ) {
   TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1, "cpu_step.", fn, ": x must be 2-D with >= 1 rows");
-  TangentArgs t;
+  TangentArgs<T> t;
   t.rows = static_cast<int>(x.size(0));
   t.inputs = static_cast<int>(x.size(1));
-  check_rows(fn, x, t.rows, t.inputs, "x");
-  t.layers = make_layers(fn, t.inputs, W, b, gW, gb, acts);
+  check_rows<T>(fn, x, t.rows, t.inputs, "x");
+  t.layers = make_layers<T>(fn, t.inputs, W, b, gW, gb, acts);
   t.shared = v.dim() == 1;
   if (t.shared) {
-    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == torch::kFloat32 && v.is_contiguous() && v.numel() == t.inputs,
-                "cpu_step.", fn, ": a shared direction v must be a contiguous float32 CPU vector of ", t.inputs);
+    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == scalar<T>() && v.is_contiguous() && v.numel() == t.inputs,
+                "cpu_step.", fn, ": a shared direction v must be a contiguous ", name<T>(), " CPU vector of ", t.inputs);
   } else {
-    check_rows(fn, v, t.rows, t.inputs, "v");
+    check_rows<T>(fn, v, t.rows, t.inputs, "v");
   }
   const size_t nl = t.layers.size();
   TORCH_CHECK(AA.size() == nl && DQ.size() == nl, "cpu_step.", fn, ": two buffers per layer");
   t.maxw = t.inputs;
   for (size_t i = 0; i < nl; ++i) {
     t.maxw = std::max(t.maxw, t.layers[i].n);
-    check_rows(fn, AA[i], 2 * (int64_t)t.rows, t.layers[i].n, "a buffer");
-    check_rows(fn, DQ[i], 2 * (int64_t)t.rows, t.layers[i].n, "a buffer");
+    check_rows<T>(fn, AA[i], 2 * (int64_t)t.rows, t.layers[i].n, "a buffer");
+    check_rows<T>(fn, DQ[i], 2 * (int64_t)t.rows, t.layers[i].n, "a buffer");
   }
   return t;
 }
 
 }  // namespace
 
+namespace {
+
+// A tangent pass over more than TANGENT_WHOLE rows goes through the network in tiles of TANGENT_TILE rows (each
+// with its tangents: twice as many), so that a tile's products, activations and cotangents stay in the core's
+// cache: hh_m's float64 polish passes 8,001 rows, whose per-layer arrays (16,002 x 64 doubles, 8 MB each) would
+// otherwise go to memory and back between every two passes. Up to TANGENT_WHOLE rows in one piece (the
+// training steps' 256 to 2,048 collocation rows: the same sums, in the same order, as before tiles existed).
+constexpr int TANGENT_TILE = 256;
+constexpr int TANGENT_WHOLE = 2048;
+
+inline int tangent_tile(int n) { return n <= TANGENT_WHOLE ? n : TANGENT_TILE; }
+
+}  // namespace
+
 // The forward pass with tangents (forward mode), for rows x (n x inputs) and a direction v: one for every
 // row (1-D, `inputs` long) or one per row (n x inputs). Per layer, AA gets a = f(z) in its first n rows and
 // at = f'(z) zt in the next n, DQ f'(z) and f''(z) zt the same way (buffers of at least 2n rows); the values
-// and tangents go through each layer's product together (2n rows, one BLAS call). The network's outputs and
-// their derivatives along v are AA[-1][:n] and AA[-1][n:2n]. The backward pass reads the same buffers.
-void tangent_forward(const torch::Tensor& x, const torch::Tensor& v, const std::vector<torch::Tensor>& W,
-                     const std::vector<torch::Tensor>& b, const std::vector<int64_t>& acts,
-                     const std::vector<torch::Tensor>& AA, const std::vector<torch::Tensor>& DQ) {
-  const TangentArgs t = tangent_args("tangent_forward", x, v, W, b, nullptr, nullptr, acts, AA, DQ);
-  const int n = t.rows, nl = static_cast<int>(t.layers.size());
-  const size_t per = (size_t)2 * n * t.maxw;
-  thread_local std::vector<float> buf;
+// and tangents go through each layer's product together (one BLAS call for a tile, two where the tile's values
+// and tangents are not adjacent). The network's outputs and their derivatives along v are AA[-1][:n] and
+// AA[-1][n:2n]. The backward pass reads the same buffers.
+template <typename T>
+void tangent_forward_t(const torch::Tensor& x, const torch::Tensor& v, const std::vector<torch::Tensor>& W,
+                       const std::vector<torch::Tensor>& b, const std::vector<int64_t>& acts,
+                       const std::vector<torch::Tensor>& AA, const std::vector<torch::Tensor>& DQ) {
+  const TangentArgs<T> t = tangent_args<T>("tangent_forward", x, v, W, b, nullptr, nullptr, acts, AA, DQ);
+  const int n = t.rows, nl = static_cast<int>(t.layers.size()), tt = tangent_tile(n);
+  const size_t per = (size_t)2 * tt * t.maxw;
+  thread_local std::vector<T> buf;
   buf.resize(2 * per + (size_t)t.maxw * (THIN + 2) + 64);
-  float* C = buf.data();
-  float* XV = C + per;  // x and a per-row v, stacked
-  float* wt = XV + per;
-  float* row = wt + (size_t)t.maxw * THIN;
-  float* ztrow = row + t.maxw;
-  for (int i = 0; i < nl; ++i) {
-    const Layer& L = t.layers[i];
-    const int w = L.n;
-    float* a = AA[i].data_ptr<float>();
-    float* d1 = DQ[i].data_ptr<float>();
-    float *at = a + (size_t)n * w, *q = d1 + (size_t)n * w;
-    const float* zt = C + (size_t)n * w;  // the tangents' products follow the values'
-    size_t zt_stride = w;
-    if (i == 0 && t.shared) {  // zt = W v, the same for every row
-      linear(L, x.data_ptr<float>(), n, C, wt, row);
-      const float* vv = v.data_ptr<float>();
-      for (int j = 0; j < w; ++j) {
-        float s = 0.0f;
-        for (int c = 0; c < L.k; ++c) s += L.W[(size_t)j * L.k + c] * vv[c];
-        ztrow[j] = s;
-      }
-      zt = ztrow;
-      zt_stride = 0;
-    } else if (i == 0) {
-      std::memcpy(XV, x.data_ptr<float>(), sizeof(float) * n * L.k);
-      std::memcpy(XV + (size_t)n * L.k, v.data_ptr<float>(), sizeof(float) * n * L.k);
-      linear(L, XV, 2 * n, C, wt, row);
-    } else {
-      linear(L, AA[i - 1].data_ptr<float>(), 2 * n, C, wt, row);
+  T* C = buf.data();
+  T* XV = C + per;  // a tile's x and per-row v, stacked
+  T* wt = XV + per;
+  T* row = wt + (size_t)t.maxw * THIN;
+  T* ztrow = row + t.maxw;
+  const T* X = x.data_ptr<T>();
+  const T* VV = v.data_ptr<T>();
+  if (t.shared) {  // the first layer's tangent zt = W v, the same for every row
+    const Layer<T>& L = t.layers[0];
+    for (int j = 0; j < L.n; ++j) {
+      T s = T(0.0);
+      for (int c = 0; c < L.k; ++c) s += L.W[(size_t)j * L.k + c] * VV[c];
+      ztrow[j] = s;
     }
-    for (int r = 0; r < n; ++r) {
-      const size_t o = (size_t)r * w;
-      act_tangent_row(L.act, C + o, L.b, zt + r * zt_stride, a + o, d1 + o, at + o, q + o, w);
+  }
+  for (int r0 = 0; r0 < n; r0 += tt) {
+    const int m = std::min(tt, n - r0);
+    for (int i = 0; i < nl; ++i) {
+      const Layer<T>& L = t.layers[i];
+      const int w = L.n, k = L.k;
+      T* a = AA[i].data_ptr<T>() + (size_t)r0 * w;
+      T* at = AA[i].data_ptr<T>() + (size_t)(n + r0) * w;
+      T* d1 = DQ[i].data_ptr<T>() + (size_t)r0 * w;
+      T* q = DQ[i].data_ptr<T>() + (size_t)(n + r0) * w;
+      const T* zt = C + (size_t)m * w;  // the tangents' products follow the values'
+      size_t zt_stride = w;
+      if (i == 0 && t.shared) {
+        linear(L, X + (size_t)r0 * k, m, C, wt, row);
+        zt = ztrow;
+        zt_stride = 0;
+      } else if (i == 0) {
+        std::memcpy(XV, X + (size_t)r0 * k, sizeof(T) * m * k);
+        std::memcpy(XV + (size_t)m * k, VV + (size_t)r0 * k, sizeof(T) * m * k);
+        linear(L, XV, 2 * m, C, wt, row);
+      } else {
+        const T* prev = AA[i - 1].data_ptr<T>();
+        if (m == n) {  // one piece: values and tangents are adjacent
+          linear(L, prev, 2 * n, C, wt, row);
+        } else {
+          linear(L, prev + (size_t)r0 * k, m, C, wt, row);
+          linear(L, prev + (size_t)(n + r0) * k, m, C + (size_t)m * w, wt, row);
+        }
+      }
+      for (int r = 0; r < m; ++r) {
+        const size_t o = (size_t)r * w;
+        act_tangent_row(L.act, C + o, L.b, zt + r * zt_stride, a + o, d1 + o, at + o, q + o, w);
+      }
     }
   }
 }
 
 // The backward pass after tangent_forward (same x, v and buffers): gz, gzt (n x outputs) are the cotangents of
 // the outputs and of their derivatives along v; every parameter's gradient is written into (add = false) or
-// added to (add = true) gW, gb. The cotangents of values and tangents are kept stacked (2n rows), so each
-// layer's weight gradient (g^T a + gt^T at) and input gradient are one BLAS call each.
+// added to (add = true) gW, gb. A tile's cotangents of values and tangents are kept stacked, so each layer's
+// input gradient is one BLAS call, and so is its weight gradient (g^T a + gt^T at) where values and tangents
+// are adjacent (one piece).
+template <typename T>
+void tangent_backward_t(const torch::Tensor& x, const torch::Tensor& v, const torch::Tensor& gz,
+                        const torch::Tensor& gzt, const std::vector<torch::Tensor>& W,
+                        const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>& gW,
+                        const std::vector<torch::Tensor>& gb, const std::vector<int64_t>& acts,
+                        const std::vector<torch::Tensor>& AA, const std::vector<torch::Tensor>& DQ, bool add) {
+  const char* fn = "tangent_backward";
+  const TangentArgs<T> t = tangent_args<T>(fn, x, v, W, b, &gW, &gb, acts, AA, DQ);
+  const int n = t.rows, nl = static_cast<int>(t.layers.size()), tt = tangent_tile(n);
+  const int out = t.layers[nl - 1].n;
+  check_rows<T>(fn, gz, n, out, "gz");
+  check_rows<T>(fn, gzt, n, out, "gzt");
+  const size_t per = (size_t)2 * tt * t.maxw;
+  thread_local std::vector<T> buf;
+  buf.resize(2 * per + t.maxw + 64);
+  T *G0 = buf.data(), *G1 = G0 + per, *colsum = G1 + per;
+  const T* X = x.data_ptr<T>();
+  const T* VV = v.data_ptr<T>();
+  const T* GZ = gz.data_ptr<T>();
+  const T* GZT = gzt.data_ptr<T>();
+  if (!add) zero_gradients(t.layers);
+  if (t.shared) std::fill(colsum, colsum + t.layers[0].n, T(0.0));
+  for (int r0 = 0; r0 < n; r0 += tt) {
+    const int m = std::min(tt, n - r0);
+    T *G = G0, *G2 = G1;
+    std::memcpy(G, GZ + (size_t)r0 * out, sizeof(T) * m * out);
+    std::memcpy(G + (size_t)m * out, GZT + (size_t)r0 * out, sizeof(T) * m * out);
+    for (int i = nl - 1; i >= 0; --i) {
+      const Layer<T>& L = t.layers[i];
+      const int w = L.n, k = L.k;
+      T* gt = G + (size_t)m * w;
+      const T* DQi = DQ[i].data_ptr<T>();
+      through_activation(DQi + (size_t)r0 * w, DQi + (size_t)(n + r0) * w, m, w, G, gt, L.gb);
+      if (i > 0) {
+        const T* prev = AA[i - 1].data_ptr<T>();
+        if (m == n) {  // [g; gt]^T [a; at] in one product
+          weight_gradient(L, G, prev, 2 * n);
+        } else {
+          weight_gradient(L, G, prev + (size_t)r0 * k, m);
+          weight_gradient(L, gt, prev + (size_t)(n + r0) * k, m);
+        }
+        backprop(L, G, 2 * m, G2);
+        std::swap(G, G2);
+      } else {
+        weight_gradient(L, G, X + (size_t)r0 * k, m);
+        if (t.shared) {  // the layer's input tangent is v on every row: gW += (column sums of gt) v^T, below
+          for (int r = 0; r < m; ++r)
+#pragma omp simd
+            for (int j = 0; j < w; ++j) colsum[j] += gt[(size_t)r * w + j];
+        } else {
+          weight_gradient(L, gt, VV + (size_t)r0 * k, m);
+        }
+      }
+    }
+  }
+  if (t.shared) {
+    const Layer<T>& L = t.layers[0];
+    for (int j = 0; j < L.n; ++j)
+      for (int c = 0; c < L.k; ++c) L.gW[(size_t)j * L.k + c] += colsum[j] * VV[c];
+  }
+}
+
+// the entry points: the network's precision (float32 or float64) is x's
+torch::Tensor data_step(const torch::Tensor& x, const torch::Tensor& y, const std::vector<torch::Tensor>& W,
+                        const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>& gW,
+                        const std::vector<torch::Tensor>& gb, const std::vector<int64_t>& acts, double weight,
+                        bool add, int64_t tile) {
+  if (x.scalar_type() == torch::kFloat64) return data_step_t<double>(x, y, W, b, gW, gb, acts, weight, add, tile);
+  return data_step_t<float>(x, y, W, b, gW, gb, acts, weight, add, tile);
+}
+
+void tangent_forward(const torch::Tensor& x, const torch::Tensor& v, const std::vector<torch::Tensor>& W,
+                     const std::vector<torch::Tensor>& b, const std::vector<int64_t>& acts,
+                     const std::vector<torch::Tensor>& AA, const std::vector<torch::Tensor>& DQ) {
+  if (x.scalar_type() == torch::kFloat64) return tangent_forward_t<double>(x, v, W, b, acts, AA, DQ);
+  tangent_forward_t<float>(x, v, W, b, acts, AA, DQ);
+}
+
 void tangent_backward(const torch::Tensor& x, const torch::Tensor& v, const torch::Tensor& gz,
                       const torch::Tensor& gzt, const std::vector<torch::Tensor>& W,
                       const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>& gW,
                       const std::vector<torch::Tensor>& gb, const std::vector<int64_t>& acts,
                       const std::vector<torch::Tensor>& AA, const std::vector<torch::Tensor>& DQ, bool add) {
-  const char* fn = "tangent_backward";
-  const TangentArgs t = tangent_args(fn, x, v, W, b, &gW, &gb, acts, AA, DQ);
-  const int n = t.rows, nl = static_cast<int>(t.layers.size());
-  const int out = t.layers[nl - 1].n;
-  check_rows(fn, gz, n, out, "gz");
-  check_rows(fn, gzt, n, out, "gzt");
-  const size_t per = (size_t)2 * n * t.maxw;
-  thread_local std::vector<float> buf;
-  buf.resize(2 * per + t.maxw + 64);
-  float *G = buf.data(), *G2 = G + per, *colsum = G2 + per;
-  std::memcpy(G, gz.data_ptr<float>(), sizeof(float) * n * out);
-  std::memcpy(G + (size_t)n * out, gzt.data_ptr<float>(), sizeof(float) * n * out);
-  if (!add) zero_gradients(t.layers);
-  for (int i = nl - 1; i >= 0; --i) {
-    const Layer& L = t.layers[i];
-    const int w = L.n, k = L.k;
-    float* gt = G + (size_t)n * w;
-    const float* d1 = DQ[i].data_ptr<float>();
-    through_activation(d1, d1 + (size_t)n * w, n, w, G, gt, L.gb);
-    if (i > 0) {  // [g; gt]^T [a; at] in one product
-      weight_gradient(L, G, AA[i - 1].data_ptr<float>(), 2 * n);
-    } else {
-      weight_gradient(L, G, x.data_ptr<float>(), n);
-      if (t.shared) {  // the layer's input tangent is v on every row: gW += (column sums of gt) v^T
-        std::fill(colsum, colsum + w, 0.0f);
-        for (int r = 0; r < n; ++r)
-#pragma omp simd
-          for (int j = 0; j < w; ++j) colsum[j] += gt[(size_t)r * w + j];
-        const float* vv = v.data_ptr<float>();
-        for (int j = 0; j < w; ++j)
-          for (int c = 0; c < k; ++c) L.gW[(size_t)j * k + c] += colsum[j] * vv[c];
-      } else {
-        weight_gradient(L, gt, v.data_ptr<float>(), n);
-      }
-    }
-    if (i > 0) {
-      backprop(L, G, 2 * n, G2);
-      std::swap(G, G2);
-    }
-  }
+  if (x.scalar_type() == torch::kFloat64) return tangent_backward_t<double>(x, v, gz, gzt, W, b, gW, gb, acts, AA, DQ, add);
+  tangent_backward_t<float>(x, v, gz, gzt, W, b, gW, gb, acts, AA, DQ, add);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -159,8 +159,9 @@ class _Compiled:
         dev, dtype = engine.W[0].device, engine.W[0].dtype
         if dev.type != "cpu":
             raise InvalidInputError(f"{self.what} trains CPU models; the model is on {dev}")
-        if dtype != torch.float32:
-            raise InvalidInputError(f"{self.what} trains float32 networks, got {dtype}")
+        if dtype not in (torch.float32, torch.float64):
+            raise InvalidInputError(f"{self.what} trains float32 or float64 networks, got {dtype}")
+        self.dtype = dtype
         acts = [a for a, _ in engine.model.hidden] + [engine.model.output_activation]
         unknown = [a for a in acts if a not in CODES]
         if unknown:
@@ -185,7 +186,7 @@ class _Compiled:
 class CpuDataStep(_Compiled):
     """``engine``'s data step (mean squared error) as one compiled call.
 
-    Call it as :meth:`~surrogates.engine.MLPEngine.data_step` (``xs``, ``ys`` scaled, float32, on the CPU;
+    Call it as :meth:`~surrogates.engine.MLPEngine.data_step` (``xs``, ``ys`` scaled, in the network's precision, on the CPU;
     ``p`` must be 2). It reads the weights where the optimiser keeps them and writes (or, after another term,
     adds) the gradients into the parameters' ``.grad``. Any number of rows (``rows`` is unbounded).
     """
@@ -222,8 +223,8 @@ class CpuTangentStep(_Compiled):
         super().__init__(engine)
         self.rows = int(rows or engine.rows)
         widths = [lin.out_features for lin in engine.linears]
-        self.AA = [torch.empty(2 * self.rows, w) for w in widths]  # [a; at]
-        self.DQ = [torch.empty(2 * self.rows, w) for w in widths]  # [f'(z); f''(z) zt]
+        self.AA = [torch.empty(2 * self.rows, w, dtype=self.dtype) for w in widths]  # [a; at]
+        self.DQ = [torch.empty(2 * self.rows, w, dtype=self.dtype) for w in widths]  # [f'(z); f''(z) zt]
 
     def __call__(self, xs: torch.Tensor, vs: torch.Tensor, residual_grad, weight: float = 1.0) -> torch.Tensor:
         n = xs.shape[0]

@@ -532,7 +532,7 @@ class GateResidualLoss(Loss):
 
     def __call__(self, model):
         device = _device(model)
-        x = self.x.to(device).requires_grad_(True)
+        x = self.x.to(device).detach().requires_grad_(True)  # not self.x itself (on the CPU .to is a no-op)
         g_pred = model(x)[:, 0]
         grad = torch.autograd.grad(g_pred.sum(), x, create_graph=True)[0]
         dgdt = grad[:, 0] if self.variant == "seed" else grad[:, 0] + grad[:, 1] * self.dVdt.to(device)

@@ -476,13 +476,14 @@ class Trainer:
     def _cpu_kernels(self, eng) -> None:
         """``eng``'s data and residual steps as compiled CPU calls (:mod:`~surrogates.cpu_step`): always with
         engine ``"cpp"`` (an error says why they cannot be used), with ``"auto"`` where they apply and build (a
-        float32 model on the CPU); otherwise the engine keeps its torch operators."""
+        float32 or float64 model on the CPU: the first-order steps, or a float64 polish's copy); otherwise the
+        engine keeps its torch operators."""
         if self.engine not in ("cpp", "auto"):
             return
         from .cpu_step import CpuDataStep, CpuStepUnavailable, CpuTangentStep
 
         p = eng.W[0]
-        if self.engine == "auto" and (p.device.type != "cpu" or p.dtype != torch.float32):
+        if self.engine == "auto" and (p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64)):
             return
         try:
             eng.data_kernel, eng.tangent_kernel = CpuDataStep(eng), CpuTangentStep(eng)
@@ -504,7 +505,7 @@ class Trainer:
         rows = max(min(l.X.shape[0], self.LBFGS_CHUNK) if f else l.fused_rows() for (l, _), f in zip(self.losses, full))
         model = self.model if model is None else model
         eng = MLPEngine(model, rows)
-        if self.engine != "triton" and model is self.model:  # a float64 copy keeps the torch operators
+        if self.engine != "triton":  # the model's, or its float64 copy's, compiled CPU steps where they apply
             self._cpu_kernels(eng)
         steps = [l.fused_full(eng) if f else l.fused(eng) for (l, _), f in zip(self.losses, full)]
         if any(st is None for st in steps):

@@ -40,20 +40,27 @@ def make(name, seed=0):
     return build_net(*NETS[name], seed=seed)
 
 
+# float32: to float32 rounding; float64 (a float64 polish): to float64 rounding, well below anything float32 sees
+TOL = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-10, 1e-12)}
+
+
 def close(got, want):
     for a, b in zip(got, want):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max())), (a - b).abs().max()
+        rtol, atol = TOL[b.dtype]
+        assert torch.allclose(a, b, rtol=rtol, atol=atol * float(b.abs().max())), (a - b).abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name,rows,tile", [("3x64", 1024, 256), ("3x64", 300, 7), ("odd", 77, 32),
                                             ("relu-tanh", 33, 256), ("wide-ends", 129, 64)])
-def test_the_compiled_step_gives_the_engines_loss_and_gradients(cpu_step, name, rows, tile):
-    """Whole and ragged tiles; every activation; the second data term of a step adds to the first."""
-    net = make(name)
+def test_the_compiled_step_gives_the_engines_loss_and_gradients(cpu_step, name, rows, tile, dtype):
+    """Whole and ragged tiles; every activation; the second data term of a step adds to the first; in
+    float32 (training) and float64 (a float64 polish: the loss comes back in float64)."""
+    net = make(name).to(dtype)
     eng = MLPEngine(net, 1024)
     g = torch.Generator().manual_seed(1)
-    xs = torch.rand(rows, net.n_inputs, generator=g) * 2 - 1
-    ys = torch.randn(rows, net.n_outputs, generator=g)
+    xs = (torch.rand(rows, net.n_inputs, generator=g) * 2 - 1).to(dtype)
+    ys = torch.randn(rows, net.n_outputs, generator=g).to(dtype)
     eng.zero_grad()
     want = eng.data_step(xs, ys, 0.7)
     want_g = grads(net)
@@ -62,7 +69,7 @@ def test_the_compiled_step_gives_the_engines_loss_and_gradients(cpu_step, name, 
     eng.data_kernel = cpu_step.CpuDataStep(eng, tile=tile)
     eng.zero_grad()
     got = eng.data_step(xs, ys, 0.7)
-    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    assert got.dtype == dtype and float(got) == pytest.approx(float(want), rel=TOL[dtype][0] / 10)
     close(grads(net), want_g)
     half = rows // 2 + 1
     eng.data_step(xs[:half], ys[:half], 0.3)  # added to the first: a second data term
@@ -80,16 +87,21 @@ def _quadratic(z, zt):
     return torch.mean(z * z + 3.0 * zt * zt), z * (2.0 / n), zt * (6.0 / n)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name,rows,shared", [("3x64", 300, True), ("3x64", 64, False), ("odd", 77, True),
-                                              ("relu-tanh", 33, False), ("wide-ends", 129, True)])
-def test_the_compiled_residual_step_gives_the_engines_loss_and_gradients(cpu_step, name, rows, shared):
+                                              ("relu-tanh", 33, False), ("wide-ends", 129, True),
+                                              # more than 2,048 rows: in tiles of 256, the last one ragged
+                                              ("3x64", 2500, False), ("odd", 2311, True)])
+def test_the_compiled_residual_step_gives_the_engines_loss_and_gradients(cpu_step, name, rows, shared, dtype):
     """The forward pass with tangents and its backward (tangent_step_closed): one direction for every row
-    (the ODE residual's d/dt) or one per row; every activation; a second term adds to the first."""
-    net = make(name)
-    eng = MLPEngine(net, 512)
+    (the ODE residual's d/dt) or one per row; every activation; a second term adds to the first; in one
+    piece and in tiles; float32 and float64."""
+    net = make(name).to(dtype)
+    size = max(512, rows)
+    eng = MLPEngine(net, size)
     g = torch.Generator().manual_seed(2)
-    xs = torch.rand(rows, net.n_inputs, generator=g) * 2 - 1
-    vs = torch.randn(net.n_inputs, generator=g) if shared else torch.randn(rows, net.n_inputs, generator=g)
+    xs = (torch.rand(rows, net.n_inputs, generator=g) * 2 - 1).to(dtype)
+    vs = (torch.randn(net.n_inputs, generator=g) if shared else torch.randn(rows, net.n_inputs, generator=g)).to(dtype)
     eng.zero_grad()
     want = eng.tangent_step_closed(xs, vs, _quadratic, 0.7)
     want_g = grads(net)
@@ -98,17 +110,18 @@ def test_the_compiled_residual_step_gives_the_engines_loss_and_gradients(cpu_ste
     eng.tangent_kernel = cpu_step.CpuTangentStep(eng)
     eng.zero_grad()
     got = eng.tangent_step_closed(xs, vs, _quadratic, 0.7)
-    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    assert got.dtype == dtype and float(got) == pytest.approx(float(want), rel=TOL[dtype][0] / 10)
     close(grads(net), want_g)
-    eng.data_step(xs, torch.zeros(rows, net.n_outputs), 0.3)  # a data term after it adds
+    eng.data_step(xs, torch.zeros(rows, net.n_outputs, dtype=dtype), 0.3)  # a data term after it adds
     both = grads(net)
     eng.tangent_kernel = None
     eng.zero_grad()
     eng.tangent_step_closed(xs, vs, _quadratic, 0.7)
-    eng.data_step(xs, torch.zeros(rows, net.n_outputs), 0.3)
+    eng.data_step(xs, torch.zeros(rows, net.n_outputs, dtype=dtype), 0.3)
     close(both, grads(net))
-    with pytest.raises(InvalidInputError, match="sized for 1 to 512 rows"):
-        cpu_step.CpuTangentStep(eng)(torch.zeros(513, net.n_inputs), torch.ones(net.n_inputs), _quadratic)
+    with pytest.raises(InvalidInputError, match=f"sized for 1 to {size} rows"):
+        cpu_step.CpuTangentStep(eng)(torch.zeros(size + 1, net.n_inputs, dtype=dtype),
+                                     torch.ones(net.n_inputs, dtype=dtype), _quadratic)
 
 
 def test_a_pinn_on_the_compiled_steps_follows_the_torch_operators(cpu_step, tmp_path):
@@ -173,8 +186,8 @@ def test_a_trainer_on_the_compiled_step_follows_the_torch_operators(cpu_step, tm
 
 
 def test_what_the_compiled_step_cannot_do_is_refused_by_name(cpu_step, tmp_path):
-    net = make("3x64").double()
-    with pytest.raises(InvalidInputError, match="float32"):
+    net = make("3x64").half()
+    with pytest.raises(InvalidInputError, match="trains float32 or float64 networks, got torch.float16"):
         cpu_step.CpuDataStep(MLPEngine(net, 64))
     net = make("3x64")
     eng = MLPEngine(net, 64)
@@ -183,8 +196,10 @@ def test_what_the_compiled_step_cannot_do_is_refused_by_name(cpu_step, tmp_path)
         step(torch.zeros(6, 3), torch.zeros(6, 2), p=1.0)
     with pytest.raises(InvalidInputError, match="y has 3 columns, the network 2 outputs"):
         step(torch.zeros(6, 3), torch.zeros(6, 3))
-    with pytest.raises(InvalidInputError, match="float32"):
-        step(torch.zeros(6, 3, dtype=torch.float64), torch.zeros(6, 2))
+    with pytest.raises(InvalidInputError, match="parameters and gradients must be contiguous float64"):
+        step(torch.zeros(6, 3, dtype=torch.float64), torch.zeros(6, 2, dtype=torch.float64))  # a float32 net
+    with pytest.raises(InvalidInputError, match="x and y must be contiguous float32 CPU tensors"):
+        step(torch.zeros(6, 3), torch.zeros(6, 2, dtype=torch.float64))
     eng.data_kernel = step
     eng.zero_grad()  # other powers go through the engine's own step
     assert float(eng.data_step(torch.zeros(6, 3), torch.ones(6, 2), p=1.0)) > 0
@@ -260,3 +275,62 @@ def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next_load(cpu_s
         fcntl.flock(fh, fcntl.LOCK_UN)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0 and "loaded" in out and "removed" not in err
+
+
+def _gate_run(out, engine, t_end=30.0):
+    """hh_m's PINN in small (the data rows are trace points, the gate residual on the whole trace: 3,001 points
+    at t_end 30, more than one piece of the residual step), polished in float64."""
+    from surrogates.config import load_config
+    from surrogates.datasets import trace_states
+    from surrogates.losses import DataLoss, GateResidualLoss
+    from surrogates.network import MLP
+    from surrogates.problems import problem_from_config
+    from surrogates.trainer import Trainer
+
+    cfg = load_config()
+    cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": t_end}
+    hh = problem_from_config("hh_m", cfg)
+    t, S = trace_states(hh)
+    m_col = list(hh.model.states).index("m")
+    rows = np.arange(0, len(t), 3)
+    X = np.stack([t[rows], S[rows, 0]], axis=1).astype(np.float32)
+    Y = S[rows, m_col:m_col + 1].astype(np.float32)
+    torch.manual_seed(1)
+    m = MLP(2, 1, [("Tanh", 16), ("Tanh", 16)], input_range=([0.0, -90.0], [t_end, 50.0]), output_center=[0.5],
+            output_scale=[0.5])
+    tr = Trainer(m, out, val_every=20, lr=1e-3, engine=engine, progress=False, lbfgs_dtype="float64")
+    tr.add_loss(DataLoss(X, Y, batch_size=None, seed=1, name="data"))
+    tr.add_loss(GateResidualLoss(hh.model, "m", t, S, "total"), 0.1)
+    tr.lbfgs_iterations = 40
+    return tr, m
+
+
+def test_a_float64_polish_runs_on_the_compiled_steps_and_follows_the_torch_operators(cpu_step, tmp_path):
+    """lbfgs_dtype float64 (hh_m's): the float64 copy's objective goes through the compiled calls too (data term
+    and gate residual in one tiled pass), equal to the torch operators' in float64 to 1e-12 at the same
+    weights; a 40-iteration polish through the Trainer follows engine "fused"'s, loss for loss."""
+    import copy
+
+    tr, m = _gate_run(tmp_path / "probe", "auto")
+    tr._fused_steps()
+    m64 = copy.deepcopy(m).double()
+    got = []
+    for engine in ("auto", "fused"):
+        tr.engine = engine
+        eng, steps = tr._lbfgs_fused(m64)
+        assert isinstance(eng.tangent_kernel, cpu_step.CpuTangentStep) == (engine == "auto")
+        total, terms = tr._fused_objective(steps, eng)
+        got.append((total, {k: float(v) for k, v in terms.items()}, [p.grad.clone() for p in m64.parameters()]))
+    (tc, kc, gc), (tt, kt, gt) = got
+    assert tc.dtype == torch.float64 and float(tc) == pytest.approx(float(tt), rel=1e-12)
+    assert kc == pytest.approx(kt, rel=1e-12)
+    for a, b in zip(gc, gt):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * float(b.abs().max()))
+
+    curves = {}
+    for engine in ("auto", "fused"):
+        tr, m = _gate_run(tmp_path / engine, engine)
+        tr.train(0)  # the polish alone, from the same initial weights
+        curves[engine] = [r["total"] for r in tr.rows]
+    assert len(curves["auto"]) == 3 and curves["auto"][-1] < 0.1 * curves["auto"][0]  # the score, two rounds
+    assert curves["auto"] == pytest.approx(curves["fused"], rel=1e-6)

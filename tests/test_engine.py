@@ -679,7 +679,7 @@ def test_a_float64_polish_moves_a_float64_copy_and_rounds_each_round_back(tmp_pa
 
     from surrogates import cpu_step
 
-    if cpu_step.unavailable_reason() is None:  # engine cpp: its float32 steps first, torch operators in float64
+    if cpu_step.unavailable_reason() is None:  # engine cpp: its compiled steps in float32, then in float64
         tr, m = _gate_trainer(tmp_path / "cpp", False)
         tr.engine, tr.lbfgs_dtype = "cpp", "float64"
         tr.train(20)
