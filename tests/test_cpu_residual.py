@@ -144,3 +144,30 @@ def test_the_trainer_on_the_compiled_steps_takes_the_kernel(tmp_path, monkeypatc
     tr, _ = _pinn_trainer(tmp_path / "fused", False, "fused")  # torch operators throughout
     tr.train(5)
     assert calls == []
+
+
+def test_in_float64_the_compiled_residual_step_equals_the_torch_operators():
+    """A float64 polish (lbfgs_dtype) of a PINN on C: the compiled residual step in float64 with the kernel's
+    gradient gives the torch operators' float64 loss and gradients (same points: two losses, one seed)."""
+    pytest.importorskip("ninja")
+    from surrogates import cpu_step
+    from surrogates.engine import MLPEngine
+    from surrogates.losses import ODEResidualLoss
+    from surrogates.network import MLP
+
+    p = PROBLEMS["C"]
+    torch.manual_seed(0)
+    m = MLP(4, 2, [("SiLU", 16), ("Sigmoid", 16)], input_range=p.box(), output_center=[0.4, 0.05],
+            output_scale=[0.5, 0.06]).double()
+    out = []
+    for compiled in (True, False):
+        eng = MLPEngine(m, 300)
+        if compiled:
+            eng.tangent_kernel = cpu_step.CpuTangentStep(eng)
+        eng.zero_grad()
+        loss = ODEResidualLoss(p, 300, "sobol", seed=3).fused(eng)(0.5)
+        out.append((loss, [q.grad.clone() for q in m.parameters()]))
+    (lc, gc), (lt, gt) = out
+    assert lc.dtype == torch.float64 and float(lc) == pytest.approx(float(lt), rel=1e-12)
+    for a, b in zip(gc, gt):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * float(b.abs().max()))
