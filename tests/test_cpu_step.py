@@ -277,31 +277,13 @@ def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next_load(cpu_s
     assert p.returncode == 0 and "loaded" in out and "removed" not in err
 
 
-def _gate_run(out, engine, t_end=30.0):
-    """hh_m's PINN in small (the data rows are trace points, the gate residual on the whole trace: 3,001 points
-    at t_end 30, more than one piece of the residual step), polished in float64."""
-    from surrogates.config import load_config
-    from surrogates.datasets import trace_states
-    from surrogates.losses import DataLoss, GateResidualLoss
-    from surrogates.network import MLP
-    from surrogates.problems import problem_from_config
-    from surrogates.trainer import Trainer
+def _gate_run(out, engine):
+    """hh_m's PINN in small (tests/test_engine.py) over 3,001 trace points (t_end 30: more than one piece of the
+    residual step), to be polished in float64."""
+    from test_engine import _gate_trainer
 
-    cfg = load_config()
-    cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": t_end}
-    hh = problem_from_config("hh_m", cfg)
-    t, S = trace_states(hh)
-    m_col = list(hh.model.states).index("m")
-    rows = np.arange(0, len(t), 3)
-    X = np.stack([t[rows], S[rows, 0]], axis=1).astype(np.float32)
-    Y = S[rows, m_col:m_col + 1].astype(np.float32)
-    torch.manual_seed(1)
-    m = MLP(2, 1, [("Tanh", 16), ("Tanh", 16)], input_range=([0.0, -90.0], [t_end, 50.0]), output_center=[0.5],
-            output_scale=[0.5])
-    tr = Trainer(m, out, val_every=20, lr=1e-3, engine=engine, progress=False, lbfgs_dtype="float64")
-    tr.add_loss(DataLoss(X, Y, batch_size=None, seed=1, name="data"))
-    tr.add_loss(GateResidualLoss(hh.model, "m", t, S, "total"), 0.1)
-    tr.lbfgs_iterations = 40
+    tr, m = _gate_trainer(out, False, t_end=30.0, engine=engine)
+    tr.lbfgs_dtype = "float64"
     return tr, m
 
 

@@ -365,8 +365,9 @@ def test_the_closed_form_gate_residual_equals_autograd_in_float64(variant, affin
         torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
 
 
-def _gate_trainer(out, capture):
-    """hh_m's PINN in small: data rows of the trace's gate and its gate residual on the whole trace."""
+def _gate_trainer(out, capture, t_end=12.0, engine="fused"):
+    """hh_m's PINN in small: data rows of the trace's gate and its gate residual on the whole trace (1,201
+    points at t_end 12)."""
     from surrogates.config import load_config
     from surrogates.datasets import trace_states
     from surrogates.losses import DataLoss, GateResidualLoss
@@ -374,7 +375,7 @@ def _gate_trainer(out, capture):
     from surrogates.trainer import Trainer
 
     cfg = load_config()
-    cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": 12.0}
+    cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": t_end}
     hh = problem_from_config("hh_m", cfg)
     t, S = trace_states(hh)
     m_col = list(hh.model.states).index("m")
@@ -382,9 +383,9 @@ def _gate_trainer(out, capture):
     X = np.stack([t[rows], S[rows, 0]], axis=1).astype(np.float32)
     Y = S[rows, m_col:m_col + 1].astype(np.float32)
     torch.manual_seed(1)
-    m = MLP(2, 1, [("Tanh", 16), ("Tanh", 16)], input_range=([0.0, -90.0], [12.0, 50.0]), output_center=[0.5],
+    m = MLP(2, 1, [("Tanh", 16), ("Tanh", 16)], input_range=([0.0, -90.0], [t_end, 50.0]), output_center=[0.5],
             output_scale=[0.5])
-    tr = Trainer(m, out, val_every=20, lr=1e-3, engine="fused", capture=capture, progress=False)
+    tr = Trainer(m, out, val_every=20, lr=1e-3, engine=engine, capture=capture, progress=False)
     tr.add_loss(DataLoss(X, Y, batch_size=None, seed=1, name="data"))
     tr.add_loss(GateResidualLoss(hh.model, "m", t, S, "total"), 0.1)
     tr.lbfgs_iterations = 40
