@@ -1,22 +1,24 @@
 """The ODE residual's loss and closed-form gradient on a CPU as one compiled loop (Numba), generated from the
 cell model's definition.
 
-Between the two compiled calls of a residual step (:class:`~surrogates.cpu_step.CpuTangentStep`) the
-residual's own gradient was torch operators on the ``n x outputs`` tensors: the right-hand side and its
-SymPy Jacobian (:meth:`~solvers.model.CellModel.torch_rhs_jacobian`), the residual, its mean square and the
-two cotangents. For a 1,024-point batch of the paper's FitzHugh-Nagumo problem C that is some forty small
-operators, ~180 us of a ~1.7 ms residual step on the 2-vCPU VM, for a few thousand floating-point
-operations. Here one loop over the rows does all of it: the states from the scaled outputs, the parameters
-from the points' input columns (or the problem's fixed values, or the model's defaults), the right-hand side
-and its Jacobian by the same generated statements as the torch path (:meth:`~solvers.model.CellModel.
-jacobian_statements`), the residual ``dy/dt / scale - f / scale`` and
+A residual step's own gradient, between its forward pass with tangents and its backward pass, was torch
+operators on the ``n x outputs`` tensors: the right-hand side and its SymPy Jacobian
+(:meth:`~solvers.model.CellModel.torch_rhs_jacobian`), the residual, its mean square and the two cotangents.
+For a 1,024-point batch of the paper's FitzHugh-Nagumo problem C that is some forty small operators, ~180 us
+of a ~1.7 ms residual step on the 2-vCPU VM, for a few thousand floating-point operations. Here one loop over
+the rows does all of it: the states from the scaled outputs, the parameters from the points' input columns
+(or the problem's fixed values, or the model's defaults), the right-hand side and its Jacobian by the same
+generated statements as the torch path (:meth:`~solvers.model.CellModel.jacobian_statements`), the residual
+``dy/dt / scale - f / scale`` and
 
     loss = mean(r^2),  d loss / d zt = 2 r / N,  d loss / d z_k = -scale_k sum_j (2 r_j / (N scale_j)) J_jk
 
 (``N`` = rows x outputs), every row in double precision, the loss summed in double in row order: the same
-value on every run, equal to the torch path's to float32 rounding (tests). The kernel source is written to
-the solvers' kernel cache (``SOLVERS_CACHE_DIR``) and Numba caches its compilation there (about a second,
-once per machine).
+value on every run, equal to the torch path's to float32 rounding (tests). The loop is also compiled as a C
+callback (``tile``) that :class:`~surrogates.cpu_step.CpuResidualStep` calls from inside its one compiled
+call, once per tile of rows, between the tile's forward and backward passes. The kernel source is written to
+the solvers' kernel cache (``SOLVERS_CACHE_DIR``) and Numba caches its compilation there (a few seconds, once
+per machine).
 
 Used by :meth:`~surrogates.losses.ODEResidualLoss.fused_at` where the compiled CPU steps train (the engine's
 ``tangent_kernel`` is set); the torch operators stay the path on a GPU (captured in a CUDA graph) and on
@@ -26,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-
-import torch
 
 from core.io import import_generated
 from solvers.model import numba_vtrap_source
@@ -49,8 +49,17 @@ def _parameter_sources(problem) -> list[tuple[str, object]]:
 
 
 def kernel_source(problem) -> str | None:
-    """Python source (for Numba) of ``kernel(z, zt, x, out_center, out_scale, gz, gzt) -> loss`` for a trajectory
-    problem's ODE residual, or ``None`` where the model has no closed-form Jacobian."""
+    """Python source (for Numba) of the residual's loop for a trajectory problem, or ``None`` where the model
+    has no closed-form Jacobian. Three functions:
+
+    - ``rows(z, zt, x, out_center, out_scale, gz, gzt, c, acc) -> acc + sum of r^2`` over the rows given, the
+      cotangents scaled by ``c`` (``2 / N`` for a loss over ``N`` = rows x outputs in all, however many
+      pieces they come in);
+    - ``kernel(z, zt, x, out_center, out_scale, gz, gzt) -> loss``: ``rows`` over whole arrays, the mean;
+    - ``tile``: ``rows`` as a C callback, ``double tile(int64 m, int64 inputs, double c, double acc, const
+      double* z, const double* zt, const double* x, const double* out_center, const double* out_scale,
+      double* gz, double* gzt)`` (``m`` rows, row-major, in double precision): what the compiled residual
+      step (:class:`~surrogates.cpu_step.CpuResidualStep`) calls on each tile of rows."""
     model = problem.model
     made = model.jacobian_statements()
     if made is None:
@@ -64,18 +73,16 @@ def kernel_source(problem) -> str | None:
         f"# generated from model {model.name!r} for problem {problem.name!r} by surrogates.cpu_residual -- do not edit",
         "import math",
         "import numpy as np",
-        "from numba import njit",
+        "from numba import carray, cfunc, njit, types",
         "F = np.float64",
         "xp = math  # the model printer calls xp.exp, xp.log, ...",
+        f"OUTPUTS = {n_out}",
         "",
         numba_vtrap_source(derivative=True),
         "",
         "@njit(cache=True)",
-        "def kernel(_z, _zt, _x, _oc, _os, _gz, _gzt):",
-        "    _n = _z.shape[0]",
-        f"    _c = F(2.0) / F(_n * {n_out})",
-        "    _acc = F(0.0)",
-        "    for _i in range(_n):",
+        "def rows(_z, _zt, _x, _oc, _os, _gz, _gzt, _c, _acc):",
+        "    for _i in range(_z.shape[0]):",
     ]
     lines += [f"{ind}{s} = F(_oc[{c}]) + F(_os[{c}]) * F(_z[_i, {c}])" for s, c in zip(states, col)]
     for name, (kind, v) in zip(model.param_names, _parameter_sources(problem)):
@@ -89,13 +96,29 @@ def kernel_source(problem) -> str | None:
     for k, c in enumerate(col):
         terms = " + ".join(f"_g{j} * {J[j][k]}" for j in range(len(states)))
         lines.append(f"{ind}_gz[_i, {c}] = -F(_os[{c}]) * ({terms})")
-    lines.append(f"    return _acc / F(_n * {n_out})")
+    lines += [
+        "    return _acc",
+        "",
+        "@njit(cache=True)",
+        "def kernel(_z, _zt, _x, _oc, _os, _gz, _gzt):",
+        "    _n = F(_z.shape[0] * OUTPUTS)",
+        "    return rows(_z, _zt, _x, _oc, _os, _gz, _gzt, F(2.0) / _n, F(0.0)) / _n",
+        "",
+        "_P = types.CPointer(types.float64)",
+        "@cfunc(types.float64(types.int64, types.int64, types.float64, types.float64, _P, _P, _P, _P, _P, _P, _P),"
+        " cache=True)",
+        "def tile(_m, _k, _c, _acc, _z, _zt, _x, _oc, _os, _gz, _gzt):",
+        "    return rows(carray(_z, (_m, OUTPUTS)), carray(_zt, (_m, OUTPUTS)), carray(_x, (_m, _k)),",
+        "                carray(_oc, (OUTPUTS,)), carray(_os, (OUTPUTS,)), carray(_gz, (_m, OUTPUTS)),",
+        "                carray(_gzt, (_m, OUTPUTS)), _c, _acc)",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def residual_kernel(problem):
-    """The compiled kernel for ``problem``'s ODE residual (see :func:`kernel_source`), or ``None`` where the
-    model has no closed-form Jacobian or Numba cannot be imported (then the torch operators do the work)."""
+    """The compiled residual for ``problem``'s ODE residual: the module of :func:`kernel_source` (its ``rows``,
+    ``kernel`` and ``tile``), or ``None`` where the model has no closed-form Jacobian or Numba cannot be
+    imported (then the torch operators do the work). The module stays loaded (``tile``'s address stays valid)."""
     src = kernel_source(problem)
     if src is None:
         return None
@@ -107,33 +130,6 @@ def residual_kernel(problem):
 
     digest = hashlib.sha256(src.encode()).hexdigest()[:16]
     path = cache_dir() / f"residual_{problem.model.name}_{digest}.py"
-    _KERNELS[src] = import_generated(src, path, f"_surrogates_residual_{path.stem}").kernel
+    _KERNELS[src] = import_generated(src, path, f"_surrogates_residual_{path.stem}")
     return _KERNELS[src]
 
-
-class ResidualGrad:
-    """``residual_grad(z, zt) -> (loss, d loss/d z, d loss/d zt)`` for the points ``x`` (physical units) through
-    the compiled kernel, into buffers kept between calls (the residual step consumes them before the next)."""
-
-    def __init__(self, kernel, model):
-        self.kernel = kernel
-        self.oc = model.out_center.detach().to("cpu", torch.float64).numpy()
-        self.os = model.out_scale.detach().to("cpu", torch.float64).numpy()
-        self._buf: dict = {}
-        self.x = None
-
-    def at(self, x: torch.Tensor) -> "ResidualGrad":
-        self.x = x.contiguous()
-        return self
-
-    def __call__(self, z: torch.Tensor, zt: torch.Tensor):
-        if z.shape[0] != self.x.shape[0]:
-            raise ValueError(f"the residual has {self.x.shape[0]} points and {z.shape[0]} output rows")
-        key = (tuple(z.shape), z.dtype)
-        bufs = self._buf.get(key)
-        if bufs is None:
-            bufs = self._buf[key] = (torch.empty(z.shape, dtype=z.dtype), torch.empty(z.shape, dtype=z.dtype))
-        gz, gzt = bufs
-        loss = self.kernel(z.contiguous().numpy(), zt.contiguous().numpy(), self.x.numpy(), self.oc, self.os,
-                           gz.numpy(), gzt.numpy())
-        return torch.tensor(loss, dtype=z.dtype), gz, gzt

@@ -27,6 +27,19 @@ extern "C" void dgemm_(const char* ta, const char* tb, const int* m, const int* 
 
 namespace {
 
+// scratch of at least `count` elements that starts on a 64-byte boundary (a cache line, one AVX-512 register):
+// a thread's buffer, kept between calls. malloc gives 16-byte alignment, and a product or elementwise pass over
+// rows that straddle cache lines runs slower; the arrays inside are cut at multiples of `lanes` elements.
+template <typename T>
+T* scratch(std::vector<T>& v, size_t count) {
+  v.resize(count + 64 / sizeof(T));
+  const uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<T*>((p + 63) & ~uintptr_t(63));
+}
+template <typename T>
+constexpr size_t lanes() { return 64 / sizeof(T); }
+inline size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
 // column-major C (m x n) = alpha op(A) op(B) + beta C, as the Fortran BLAS
 inline void gemm(char ta, char tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta,
                  float* c, int ldc) {
@@ -93,11 +106,11 @@ inline void gemm(char ta, char tb, int m, int n, int k, const double* a, int lda
     dproduct(b, si, sp, a, lda, c, ldc, n, m, k, acc);
     return;
   }
-  thread_local std::vector<double> t;  // op(A) = A^T: B'[p, j] = a[p + j * lda], gathered into rows
-  t.resize((size_t)k * m);
+  thread_local std::vector<double> buf;  // op(A) = A^T: B'[p, j] = a[p + j * lda], gathered into rows
+  double* t = scratch(buf, (size_t)k * m);
   for (int j = 0; j < m; ++j)
     for (int p = 0; p < k; ++p) t[(size_t)p * m + j] = a[p + (size_t)j * lda];
-  dproduct(b, si, sp, t.data(), m, c, ldc, n, m, k, acc);
+  dproduct(b, si, sp, t, m, c, ldc, n, m, k, acc);
 }
 #else
 inline void gemm(char ta, char tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
@@ -690,15 +703,15 @@ torch::Tensor data_step_t(const torch::Tensor& x, const torch::Tensor& y, const 
 
   // scratch: per layer its output a and derivative d for one tile; two cotangent buffers; the product; the
   // small transposes and accumulators of the thin loops
-  const size_t per = (size_t)TS * maxw;
+  const size_t per = round_up((size_t)TS * maxw, lanes<T>());
   thread_local std::vector<T> buf;
-  buf.resize(per * (2 * nl + 3) + (size_t)maxw * (THIN + 1) + 64);
+  T* base = scratch(buf, per * (2 * nl + 3) + (size_t)maxw * (THIN + 1) + 64);
   std::vector<T*> A(nl), D(nl);
   for (int i = 0; i < nl; ++i) {
-    A[i] = buf.data() + per * (2 * i);
-    D[i] = buf.data() + per * (2 * i + 1);
+    A[i] = base + per * (2 * i);
+    D[i] = base + per * (2 * i + 1);
   }
-  T* G0 = buf.data() + per * (2 * nl);
+  T* G0 = base + per * (2 * nl);
   T* G1 = G0 + per;
   T* C = G1 + per;
   T* small = C + per;               // maxw * THIN: a thin layer's transpose
@@ -804,6 +817,123 @@ constexpr int TANGENT_WHOLE = 2048;
 
 inline int tangent_tile(int n) { return n <= TANGENT_WHOLE ? n : TANGENT_TILE; }
 
+// Where one tile's arrays of each layer are: values a and tangents at (m rows each; adjacent, at = a + m w, where
+// the tile's values and tangents can go through a product together), f'(z) and f''(z) zt.
+template <typename T>
+struct TileArrays {
+  std::vector<T*> a, at, d1, q;
+  explicit TileArrays(size_t nl) : a(nl), at(nl), d1(nl), q(nl) {}
+};
+
+// scratch of a tile's forward pass: the product C (2m rows of the widest layer), the first layer's stacked x and
+// per-row v (XV), the thin loops' transpose and row, and for a shared direction the first layer's tangent
+// ztrow = W v (the same on every row)
+template <typename T>
+struct ForwardScratch {
+  T *C, *XV, *wt, *row;
+  const T* ztrow;
+};
+
+// The forward pass with tangents of one tile of m rows: x (m x inputs) and v (m x inputs, or null for the
+// shared direction whose first-layer tangent is s.ztrow); writes every layer's arrays in `t`.
+template <typename T>
+void tile_forward(const std::vector<Layer<T>>& layers, const T* x, const T* v, int m, const TileArrays<T>& t,
+                  const ForwardScratch<T>& s) {
+  const int nl = static_cast<int>(layers.size());
+  for (int i = 0; i < nl; ++i) {
+    const Layer<T>& L = layers[i];
+    const int w = L.n, k = L.k;
+    const T* zt = s.C + (size_t)m * w;  // the tangents' products follow the values'
+    if (i == 0 && !v) {  // the tangent is ztrow on every row: each row's activation as its product is made
+      rows_product(L, x, m, s.C, s.wt, s.row, [&](int r, const T* z) {
+        const size_t o = (size_t)r * w;
+        act_tangent_row(L.act, z, L.b, s.ztrow, t.a[i] + o, t.d1[i] + o, t.at[i] + o, t.q[i] + o, w);
+      });
+      continue;
+    }
+    if (i == 0) {
+      std::memcpy(s.XV, x, sizeof(T) * m * k);
+      std::memcpy(s.XV + (size_t)m * k, v, sizeof(T) * m * k);
+      linear(L, s.XV, 2 * m, s.C, s.wt, s.row);
+    } else if (t.at[i - 1] == t.a[i - 1] + (size_t)m * k) {  // values and tangents adjacent: one product
+      linear(L, t.a[i - 1], 2 * m, s.C, s.wt, s.row);
+    } else {
+      linear(L, t.a[i - 1], m, s.C, s.wt, s.row);
+      linear(L, t.at[i - 1], m, s.C + (size_t)m * w, s.wt, s.row);
+    }
+    for (int r = 0; r < m; ++r) {
+      const size_t o = (size_t)r * w;
+      act_tangent_row(L.act, s.C + o, L.b, zt + o, t.a[i] + o, t.d1[i] + o, t.at[i] + o, t.q[i] + o, w);
+    }
+  }
+}
+
+// The backward pass of one tile after tile_forward (same x, v, m and arrays): G holds the cotangents of the
+// outputs and of their tangents, stacked ([g; gt], m rows each), G2 is scratch of the same size (2m rows of the
+// widest layer); both are overwritten. Every parameter's gradient is added to gW, gb; for a shared direction
+// the first layer's tangent part is left to the caller: colsum (its width) += the column sums of its gt.
+template <typename T>
+void tile_backward(const std::vector<Layer<T>>& layers, const T* x, const T* v, int m, const TileArrays<T>& t,
+                   T* G, T* G2, T* colsum) {
+  for (int i = static_cast<int>(layers.size()) - 1; i >= 0; --i) {
+    const Layer<T>& L = layers[i];
+    const int w = L.n, k = L.k;
+    T* gt = G + (size_t)m * w;
+    through_activation(t.d1[i], t.q[i], m, w, G, gt, L.gb);
+    if (i > 0) {
+      if (t.at[i - 1] == t.a[i - 1] + (size_t)m * k) {  // [g; gt]^T [a; at] in one product
+        weight_gradient(L, G, t.a[i - 1], 2 * m);
+      } else {
+        weight_gradient(L, G, t.a[i - 1], m);
+        weight_gradient(L, gt, t.at[i - 1], m);
+      }
+      backprop(L, G, 2 * m, G2);
+      std::swap(G, G2);
+    } else {
+      weight_gradient(L, G, x, m);
+      if (!v) {  // the layer's input tangent is v on every row: gW += (column sums of gt) v^T, by the caller
+        for (int r = 0; r < m; ++r)
+#pragma omp simd
+          for (int j = 0; j < w; ++j) colsum[j] += gt[(size_t)r * w + j];
+      } else {
+        weight_gradient(L, gt, v, m);
+      }
+    }
+  }
+}
+
+// the first layer's tangent for a shared direction: ztrow = W v
+template <typename T>
+void shared_tangent(const Layer<T>& L, const T* v, T* ztrow) {
+  for (int j = 0; j < L.n; ++j) {
+    T s = T(0.0);
+    for (int c = 0; c < L.k; ++c) s += L.W[(size_t)j * L.k + c] * v[c];
+    ztrow[j] = s;
+  }
+}
+
+// and its share of the first layer's weight gradient: gW += colsum v^T
+template <typename T>
+void shared_tangent_gradient(const Layer<T>& L, const T* v, const T* colsum) {
+  for (int j = 0; j < L.n; ++j)
+    for (int c = 0; c < L.k; ++c) L.gW[(size_t)j * L.k + c] += colsum[j] * v[c];
+}
+
+// a tile's arrays inside the whole-call buffers AA = [a (n rows); at (n rows)], DQ = [f'; f'' zt] (rows r0..)
+template <typename T>
+TileArrays<T> arrays_in(const std::vector<Layer<T>>& layers, const std::vector<torch::Tensor>& AA,
+                        const std::vector<torch::Tensor>& DQ, int n, int r0) {
+  TileArrays<T> t(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const int w = layers[i].n;
+    t.a[i] = AA[i].data_ptr<T>() + (size_t)r0 * w;
+    t.at[i] = AA[i].data_ptr<T>() + (size_t)(n + r0) * w;
+    t.d1[i] = DQ[i].data_ptr<T>() + (size_t)r0 * w;
+    t.q[i] = DQ[i].data_ptr<T>() + (size_t)(n + r0) * w;
+  }
+  return t;
+}
+
 }  // namespace
 
 // The forward pass with tangents (forward mode), for rows x (n x inputs) and a direction v: one for every
@@ -817,58 +947,23 @@ void tangent_forward_t(const torch::Tensor& x, const torch::Tensor& v, const std
                        const std::vector<torch::Tensor>& b, const std::vector<int64_t>& acts,
                        const std::vector<torch::Tensor>& AA, const std::vector<torch::Tensor>& DQ) {
   const TangentArgs<T> t = tangent_args<T>("tangent_forward", x, v, W, b, nullptr, nullptr, acts, AA, DQ);
-  const int n = t.rows, nl = static_cast<int>(t.layers.size()), tt = tangent_tile(n);
-  const size_t per = (size_t)2 * tt * t.maxw;
+  const int n = t.rows, tt = tangent_tile(n), k = t.inputs;
+  const size_t per = round_up((size_t)2 * tt * t.maxw, lanes<T>());
   thread_local std::vector<T> buf;
-  buf.resize(2 * per + (size_t)t.maxw * (THIN + 2) + 64);
-  T* C = buf.data();
-  T* XV = C + per;  // a tile's x and per-row v, stacked
-  T* wt = XV + per;
-  T* row = wt + (size_t)t.maxw * THIN;
-  T* ztrow = row + t.maxw;
+  ForwardScratch<T> s;
+  s.C = scratch(buf, 2 * per + (size_t)t.maxw * (THIN + 2) + 64);
+  s.XV = s.C + per;  // a tile's x and per-row v, stacked
+  s.wt = s.XV + per;
+  s.row = s.wt + (size_t)t.maxw * THIN;
+  T* ztrow = s.row + t.maxw;
+  s.ztrow = ztrow;
   const T* X = x.data_ptr<T>();
   const T* VV = v.data_ptr<T>();
-  if (t.shared) {  // the first layer's tangent zt = W v, the same for every row
-    const Layer<T>& L = t.layers[0];
-    for (int j = 0; j < L.n; ++j) {
-      T s = T(0.0);
-      for (int c = 0; c < L.k; ++c) s += L.W[(size_t)j * L.k + c] * VV[c];
-      ztrow[j] = s;
-    }
-  }
+  if (t.shared) shared_tangent(t.layers[0], VV, ztrow);
   for (int r0 = 0; r0 < n; r0 += tt) {
     const int m = std::min(tt, n - r0);
-    for (int i = 0; i < nl; ++i) {
-      const Layer<T>& L = t.layers[i];
-      const int w = L.n, k = L.k;
-      T* a = AA[i].data_ptr<T>() + (size_t)r0 * w;
-      T* at = AA[i].data_ptr<T>() + (size_t)(n + r0) * w;
-      T* d1 = DQ[i].data_ptr<T>() + (size_t)r0 * w;
-      T* q = DQ[i].data_ptr<T>() + (size_t)(n + r0) * w;
-      const T* zt = C + (size_t)m * w;  // the tangents' products follow the values'
-      size_t zt_stride = w;
-      if (i == 0 && t.shared) {
-        linear(L, X + (size_t)r0 * k, m, C, wt, row);
-        zt = ztrow;
-        zt_stride = 0;
-      } else if (i == 0) {
-        std::memcpy(XV, X + (size_t)r0 * k, sizeof(T) * m * k);
-        std::memcpy(XV + (size_t)m * k, VV + (size_t)r0 * k, sizeof(T) * m * k);
-        linear(L, XV, 2 * m, C, wt, row);
-      } else {
-        const T* prev = AA[i - 1].data_ptr<T>();
-        if (m == n) {  // one piece: values and tangents are adjacent
-          linear(L, prev, 2 * n, C, wt, row);
-        } else {
-          linear(L, prev + (size_t)r0 * k, m, C, wt, row);
-          linear(L, prev + (size_t)(n + r0) * k, m, C + (size_t)m * w, wt, row);
-        }
-      }
-      for (int r = 0; r < m; ++r) {
-        const size_t o = (size_t)r * w;
-        act_tangent_row(L.act, C + o, L.b, zt + r * zt_stride, a + o, d1 + o, at + o, q + o, w);
-      }
-    }
+    tile_forward(t.layers, X + (size_t)r0 * k, t.shared ? nullptr : VV + (size_t)r0 * k, m,
+                 arrays_in<T>(t.layers, AA, DQ, n, r0), s);
   }
 }
 
@@ -885,14 +980,13 @@ void tangent_backward_t(const torch::Tensor& x, const torch::Tensor& v, const to
                         const std::vector<torch::Tensor>& AA, const std::vector<torch::Tensor>& DQ, bool add) {
   const char* fn = "tangent_backward";
   const TangentArgs<T> t = tangent_args<T>(fn, x, v, W, b, &gW, &gb, acts, AA, DQ);
-  const int n = t.rows, nl = static_cast<int>(t.layers.size()), tt = tangent_tile(n);
+  const int n = t.rows, nl = static_cast<int>(t.layers.size()), tt = tangent_tile(n), k = t.inputs;
   const int out = t.layers[nl - 1].n;
   check_rows<T>(fn, gz, n, out, "gz");
   check_rows<T>(fn, gzt, n, out, "gzt");
-  const size_t per = (size_t)2 * tt * t.maxw;
+  const size_t per = round_up((size_t)2 * tt * t.maxw, lanes<T>());
   thread_local std::vector<T> buf;
-  buf.resize(2 * per + t.maxw + 64);
-  T *G0 = buf.data(), *G1 = G0 + per, *colsum = G1 + per;
+  T *G0 = scratch(buf, 2 * per + t.maxw + 64), *G1 = G0 + per, *colsum = G1 + per;
   const T* X = x.data_ptr<T>();
   const T* VV = v.data_ptr<T>();
   const T* GZ = gz.data_ptr<T>();
@@ -901,42 +995,117 @@ void tangent_backward_t(const torch::Tensor& x, const torch::Tensor& v, const to
   if (t.shared) std::fill(colsum, colsum + t.layers[0].n, T(0.0));
   for (int r0 = 0; r0 < n; r0 += tt) {
     const int m = std::min(tt, n - r0);
-    T *G = G0, *G2 = G1;
-    std::memcpy(G, GZ + (size_t)r0 * out, sizeof(T) * m * out);
-    std::memcpy(G + (size_t)m * out, GZT + (size_t)r0 * out, sizeof(T) * m * out);
-    for (int i = nl - 1; i >= 0; --i) {
-      const Layer<T>& L = t.layers[i];
-      const int w = L.n, k = L.k;
-      T* gt = G + (size_t)m * w;
-      const T* DQi = DQ[i].data_ptr<T>();
-      through_activation(DQi + (size_t)r0 * w, DQi + (size_t)(n + r0) * w, m, w, G, gt, L.gb);
-      if (i > 0) {
-        const T* prev = AA[i - 1].data_ptr<T>();
-        if (m == n) {  // [g; gt]^T [a; at] in one product
-          weight_gradient(L, G, prev, 2 * n);
-        } else {
-          weight_gradient(L, G, prev + (size_t)r0 * k, m);
-          weight_gradient(L, gt, prev + (size_t)(n + r0) * k, m);
-        }
-        backprop(L, G, 2 * m, G2);
-        std::swap(G, G2);
-      } else {
-        weight_gradient(L, G, X + (size_t)r0 * k, m);
-        if (t.shared) {  // the layer's input tangent is v on every row: gW += (column sums of gt) v^T, below
-          for (int r = 0; r < m; ++r)
-#pragma omp simd
-            for (int j = 0; j < w; ++j) colsum[j] += gt[(size_t)r * w + j];
-        } else {
-          weight_gradient(L, gt, VV + (size_t)r0 * k, m);
-        }
-      }
+    std::memcpy(G0, GZ + (size_t)r0 * out, sizeof(T) * m * out);
+    std::memcpy(G0 + (size_t)m * out, GZT + (size_t)r0 * out, sizeof(T) * m * out);
+    tile_backward(t.layers, X + (size_t)r0 * k, t.shared ? nullptr : VV + (size_t)r0 * k, m,
+                  arrays_in<T>(t.layers, AA, DQ, n, r0), G0, G1, colsum);
+  }
+  if (t.shared) shared_tangent_gradient(t.layers[0], VV, colsum);
+}
+
+// A residual's loss and gradient, computed per tile of rows by a C callback (surrogates/cpu_residual.py's
+// `tile`, generated from the cell model): given m rows of the outputs z, their tangents zt and the points x
+// (physical units), all in double precision, it returns acc + the rows' sum of squared residuals and writes
+// c times the residual's gradients gz, gzt.
+typedef double (*ResidualTileFn)(int64_t m, int64_t inputs, double c, double acc, const double* z, const double* zt,
+                                 const double* x, const double* out_center, const double* out_scale, double* gz,
+                                 double* gzt);
+
+// A whole residual step in one call: weight * mean(residual^2) over points x (n x inputs, physical units, the
+// network's precision) for the shared direction v (the scaled input's derivative along t), its gradient
+// written into (add = false) or added to (add = true) gW, gb. Per tile of `tile` rows: the inputs scaled as
+// MLPEngine.scale_x does ((x - center) / halfwidth), the forward pass with tangents, the residual's gradient
+// by `fn` on the tile's outputs, the backward pass: a tile's arrays stay in the core's cache from the first
+// layer to the last and back, and nothing is written to memory beside the gradients. Returns the unweighted
+// mean squared residual (a 0-d tensor in the network's precision), summed in double in row order.
+template <typename T>
+torch::Tensor residual_step_t(const torch::Tensor& x, const torch::Tensor& center, const torch::Tensor& halfwidth,
+                              const torch::Tensor& v, const std::vector<torch::Tensor>& W,
+                              const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>& gW,
+                              const std::vector<torch::Tensor>& gb, const std::vector<int64_t>& acts, int64_t fn,
+                              const torch::Tensor& out_center, const torch::Tensor& out_scale, double weight,
+                              bool add, int64_t tile) {
+  const char* name_ = "residual_step";
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1, "cpu_step.residual_step: x must be 2-D with >= 1 rows");
+  TORCH_CHECK(fn != 0, "cpu_step.residual_step: no residual callback");
+  const int n = static_cast<int>(x.size(0)), k = static_cast<int>(x.size(1));
+  check_rows<T>(name_, x, n, k, "x");
+  const std::vector<Layer<T>> layers = make_layers<T>(name_, k, W, b, &gW, &gb, acts);
+  const int nl = static_cast<int>(layers.size()), out = layers[nl - 1].n;
+  for (const auto* p : {&center, &halfwidth, &v})
+    TORCH_CHECK(p->device().is_cpu() && p->scalar_type() == scalar<T>() && p->is_contiguous() && p->numel() == k,
+                "cpu_step.residual_step: center, halfwidth and v must be contiguous ", name<T>(), " CPU vectors of ", k);
+  for (const auto* p : {&out_center, &out_scale})
+    TORCH_CHECK(p->device().is_cpu() && p->scalar_type() == torch::kFloat64 && p->is_contiguous() && p->numel() == out,
+                "cpu_step.residual_step: out_center and out_scale must be contiguous float64 CPU vectors of ", out);
+  int maxw = k;
+  for (const auto& L : layers) maxw = std::max(maxw, L.n);
+  const int TS = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n, tile)));
+
+  // scratch: per layer [a; at] and [f'; f'' zt] for a tile (2 TS rows each), the product, two cotangent
+  // blocks, the scaled inputs, the thin loops' transpose and row, ztrow, colsum; the callback's rows in double
+  const size_t per = round_up((size_t)2 * TS * maxw, lanes<T>());
+  thread_local std::vector<T> buf;
+  T* arrays = scratch(buf, per * (2 * nl + 3) + round_up((size_t)TS * k, lanes<T>()) + (size_t)maxw * (THIN + 3) + 64);
+  ForwardScratch<T> s;
+  s.C = arrays + per * 2 * nl;
+  T* G0 = s.C + per;
+  T* G1 = G0 + per;
+  T* XS = G1 + per;
+  s.XV = nullptr;  // the direction is shared
+  s.wt = XS + round_up((size_t)TS * k, lanes<T>());
+  s.row = s.wt + (size_t)maxw * THIN;
+  T* ztrow = s.row + maxw;
+  T* colsum = ztrow + maxw;
+  s.ztrow = ztrow;
+  thread_local std::vector<double> dbuf;
+  double *zd = scratch(dbuf, (size_t)TS * (4 * out + k)), *ztd = zd + (size_t)TS * out, *gzd = ztd + (size_t)TS * out, *gztd = gzd + (size_t)TS * out;
+  double* xd = gztd + (size_t)TS * out;
+
+  const T* X = x.data_ptr<T>();
+  const T* cen = center.data_ptr<T>();
+  const T* hw = halfwidth.data_ptr<T>();
+  const T* V_ = v.data_ptr<T>();
+  const auto cb = reinterpret_cast<ResidualTileFn>(fn);
+  const double c = 2.0 / ((double)n * out);
+  const T w_ = static_cast<T>(weight);
+  if (!add) zero_gradients(layers);
+  std::fill(colsum, colsum + layers[0].n, T(0.0));
+  shared_tangent(layers[0], V_, ztrow);
+  double acc = 0.0;
+  for (int r0 = 0; r0 < n; r0 += TS) {
+    const int m = std::min(TS, n - r0);
+    TileArrays<T> t(nl);
+    for (int i = 0; i < nl; ++i) {  // values and tangents adjacent: one product each way
+      const size_t wm = (size_t)m * layers[i].n;
+      t.a[i] = arrays + per * (2 * i);
+      t.at[i] = t.a[i] + wm;
+      t.d1[i] = arrays + per * (2 * i + 1);
+      t.q[i] = t.d1[i] + wm;
     }
+    const T* xr = X + (size_t)r0 * k;
+    for (int r = 0; r < m; ++r)
+      for (int j = 0; j < k; ++j) {
+        const size_t o = (size_t)r * k + j;
+        XS[o] = (xr[o] - cen[j]) / hw[j];
+        xd[o] = static_cast<double>(xr[o]);
+      }
+    tile_forward(layers, XS, static_cast<const T*>(nullptr), m, t, s);
+    const T* zo = t.a[nl - 1];
+    const T* zto = t.at[nl - 1];
+    for (size_t j = 0; j < (size_t)m * out; ++j) {
+      zd[j] = static_cast<double>(zo[j]);
+      ztd[j] = static_cast<double>(zto[j]);
+    }
+    acc = cb(m, k, c, acc, zd, ztd, xd, out_center.data_ptr<double>(), out_scale.data_ptr<double>(), gzd, gztd);
+    for (size_t j = 0; j < (size_t)m * out; ++j) {  // as the two-call step: rounded to T, then weighted
+      G0[j] = static_cast<T>(gzd[j]) * w_;
+      G0[(size_t)m * out + j] = static_cast<T>(gztd[j]) * w_;
+    }
+    tile_backward(layers, XS, static_cast<const T*>(nullptr), m, t, G0, G1, colsum);
   }
-  if (t.shared) {
-    const Layer<T>& L = t.layers[0];
-    for (int j = 0; j < L.n; ++j)
-      for (int c = 0; c < L.k; ++c) L.gW[(size_t)j * L.k + c] += colsum[j] * VV[c];
-  }
+  shared_tangent_gradient(layers[0], V_, colsum);
+  return torch::tensor(static_cast<T>(acc / ((double)n * out)), torch::dtype(scalar<T>()));
 }
 
 // the entry points: the network's precision (float32 or float64) is x's
@@ -964,8 +1133,20 @@ void tangent_backward(const torch::Tensor& x, const torch::Tensor& v, const torc
   tangent_backward_t<float>(x, v, gz, gzt, W, b, gW, gb, acts, AA, DQ, add);
 }
 
+torch::Tensor residual_step(const torch::Tensor& x, const torch::Tensor& center, const torch::Tensor& halfwidth,
+                            const torch::Tensor& v, const std::vector<torch::Tensor>& W,
+                            const std::vector<torch::Tensor>& b, const std::vector<torch::Tensor>& gW,
+                            const std::vector<torch::Tensor>& gb, const std::vector<int64_t>& acts, int64_t fn,
+                            const torch::Tensor& out_center, const torch::Tensor& out_scale, double weight, bool add,
+                            int64_t tile) {
+  if (x.scalar_type() == torch::kFloat64)
+    return residual_step_t<double>(x, center, halfwidth, v, W, b, gW, gb, acts, fn, out_center, out_scale, weight, add, tile);
+  return residual_step_t<float>(x, center, halfwidth, v, W, b, gW, gb, acts, fn, out_center, out_scale, weight, add, tile);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("data_step", &data_step, "the mean-squared-error data step of an MLP (see surrogates/cpu_step.py)");
   m.def("tangent_forward", &tangent_forward, "an MLP's forward pass with tangents (see surrogates/cpu_step.py)");
   m.def("tangent_backward", &tangent_backward, "the backward pass after tangent_forward");
+  m.def("residual_step", &residual_step, "a residual step in one call, the residual by a C callback (see surrogates/cpu_step.py)");
 }

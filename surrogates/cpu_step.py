@@ -10,11 +10,14 @@ that forms the layer below's cotangent; the loss is summed in double precision. 
 a resumed run equals an uninterrupted one, as on the other paths. Exponentials go through a vectorised
 polynomial (within 2 ulp of ``expf``), so results equal the engine's to float32 rounding, not bit for bit
 (tests: loss and gradients to 1e-5 relative, every activation, ragged tiles, a term added to another).
-The residual terms (:meth:`~surrogates.engine.MLPEngine.tangent_step_closed`: the ODE residual, hh_m's gate
-residual) take two calls, :class:`CpuTangentStep`: the forward pass with tangents, then, after the residual's
-closed-form gradient (torch operators on the small output tensors; for the ODE residual one compiled loop,
-:mod:`~surrogates.cpu_residual`), the backward pass; over more than 2,048 rows (hh_m's 8,001 trace points) in
-tiles of 256 rows, whose arrays stay in the core's cache.
+The ODE residual's step is one call too, :class:`CpuResidualStep`: per tile of :data:`RESIDUAL_TILE` rows the
+inputs scaled, the forward pass with tangents, the residual's loss and closed-form gradient by a C callback
+generated from the cell model (:mod:`~surrogates.cpu_residual`, compiled by Numba), and the backward pass, so
+that a tile's arrays stay in the core's cache throughout. A residual whose gradient is torch operators on the
+small output tensors (hh_m's gate residual, a model without a printable Jacobian) takes two calls,
+:class:`CpuTangentStep` (:meth:`~surrogates.engine.MLPEngine.tangent_step_closed`): the forward pass with
+tangents, then, after the residual's gradient, the backward pass; over more than 2,048 rows (hh_m's 8,001
+trace points) in tiles of 256 rows.
 
 Both steps run in float32 (the training steps) and in float64 (a float64 L-BFGS polish, ``lbfgs_dtype``: the
 loss comes back in float64, every product and activation in double; results equal the engine's torch
@@ -48,6 +51,7 @@ from core.errors import InvalidInputError, PipelineError
 SOURCE = Path(__file__).with_name("cpu_step.cpp")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
 TILE = 256  # rows a tile: measured 2026-11-28 on the 2-vCPU VM, 3x64 net, batch 1024 (64-1024: within noise, 256 best)
+RESIDUAL_TILE = 128  # rows a tile of the one-call residual step (CpuResidualStep): measured, benchmarks/README.md
 # the activation codes of cpu_step.cpp (enum Act)
 CODES = {None: 0, "identity": 0, "Sigmoid": 1, "Tanh": 2, "SiLU": 3, "ReLU": 4, "LeakyReLU": 5, "ELU": 6,
          "GELU": 7, "Softplus": 8}
@@ -246,5 +250,49 @@ class CpuTangentStep(_Compiled):
             loss, gz, gzt = residual_grad(out[:n], out[n:2 * n])
             self._call(m.tangent_backward, xs, vs, gz.mul_(weight).contiguous(), gzt.mul_(weight).contiguous(),
                        self.W, self.b, self.gW, self.gb, self.acts, self.AA, self.DQ, eng._written)
+        eng._written = True
+        return loss
+
+
+class CpuResidualStep(_Compiled):
+    """A residual step whose residual is a compiled C callback (the ODE residual's ``tile`` from
+    :func:`surrogates.cpu_residual.residual_kernel`) as one compiled call: per tile of :data:`RESIDUAL_TILE`
+    rows the inputs scaled as :meth:`~surrogates.engine.MLPEngine.scale_x` does, the forward pass with tangents
+    along the shared direction ``v``, the residual's loss and gradient by the callback, and the backward pass.
+    A tile's arrays stay in the core's cache from the first layer to the last and back, and there is no Python,
+    no torch operator and no buffer between the passes (:class:`CpuTangentStep` takes three calls and keeps
+    every layer's arrays for all rows).
+
+    Call it as ``step(x, v, weight)`` with ``x`` the points in physical units: the same loss and gradients
+    (written or added into the parameters' ``.grad``) as :meth:`~surrogates.engine.MLPEngine.tangent_step_closed`
+    with the callback's closed form, to float32 rounding (tests). Any number of rows."""
+
+    what = "the compiled CPU residual step"
+
+    def __init__(self, engine, residual, tile: int | None = None):
+        super().__init__(engine)
+        m = engine.model
+        outputs, inputs = engine.linears[-1].out_features, engine.linears[0].in_features
+        if getattr(residual, "OUTPUTS", None) != outputs or not hasattr(residual, "tile"):
+            raise InvalidInputError(f"{self.what} needs a residual kernel for {outputs} outputs (surrogates.cpu_residual), "
+                                    f"got {residual!r}")
+        self.residual = residual  # keeps the callback (and its address) alive
+        self.fn = int(residual.tile.address)
+        self.center = m.in_center.detach().to(self.dtype).contiguous()
+        self.halfwidth = m.in_halfwidth.detach().to(self.dtype).contiguous()
+        self.oc = m.out_center.detach().to(torch.float64).contiguous()
+        self.os = m.out_scale.detach().to(torch.float64).contiguous()
+        if self.center.numel() != inputs:
+            raise InvalidInputError(f"{self.what}: the network takes {inputs} inputs, its input scaling has "
+                                    f"{self.center.numel()}")
+        self.tile = int(RESIDUAL_TILE if tile is None else tile)
+        if self.tile < 1:
+            raise InvalidInputError(f"tile must be >= 1 row, got {tile}")
+
+    def __call__(self, x: torch.Tensor, v: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        eng = self.engine
+        loss = self._call(self.module.residual_step, x.to(self.dtype).contiguous(), self.center, self.halfwidth,
+                          v.to(self.dtype).contiguous(), self.W, self.b, self.gW, self.gb, self.acts, self.fn,
+                          self.oc, self.os, float(weight), eng._written, self.tile)
         eng._written = True
         return loss

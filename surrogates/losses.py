@@ -234,19 +234,21 @@ class _BoxSampler:
         self.sampler, self.seed = sampler, int(seed)
         self._gen = torch.Generator().manual_seed(self.seed)
         self._sobol = torch.quasirandom.SobolEngine(len(lo), scramble=True, seed=self.seed) if sampler == "sobol" else None
-        self._pool, self._used = None, 0  # Sobol points drawn ahead (the same sequence, drawn in blocks)
+        # Sobol points drawn ahead and mapped onto the box in blocks (the same sequence and the same
+        # arithmetic as point by point; a call then costs a slice, not three operators)
+        self._pool, self._used = None, 0
 
     POOL_CALLS = 64  # calls' worth of Sobol points drawn at once
 
     def __call__(self, n: int, device) -> torch.Tensor:
+        """``n`` fresh points (a new tensor, or rows of the drawn block no later call returns)."""
         if self._sobol is None:
-            u = torch.rand(n, len(self.lo), generator=self._gen)
-        else:
-            if self._pool is None or self._used + n > len(self._pool):
-                self._pool, self._used = self._sobol.draw(n * self.POOL_CALLS), 0
-            u = self._pool[self._used:self._used + n]
-            self._used += n
-        return (self.lo + u * (self.hi - self.lo)).to(device)
+            return (self.lo + torch.rand(n, len(self.lo), generator=self._gen) * (self.hi - self.lo)).to(device)
+        if self._pool is None or self._used + n > len(self._pool):
+            self._pool, self._used = self.lo + self._sobol.draw(n * self.POOL_CALLS) * (self.hi - self.lo), 0
+        x = self._pool[self._used:self._used + n]
+        self._used += n
+        return x.to(device)
 
     def _consumed(self) -> int:
         if self._sobol is None:
@@ -413,15 +415,18 @@ class ODEResidualLoss(_CollocationLoss):
             return at
 
         if engine.tangent_kernel is not None and engine.W[0].device.type == "cpu":
-            # the compiled CPU steps: the residual's gradient as one compiled loop too (surrogates.cpu_residual)
-            from .cpu_residual import ResidualGrad, residual_kernel
+            # the compiled CPU steps: the whole residual step in one compiled call, the residual's loss and
+            # gradient by a compiled loop generated from the model (surrogates.cpu_residual, cpu_step)
+            from .cpu_residual import residual_kernel
 
             kernel = residual_kernel(phys.p)
             if kernel is not None:
-                grad = ResidualGrad(kernel, m)
+                from .cpu_step import CpuResidualStep
+
+                step = CpuResidualStep(engine, kernel)
 
                 def at(x, weight: float):
-                    return engine.tangent_step_closed(engine.scale_x(x), v, grad.at(x), weight)
+                    return step(x, v, weight)
 
                 return at
 
@@ -449,7 +454,7 @@ class InitialConditionLoss(_CollocationLoss):
 
     def __call__(self, model):
         device = _device(model)
-        x = self.sample(self.n_points, device)
+        x = self.sample(self.n_points, device).clone()
         x[:, self.t_col] = 0.0
         y0 = self.phys.columns(self.phys.initial_states(x), "state_idx")
         res = (model(x) - y0) / _out_scale(model, y0.shape[1], device)

@@ -1,14 +1,18 @@
-"""The ODE residual's loss and gradient as one compiled loop (surrogates.cpu_residual), generated from the model.
+"""The ODE residual's loss and gradient as one compiled loop (surrogates.cpu_residual), generated from the model,
+and the residual step that calls it from inside one compiled call (surrogates.cpu_step.CpuResidualStep).
 
 The reference is the residual's definition differentiated by autograd in float64: ``mean(((scale zt) -
 f(center + scale z, params(x))) / scale)^2)`` with ``f`` the model's torch right-hand side, not the closed
 form the kernel shares its Jacobian statements with.
 """
+import ctypes
+
+import numpy as np
 import pytest
 import torch
 
 import solvers
-from surrogates.cpu_residual import ResidualGrad, kernel_source, residual_kernel
+from surrogates.cpu_residual import kernel_source, residual_kernel
 from surrogates.problems import Problem
 
 pytest.importorskip("numba")
@@ -44,9 +48,21 @@ def _reference(p, x, z, zt, center, scale):
     return loss.detach(), gz, gzt
 
 
-class _Scaled:
-    def __init__(self, center, scale):
-        self.out_center, self.out_scale = torch.tensor(center), torch.tensor(scale)
+def _tiles(kernel, x, z, zt, center, scale, cuts):
+    """The kernel's C callback over the rows in pieces (as the compiled residual step calls it, through its
+    address): the loss and the gradients, each piece adding to the running sum the last returned."""
+    x, z, zt = (np.ascontiguousarray(t.double().numpy()) for t in (x, z, zt))
+    oc, os_ = np.array(center, dtype=np.float64), np.array(scale, dtype=np.float64)
+    gz, gzt = np.full_like(z, np.nan), np.full_like(z, np.nan)
+    proto = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
+                             *[ctypes.c_void_p] * 7)
+    tile = proto(kernel.tile.address)
+    n, k = z.shape
+    c, acc = 2.0 / (n * k), 0.0
+    for a, b in zip([0, *cuts], [*cuts, n]):
+        acc = tile(b - a, x.shape[1], c, acc, *(t[a:].ctypes.data for t in (z, zt, x)), oc.ctypes.data,
+                   os_.ctypes.data, gz[a:].ctypes.data, gzt[a:].ctypes.data)
+    return acc / (n * k), torch.from_numpy(gz), torch.from_numpy(gzt)
 
 
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
@@ -64,15 +80,20 @@ def test_the_compiled_residual_equals_the_definition_differentiated(name):
     if name == "hh":  # states at the singularities: z of V from the chosen V0 values
         z[:4, 0] = (x[:4, 1] - center[0]) / scale[0]
     want = _reference(p, x, z, zt, center, scale)
-    grad = ResidualGrad(residual_kernel(p), _Scaled(center, scale)).at(x)
-    got = grad(z, zt)
-    assert got[0].dtype == torch.float32 and got[1].shape == z.shape and got[2].shape == zt.shape
-    assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-6)
+    kernel = residual_kernel(p)
+    # the array form over every row at once
+    gz, gzt = np.empty((n, k)), np.empty((n, k))
+    loss = kernel.kernel(z.double().numpy(), zt.double().numpy(), x.double().numpy(), np.array(center),
+                         np.array(scale), gz, gzt)
+    got = [loss, torch.from_numpy(gz), torch.from_numpy(gzt)]
+    assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-9)
     for a, b in zip(got[1:], want[1:]):
         assert torch.isfinite(a).all()
-        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
-    again = grad(z, zt)  # the same bits on every call, into the same buffers
-    assert torch.equal(got[0], again[0]) and torch.equal(got[1], again[1]) and torch.equal(got[2], again[2])
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * float(b.abs().max()))
+    # the C callback in ragged pieces: the same loss (the same sum in the same order) and the same gradients
+    tiled = _tiles(kernel, x, z, zt, center, scale, cuts=[1, 128, 300])
+    assert tiled[0] == got[0]
+    assert torch.equal(tiled[1], got[1]) and torch.equal(tiled[2], got[2])
 
 
 def test_the_kernel_is_generated_from_the_model_and_the_problem():
@@ -83,35 +104,35 @@ def test_the_kernel_is_generated_from_the_model_and_the_problem():
     assert "g_Na = F(120.0)" in kernel_source(PROBLEMS["hh"])  # a default
 
 
-def test_rows_that_do_not_match_the_points_are_refused():
-    p = PROBLEMS["C"]
-    grad = ResidualGrad(residual_kernel(p), _Scaled(*SCALES["C"])).at(torch.zeros(10, 4))
-    with pytest.raises(ValueError, match="10 points and 9 output rows"):
-        grad(torch.zeros(9, 2), torch.zeros(9, 2))
-
-
-class _Recorder:
-    """Stands in for the compiled residual step: records which residual gradient it was given."""
-
-    rows = 10**9
-
-    def __init__(self):
-        self.given = []
-
-    def __call__(self, xs, vs, residual_grad, weight=1.0):
-        self.given.append(residual_grad)
-        return torch.zeros(())
-
-
 @pytest.mark.parametrize("closed_form", [True, False])
 def test_the_compiled_path_takes_the_kernel_where_the_model_has_a_closed_form_jacobian(closed_form, monkeypatch):
-    """engine "cpp" (a compiled residual step set on the engine): the residual's gradient from the kernel;
-    a model whose Jacobian SymPy cannot print keeps the torch operators; the plain fused engine always does.
+    """engine "cpp" (compiled steps set on the engine): the whole residual step as one compiled call with the
+    kernel; a model whose Jacobian SymPy cannot print keeps the torch operators for the residual's gradient
+    between the two calls of the tangent step; the plain fused engine never calls either.
     (That training on the kernel ends where the torch operators end: tests/test_cpu_step.py, the PINN test.)"""
+    from surrogates import cpu_step
     from surrogates.engine import MLPEngine
     from surrogates.losses import ODEResidualLoss
     from surrogates.network import MLP
 
+    calls = []
+
+    class OneCall:  # stands in for cpu_step.CpuResidualStep
+        def __init__(self, engine, kernel, tile=None):
+            self.kernel = kernel
+
+        def __call__(self, x, v, weight=1.0):
+            calls.append(("one call", self.kernel, x.shape))
+            return torch.zeros(())
+
+    class TwoCalls:  # stands in for cpu_step.CpuTangentStep
+        rows = 10**9
+
+        def __call__(self, xs, vs, residual_grad, weight=1.0):
+            calls.append(("two calls", residual_grad, xs.shape))
+            return torch.zeros(())
+
+    monkeypatch.setattr(cpu_step, "CpuResidualStep", OneCall)
     p = PROBLEMS["C"]
     if not closed_form:
         monkeypatch.setattr(type(FHN), "jacobian_statements", lambda self: None)
@@ -119,55 +140,85 @@ def test_the_compiled_path_takes_the_kernel_where_the_model_has_a_closed_form_ja
     m = MLP(4, 2, [("Tanh", 8)], input_range=p.box(), output_center=[0.4, 0.05], output_scale=[0.5, 0.06])
     eng = MLPEngine(m, 64)
     loss = ODEResidualLoss(p, 64, "sobol", seed=0)
-    eng.tangent_kernel = rec = _Recorder()
+    eng.tangent_kernel = TwoCalls()
     loss.fused(eng)(1.0)
-    assert isinstance(rec.given[-1], ResidualGrad) == closed_form
+    assert len(calls) == 1 and calls[0][2] == (64, 4)
+    if closed_form:
+        assert calls[0][0] == "one call" and calls[0][1] is residual_kernel(p)
+    else:
+        assert calls[0][0] == "two calls" and callable(calls[0][1])
     eng.tangent_kernel = None  # the plain fused engine: torch operators
     loss.fused(eng)(1.0)
-    assert len(rec.given) == 1
+    assert len(calls) == 1
 
 
 def test_the_trainer_on_the_compiled_steps_takes_the_kernel(tmp_path, monkeypatch):
     """Through the Trainer (engine "cpp", what "auto" picks on a CPU): every step's ODE residual goes through
-    the kernel. (A first version built the losses' steps before setting the compiled kernels on the engine,
-    so training never reached it while the direct tests passed.)"""
+    the one-call compiled residual step. (A first version built the losses' steps before setting the compiled
+    kernels on the engine, so training never reached it while the direct tests passed.)"""
     pytest.importorskip("ninja")
     from test_engine import _pinn_trainer
 
+    from surrogates.cpu_step import CpuResidualStep
+
     calls = []
-    call = ResidualGrad.__call__
-    monkeypatch.setattr(ResidualGrad, "__call__", lambda self, z, zt: calls.append(z.shape) or call(self, z, zt))
+    call = CpuResidualStep.__call__
+    monkeypatch.setattr(CpuResidualStep, "__call__",
+                        lambda self, x, v, weight=1.0: calls.append(x.shape) or call(self, x, v, weight))
     tr, _ = _pinn_trainer(tmp_path / "cpp", False, "cpp")
     tr.train(5)
-    assert len(calls) == 5 and calls[0] == (128, 2)  # _pinn_trainer's 128 collocation points a step
+    assert len(calls) == 5 and calls[0] == (128, 4)  # _pinn_trainer's 128 collocation points a step
     calls.clear()
     tr, _ = _pinn_trainer(tmp_path / "fused", False, "fused")  # torch operators throughout
     tr.train(5)
     assert calls == []
 
 
-def test_in_float64_the_compiled_residual_step_equals_the_torch_operators():
-    """A float64 polish (lbfgs_dtype) of a PINN on C: the compiled residual step in float64 with the kernel's
-    gradient gives the torch operators' float64 loss and gradients (same points: two losses, one seed)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,tile", [(1, 128), (300, 128), (300, 7), (1024, 2048)])
+def test_the_one_call_residual_step_equals_the_torch_operators(dtype, n, tile, monkeypatch):
+    """The compiled residual step (one call: inputs scaled inside, per tile forward with tangents, the kernel's
+    callback, backward) gives the engine's torch operators' loss and gradients: after a data term (its
+    gradient added to), in float32 (the training steps) and float64 (a polish), whole and in ragged tiles."""
     pytest.importorskip("ninja")
     from surrogates import cpu_step
     from surrogates.engine import MLPEngine
     from surrogates.losses import ODEResidualLoss
     from surrogates.network import MLP
 
+    monkeypatch.setattr(cpu_step, "RESIDUAL_TILE", tile)
     p = PROBLEMS["C"]
     torch.manual_seed(0)
-    m = MLP(4, 2, [("SiLU", 16), ("Sigmoid", 16)], input_range=p.box(), output_center=[0.4, 0.05],
-            output_scale=[0.5, 0.06]).double()
+    m = MLP(4, 2, [("SiLU", 16), ("Sigmoid", 24), ("Tanh", 16)], input_range=p.box(), output_center=[0.4, 0.05],
+            output_scale=[0.5, 0.06]).to(dtype)
+    g = torch.Generator().manual_seed(1)
+    xd, yd = torch.rand(50, 4, generator=g, dtype=dtype), torch.rand(50, 2, generator=g, dtype=dtype)
     out = []
     for compiled in (True, False):
-        eng = MLPEngine(m, 300)
+        eng = MLPEngine(m, max(n, 50))
         if compiled:
             eng.tangent_kernel = cpu_step.CpuTangentStep(eng)
         eng.zero_grad()
-        loss = ODEResidualLoss(p, 300, "sobol", seed=3).fused(eng)(0.5)
+        eng.data_step(xd, yd, 0.3)
+        loss = ODEResidualLoss(p, n, "sobol", seed=3).fused(eng)(0.5)
         out.append((loss, [q.grad.clone() for q in m.parameters()]))
     (lc, gc), (lt, gt) = out
-    assert lc.dtype == torch.float64 and float(lc) == pytest.approx(float(lt), rel=1e-12)
+    tol = {torch.float32: (2e-6, 2e-5), torch.float64: (1e-12, 1e-10)}[dtype]
+    assert lc.dtype == dtype and float(lc) == pytest.approx(float(lt), rel=tol[0])
     for a, b in zip(gc, gt):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * float(b.abs().max()))
+        torch.testing.assert_close(a, b, rtol=tol[1], atol=tol[1] * float(b.abs().max()))
+
+
+def test_the_one_call_residual_step_refuses_a_kernel_for_other_outputs():
+    pytest.importorskip("ninja")
+    from core.errors import InvalidInputError
+    from surrogates.cpu_step import CpuResidualStep
+    from surrogates.engine import MLPEngine
+    from surrogates.network import MLP
+
+    p = PROBLEMS["hh"]  # four outputs
+    m = MLP(4, 2, [("Tanh", 8)], input_range=PROBLEMS["C"].box(), output_center=[0.4, 0.05], output_scale=[0.5, 0.06])
+    with pytest.raises(InvalidInputError, match="residual kernel for 2 outputs"):
+        CpuResidualStep(MLPEngine(m, 16), residual_kernel(p))
+    with pytest.raises(InvalidInputError, match="tile must be >= 1 row"):
+        CpuResidualStep(MLPEngine(m, 16), residual_kernel(PROBLEMS["C"]), tile=0)
