@@ -10,8 +10,8 @@ default network on problem C (the data-driven 3x64 net of the paper) and the ste
 * ``autograd``: this project's Trainer on its autograd path;
 * ``fused``: the Trainer on the hand-written engine (``surrogates.engine``) with the fused Adam, on torch
   operators; on a CPU also with its data and residual steps as compiled calls (``surrogates.cpu_step``,
-  engine ``cpp``, what ``auto`` picks there), on a GPU with its data step in one Triton kernel
-  (``surrogates.triton_step``, engine ``triton``);
+  engine ``cpp``, what ``auto`` picks there), on a GPU with its data step (and a PINN's ODE residual step)
+  in one Triton kernel each (``surrogates.triton_step``, engine ``triton``);
 * the same for a PINN step (data + ODE residual on ``training.physics.collocation_points`` points + the
   initial condition), and the cost of one collocation row relative to one data row in each path.
 
@@ -202,25 +202,36 @@ def cohort_rate(p, hidden, X, Y, batch, iters, lr, device, size: int = 3) -> flo
 
 def row_costs(p, hidden, X, Y, batch, n_coll, device, reps=200, rounds=5) -> dict:
     """Seconds per data row and per collocation row, for the autograd and the fused path, and on a CPU the
-    fused path through the compiled steps (``surrogates.cpu_step``: what engine "auto" trains with there).
+    fused path through the compiled steps (``surrogates.cpu_step``: what engine "auto" trains with there), on
+    a GPU through the Triton data and residual steps (``surrogates.triton_step``, uncaptured).
     Each path's data and collocation calls are timed in turn ``rounds`` times: medians of the per-row
     costs, and the ratio is the median of the rounds' ratios (a shared machine's speed drifts between
     rounds, less within one)."""
     from surrogates.engine import MLPEngine
 
     out = {}
-    paths = ["autograd", "fused"] + (["compiled"] if torch.device(device).type == "cpu" else [])
+    gpu = torch.device(device).type == "cuda"
+    paths = ["autograd", "fused"] + (["triton"] if gpu else ["compiled"])
     for engine in paths:
         net = _net(p, hidden, X, Y, device)
         data = DataLoss(X, Y, batch_size=batch, seed=0)
         phys = ODEResidualLoss(p, n_coll, "sobol", seed=1)
-        if engine in ("fused", "compiled"):
+        if engine in ("fused", "compiled", "triton"):
             eng = MLPEngine(net, max(batch, n_coll))
+            if engine == "triton":  # the data and residual steps in one Triton kernel each (engine "triton")
+                from surrogates.triton_step import TritonDataStep, residual_steps
+
+                try:
+                    eng.data_kernel, eng.residual_kernel = TritonDataStep(eng), residual_steps(eng)
+                except Exception as exc:  # a kernel new to this GPU must not lose the table
+                    print(f"row costs, Triton path: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+                    continue
             if engine == "compiled":
-                from surrogates.cpu_step import CpuDataStep, CpuStepUnavailable, CpuTangentStep
+                from surrogates.cpu_step import CpuDataStep, CpuStepUnavailable, CpuTangentStep, residual_steps
 
                 try:
                     eng.data_kernel, eng.tangent_kernel = CpuDataStep(eng), CpuTangentStep(eng)
+                    eng.residual_kernel = residual_steps(eng)
                 except CpuStepUnavailable as exc:
                     print(f"row costs, compiled path: skipped ({exc})", file=sys.stderr)
                     continue
@@ -308,8 +319,9 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
             if not gpu:  # every term through the compiled CPU steps (engine "auto" on a CPU)
                 variants["PINN, compiled CPU steps"] = lambda: trainer_rate(
                     p, hidden, X, Y, batch, n_pinn, s["lr"], device, "cpp", phys)
-            if gpu:  # its data and initial-condition terms through the Triton data step
-                variants["PINN, Triton data steps, CUDA graph"] = lambda: trainer_rate(
+            if gpu:  # its data and initial-condition terms through the Triton data step, the residual through
+                # the Triton residual step (surrogates.triton_step)
+                variants["PINN, Triton steps, CUDA graph"] = lambda: trainer_rate(
                     p, hidden, X, Y, batch, n_pinn, s["lr"], device, "triton", phys)
         rates = {k: [] for k in variants}
         for _ in range(rounds):

@@ -296,3 +296,19 @@ class CpuResidualStep(_Compiled):
                           self.oc, self.os, float(weight), eng._written, self.tile)
         eng._written = True
         return loss
+
+
+def residual_steps(engine):
+    """``problem -> CpuResidualStep`` on ``engine`` (the engine's ``residual_kernel``): ``None`` for a problem
+    whose model has no compiled residual (:func:`surrogates.cpu_residual.residual_kernel`)."""
+    from .cpu_residual import residual_kernel
+
+    made: dict = {}
+
+    def make(problem):
+        if problem.name not in made:
+            kernel = residual_kernel(problem)
+            made[problem.name] = None if kernel is None else CpuResidualStep(engine, kernel)
+        return made[problem.name]
+
+    return make

@@ -329,6 +329,9 @@ class MLPEngine:
         # and one for a residual step with a closed-form gradient (surrogates.cpu_step), or None
         self.data_kernel = None
         self.tangent_kernel = None
+        # and a maker of whole ODE residual steps in one call: problem -> step(x, v, weight) -> loss, or None
+        # where it does not write that problem's residual (surrogates.cpu_step.residual_steps, triton_step's)
+        self.residual_kernel = None
 
     def _v(self, n: int) -> dict:
         """The buffers cut to ``n`` rows (views made once per size: slicing costs microseconds a call)."""

@@ -414,21 +414,12 @@ class ODEResidualLoss(_CollocationLoss):
 
             return at
 
-        if engine.tangent_kernel is not None and engine.W[0].device.type == "cpu":
-            # the compiled CPU steps: the whole residual step in one compiled call, the residual's loss and
-            # gradient by a compiled loop generated from the model (surrogates.cpu_residual, cpu_step)
-            from .cpu_residual import residual_kernel
+        step = engine.residual_kernel(phys.p) if engine.residual_kernel is not None else None
+        if step is not None:  # the whole step in one call (the compiled CPU step, or one Triton kernel)
+            def at(x, weight: float):
+                return step(x, v, weight)
 
-            kernel = residual_kernel(phys.p)
-            if kernel is not None:
-                from .cpu_step import CpuResidualStep
-
-                step = CpuResidualStep(engine, kernel)
-
-                def at(x, weight: float):
-                    return step(x, v, weight)
-
-                return at
+            return at
 
         def at(x, weight: float):  # the residual's gradient in closed form (the model's SymPy Jacobian)
             def residual_grad(z, zt):

@@ -202,7 +202,8 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
     trainer = Trainer(model, out_dir, validation=validation, monitor="val_mae", val_every=s["val_every"],
                       optimizer=s["optimizer"], lr=s["lr"], lr_schedule=s["lr_schedule"], lr_final=s["lr_final"],
                       patience=s["patience"], lbfgs_iterations=s["lbfgs_iterations"],
-                      lbfgs_dtype=s.get("lbfgs_dtype", "float32"), seed=seed, progress=None,
+                      lbfgs_dtype=s.get("lbfgs_dtype", "float32"), engine=s.get("engine", "auto"), seed=seed,
+                      progress=None,
                       fingerprint={**prov, "iterations": total, "settings": settings,
                                    "train_sha256": train_meta.get("sha256"), "val_sha256": val_meta.get("sha256")},
                       checkpoint_meta={"provenance": prov})

@@ -139,9 +139,10 @@ class Trainer:
         ``"fused"`` (the engine on torch operators only; required: an error names the loss that has none),
         ``"cpp"`` (the engine with the compiled CPU steps; an error says why where they cannot be built),
         ``"autograd"``, or
-        ``"triton"``: the fused engine with each mean-squared-error data step in one Triton kernel
-        (:mod:`~surrogates.triton_step`; a CUDA device, or the CPU under ``TRITON_INTERPRET=1``; on an H200 2.6x
-        the fused step's iterations/s for the 3x64 net, captured). All paths compute the same losses and gradients (tests: to 1e-5).
+        ``"triton"``: the fused engine with each mean-squared-error data step in one Triton kernel, and an ODE
+        residual step too where the kernel writes the model's residual (:mod:`~surrogates.triton_step`; a CUDA
+        device, or the CPU under ``TRITON_INTERPRET=1``; the data step on an H200 2.6x the fused step's
+        iterations/s for the 3x64 net, captured; the residual step never run on a GPU). All paths compute the same losses and gradients (tests: to 1e-5).
     capture : run the fused step as one static step (:mod:`~surrogates.graph`) replayed from a CUDA graph:
         ``"auto"`` on a GPU with the fused engine and Adam/AdamW, ``True`` (on a CPU the static step runs
         uncaptured, as the tests do) or ``False``. Losses are then read at validation only.
@@ -215,9 +216,10 @@ class Trainer:
         # the kernels first: a loss's fused form looks at them (the ODE residual's gradient is compiled
         # too where the compiled CPU steps train, surrogates.cpu_residual)
         if self.engine == "triton":  # the data steps (mean squared error) in one Triton kernel each
-            from .triton_step import TritonDataStep
+            from .triton_step import TritonDataStep, residual_steps
 
             eng.data_kernel = TritonDataStep(eng)
+            eng.residual_kernel = residual_steps(eng)
         else:
             self._cpu_kernels(eng)
         steps = [l.fused(eng) for l, _ in self.losses]
@@ -480,13 +482,14 @@ class Trainer:
         engine keeps its torch operators."""
         if self.engine not in ("cpp", "auto"):
             return
-        from .cpu_step import CpuDataStep, CpuStepUnavailable, CpuTangentStep
+        from .cpu_step import CpuDataStep, CpuStepUnavailable, CpuTangentStep, residual_steps
 
         p = eng.W[0]
         if self.engine == "auto" and (p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64)):
             return
         try:
             eng.data_kernel, eng.tangent_kernel = CpuDataStep(eng), CpuTangentStep(eng)
+            eng.residual_kernel = residual_steps(eng)
         except CpuStepUnavailable as e:
             if self.engine == "cpp":
                 raise InvalidInputError(f"engine 'cpp': {e}") from None

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import solvers
+from surrogates import cpu_residual
 from surrogates.cpu_residual import kernel_source, residual_kernel
 from surrogates.problems import Problem
 
@@ -107,8 +108,8 @@ def test_the_kernel_is_generated_from_the_model_and_the_problem():
 @pytest.mark.parametrize("closed_form", [True, False])
 def test_the_compiled_path_takes_the_kernel_where_the_model_has_a_closed_form_jacobian(closed_form, monkeypatch):
     """engine "cpp" (compiled steps set on the engine): the whole residual step as one compiled call with the
-    kernel; a model whose Jacobian SymPy cannot print keeps the torch operators for the residual's gradient
-    between the two calls of the tangent step; the plain fused engine never calls either.
+    kernel; without the compiled loop the residual's closed-form gradient is torch operators between the two
+    calls of the tangent step; the plain fused engine never calls either.
     (That training on the kernel ends where the torch operators end: tests/test_cpu_step.py, the PINN test.)"""
     from surrogates import cpu_step
     from surrogates.engine import MLPEngine
@@ -134,20 +135,20 @@ def test_the_compiled_path_takes_the_kernel_where_the_model_has_a_closed_form_ja
 
     monkeypatch.setattr(cpu_step, "CpuResidualStep", OneCall)
     p = PROBLEMS["C"]
-    if not closed_form:
-        monkeypatch.setattr(type(FHN), "jacobian_statements", lambda self: None)
-        assert residual_kernel(p) is None
+    if not closed_form:  # no compiled loop (as without Numba); the model's closed form stays (torch operators)
+        monkeypatch.setattr(cpu_residual, "kernel_source", lambda problem: None)
+        assert residual_kernel(p) is None and p.model.has_jacobian()
     m = MLP(4, 2, [("Tanh", 8)], input_range=p.box(), output_center=[0.4, 0.05], output_scale=[0.5, 0.06])
     eng = MLPEngine(m, 64)
     loss = ODEResidualLoss(p, 64, "sobol", seed=0)
-    eng.tangent_kernel = TwoCalls()
+    eng.tangent_kernel, eng.residual_kernel = TwoCalls(), cpu_step.residual_steps(eng)
     loss.fused(eng)(1.0)
     assert len(calls) == 1 and calls[0][2] == (64, 4)
     if closed_form:
         assert calls[0][0] == "one call" and calls[0][1] is residual_kernel(p)
     else:
         assert calls[0][0] == "two calls" and callable(calls[0][1])
-    eng.tangent_kernel = None  # the plain fused engine: torch operators
+    eng.tangent_kernel = eng.residual_kernel = None  # the plain fused engine: torch operators
     loss.fused(eng)(1.0)
     assert len(calls) == 1
 
@@ -197,7 +198,7 @@ def test_the_one_call_residual_step_equals_the_torch_operators(dtype, n, tile, m
     for compiled in (True, False):
         eng = MLPEngine(m, max(n, 50))
         if compiled:
-            eng.tangent_kernel = cpu_step.CpuTangentStep(eng)
+            eng.tangent_kernel, eng.residual_kernel = cpu_step.CpuTangentStep(eng), cpu_step.residual_steps(eng)
         eng.zero_grad()
         eng.data_step(xd, yd, 0.3)
         loss = ODEResidualLoss(p, n, "sobol", seed=3).fused(eng)(0.5)

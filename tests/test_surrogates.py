@@ -421,6 +421,19 @@ def test_a_tiny_training_run_reduces_test_error_and_writes_metrics(cfg, data, tm
     assert m["training_path"] == ("fused engine" if unavailable_reason() else "fused engine, compiled CPU steps")
 
 
+def test_the_configured_engine_trains_the_run(cfg, data, tmp_path):
+    """training.engine reaches the Trainer (the run's metrics say which arithmetic trained it)."""
+    import copy
+
+    c = copy.deepcopy(cfg)
+    c["training"]["engine"] = "fused"  # torch operators, not the compiled steps "auto" takes on a CPU
+    train_surrogate(c, "B", "ddnn", 1000, 0, data / "B", tmp_path / "f", iterations=3)
+    assert json.loads((tmp_path / "f/metrics.json").read_text())["training_path"] == "fused engine"
+    c["training"]["engine"] = "autograd"
+    train_surrogate(c, "B", "pinn", 1000, 0, data / "B", tmp_path / "a", iterations=3)
+    assert json.loads((tmp_path / "a/metrics.json").read_text())["training_path"] == "autograd"
+
+
 def test_pinn_and_itnn_and_the_hh_m_variants_run(cfg, data, tmp_path):
     r = train_surrogate(cfg, "B", "pinn", 1000, 0, data / "B", tmp_path / "p", iterations=20)
     assert np.isfinite(r["mae"]) and "physics" in (tmp_path / "p/losses.csv").read_text().splitlines()[0]

@@ -107,19 +107,88 @@ def test_a_trainer_on_the_triton_engine_follows_the_fused_one(interpreter):
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_a_pinn_on_the_triton_engine_follows_the_fused_one(interpreter, tmp_path):
+def test_a_pinn_on_the_triton_engine_follows_the_fused_one(interpreter, tmp_path, monkeypatch):
     """A PINN (data, ODE residual, initial condition) with engine "triton": the data and initial-condition terms
-    go through the kernel, the residual through the engine; 30 static steps equal engine "fused"'s."""
+    go through the data kernel, the ODE residual through the residual kernel, every step; 30 static steps
+    equal engine "fused"'s."""
     from test_engine import _pinn_trainer
 
+    from surrogates.triton_step import TritonResidualStep
+
+    calls = []
+    call = TritonResidualStep.__call__
+    monkeypatch.setattr(TritonResidualStep, "__call__",
+                        lambda self, x, v, weight=1.0: calls.append(x.shape) or call(self, x, v, weight))
     finals = []
     for engine in ("fused", "triton"):
         tr, m = _pinn_trainer(tmp_path / engine, True, engine)
         tr.train(30)
         finals.append((torch.cat([p.detach().reshape(-1) for p in m.parameters()]), tr.rows[-1]))
+        assert len(calls) == (30 if engine == "triton" else 0)  # _pinn_trainer's 128 collocation points a step
+    assert calls[0] == (128, 4)
     torch.testing.assert_close(finals[0][0], finals[1][0], rtol=1e-4, atol=1e-5)
     for k in ("data", "physics", "initial", "total"):
         assert finals[1][1][k] == pytest.approx(finals[0][1][k], rel=1e-4)
+
+
+RESIDUAL_NETS = {  # (hidden, problem): every activation's second derivative, widths that are not powers of 2
+    "3x64-C": ([("SiLU", 64), ("Sigmoid", 64), ("Sigmoid", 64)], "C"),
+    "odd-B": ([("GELU", 50), ("ELU", 20), ("Softplus", 9)], "B"),
+    "relu-tanh-B": ([("ReLU", 32), ("LeakyReLU", 17), ("Tanh", 24)], "B"),
+}
+
+
+def _problem(name):
+    from surrogates.config import load_config
+    from surrogates.problems import problem_from_config
+
+    return problem_from_config(name, load_config())
+
+
+@pytest.mark.parametrize("name,rows", [("3x64-C", 200), ("odd-B", 77), ("relu-tanh-B", 33)])
+def test_the_residual_kernel_gives_the_engines_loss_and_gradients(interpreter, name, rows):
+    """The ODE residual step in one kernel (scaling, forward with tangents, the model's residual and its
+    closed-form gradient, backward) against the engine's torch operators: the same loss and gradients after
+    a data term (added to it), rows that are not a multiple of BLOCK_M."""
+    from surrogates.losses import ODEResidualLoss
+    from surrogates.triton_step import residual_steps
+
+    hidden, pname = RESIDUAL_NETS[name]
+    p = _problem(pname)
+    net = build_net(hidden, len(p.inputs), len(p.outputs))
+    g = torch.Generator().manual_seed(1)
+    xd, yd = torch.rand(40, net.n_inputs, generator=g), torch.randn(40, net.n_outputs, generator=g)
+    out = []
+    for kernel in (True, False):
+        eng = MLPEngine(net, max(rows, 40))
+        if kernel:
+            eng.residual_kernel = residual_steps(eng)
+            assert eng.residual_kernel(p) is not None
+        eng.zero_grad()
+        eng.data_step(xd, yd, 0.3)
+        loss = ODEResidualLoss(p, rows, "sobol", seed=3).fused(eng)(0.7)
+        out.append((float(loss), grads(net)))
+    (lk, gk), (lt, gt) = out
+    assert lk == pytest.approx(lt, rel=1e-5)
+    for a, b in zip(gk, gt):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max())), (a - b).abs().max()
+
+
+def test_the_residual_kernel_leaves_what_it_does_not_write_to_the_engine(interpreter):
+    """Hodgkin-Huxley's rates call vtrap, which the kernel does not write: no kernel for that problem (the
+    engine's torch operators do it). A problem whose inputs are not the network's is refused by name."""
+    import solvers
+    from surrogates.problems import Problem
+    from surrogates.triton_step import TritonResidualStep, _residual_source, residual_steps
+
+    hh = Problem("hh", "trajectory", solvers.get_model("hh"), ("t", "V0", "I_stim"), ("V", "m", "h", "n"),
+                 t_end=5.0, ranges={"V0": (-80.0, 30.0), "I_stim": (0.0, 15.0)})
+    net = build_net([("Tanh", 16)], 3, 4)
+    assert residual_steps(MLPEngine(net, 32))(hh) is None
+    c = _problem("C")
+    src = _residual_source(__import__("surrogates.triton_step", fromlist=["_Layout"])._Layout(make("3x64")), c)
+    with pytest.raises(InvalidInputError, match="problem 'C' has 4 inputs and 2 outputs, the network 3 and 4"):
+        TritonResidualStep(MLPEngine(net, 32), c, src)
 
 
 def test_what_the_kernel_cannot_do_is_refused_by_name(interpreter):
@@ -178,6 +247,20 @@ def test_the_kernel_compiles_for_sm90(ptxas, name):
         assert r["spill_stores"] == r["spill_loads"] == 0
 
 
+@pytest.mark.parametrize("name", ["3x64", "4x128"])
+def test_the_residual_kernel_compiles_for_sm90(ptxas, name):
+    """The residual step compiled ahead of time for an H100 (problem C): tensor-core products; the 3x64 net
+    without spills at its launch configuration (the 4x128 net spills some: printed)."""
+    from surrogates.triton_step import ptx_report
+
+    r = ptx_report(make(name), problem=_problem("C"))
+    print(f"\nresidual step, {r['network']}: BLOCK_M={r['BLOCK_M']} num_warps={r['num_warps']} {r['registers']} "
+          f"registers, spills {r['spill_stores']}/{r['spill_loads']} B, shared {r['shared_bytes']} B")
+    assert r["tensor_cores"] and 0 < r["registers"] <= 255 and r["shared_bytes"] <= 227 * 1024
+    if name == "3x64":
+        assert r["spill_stores"] == r["spill_loads"] == 0
+
+
 @pytest.mark.gpu
 def test_gpu_captured_triton_step_follows_the_fused_one():
     """On CUDA: the captured training step with the Triton data step against the captured fused step."""
@@ -199,4 +282,37 @@ def test_gpu_captured_triton_step_follows_the_fused_one():
                 tr.add_loss(DataLoss(X, Y, batch_size=1024, seed=0))
                 tr.train(500)
                 out[engine] = [r["total"] for r in tr.rows]
+    assert np.allclose(out["fused"], out["triton"], rtol=2e-2), out
+
+
+@pytest.mark.gpu
+def test_gpu_captured_triton_pinn_step_follows_the_fused_one():
+    """On CUDA: a PINN on C (data, ODE residual, initial condition), captured, with the Triton data and residual
+    steps against the captured fused step: the same loss curve within 2% over 500 steps."""
+    triton = pytest.importorskip("triton")
+    from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
+    from surrogates.trainer import Trainer
+
+    c = _problem("C")
+    rng = np.random.default_rng(0)
+    lo, hi = c.box()
+    X = rng.uniform(lo, hi, (5000, 4)).astype(np.float32)
+    Y = np.stack([0.4 + 0.3 * np.sin(X[:, 0] / 3.0) * X[:, 1], 0.05 + 0.02 * X[:, 2]], 1).astype(np.float32)
+    out = {}
+    with triton.knobs.runtime.scope():
+        triton.knobs.runtime.interpret = False
+        for engine in ("fused", "triton"):
+            torch.manual_seed(0)
+            net = MLP(4, 2, [("SiLU", 64), ("Sigmoid", 64), ("Sigmoid", 64)], input_range=c.box(),
+                      output_center=[0.4, 0.05], output_scale=[0.5, 0.1]).cuda()
+            with tempfile.TemporaryDirectory() as d:
+                tr = Trainer(net, d, validation=None, val_every=100, lr=3e-3, lr_schedule="cosine", engine=engine,
+                             progress=False)
+                tr.add_loss(DataLoss(X, Y, batch_size=1024, seed=0, name="data"))
+                tr.add_loss(ODEResidualLoss(c, 1024, "sobol", seed=1), 1.0)
+                tr.add_loss(InitialConditionLoss(c, 256, "sobol", seed=2), 1.0)
+                tr.train(500)
+                out[engine] = [(r["total"], r["physics"]) for r in tr.rows]
+                if engine == "triton":
+                    assert tr._engine.residual_kernel(c) is not None
     assert np.allclose(out["fused"], out["triton"], rtol=2e-2), out
