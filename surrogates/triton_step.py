@@ -467,57 +467,47 @@ def kernel_source(model) -> str:
     return _source(_Layout(model))
 
 
-class TritonDataStep:
-    """``engine``'s data step (mean squared error) as one kernel per batch, one sum and one copy into ``.grad``.
+class _TritonStep:
+    """What the data and residual steps share: the checks, the parameters read where the optimiser keeps them
+    (updated in place, so a CUDA graph of the step stays valid), one row of partial sums per program, and the
+    finish: one sum over the rows in a fixed order (the same bits every run) and one copy, or add, into the
+    parameters' ``.grad``."""
 
-    Call it as :meth:`~surrogates.engine.MLPEngine.data_step` (``xs``, ``ys`` scaled, float32, on the engine's
-    device; ``p`` must be 2). The kernel reads the weights and biases from the parameters' own storage,
-    which the optimiser updates in place, so a CUDA graph of the step stays valid.
-    """
+    what = "the Triton step"
 
-    def __init__(self, engine, rows: int | None = None):
+    def __init__(self, engine, rows: int | None, launch: dict | None = None):
         self.engine = engine
         self.lay = _Layout(engine.model)
         dev = engine.W[0].device
         self.interpreted = interpreting()
         if self.interpreted and dev.type != "cpu":
-            raise InvalidInputError(f"under TRITON_INTERPRET=1 the Triton data step runs on CPU tensors, got {dev}")
+            raise InvalidInputError(f"under TRITON_INTERPRET=1 {self.what} runs on CPU tensors, got {dev}")
         if not self.interpreted and dev.type != "cuda":
-            raise InvalidInputError(f"the Triton data step runs on a CUDA device (or on the CPU under "
+            raise InvalidInputError(f"{self.what} runs on a CUDA device (or on the CPU under "
                                     f"TRITON_INTERPRET=1); the model is on {dev}")
         if engine.W[0].dtype != torch.float32:
-            raise InvalidInputError(f"the Triton data step trains float32 networks, got {engine.W[0].dtype}")
-        self.kernel = _module(self.lay, self.interpreted).data_step_kernel
+            raise InvalidInputError(f"{self.what} trains float32 networks, got {engine.W[0].dtype}")
         self.rows = int(rows or engine.rows)
-        self.block_m, self.num_warps = self.lay.launch
+        self.block_m, self.num_warps = (self.lay.launch if launch is None else
+                                        launch[64 if max(self.lay.padded[1:-1]) <= 64 else 128])
         self.part = torch.zeros(-(-self.rows // self.block_m), self.lay.partial_size, device=dev)
         self.flat = torch.zeros(self.lay.partial_size, device=dev)
-        # the parameters' storage, read by the kernel in place (the optimiser updates it in place)
         self._params = [t for W, b in zip(engine.W, engine.b) for t in (W, b)]
         for t in self._params:
             if not t.is_contiguous():
-                raise InvalidInputError("the Triton data step reads contiguous parameters")
+                raise InvalidInputError(f"{self.what} reads contiguous parameters")
         self._grads = [t for lin in engine.linears for t in (lin.weight.grad, lin.bias.grad)]
         sizes = [g.numel() for g in self._grads]
         self._flat_views = [v.view_as(g) for v, g in zip(torch.split(self.flat[:-1], sizes), self._grads)]
 
-    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, weight: float = 1.0, p: float = 2.0) -> torch.Tensor:
-        if p != 2.0:
-            raise InvalidInputError(f"the Triton data step computes the mean squared error (p = 2), got p = {p}")
-        n = xs.shape[0]
+    def _check_rows(self, n: int) -> int:
+        """The number of programs for ``n`` rows (refused by name beyond the rows the step was sized for)."""
         if n > self.rows or n < 1:
-            raise InvalidInputError(f"the Triton data step was sized for 1 to {self.rows} rows, got {n}")
-        lay = self.lay
-        if xs.shape[1] != lay.widths[0] or ys.shape[1] != lay.widths[-1]:
-            raise InvalidInputError(f"xs must be (rows, {lay.widths[0]}) and ys (rows, {lay.widths[-1]}), got "
-                                    f"{tuple(xs.shape)} and {tuple(ys.shape)}")
-        xs, ys = xs.contiguous(), ys.contiguous()
-        programs = -(-n // self.block_m)
-        count = n * lay.widths[-1]
-        part = self.part[:programs]
-        self.kernel[(programs,)](xs, ys, part, n, 2.0 * weight / count, *self._params, BLOCK_M=self.block_m,
-                                 INTERPRETED=self.interpreted, num_warps=self.num_warps)
-        torch.sum(part, 0, out=self.flat)  # a fixed order: the same bits every run
+            raise InvalidInputError(f"{self.what} was sized for 1 to {self.rows} rows, got {n}")
+        return -(-n // self.block_m)
+
+    def _finish(self, programs: int, count: int) -> torch.Tensor:
+        torch.sum(self.part[:programs], 0, out=self.flat)  # a fixed order: the same bits every run
         eng = self.engine
         with torch.no_grad():
             if eng._written:
@@ -528,7 +518,37 @@ class TritonDataStep:
         return self.flat[-1] / count
 
 
-class TritonResidualStep:
+class TritonDataStep(_TritonStep):
+    """``engine``'s data step (mean squared error) as one kernel per batch, one sum and one copy into ``.grad``.
+
+    Call it as :meth:`~surrogates.engine.MLPEngine.data_step` (``xs``, ``ys`` scaled, float32, on the engine's
+    device; ``p`` must be 2). The kernel reads the weights and biases from the parameters' own storage,
+    which the optimiser updates in place, so a CUDA graph of the step stays valid.
+    """
+
+    what = "the Triton data step"
+
+    def __init__(self, engine, rows: int | None = None):
+        super().__init__(engine, rows)
+        self.kernel = _module(self.lay, self.interpreted).data_step_kernel
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, weight: float = 1.0, p: float = 2.0) -> torch.Tensor:
+        if p != 2.0:
+            raise InvalidInputError(f"the Triton data step computes the mean squared error (p = 2), got p = {p}")
+        n = xs.shape[0]
+        programs = self._check_rows(n)
+        lay = self.lay
+        if xs.shape[1] != lay.widths[0] or ys.shape[1] != lay.widths[-1]:
+            raise InvalidInputError(f"xs must be (rows, {lay.widths[0]}) and ys (rows, {lay.widths[-1]}), got "
+                                    f"{tuple(xs.shape)} and {tuple(ys.shape)}")
+        xs, ys = xs.contiguous(), ys.contiguous()
+        count = n * lay.widths[-1]
+        self.kernel[(programs,)](xs, ys, self.part[:programs], n, 2.0 * weight / count, *self._params,
+                                 BLOCK_M=self.block_m, INTERPRETED=self.interpreted, num_warps=self.num_warps)
+        return self._finish(programs, count)
+
+
+class TritonResidualStep(_TritonStep):
     """``problem``'s ODE residual step on ``engine`` in one Triton kernel per call, one sum and one copy into
     ``.grad``: each program takes ``BLOCK_M`` collocation points, scales them, goes forward with tangents along
     the shared direction ``v``, computes the residual's loss and closed-form gradient from the cell model's
@@ -541,62 +561,33 @@ class TritonResidualStep:
     (tests). Construct it through :func:`residual_steps`, which returns ``None`` where the model's statements
     call what the kernel does not write (vtrap)."""
 
+    what = "the Triton residual step"
+
     def __init__(self, engine, problem, source: str, rows: int | None = None):
-        self.engine = engine
-        self.lay = _Layout(engine.model)
-        dev = engine.W[0].device
-        self.interpreted = interpreting()
-        if self.interpreted and dev.type != "cpu":
-            raise InvalidInputError(f"under TRITON_INTERPRET=1 the Triton residual step runs on CPU tensors, got {dev}")
-        if not self.interpreted and dev.type != "cuda":
-            raise InvalidInputError(f"the Triton residual step runs on a CUDA device (or on the CPU under "
-                                    f"TRITON_INTERPRET=1); the model is on {dev}")
-        if engine.W[0].dtype != torch.float32:
-            raise InvalidInputError(f"the Triton residual step trains float32 networks, got {engine.W[0].dtype}")
+        super().__init__(engine, rows, RESIDUAL_LAUNCH)
         if len(problem.inputs) != self.lay.widths[0] or len(problem.outputs) != self.lay.widths[-1]:
             raise InvalidInputError(f"problem {problem.name!r} has {len(problem.inputs)} inputs and "
                                     f"{len(problem.outputs)} outputs, the network {self.lay.widths[0]} and "
                                     f"{self.lay.widths[-1]}")
         self.kernel = tritonlib.load_module(source, "residual_step", self.interpreted).residual_step_kernel
-        self.rows = int(rows or engine.rows)
-        self.block_m, self.num_warps = RESIDUAL_LAUNCH[64 if max(self.lay.padded[1:-1]) <= 64 else 128]
-        self.part = torch.zeros(-(-self.rows // self.block_m), self.lay.partial_size, device=dev)
-        self.flat = torch.zeros(self.lay.partial_size, device=dev)
-        m = engine.model
+        m, dev = engine.model, engine.W[0].device
         self._scaling = [t.detach().to(device=dev, dtype=torch.float32).contiguous()
                          for t in (m.in_center, m.in_halfwidth)]
         self._out = [t.detach().to(device=dev, dtype=torch.float32).contiguous() for t in (m.out_center, m.out_scale)]
-        self._params = [t for W, b in zip(engine.W, engine.b) for t in (W, b)]
-        for t in self._params:
-            if not t.is_contiguous():
-                raise InvalidInputError("the Triton residual step reads contiguous parameters")
-        self._grads = [t for lin in engine.linears for t in (lin.weight.grad, lin.bias.grad)]
-        sizes = [g.numel() for g in self._grads]
-        self._flat_views = [v.view_as(g) for v, g in zip(torch.split(self.flat[:-1], sizes), self._grads)]
 
     def __call__(self, x: torch.Tensor, v: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         n = x.shape[0]
-        if n > self.rows or n < 1:
-            raise InvalidInputError(f"the Triton residual step was sized for 1 to {self.rows} rows, got {n}")
+        programs = self._check_rows(n)
         lay = self.lay
         if x.shape[1] != lay.widths[0] or v.numel() != lay.widths[0]:
             raise InvalidInputError(f"x must be (rows, {lay.widths[0]}) and v of {lay.widths[0]}, got "
                                     f"{tuple(x.shape)} and {tuple(v.shape)}")
         x, v = x.to(torch.float32).contiguous(), v.to(torch.float32).contiguous()
-        programs = -(-n // self.block_m)
         count = n * lay.widths[-1]
-        part = self.part[:programs]
-        self.kernel[(programs,)](x, *self._scaling, v, *self._out, part, n, 2.0 / count, float(weight), *self._params,
-                                 BLOCK_M=self.block_m, INTERPRETED=self.interpreted, num_warps=self.num_warps)
-        torch.sum(part, 0, out=self.flat)  # a fixed order: the same bits every run
-        eng = self.engine
-        with torch.no_grad():
-            if eng._written:
-                torch._foreach_add_(self._grads, self._flat_views)
-            else:
-                torch._foreach_copy_(self._grads, self._flat_views)
-        eng._written = True
-        return self.flat[-1] / count
+        self.kernel[(programs,)](x, *self._scaling, v, *self._out, self.part[:programs], n, 2.0 / count, float(weight),
+                                 *self._params, BLOCK_M=self.block_m, INTERPRETED=self.interpreted,
+                                 num_warps=self.num_warps)
+        return self._finish(programs, count)
 
 
 def residual_steps(engine):
