@@ -1,12 +1,13 @@
 // The mean-squared-error data step of a surrogates.network.MLP on a CPU, in one call: forward, loss and every
-// parameter's gradient, without a torch operator inside; and a residual step's forward pass with tangents and
-// its backward pass (tangent_forward, tangent_backward; see surrogates/cpu_step.py). In float32 (the training
-// steps) or float64 (a float64 L-BFGS polish): every routine is a template on the scalar type T, and each entry
-// point takes the precision of its x.
+// parameter's gradient, without a torch operator inside; a residual step's forward pass with tangents and its
+// backward pass (tangent_forward, tangent_backward); and a whole ODE residual step in one call, the residual by
+// a C callback (residual_step; see surrogates/cpu_step.py). In float32 (the training steps) or float64 (a
+// float64 L-BFGS polish): every routine is a template on the scalar type T, and each entry point takes the
+// precision of its x.
 //
-// Rows are taken in tiles that stay in the core's cache. Per layer: the product by the BLAS that torch itself
-// links (sgemm_, dgemm_), or a plain loop when one side is thin (an input or output layer of a few columns, where a
-// BLAS call is mostly overhead); the bias, the activation and its derivative in one pass over the product;
+// Rows are taken in tiles that stay in the core's cache. Per layer: the product by a register-blocked loop of
+// this file on an AVX-512 machine (else the BLAS that torch links, sgemm_ and dgemm_), or a plain loop when one
+// side is thin (an input or output layer of a few columns, where a product call is mostly overhead); the bias, the activation and its derivative in one pass over the product;
 // backward, the derivative's product and the bias gradient in one pass. The loss is summed in double precision.
 // Every sum has a fixed order: the same inputs give the same bits on every run of the same build.
 #include <torch/extension.h>
@@ -40,83 +41,123 @@ template <typename T>
 constexpr size_t lanes() { return 64 / sizeof(T); }
 inline size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
-// column-major C (m x n) = alpha op(A) op(B) + beta C, as the Fortran BLAS
+// A vector of V floats (GCC/Clang vector extensions: one AVX-512 register, two AVX2 ones elsewhere), loaded
+// and stored at any T alignment. The thin loops keep their sums in these, in registers, across rows.
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float type __attribute__((vector_size(64), aligned(4), may_alias));
+};
+template <>
+struct Lanes<double> {
+  typedef double type __attribute__((vector_size(64), aligned(8), may_alias));
+};
+template <typename T>
+using vec = typename Lanes<T>::type;
+template <typename T>
+constexpr int V = 64 / sizeof(T);  // lanes of a vec<T>: 16 floats, 8 doubles
+template <typename T>
+inline vec<T> vload(const T* p) { return *reinterpret_cast<const vec<T>*>(p); }
+template <typename T>
+inline void vstore(T* p, vec<T> v) { *reinterpret_cast<vec<T>*>(p) = v; }
+template <typename T>
+inline T hsum(vec<T> v) {
+  T s = T(0.0);
+  for (int j = 0; j < V<T>; ++j) s += v[j];
+  return s;
+}
+
+// column-major C (m x n) = alpha op(A) op(B) + beta C, as the Fortran BLAS: without AVX-512, by the BLAS that
+// torch links
+#ifndef __AVX512F__
 inline void gemm(char ta, char tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta,
                  float* c, int ldc) {
   const float one = 1.0f;
   sgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
-#ifdef __AVX512F__
-// float64 products on an AVX-512 machine: a register-blocked kernel of our own. MKL's dgemm_ (torch's BLAS)
-// reached 18-30 GFLOP/s on this code's shapes (a product with 64 inputs and outputs, 256 to 16,000 rows) on
-// the AMD EPYC (Zen 4) of benchmarks/README.md, where its sgemm_ reaches 75-85 in float32; this kernel 28-50.
-// Row-major: C[i, j] (+)= sum_p A(i, p) B[p, j], A(i, p) = A[i * si + p * sp], in blocks of MR rows by
-// NV vectors of 8 columns whose sums stay in registers over the whole of p. Sums in a fixed order.
-typedef double vd __attribute__((vector_size(64), aligned(8), may_alias));
-constexpr int DL = 8;  // doubles a vd
-
-template <int MR, int NV>
-__attribute__((always_inline)) inline void dblock(const double* A, long si, long sp, const double* B, long ldb,
-                                                  double* C, long ldc, int K, bool acc) {
-  vd c[MR][NV];
+inline void gemm(char ta, char tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
+                 double beta, double* c, int ldc) {
+  const double one = 1.0;
+  dgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+#else
+// On an AVX-512 machine, a register-blocked kernel of our own, in both precisions. On the AMD EPYC (Zen 4) of
+// benchmarks/README.md, torch's MKL reached 84-93 GFLOP/s in float32 (sgemm_, its packing copies included) and
+// 18-30 in float64 (dgemm_) on this code's shapes (a product with 64 inputs and outputs, 256 to 16,000 rows);
+// this kernel 105-111 and 28-50. Row-major: C[i, j] (+)= sum_p A(i, p) B[p, j], A(i, p) = A[i * si + p * sp],
+// in blocks of MR rows by NV vectors of columns whose sums stay in registers over the whole of p, B read in
+// place (no packing: a 64 x 64 layer's weights are 16 kB, in L1). Sums in a fixed order.
+template <typename T, int MR, int NV>
+__attribute__((always_inline)) inline void pblock(const T* A, long si, long sp, const T* B, long ldb, T* C, long ldc,
+                                                  int K, bool acc) {
+  typedef vec<T> vt;
+  constexpr int L = V<T>;
+  vt c[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) c[i][v] = acc ? *reinterpret_cast<const vd*>(C + i * ldc + v * DL) : vd{};
+    for (int v = 0; v < NV; ++v) c[i][v] = acc ? *reinterpret_cast<const vt*>(C + i * ldc + v * L) : vt{};
   for (int p = 0; p < K; ++p) {
-    vd b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const vd*>(B + p * ldb + v * DL);
+    vt b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const vt*>(B + p * ldb + v * L);
     for (int i = 0; i < MR; ++i) {
-      const double a = A[i * si + p * sp];
+      const T a = A[i * si + p * sp];
       for (int v = 0; v < NV; ++v) c[i][v] += a * b[v];
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) *reinterpret_cast<vd*>(C + i * ldc + v * DL) = c[i][v];
+    for (int v = 0; v < NV; ++v) *reinterpret_cast<vt*>(C + i * ldc + v * L) = c[i][v];
 }
 
-template <int MR>
-inline void dstrip(const double* A, long si, long sp, const double* B, long ldb, double* C, long ldc, int N, int K,
-                   bool acc) {
+template <typename T, int MR>
+inline void pstrip(const T* A, long si, long sp, const T* B, long ldb, T* C, long ldc, int N, int K, bool acc) {
+  constexpr int L = V<T>;
   int j = 0;
-  for (; j + 4 * DL <= N; j += 4 * DL) dblock<MR, 4>(A, si, sp, B + j, ldb, C + j, ldc, K, acc);
-  for (; j + DL <= N; j += DL) dblock<MR, 1>(A, si, sp, B + j, ldb, C + j, ldc, K, acc);
+  for (; j + 4 * L <= N; j += 4 * L) pblock<T, MR, 4>(A, si, sp, B + j, ldb, C + j, ldc, K, acc);
+  for (; j + L <= N; j += L) pblock<T, MR, 1>(A, si, sp, B + j, ldb, C + j, ldc, K, acc);
   for (; j < N; ++j)
     for (int i = 0; i < MR; ++i) {
-      double s = acc ? C[i * ldc + j] : 0.0;
+      T s = acc ? C[i * ldc + j] : T(0);
       for (int p = 0; p < K; ++p) s += A[i * si + p * sp] * B[p * ldb + j];
       C[i * ldc + j] = s;
     }
 }
 
-inline void dproduct(const double* A, long si, long sp, const double* B, long ldb, double* C, long ldc, int M, int N,
-                     int K, bool acc) {
+template <typename T>
+inline void pproduct(const T* A, long si, long sp, const T* B, long ldb, T* C, long ldc, int M, int N, int K,
+                     bool acc) {
   constexpr int MR = 6;  // 6 x 4 accumulators, 4 of B and a broadcast: 29 of the 32 vector registers
   int i = 0;
-  for (; i + MR <= M; i += MR) dstrip<MR>(A + i * si, si, sp, B, ldb, C + i * ldc, ldc, N, K, acc);
-  for (; i < M; ++i) dstrip<1>(A + i * si, si, sp, B, ldb, C + i * ldc, ldc, N, K, acc);
+  for (; i + MR <= M; i += MR) pstrip<T, MR>(A + i * si, si, sp, B, ldb, C + i * ldc, ldc, N, K, acc);
+  for (; i < M; ++i) pstrip<T, 1>(A + i * si, si, sp, B, ldb, C + i * ldc, ldc, N, K, acc);
 }
 
 // the Fortran BLAS's column-major call (beta 0 or 1), done as the row-major product of the transposes
-inline void gemm(char ta, char tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
-                 double beta, double* c, int ldc) {
-  const bool acc = beta != 0.0;
-  TORCH_CHECK(beta == 0.0 || beta == 1.0, "cpu_step: the float64 product takes beta 0 or 1");
+template <typename T>
+inline void own_gemm(char ta, char tb, int m, int n, int k, const T* a, int lda, const T* b, int ldb, T beta, T* c,
+                     int ldc) {
+  const bool acc = beta != T(0);
+  TORCH_CHECK(beta == T(0) || beta == T(1), "cpu_step: the product takes beta 0 or 1");
   const long si = tb == 'N' ? ldb : 1, sp = tb == 'N' ? 1 : ldb;  // A'(i, p) = op(B)(p, i)
   if (ta == 'N') {  // B'[p, j] = op(A)(j, p) = a[j + p * lda]: rows of a
-    dproduct(b, si, sp, a, lda, c, ldc, n, m, k, acc);
+    pproduct(b, si, sp, a, lda, c, ldc, n, m, k, acc);
     return;
   }
-  thread_local std::vector<double> buf;  // op(A) = A^T: B'[p, j] = a[p + j * lda], gathered into rows
-  double* t = scratch(buf, (size_t)k * m);
+  thread_local std::vector<T> buf;  // op(A) = A^T: B'[p, j] = a[p + j * lda], gathered into rows
+  T* t = scratch(buf, (size_t)k * m);
   for (int j = 0; j < m; ++j)
     for (int p = 0; p < k; ++p) t[(size_t)p * m + j] = a[p + (size_t)j * lda];
-  dproduct(b, si, sp, t, m, c, ldc, n, m, k, acc);
+  pproduct(b, si, sp, t, m, c, ldc, n, m, k, acc);
 }
-#else
+
+inline void gemm(char ta, char tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta,
+                 float* c, int ldc) {
+  own_gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
+}
+
 inline void gemm(char ta, char tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
                  double beta, double* c, int ldc) {
-  const double one = 1.0;
-  dgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+  own_gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 #endif
 
@@ -363,33 +404,6 @@ struct Layer {
   T* gb;
   int64_t act;
 };
-
-// A vector of V floats (GCC/Clang vector extensions: one AVX-512 register, two AVX2 ones elsewhere), loaded
-// and stored at any T alignment. The thin loops keep their sums in these, in registers, across rows.
-template <typename T>
-struct Lanes;
-template <>
-struct Lanes<float> {
-  typedef float type __attribute__((vector_size(64), aligned(4), may_alias));
-};
-template <>
-struct Lanes<double> {
-  typedef double type __attribute__((vector_size(64), aligned(8), may_alias));
-};
-template <typename T>
-using vec = typename Lanes<T>::type;
-template <typename T>
-constexpr int V = 64 / sizeof(T);  // lanes of a vec<T>: 16 floats, 8 doubles
-template <typename T>
-inline vec<T> vload(const T* p) { return *reinterpret_cast<const vec<T>*>(p); }
-template <typename T>
-inline void vstore(T* p, vec<T> v) { *reinterpret_cast<vec<T>*>(p) = v; }
-template <typename T>
-inline T hsum(vec<T> v) {
-  T s = T(0.0);
-  for (int j = 0; j < V<T>; ++j) s += v[j];
-  return s;
-}
 
 // z[r, :] = prev[r, :] W^T for a layer of K (thin) inputs, row by row in L1 (`row`), each row handed to
 // epi(r, row) (the bias and activation)

@@ -4,8 +4,8 @@ On a CPU the fused engine's data step (:meth:`~surrogates.engine.MLPEngine.data_
 operators for the paper's 3x64 network: eleven matrix products, the activations and their derivatives, the
 bias gradients, each a separate pass over the batch with its own call overhead. Here one C++ call does the
 same arithmetic: rows in tiles of :data:`TILE` (a tile's activations stay in the core's cache), every wide
-product by the BLAS that torch links (``sgemm_``), a thin one (a layer of a few inputs or outputs) by a plain
-loop, the bias, activation and derivative in the pass that reads the product, the bias gradient in the pass
+product by a register-blocked loop of the source's own on an AVX-512 machine (else by the BLAS that torch
+links, ``sgemm_``; below), a thin one (a layer of a few inputs or outputs) by a plain loop, the bias, activation and derivative in the pass that reads the product, the bias gradient in the pass
 that forms the layer below's cotangent; the loss is summed in double precision. Every sum has a fixed order:
 a resumed run equals an uninterrupted one, as on the other paths. Exponentials go through a vectorised
 polynomial (within 2 ulp of ``expf``), so results equal the engine's to float32 rounding, not bit for bit
@@ -21,10 +21,12 @@ trace points) in tiles of 256 rows.
 
 Both steps run in float32 (the training steps) and in float64 (a float64 L-BFGS polish, ``lbfgs_dtype``: the
 loss comes back in float64, every product and activation in double; results equal the engine's torch
-operators in float64 to ~1e-14). On an AVX-512 machine the float64 products are the source's own
-register-blocked loop rather than the BLAS's ``dgemm_``: on the 2-vCPU AMD EPYC (Zen 4) of benchmarks/README.md,
-torch's MKL reached 18-30 GFLOP/s on these shapes (64 inputs and outputs, 256 to 16,000 rows) in float64
-against 75-85 in float32; the own loop 28-50.
+operators in float64 to ~1e-14). On an AVX-512 machine the products are the source's own register-blocked
+loop (6 rows by 4 registers of sums, the weights read in place, no packing copies) rather than the BLAS's
+``sgemm_``/``dgemm_``: on the 2-vCPU AMD EPYC (Zen 4) of benchmarks/README.md, torch's MKL reached 84-93
+GFLOP/s on these shapes (64 inputs and outputs, 256 to 2,048 rows) in float32, packing included, and 18-30 in
+float64; the own loop 105-111 and 28-50 (the core's float32 peak at its boost clock is ~115). Without AVX-512
+the BLAS does them (that build was checked once, not in CI).
 
 The source is compiled with the machine's own instruction set (``-march=native``) by
 :func:`torch.utils.cpp_extension.load` (a C++ compiler and ``ninja``; about 30 s, once per machine: the build
