@@ -20,9 +20,9 @@ call, once per tile of rows, between the tile's forward and backward passes. The
 the solvers' kernel cache (``SOLVERS_CACHE_DIR``) and Numba caches its compilation there (a few seconds, once
 per machine).
 
-Used by :meth:`~surrogates.losses.ODEResidualLoss.fused_at` where the compiled CPU steps train (the engine's
-``tangent_kernel`` is set); the torch operators stay the path on a GPU (captured in a CUDA graph) and on
-the plain fused engine.
+Used where the compiled CPU steps train (:func:`surrogates.cpu_step.residual_steps`, the engine's
+``residual_kernel``); on a GPU the torch operators (captured in a CUDA graph) or the Triton residual step,
+whose kernel is printed from the same statements and :func:`parameter_sources`.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from solvers.model import numba_vtrap_source
 _KERNELS: dict = {}
 
 
-def _parameter_sources(problem) -> list[tuple[str, object]]:
+def parameter_sources(problem) -> list[tuple[str, object]]:
     """Per model parameter (model order): ``("column", i)`` where an input column gives it, else ``("value",
     v)``: the problem's fixed value, else the model's default (as :meth:`Problem.parameters` decides)."""
     model = problem.model
@@ -50,12 +50,11 @@ def _parameter_sources(problem) -> list[tuple[str, object]]:
 
 def kernel_source(problem) -> str | None:
     """Python source (for Numba) of the residual's loop for a trajectory problem, or ``None`` where the model
-    has no closed-form Jacobian. Three functions:
+    has no closed-form Jacobian. Two functions:
 
     - ``rows(z, zt, x, out_center, out_scale, gz, gzt, c, acc) -> acc + sum of r^2`` over the rows given, the
       cotangents scaled by ``c`` (``2 / N`` for a loss over ``N`` = rows x outputs in all, however many
       pieces they come in);
-    - ``kernel(z, zt, x, out_center, out_scale, gz, gzt) -> loss``: ``rows`` over whole arrays, the mean;
     - ``tile``: ``rows`` as a C callback, ``double tile(int64 m, int64 inputs, double c, double acc, const
       double* z, const double* zt, const double* x, const double* out_center, const double* out_scale,
       double* gz, double* gzt)`` (``m`` rows, row-major, in double precision): what the compiled residual
@@ -85,7 +84,7 @@ def kernel_source(problem) -> str | None:
         "    for _i in range(_z.shape[0]):",
     ]
     lines += [f"{ind}{s} = F(_oc[{c}]) + F(_os[{c}]) * F(_z[_i, {c}])" for s, c in zip(states, col)]
-    for name, (kind, v) in zip(model.param_names, _parameter_sources(problem)):
+    for name, (kind, v) in zip(model.param_names, parameter_sources(problem)):
         lines.append(f"{ind}{name} = F(_x[_i, {v}])" if kind == "column" else f"{ind}{name} = F({v!r})")
     lines += [f"{ind}{st}" for st in statements]
     for j, (s, c) in enumerate(zip(states, col)):
@@ -99,11 +98,6 @@ def kernel_source(problem) -> str | None:
     lines += [
         "    return _acc",
         "",
-        "@njit(cache=True)",
-        "def kernel(_z, _zt, _x, _oc, _os, _gz, _gzt):",
-        "    _n = F(_z.shape[0] * OUTPUTS)",
-        "    return rows(_z, _zt, _x, _oc, _os, _gz, _gzt, F(2.0) / _n, F(0.0)) / _n",
-        "",
         "_P = types.CPointer(types.float64)",
         "@cfunc(types.float64(types.int64, types.int64, types.float64, types.float64, _P, _P, _P, _P, _P, _P, _P),"
         " cache=True)",
@@ -116,8 +110,8 @@ def kernel_source(problem) -> str | None:
 
 
 def residual_kernel(problem):
-    """The compiled residual for ``problem``'s ODE residual: the module of :func:`kernel_source` (its ``rows``,
-    ``kernel`` and ``tile``), or ``None`` where the model has no closed-form Jacobian or Numba cannot be
+    """The compiled residual for ``problem``'s ODE residual: the module of :func:`kernel_source` (its ``rows``
+    and ``tile``), or ``None`` where the model has no closed-form Jacobian or Numba cannot be
     imported (then the torch operators do the work). The module stays loaded (``tile``'s address stays valid)."""
     src = kernel_source(problem)
     if src is None:

@@ -367,7 +367,7 @@ def _residual_statements(problem):
 def _residual_source(lay: _Layout, problem) -> str | None:
     """The residual step's kernel for ``problem``'s ODE residual on the network of ``lay``, or ``None``
     (see :func:`_residual_statements`)."""
-    from .cpu_residual import _parameter_sources
+    from .cpu_residual import parameter_sources
 
     made = _residual_statements(problem)
     if made is None:
@@ -421,7 +421,7 @@ def _residual_source(lay: _Layout, problem) -> str | None:
     for j, (st, c) in enumerate(zip(states, col)):
         lines.append(f"    _os{j} = tl.load(os_ptr + {c})")
         lines.append(f"    {st} = tl.load(oc_ptr + {c}) + _os{j} * _col(_z{o}, _cout, {c})")
-    for name, (kind, v) in zip(model.param_names, _parameter_sources(problem)):
+    for name, (kind, v) in zip(model.param_names, parameter_sources(problem)):
         lines.append(f"    {name} = _col(_x, _cin, {v})" if kind == "column" else f"    {name} = {v!r}")
     lines += [f"    {st}" for st in statements]
     for j, (st, c) in enumerate(zip(states, col)):

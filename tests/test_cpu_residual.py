@@ -82,10 +82,10 @@ def test_the_compiled_residual_equals_the_definition_differentiated(name):
         z[:4, 0] = (x[:4, 1] - center[0]) / scale[0]
     want = _reference(p, x, z, zt, center, scale)
     kernel = residual_kernel(p)
-    # the array form over every row at once
+    # the loop over every row at once (the cotangents scaled by 2 / N, the loss the mean)
     gz, gzt = np.empty((n, k)), np.empty((n, k))
-    loss = kernel.kernel(z.double().numpy(), zt.double().numpy(), x.double().numpy(), np.array(center),
-                         np.array(scale), gz, gzt)
+    loss = kernel.rows(z.double().numpy(), zt.double().numpy(), x.double().numpy(), np.array(center),
+                       np.array(scale), gz, gzt, 2.0 / (n * k), 0.0) / (n * k)
     got = [loss, torch.from_numpy(gz), torch.from_numpy(gzt)]
     assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-9)
     for a, b in zip(got[1:], want[1:]):
