@@ -408,11 +408,15 @@ def trajectories(test_npz, predictions: dict, png, pdf, units: dict | None = Non
     err = np.mean([np.abs(P - Y).mean(axis=1) for P in predictions.values()], axis=0)
     per_traj = pd.Series(err).groupby(traj).mean()
     ranked = per_traj.sort_values().index.to_numpy()
-    picks = [ranked[min(int(q * (len(ranked) - 1)), len(ranked) - 1)] for q in quantiles]
+    chosen = {}  # trajectory -> the first quantile that picks it (a test set of one trajectory: one column)
+    for q in quantiles:
+        chosen.setdefault(ranked[min(int(q * (len(ranked) - 1)), len(ranked) - 1)], q)
+    picks, quantiles = list(chosen), list(chosen.values())
     fig, axes = _grid(len(outs), len(picks), panel=(2.8, 2.3), extra_h=0.8, sharex=True)
     off_scale = set()
     for j, (q, k) in enumerate(zip(quantiles, picks)):
-        rows = traj == k
+        rows = np.flatnonzero(traj == k)
+        rows = rows[np.argsort(X[rows, ins.index("t")], kind="stable")]  # held-out time points in time order
         t = X[rows, ins.index("t")]
         for i, o in enumerate(outs):
             ax = axes[i, j]
@@ -423,7 +427,8 @@ def trajectories(test_npz, predictions: dict, png, pdf, units: dict | None = Non
             ax.set_ylabel(f"{o} ({units_label(units.get(o))})" if j == 0 else "")
         start = ", ".join(f"{n}={X[rows][0, ins.index(n)]:.3g}" for n in ins if n != "t")
         name = {0.5: "median", 1.0: "worst"}.get(q, f"{100 * q:.0f}th pct.")
-        axes[0, j].set_title(f"{name} error\n{start}", fontsize=8.5)
+        name = "held-out points" if len(ranked) == 1 else f"{name} error"
+        axes[0, j].set_title(f"{name}\n{start}", fontsize=8.5)
         axes[-1, j].set_xlabel(f"time ({units_label(units.get('t'))})")
     handles = [_handle("Euler reference (held out)", EULER, lw=2.2)]
     handles += [_handle(label(k) + (", partly off scale" if k in off_scale else ""), color(k), ls="--")
