@@ -207,11 +207,12 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
     if name not in problems:
         raise InvalidInputError(f"unknown problem {name!r}; valid: {sorted(problems)}")
     spec, k = problems[name], f"problems.{name}"
-    paths = cfg.get("model_paths") or ()
-    try:  # the folders of model files the configuration names, besides solvers/models
-        solvers.list_models(paths)
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"config key model_paths: {exc}") from None
+    paths = cfg.get("model_paths") or ()  # the folders of model files the configuration names, besides solvers/models
+    if paths:
+        try:
+            solvers.list_models(paths)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"config key model_paths: {exc}") from None
     try:
         model = solvers.get_model(spec["model"], paths)
     except InvalidInputError as exc:
