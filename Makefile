@@ -55,13 +55,14 @@ GRID_CONFIG ?= config/gpu.yaml
 GRID_RESULTS ?=
 GRID_UNTIL ?=
 GRID_ARGS ?=
-# GPU_MPS=auto (default): the training processes share the GPU through an NVIDIA MPS daemon started for the run
-# (and stopped after) where nvidia-cuda-mps-control exists and a CUDA client works under it; GPU_MPS=0: never.
-# Without MPS the GPU runs one process's kernels at a time (H200, 2026-11-28: no gain from 8 jobs sharing it).
+# GPU_MPS=0 (default): no MPS daemon. GPU_MPS=auto: the training processes share the GPU through an NVIDIA MPS
+# daemon started for the run (and stopped after) where nvidia-cuda-mps-control exists and a CUDA client works
+# under it; this start has never run on a GPU, so it is not the default.
+# Without MPS the GPU runs one process's kernels at a time (on an H200, 8 jobs sharing it gained nothing).
 # GPU_JOBS=N: at most N training jobs on the GPU at once (the profile's gpu_jobs=8 otherwise).
 # GRID_DEADLINE=SECONDS: stop Snakemake (SIGINT: running jobs are marked incomplete and rerun next time) after
 # that long, and still print the seconds of each rule so far (a machine lent for a fixed time, a job limit).
-GPU_MPS ?= auto
+GPU_MPS ?= 0
 GPU_JOBS ?=
 GRID_DEADLINE ?=
 gpu-grid:
