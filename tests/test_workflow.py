@@ -102,7 +102,7 @@ def _preset_dry_run(preset: str, tmp_path):
 
 
 def test_the_accurate_preset_plans_the_grid_with_the_best_settings(tmp_path):
-    """config/accurate.yaml (the accuracy issue's best settings) is a valid preset: the same grid, the 4x128 net
+    """config/accurate.yaml (the best settings measured) is a valid preset: the same grid, the 4x128 net
     for B, C and D, the data-only seeds in cohort jobs."""
     res, jobs = _preset_dry_run("accurate", tmp_path)
     assert jobs["train_cohort"] == (1 + 3 + 3 + 2) + 3 and jobs["train"] == 3 * ((1 + 3 + 3 + 2) + 2)
