@@ -90,6 +90,8 @@ def test_no_tracked_file_speaks_of_work_sessions_issues_or_device_calls():
     allowed = re.compile(r"InferenceSession|SessionOptions|ort\.\w*Session|\bsess(ion)?\b\s*=")
     hits = []
     for name, text in _tracked_text_files():
+        if name == "tests/test_docs.py":  # the pattern itself
+            continue
         for i, line in enumerate(text.splitlines(), 1):
             if pattern.search(allowed.sub("", line)):
                 hits.append(f"{name}:{i}: {line.strip()[:100]}")
