@@ -112,8 +112,10 @@ def glance(ref: Path) -> str:
     cf, hf = _floor(acc, "C"), _floor(acc, "hh_m")
     d = acc[(acc.problem == "D") & (acc.surrogate == "itnn")]
     d = d.loc[d.mae_mean.idxmin()]
-    b1, bp = _acc(acc, "B", "ddnn", 1000), _acc(acc, "B", "pinn", 1000)
-    c1, cp = _acc(acc, "C", "ddnn", 1000), _acc(acc, "C", "pinn", 1000)
+    small = {p: (_acc(acc, p, "pinn", 1000), _acc(acc, p, "ddnn", 1000)) for p in ("A", "B", "C")}
+    helps = [p for p, (pinn, ddnn) in small.items() if pinn.mae_mean < ddnn.mae_mean]
+    hurts = [p for p in small if p not in helps]
+    verdict = (f"on {', '.join(helps)}" if helps else "nowhere") + (f", not on {', '.join(hurts)}" if hurts else "")
     h = {(s, n): _acc(acc, "hh_m", s, n) for s in ("ddnn", "pinn", "pinn_seed") for n in (1000, 7000)}
     direct = _best(speed, ["ddnn", "pinn"], PAPER_N, PAPER_K)
     k1 = _best(speed, ["ddnn", "pinn"], PAPER_N, 1)
@@ -131,8 +133,8 @@ def glance(ref: Path) -> str:
          f"yes: rolled out over C's test set, MAE {sci(d.mae_mean)}, max {sci(d.max_abs_err_mean)} "
          f"(n = {int(d.n_train)})", "`accuracy.csv`"),
         ("Does physics help when data is scarce (n = 1000)?",
-         f"MAE pinn / ddnn: B {sci(bp.mae_mean)} / {sci(b1.mae_mean)}, C {sci(cp.mae_mean)} / {sci(c1.mae_mean)}",
-         "`accuracy.csv`"),
+         f"{verdict}: MAE pinn / ddnn " + ", ".join(f"{p} {sci(pi.mae_mean)} / {sci(dd.mae_mean)}"
+                                                   for p, (pi, dd) in small.items()), "`accuracy.csv`"),
         ("hh_m, the seed notebook's gate (n = 7000)",
          f"MAE ddnn {sci(h['ddnn', 7000].mae_mean)}, pinn {sci(h['pinn', 7000].mae_mean)}, the notebook's "
          f"residual {sci(h['pinn_seed', 7000].mae_mean)} (floor {sci(hf.mae_mean)})", "`accuracy.csv`"),
@@ -143,7 +145,8 @@ def glance(ref: Path) -> str:
          f"no: best direct net {ratio(direct.speedup)}x ({direct.surrogate}, {direct.backend}), ITNN "
          f"{ratio(itnn.speedup)}x", "`speedup.csv`"),
         ("When does a direct net pay off on the CPU?",
-         (f"only for K = {', '.join(map(str, pays))} kept state(s) per cell ({ratio(k1.speedup)}x at K = 1)"
+         (f"only for K = {', '.join(map(str, pays))} kept state{'s' if pays != [1] else ''} per cell "
+          f"({ratio(k1.speedup)}x at K = 1)"
           if pays else f"never in the sweep (best {ratio(k1.speedup)}x at K = 1)"), "`speedup.csv`"),
         ("How long does the paper's whole grid take?",
          f"{run['wall']} for {run['jobs']} jobs, {run['machine']}", "`run.md`"),
