@@ -123,8 +123,10 @@ def test_the_report_s_first_screen_is_drawn(report, tmp_path):
     img = Image.open(shot).convert("RGB")
     assert img.size == (1400, 1000)
     colours = img.getcolors(maxcolors=1 << 20)
+    n = img.size[0] * img.size[1]
     assert colours is not None and len(colours) > 50, "the screenshot is (nearly) blank"
-    # the navigation panel (dark) and the workflow text (light page) are both there
-    dark = sum(n for n, (r, g, b) in colours if r + g + b < 300)
-    light = sum(n for n, (r, g, b) in colours if r + g + b > 700)
-    assert dark > 0.05 * 1400 * 1000 and light > 0.2 * 1400 * 1000, (dark, light)
+    # drawn: text and panels cover a good part of the page (the loading screen: 0.1%), and the workflow graph's
+    # coloured rule nodes are there (the page's styling is applied by a script, so shades may vary)
+    inked = sum(k for k, (r, g, b) in colours if r + g + b < 740)
+    saturated = sum(k for k, (r, g, b) in colours if max(r, g, b) - min(r, g, b) > 60)
+    assert inked > 0.05 * n and saturated > 200, (inked / n, saturated)
