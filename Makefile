@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# headless Chromium for the test that opens the HTML report in a browser: installed where this runs as
+	@# root with apt, quietly skipped elsewhere (the test then skips, saying why)
+	-@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || true
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -55,13 +59,14 @@ GRID_CONFIG ?= config/gpu.yaml
 GRID_RESULTS ?=
 GRID_UNTIL ?=
 GRID_ARGS ?=
-# GPU_MPS=auto (default): the training processes share the GPU through an NVIDIA MPS daemon started for the run
-# (and stopped after) where nvidia-cuda-mps-control exists and a CUDA client works under it; GPU_MPS=0: never.
-# Without MPS the GPU runs one process's kernels at a time (H200, 2026-11-28: no gain from 8 jobs sharing it).
+# GPU_MPS=0 (default): no MPS daemon. GPU_MPS=auto: the training processes share the GPU through an NVIDIA MPS
+# daemon started for the run (and stopped after) where nvidia-cuda-mps-control exists and a CUDA client works
+# under it; this start has never run on a GPU, so it is not the default.
+# Without MPS the GPU runs one process's kernels at a time (on an H200, 8 jobs sharing it gained nothing).
 # GPU_JOBS=N: at most N training jobs on the GPU at once (the profile's gpu_jobs=8 otherwise).
 # GRID_DEADLINE=SECONDS: stop Snakemake (SIGINT: running jobs are marked incomplete and rerun next time) after
 # that long, and still print the seconds of each rule so far (a machine lent for a fixed time, a job limit).
-GPU_MPS ?= auto
+GPU_MPS ?= 0
 GPU_JOBS ?=
 GRID_DEADLINE ?=
 gpu-grid:

@@ -23,7 +23,7 @@ Both steps run in float32 (the training steps) and in float64 (a float64 L-BFGS 
 loss comes back in float64, every product and activation in double; results equal the engine's torch
 operators in float64 to ~1e-14). On an AVX-512 machine the products are the source's own register-blocked
 loop (6 rows by 4 registers of sums, the weights read in place, no packing copies) rather than the BLAS's
-``sgemm_``/``dgemm_``: on the 2-vCPU AMD EPYC (Zen 4) of benchmarks/README.md, torch's MKL reached 84-93
+``sgemm_``/``dgemm_``: on the 2-vCPU AMD EPYC (Zen 4) of CHANGELOG.md (2026-11-28), torch's MKL reached 84-93
 GFLOP/s on these shapes (64 inputs and outputs, 256 to 2,048 rows) in float32, packing included, and 18-30 in
 float64; the own loop 105-111 and 28-50 (the core's float32 peak at its boost clock is ~115). Without AVX-512
 the BLAS does them (that build was checked once, not in CI).
@@ -59,7 +59,7 @@ from core.io import write_bytes
 SOURCE = Path(__file__).with_name("cpu_step.cpp")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
 TILE = 256  # rows a tile: measured 2026-11-28 on the 2-vCPU VM, 3x64 net, batch 1024 (64-1024: within noise, 256 best)
-RESIDUAL_TILE = 128  # rows a tile of the one-call residual step (CpuResidualStep): measured, benchmarks/README.md
+RESIDUAL_TILE = 128  # rows a tile of the one-call residual step (CpuResidualStep): 64 to 1,024 measured, 128 best (CHANGELOG.md)
 # the activation codes of cpu_step.cpp (enum Act)
 CODES = {None: 0, "identity": 0, "Sigmoid": 1, "Tanh": 2, "SiLU": 3, "ReLU": 4, "LeakyReLU": 5, "ELU": 6,
          "GELU": 7, "Softplus": 8}
