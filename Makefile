@@ -11,13 +11,21 @@ TORCH_INDEX ?=
 
 .PHONY: run test slurm-test setup clean gpu-check gpu-grid wheels
 
+# SUNDIALS for Myokit's own simulator (the imported models' checks against it): installed where this runs as
+# root with apt-get; elsewhere skipped quietly (those checks then skip, saying why).
+SUNDIALS = dpkg -s libsundials-dev >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	{ apt-get install -y -q libsundials-dev >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libsundials-dev >/dev/null 2>&1; }; }; } || true
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@$(SUNDIALS)
 	touch $(STAMP)
 
 setup: $(STAMP)
+	@$(SUNDIALS)
 
 run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile config/quick.yaml

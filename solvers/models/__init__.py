@@ -1,8 +1,12 @@
 """Registry of cell models: one file per model, each defining ``MODEL``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from core.errors import InvalidInputError
+
 from ..model import CellModel
+from ..myokit_import import is_model_path, load
 from . import fhn, fhn_classic, hh
 
 _REGISTRY: dict[str, CellModel] = {m.name: m for m in (fhn.MODEL, fhn_classic.MODEL, hh.MODEL)}
@@ -13,10 +17,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_model(model: str | CellModel) -> CellModel:
-    """The model called ``model`` (a :class:`CellModel` is returned as is)."""
+def get_model(model: str | Path | CellModel) -> CellModel:
+    """The model called ``model`` (a :class:`CellModel` is returned as is). A path (a str or Path ending in .mmt,
+    .cellml or .xml, or an existing file) is a Myokit or CellML file, imported by :func:`solvers.myokit_import.load`."""
     if isinstance(model, CellModel):
         return model
+    if is_model_path(model):
+        return load(model)
     try:
         return _REGISTRY[model]
     except (KeyError, TypeError):
