@@ -161,6 +161,8 @@ class _Printer:
             return self._mul(e)
         if isinstance(e, sp.Pow):
             return self._pow(e)
+        if isinstance(e, sp.Function) and not e.free_symbols and not isinstance(e, sp.Piecewise):
+            return self.literal(float(e.evalf(30)))  # log(10): a number (torch has no log of a float)
         if isinstance(e, vtrap):
             x, k = (self(a) for a in e.args)
             if self.target == "python":
@@ -171,6 +173,8 @@ class _Printer:
             return f"_vtrap_dx({x}, {k})"
         if isinstance(e, sp.Piecewise):
             return self._piecewise(e.args)
+        if isinstance(e, (sp.core.relational.Relational, sp.And, sp.Or, sp.Not)):  # a condition shared by cse
+            return self.condition(e)
         if isinstance(e, sp.Abs):
             arg = self(e.args[0])
             return f"abs({arg})" if self.target == "python" else f"fabs{'f' if self.single else ''}({arg})"
@@ -204,6 +208,10 @@ class _Printer:
         if isinstance(e, sp.core.relational.Relational) and type(e) in _RELATIONS:
             rel = e.negated if negate else e
             return f"({self(rel.lhs)} {_RELATIONS[type(rel)]} {self(rel.rhs)})"
+        if isinstance(e, sp.Symbol):  # a condition shared by cse
+            if not negate:
+                return e.name
+            return f"({e.name} == False)" if self.target == "python" else f"(!{e.name})"
         if e in (sp.true, sp.false):
             value = (e == sp.true) != negate
             return ("True" if value else "False") if self.target == "python" else ("1" if value else "0")
@@ -537,6 +545,30 @@ class CellModel:
             )
         return {n: params.get(n, p.default) for n, p in self.parameters.items()}
 
+    def _functions_of_parameters(self) -> bool:
+        """Whether a function (``exp``, ``log``, ...) is applied to parameters alone (``log(Na_o / Na_i)``): torch
+        then needs the parameters as tensors."""
+        key = "functions_of_parameters"
+        if key not in self._cache:
+            params = {sp.Symbol(self.ident(n), real=True) for n in self.parameters}
+            self._cache[key] = any(
+                isinstance(x, sp.Function) and not isinstance(x, (sp.Piecewise, sp.Abs)) and x.free_symbols <= params
+                for e in [*self.intermediates.values(), *self.rhs.values()] for x in sp.preorder_traversal(e))
+        return self._cache[key]
+
+    def _torch_keywords(self, params: Mapping | None, t, y) -> dict:
+        """:meth:`_keywords` for torch: the time (and, where a function takes parameters alone, the parameters)
+        as tensors like ``y``."""
+        import torch
+
+        values = self._param_values(params)
+        if self._functions_of_parameters():
+            values = {n: v if torch.is_tensor(v) else torch.tensor(v, dtype=y.dtype, device=y.device)
+                      for n, v in values.items()}
+        if t is not None and not torch.is_tensor(t):
+            t = torch.tensor(t, dtype=y.dtype, device=y.device)
+        return self._keywords(values, t)
+
     def _keywords(self, values: Mapping, t) -> dict:
         """The generated functions' keyword arguments: parameter values by identifier, and the time where the
         right-hand side depends on it (then ``t`` must be given)."""
@@ -571,7 +603,7 @@ class CellModel:
         import torch
 
         rhs = self._array_rhs(torch, float, y.dtype if self.uses_where() else None)
-        d = rhs(*y.unbind(-1), **self._keywords(self._param_values(params), t))
+        d = rhs(*y.unbind(-1), **self._torch_keywords(params, t, y))
         return torch.stack(torch.broadcast_tensors(*d), dim=-1)
 
 
@@ -670,7 +702,7 @@ class CellModel:
                   "_where": _where_array(torch, y.dtype)}
             exec(compile(src, f"<{self.name} jacobian>", "exec"), ns)
             self._cache[key] = ns["rhs_jac"]
-        d, J = self._cache[key](*y.unbind(-1), **self._keywords(self._param_values(params), t))
+        d, J = self._cache[key](*y.unbind(-1), **self._torch_keywords(params, t, y))
         shape = y.shape[:-1]
 
         def full(v):  # constant entries (plain floats) and parameter-only ones broadcast to the rows

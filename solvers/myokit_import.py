@@ -35,7 +35,12 @@ SUFFIXES = (".mmt", ".cellml", ".xml")
 # accurate against Myokit's own simulator (CVODES at tolerance 1e-10): benchmarks/reference/myokit_check.csv,
 # made by `python -m benchmarks.myokit_check`. Keyed by the SHA-256 of the file; a file of any other content
 # gives its step by a `default_dt: ...` line in its [[model]] header, else has none.
-KNOWN_DEFAULT_DT: dict[str, float] = {}
+KNOWN_DEFAULT_DT: dict[str, float] = {
+    "51096a0b6fc0118aabdfe94e186aefe56d2ffecf53949e3f628caa349b40d728": 0.01,  # lr-1991.mmt (Luo-Rudy 1991)
+    "d04bd2733c9a2cd1bf4d6d073215b6951f7b305dca5d5e0e81b8cf69ced31eec": 0.02,  # beeler-1977-model.mmt
+    "afc7dde4afa7d9c0737d6443c1496579cc6b5378c70b2863e9cf7b5439a146ad": 0.05,  # noble-1962.mmt
+    "5860665e512c34b6c281b59842ff9518b36899a73679e768bfaca10a3aa3c8f3": 0.005,  # decker-2009.mmt
+}
 
 _CACHE: dict = {}
 
