@@ -182,8 +182,31 @@ def main(argv=None) -> int:
     info = machine_info(gpu=False) | {"myokit": myokit.__version__, "sundials": myokit.Sundials.version()}
     df = table_with_machine(rows, info)
     write_text(a.out, df.to_csv(index=False))
-    print(f"wrote {a.out}")
+    write_text(a.out.with_suffix(".md"), summary(pd.DataFrame(rows), info))
+    print(f"wrote {a.out} and {a.out.with_suffix('.md')}")
     return 0
+
+
+def summary(df, info: dict) -> str:
+    """The table in Markdown, under a header naming the machine and the versions."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    versions = ", ".join(f"{k} {info[k]}" for k in ("python", "numpy", "numba", "sympy", "myokit", "sundials") if k in info)
+    cols = ["model", "backend", "dt_ms", "rms_mV", "apd90_ms", "apd90_ref_ms", "apd90_diff_ms", "default_dt_ms"]
+    table = df[cols].copy()
+    table["failed"] = df["failed"].map(lambda f: "unstable" if f else "")
+    return (
+        "Imported models (Myokit's tests/data) by forward Euler (float64) against Myokit's CVODES simulation "
+        f"(tolerances {TOLERANCE:g}), one beat, compared every {SAVE:g} ms: `python -m benchmarks.myokit_check`.\n\n"
+        f"Machine: {info.get('cpu')} ({info.get('cores')} cores), {info.get('os')}; {versions}; commit {commit}.\n"
+        f"default_dt_ms: the largest step with RMS <= {RMS_OK:g} mV and |APD90 difference| <= {APD_OK:g} ms.\n\n"
+        + table.to_markdown(index=False, floatfmt=".4g") + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -211,6 +211,16 @@ def test_what_cannot_be_translated_is_refused_by_name(tmp_path, text, match):
 def test_a_missing_file_is_refused():
     with pytest.raises(InvalidInputError, match="does not exist"):
         solvers.get_model("no/such/model.mmt")
+    with pytest.raises(InvalidInputError, match=r"unknown model 'lr1991'.*path of a Myokit \(.mmt\)"):
+        solvers.get_model("lr1991")
+
+
+def test_a_path_object_imports_and_a_registered_name_wins_over_a_file(tmp_path, monkeypatch):
+    assert solvers.get_model(LR) is solvers.get_model(str(LR))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hh").write_text(LR.read_text())
+    assert solvers.get_model("hh").time_variable is None  # the registered Hodgkin-Huxley model
+    assert solvers.get_model("./hh").time_variable == "engine.time"  # the file
 
 
 def test_apd90_of_a_trapezoid():

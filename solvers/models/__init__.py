@@ -22,12 +22,13 @@ def get_model(model: str | Path | CellModel) -> CellModel:
     .cellml or .xml, or an existing file) is a Myokit or CellML file, imported by :func:`solvers.myokit_import.load`."""
     if isinstance(model, CellModel):
         return model
-    if is_model_path(model):
+    if is_model_path(model) and not (isinstance(model, str) and model in _REGISTRY):  # a registered name wins
         return load(model)
     try:
         return _REGISTRY[model]
     except (KeyError, TypeError):
-        raise InvalidInputError(f"unknown model {model!r}; valid: {list_models()}") from None
+        raise InvalidInputError(f"unknown model {model!r}; valid: {list_models()}, or the path of a Myokit (.mmt) or "
+                                "CellML (.cellml, .xml) file") from None
 
 
 def register_model(model: CellModel) -> None:
