@@ -27,7 +27,7 @@ from core.errors import InvalidInputError
 
 from .model import CellModel, Parameter, State, identifier
 
-__all__ = ["SUFFIXES", "from_myokit", "is_model_path", "load"]
+__all__ = ["MYOKIT_PREFIX", "SUFFIXES", "from_myokit", "is_model_path", "load", "resolve"]
 
 SUFFIXES = (".mmt", ".cellml", ".xml")
 
@@ -46,16 +46,32 @@ _CACHE: dict = {}
 
 
 def is_model_path(model) -> bool:
-    """Whether ``model`` names a model file (a str or Path ending in .mmt, .cellml or .xml, or an existing file)."""
+    """Whether ``model`` names a model file (a str or Path ending in .mmt, .cellml or .xml, ``myokit:NAME``, or an
+    existing file)."""
     if isinstance(model, Path):
         return True
-    return isinstance(model, str) and (model.lower().endswith(SUFFIXES) or Path(model).is_file())
+    return isinstance(model, str) and (model.lower().endswith(SUFFIXES) or model.startswith(MYOKIT_PREFIX)
+                                       or Path(model).is_file())
+
+
+MYOKIT_PREFIX = "myokit:"
+
+
+def resolve(path) -> Path:
+    """The file ``path`` names: ``myokit:NAME`` is NAME among the models that ship inside Myokit's package (its
+    tests/data folder: ``myokit:lr-1991.mmt``, ``myokit:formats/cellml/br-1977.cellml``), portable across
+    installations; anything else is a path as given."""
+    if isinstance(path, str) and path.startswith(MYOKIT_PREFIX):
+        import myokit
+
+        return Path(myokit.__file__).parent / "tests" / "data" / path[len(MYOKIT_PREFIX):]
+    return Path(path)
 
 
 def load(path) -> CellModel:
-    """The :class:`CellModel` of the Myokit (``.mmt``) or CellML (``.cellml``, ``.xml``) file ``path``, translated
-    once per file content (a second call returns the same object)."""
-    path = Path(path)
+    """The :class:`CellModel` of the Myokit (``.mmt``) or CellML (``.cellml``, ``.xml``) file ``path`` (see
+    :func:`resolve`), translated once per file content (a second call returns the same object)."""
+    path = resolve(path)
     if not path.is_file():
         raise InvalidInputError(f"model file {str(path)!r} does not exist")
     data = path.read_bytes()
@@ -74,7 +90,9 @@ def _read(path: Path):
     import myokit.formats
 
     try:
-        if path.suffix.lower() == ".mmt":
+        xml = path.suffix.lower() in (".cellml", ".xml") or (
+            path.suffix.lower() != ".mmt" and path.read_bytes().lstrip()[:1] == b"<")  # another name: by content
+        if not xml:
             model, protocol, _ = myokit.load(str(path))
             if model is None:
                 raise InvalidInputError(f"model file {str(path)!r} has no [[model]] section")

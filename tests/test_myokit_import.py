@@ -216,7 +216,9 @@ def test_a_missing_file_is_refused():
 
 
 def test_a_path_object_imports_and_a_registered_name_wins_over_a_file(tmp_path, monkeypatch):
-    assert solvers.get_model(LR) is solvers.get_model(str(LR))
+    assert solvers.get_model(LR) is solvers.get_model(str(LR)) is solvers.get_model("myokit:lr-1991.mmt")
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        solvers.get_model("myokit:lr-1992.mmt")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "hh").write_text(LR.read_text())
     assert solvers.get_model("hh").time_variable is None  # the registered Hodgkin-Huxley model
