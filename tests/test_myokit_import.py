@@ -244,3 +244,36 @@ def test_a_paced_beat_of_luo_rudy_1991_against_myokits_simulator_converges_at_fi
     assert coarse["rms_mV"] < RMS_OK and abs(coarse["apd90_diff_ms"]) < APD_OK
     assert 1.7 < coarse["rms_mV"] / fine["rms_mV"] < 2.3  # halving dt halves the error: first order
     assert 1.5 < abs(coarse["apd90_diff_ms"] / fine["apd90_diff_ms"]) < 2.5
+
+
+def test_the_physics_residual_gives_a_paced_model_its_time():
+    import copy
+
+    torch = pytest.importorskip("torch")
+    from surrogates.config import load_config, validate_config
+    from surrogates.losses import ODEResidualLoss
+    from surrogates.problems import problem_from_config
+
+    m = solvers.get_model("myokit:lr-1991.mmt")
+    cfg = copy.deepcopy(load_config())
+    cfg["problems"]["LR"] = dict(kind="trajectory", model="myokit:lr-1991.mmt", inputs=["t"],
+                                 outputs=list(m.state_names), t_end=2.0, save_interval=0.01, test_fraction=0.2,
+                                 sizes=[100])
+    p = problem_from_config("LR", validate_config(cfg))
+    loss = ODEResidualLoss(p, n_points=64, sampler="uniform", seed=0)
+    y0 = torch.tensor(m.initial_state()[0], dtype=torch.float32)
+
+    class Rest(torch.nn.Module):  # y = the initial state at every t: dy/dt = 0, the residual is -f(y0, t)
+        def __init__(self):
+            super().__init__()
+            self.d = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return y0.expand(x.shape[0], -1) + 0 * x[:, :1] + 0 * self.d
+
+    x = loss.sample(64, torch.device("cpu"))
+    loss.sample.load_state_dict({"gen": torch.Generator().manual_seed(0).get_state(), "drawn": 0})
+    t = x[:, 0].double().numpy()
+    expected = m.numpy_rhs(np.tile(m.initial_state(), (64, 1)), t=t)
+    assert ((t >= 1.0) & (t < 1.5)).any()  # some points within the stimulus, where dV/dt is ~80 mV/ms
+    assert loss(Rest()).item() == pytest.approx(float(np.mean(expected ** 2)), rel=1e-4)
