@@ -277,3 +277,16 @@ def test_the_physics_residual_gives_a_paced_model_its_time():
     expected = m.numpy_rhs(np.tile(m.initial_state(), (64, 1)), t=t)
     assert ((t >= 1.0) & (t < 1.5)).any()  # some points within the stimulus, where dV/dt is ~80 mV/ms
     assert loss(Rest()).item() == pytest.approx(float(np.mean(expected ** 2)), rel=1e-4)
+
+
+def test_a_step_problem_on_a_paced_model_is_refused():
+    import copy
+
+    from surrogates.config import load_config
+    from surrogates.problems import problem_from_config
+
+    cfg = copy.deepcopy(load_config())
+    cfg["problems"]["S"] = dict(kind="step", model="myokit:lr-1991.mmt", inputs=["membrane.V"], outputs=["membrane.V"],
+                                ranges={"membrane.V": [-90.0, 40.0]}, step=0.1, test_from="C")
+    with pytest.raises(InvalidInputError, match=r"problems\.S\.kind: .*depends on time .*'engine\.time'"):
+        problem_from_config("S", cfg)
