@@ -367,6 +367,10 @@ class CellModel:
         Ordered named sub-expressions (rate functions, currents), each may use the ones before it.
     time_units
         Units of time (``"ms"``; ``"1"`` for dimensionless).
+    typical_box
+        ``name -> (lo, hi)`` for every state and for the parameters that vary: a box of typical states (and
+        parameter values) the model's own tests draw from (:meth:`sample_typical`), so that a new model is
+        tested by every backend and derivative check with no edit to the tests.
     time_variable
         The name that stands for time in the expressions (a model paced by a stimulus protocol depends on
         time); ``None`` (the default) for a model whose right-hand side does not depend on time.
@@ -389,6 +393,7 @@ class CellModel:
         intermediates: Mapping[str, str] | None = None,
         time_units: str = "1",
         reference: str = "",
+        typical_box: Mapping[str, tuple[float, float]] | None = None,
         time_variable: str | None = None,
         default_dt: float | None = None,
     ):
@@ -423,7 +428,23 @@ class CellModel:
             self.intermediates[n] = self._parse(n, text, symbols, known)
             known.add(identifier(n))
         self.rhs: dict[str, sp.Expr] = {s: self._parse(f"d{s}/dt", rhs[s], symbols, known) for s in states}
+        self.typical_box = None if typical_box is None else self._check_box(typical_box)
         self._cache: dict = {}
+
+    def _check_box(self, box: Mapping) -> MappingProxyType:
+        unknown = sorted(set(box) - set(self.states) - set(self.parameters))
+        missing = [s for s in self.states if s not in box]
+        if unknown or missing:
+            raise InvalidInputError(f"model {self.name!r}: typical_box needs every state {list(self.states)} and "
+                                    f"may add parameters {list(self.parameters)}; "
+                                    + (f"unknown: {unknown}" if unknown else f"missing: {missing}"))
+        out = {}
+        for n, r in box.items():
+            lo, hi = (float(v) for v in r)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise InvalidInputError(f"model {self.name!r}: typical_box[{n!r}] = {tuple(r)} is not a range lo <= hi")
+            out[n] = (lo, hi)
+        return MappingProxyType(out)
 
     def _parse(self, what: str, text: str, symbols: dict, known: set) -> sp.Expr:
         local = {n: symbols[n] for n in symbols} | _ALLOWED_CALLS | _CONDITIONS
@@ -481,6 +502,25 @@ class CellModel:
     def initial_state(self, n_cells: int = 1, dtype: str = "float64") -> np.ndarray:
         """The default initial state, repeated for ``n_cells`` cells: shape ``(n_cells, n_states)``."""
         return np.tile(np.array([s.initial for s in self.states.values()], dtype=dtype), (n_cells, 1))
+
+    def _typical(self) -> Mapping[str, tuple[float, float]]:
+        if self.typical_box is None:
+            raise InvalidInputError(f"model {self.name!r} declares no typical_box (CellModel(..., typical_box=...)): "
+                                    "its tests need a box of typical states")
+        return self.typical_box
+
+    def sample_typical(self, n_cells: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        """``n_cells`` initial states and per-cell parameters drawn uniformly from :attr:`typical_box`
+        (parameters not in it keep their defaults): ``(y0 (n_cells, n_states), {parameter: (n_cells,)})``."""
+        box = self._typical()
+        lo, hi = (np.array([box[s][i] for s in self.states]) for i in (0, 1))
+        y0 = rng.uniform(lo, hi, size=(n_cells, self.n_states))
+        return y0, {p: rng.uniform(*box[p], size=n_cells) for p in self.parameters if p in box}
+
+    def typical_point(self) -> tuple[np.ndarray, dict]:
+        """The middle of :attr:`typical_box`: one initial state ``(1, n_states)`` and its parameters."""
+        mid = {n: (lo + hi) / 2 for n, (lo, hi) in self._typical().items()}
+        return np.array([[mid[s] for s in self.states]]), {p: mid[p] for p in self.parameters if p in mid}
 
     def describe(self) -> dict:
         """A JSON-serialisable description (written next to every output the model produced)."""

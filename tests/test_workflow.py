@@ -251,8 +251,8 @@ def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_f
     key = ["n_cells", "n_outputs", "surrogate", "backend", "precision"]
     assert not speed.duplicated(key).any()
     assert set(speed[(speed.n_cells == 300) & (speed.n_outputs == 26)].sweep) == {"N,K"}
-    for f in ("error_vs_size", "training_curves", "itnn_rollout_error", "trajectories_C", "hh_m", "speedup_vs_n",
-              "speedup_vs_k", "time_vs_error"):
+    for f in ("error_vs_size", "training_curves", "itnn_rollout_error", "trajectories_A", "trajectories_B",
+              "trajectories_C", "hh_m", "speedup_vs_n", "speedup_vs_k", "time_vs_error"):
         for ext in ("png", "pdf"):
             assert lay.figure(f, ext).stat().st_size > 1000, f
     assert lay.table("accuracy", "md").read_text().startswith("Test-set accuracy")
