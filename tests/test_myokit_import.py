@@ -290,3 +290,10 @@ def test_a_step_problem_on_a_paced_model_is_refused():
                                 ranges={"membrane.V": [-90.0, 40.0]}, step=0.1, test_from="C")
     with pytest.raises(InvalidInputError, match=r"problems\.S\.kind: .*depends on time .*'engine\.time'"):
         problem_from_config("S", cfg)
+
+
+def test_a_model_folder_holds_myokit_files(tmp_path):
+    (tmp_path / "lr-1991.mmt").write_text(LR.read_text())
+    assert "lr_1991" in solvers.list_models([tmp_path])
+    m = solvers.get_model("lr_1991", [tmp_path])
+    assert m.state_names[0] == "membrane.V" and m.default_dt == 0.01
