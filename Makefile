@@ -11,17 +11,25 @@ TORCH_INDEX ?=
 
 .PHONY: run test slurm-test setup clean gpu-check gpu-grid wheels
 
+# Debian packages some tests need, installed where this runs as root with apt-get (the package lists are
+# refreshed once if the first try fails); elsewhere skipped quietly, and those tests skip, saying why:
+#   libsundials-dev  Myokit's own simulator (the imported models' checks against it)
+#   chromium         headless, for the test that opens the HTML report in a browser
+SYSTEM_PACKAGES = libsundials-dev chromium
+SYSTEM_SETUP = missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1; }; }; } || true
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@# headless Chromium for the test that opens the HTML report in a browser: installed where this runs as
-	@# root with apt, quietly skipped elsewhere (the test then skips, saying why)
-	-@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || true
+	@$(SYSTEM_SETUP)
 	touch $(STAMP)
 
 setup: $(STAMP)
+	@$(SYSTEM_SETUP)
 
 run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile config/quick.yaml

@@ -262,6 +262,10 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
                        test_trajectories=spec.get("test_trajectories"))
     if kind == "step":
         need("step", "test_from")
+        if model.time_ident is not None:
+            raise InvalidInputError(
+                f"config key {k}.kind: a step problem maps states to states without the time, but {model.name!r} "
+                f"depends on time (through {model.time_variable!r}: its stimulus); use a trajectory problem")
         for n in inputs:
             if n not in states | params:
                 raise InvalidInputError(f"config key {k}.inputs: {n!r} is neither a state nor a parameter of {model.name!r}")

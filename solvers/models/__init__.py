@@ -5,7 +5,8 @@ model, found by :mod:`pkgutil` on first use: adding a model is adding its file h
 (a project of one's own, a test's temporary folder) are found in the folders a configuration names
 (``model_paths``): :func:`get_model` and :func:`list_models` take them as ``paths``. A file of such a
 folder is read by the loader of its suffix (:data:`LOADERS`: ``.py``, a Python file defining ``MODEL`` that
-imports from ``solvers``); another model format becomes one more entry there.
+imports from ``solvers``; ``.mmt`` and ``.cellml``, read by Myokit: :mod:`solvers.myokit_import`); another model
+format becomes one more entry there.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Callable, Iterable
 
 from core.errors import InvalidInputError
 from ..model import CellModel
+from ..myokit_import import is_model_path, load
 
 _lock = threading.RLock()
 _BUILTIN: dict[str, CellModel] | None = None  # this package's models, found on first use
@@ -76,7 +78,7 @@ def _python_model(path: Path) -> CellModel | None:
 
 
 # suffix -> loader of one model file (None where the file holds no model)
-LOADERS: dict[str, Callable[[Path], CellModel | None]] = {".py": _python_model}
+LOADERS: dict[str, Callable[[Path], CellModel | None]] = {".py": _python_model, ".mmt": load, ".cellml": load}
 
 
 def load_model_file(path) -> CellModel | None:
@@ -123,14 +125,18 @@ def list_models(paths: Iterable = ()) -> list[str]:
 
 def get_model(model: str | CellModel, paths: Iterable = ()) -> CellModel:
     """The model called ``model``, among the registered ones and those of the folders ``paths`` (a
-    :class:`CellModel` is returned as is)."""
+    :class:`CellModel` is returned as is). A path (a str or Path ending in .mmt, .cellml or .xml, ``myokit:NAME``,
+    or an existing file) is a Myokit or CellML file, imported by :func:`solvers.myokit_import.load`."""
     if isinstance(model, CellModel):
         return model
     registry = _registry(paths)
+    if is_model_path(model) and not (isinstance(model, str) and model in registry):  # a registered name wins
+        return load(model)
     try:
         return registry[model]
     except (KeyError, TypeError):
-        raise InvalidInputError(f"unknown model {model!r}; valid: {sorted(registry)}") from None
+        raise InvalidInputError(f"unknown model {model!r}; valid: {sorted(registry)}, or the path of a Myokit (.mmt) "
+                                "or CellML (.cellml, .xml) file") from None
 
 
 def register_model(model: CellModel) -> None:
