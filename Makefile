@@ -1,6 +1,6 @@
 # Two entry points, both self-installing into a project virtual environment (.venv):
 #   make run    the main job
-#   make test   the test suite
+#   make test   the test suite (make test-quick: without the tests marked slow)
 # The environment is rebuilt when pyproject.toml changes. TORCH_INDEX may name a PyTorch wheel index
 # (e.g. https://download.pytorch.org/whl/cpu) on machines that would otherwise fetch a CUDA build.
 PYTHON ?= python3
@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 
-.PHONY: run test slurm-test setup clean gpu-check gpu-grid wheels
+.PHONY: run test test-quick slurm-test setup clean gpu-check gpu-grid wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the developer's quick loop: the suite without the tests marked slow (`make test` runs them all)
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 # the quick preset on a one-node SLURM cluster started here (root, Debian/apt), compared with a local run
 slurm-test: $(STAMP)

@@ -392,6 +392,5 @@ machine_info(gpu=False)
 assert torch.get_num_threads() == 1, ('with the pool', torch.get_num_threads())
 print('ok')
 """
-    pytest.importorskip("numba")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -135,6 +135,7 @@ def test_the_gpu_preset_plans_the_paper_grid_with_gpu_timings_only(tmp_path):
         backends_for(speed["backends"], "cpu")
 
 
+@pytest.mark.slow
 def test_a_cohort_job_writes_every_seed_as_a_lone_run_would(tmp_path, tiny_config):
     """... and the speed benchmark times the two seeds' ensemble beside the first seed's network, with the
     ensemble's own test score as its MAE."""
@@ -225,6 +226,7 @@ def test_config_errors_fail_at_load_naming_the_key(override, message, tmp_path):
     assert re.search(message, res.stderr + res.stdout), (res.stderr + res.stdout)[-2000:]
 
 
+@pytest.mark.slow
 def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_finite(tmp_path, tiny_config):
     extra = tiny_config()
     # interrupt the run (SIGTERM) once two models are trained ...
