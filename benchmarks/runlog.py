@@ -7,8 +7,9 @@ one file per job, ``<results_dir>/benchmarks/jobs/<rule>/<job>.tsv`` (``core.lay
 Prints the number of jobs, the span of the run (the first job's start to the last job's end), the time with
 at least one job running (the union of the jobs' intervals: the pauses of a run resumed later do not count),
 the jobs' summed seconds (summed / running time is how many jobs ran at once on average) and, per rule, the
-number of jobs, their summed and longest seconds, the peak resident memory of its largest job and the CPU
-seconds of all. A job's seconds are Snakemake's measurement around its run (start-up included); its end is
+number of jobs, their summed and longest seconds and the peak resident memory of its largest job (Snakemake
+samples it every few seconds: a shorter peak can be missed; its sampled CPU seconds undercount the jobs that
+end between two samples, and are left out). A job's seconds are Snakemake's measurement around its run (start-up included); its end is
 the record's modification time (Snakemake writes it when the job ends) and its start that less its seconds.
 A job that failed or was interrupted writes no record: Snakemake's exit status and its log name those.
 A job run again replaces its record, so the folder holds each job's latest run.
@@ -34,7 +35,6 @@ class Job:
     seconds: float
     end: float         # seconds since the epoch
     max_rss_mb: float | None = None
-    cpu_s: float | None = None
 
     @property
     def start(self) -> float:
@@ -61,9 +61,7 @@ def read_record(path: Path, rule: str) -> Job:
         raise InvalidInputError(f"{path}: not a Snakemake benchmark record (no rows with a number of seconds in "
                                 f"column 's')")
     rss = [v for r in rows if (v := _number(r.get("max_rss"))) is not None]
-    cpu = [v for r in rows if (v := _number(r.get("cpu_time"))) is not None]
-    return Job(rule, path.stem, float(sum(seconds)), path.stat().st_mtime, max(rss) if rss else None,
-               sum(cpu) if cpu else None)
+    return Job(rule, path.stem, float(sum(seconds)), path.stat().st_mtime, max(rss) if rss else None)
 
 
 def read_records(folder, since: float | None = None) -> list[Job]:
@@ -92,9 +90,9 @@ def running_s(jobs: list[Job]) -> float:
 
 
 def per_rule(jobs: list[Job]) -> dict[str, dict]:
-    """rule -> jobs, seconds (summed), longest (seconds) and which job that was, peak RSS (MB), CPU seconds."""
+    """rule -> jobs, seconds (summed), longest (seconds) and which job that was, peak RSS (MB)."""
     out: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "seconds": 0.0, "longest": 0.0, "longest_job": "",
-                                                "max_rss_mb": None, "cpu_s": None})
+                                                "max_rss_mb": None})
     for j in jobs:
         r = out[j.rule]
         r["jobs"] += 1
@@ -103,8 +101,6 @@ def per_rule(jobs: list[Job]) -> dict[str, dict]:
             r["longest"], r["longest_job"] = j.seconds, j.name
         if j.max_rss_mb is not None:
             r["max_rss_mb"] = max(r["max_rss_mb"] or 0.0, j.max_rss_mb)
-        if j.cpu_s is not None:
-            r["cpu_s"] = (r["cpu_s"] or 0.0) + j.cpu_s
     return dict(out)
 
 
@@ -126,13 +122,12 @@ def markdown(jobs: list[Job]) -> str:
              f"(span **{_hms(last - first)}**); at least one job running for **{_hms(running)}** "
              f"({running / 60:.1f} min); {busy / 3600:.2f} h of job time ({busy / max(running, 1.0):.2f} jobs at "
              f"a time on average)"]
-    lines += ["", "| rule | jobs | job seconds (sum) | longest job (s) | that job | peak RSS (MB) | CPU seconds |",
-              "|---|---:|---:|---:|---|---:|---:|"]
+    lines += ["", "| rule | jobs | job seconds (sum) | longest job (s) | that job | peak RSS (MB) |",
+              "|---|---:|---:|---:|---|---:|"]
     for rule, r in sorted(per_rule(jobs).items(), key=lambda kv: -kv[1]["seconds"]):
         rss = "" if r["max_rss_mb"] is None else f"{r['max_rss_mb']:.0f}"
-        cpu = "" if r["cpu_s"] is None else f"{r['cpu_s']:.0f}"
         lines.append(f"| {rule} | {r['jobs']} | {r['seconds']:.0f} | {r['longest']:.0f} | {r['longest_job']} | "
-                     f"{rss} | {cpu} |")
+                     f"{rss} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,10 +12,10 @@ HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load
 T0 = 1_764_000_000.0  # 2025-11-24, seconds since the epoch
 
 
-def record(folder, rule, name, seconds, end, rss="512.00", cpu="10.5", rows=1):
+def record(folder, rule, name, seconds, end, rss="512.00", rows=1):
     path = folder / rule / f"{name}.tsv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(HEADER + f"{seconds}\t0:00:00\t{rss}\t900.1\t400.2\t450.3\t1.2\t3.4\t98.0\t{cpu}\n" * rows)
+    path.write_text(HEADER + f"{seconds}\t0:00:00\t{rss}\t900.1\t400.2\t450.3\t1.2\t3.4\t98.0\t10.5\n" * rows)
     os.utime(path, (end, end))  # Snakemake writes the record when the job ends
     return path
 
@@ -25,8 +25,8 @@ def run(tmp_path):
     """A dataset job, then two trainings side by side, then (after a pause: a resumed run) an export."""
     folder = Layout(tmp_path / "results").job_records
     record(folder, "dataset_split", "C_n300", 4.0, T0 + 4)
-    record(folder, "train", "C_pinn_n300_mlp3x64_seed0", 140.0, T0 + 150, rss="700.5", cpu="139.0")
-    record(folder, "train", "C_ddnn_n300_mlp3x64_seed0", 120.0, T0 + 125, rss="NA", cpu="NA")
+    record(folder, "train", "C_pinn_n300_mlp3x64_seed0", 140.0, T0 + 150, rss="700.5")
+    record(folder, "train", "C_ddnn_n300_mlp3x64_seed0", 120.0, T0 + 125, rss="NA")
     record(folder, "export_onnx", "C_ddnn_n300_mlp3x64_seed0", 3.0, T0 + 1000)
     return folder
 
@@ -38,14 +38,14 @@ def test_jobs_their_seconds_and_memory_are_read_from_the_records(run):
                                                ("export_onnx", "C_ddnn_n300_mlp3x64_seed0")]  # by their start
     by = {j.name + j.rule: j for j in jobs}
     pinn = by["C_pinn_n300_mlp3x64_seed0train"]
-    assert pinn.seconds == 140 and pinn.start == T0 + 10 and pinn.max_rss_mb == 700.5 and pinn.cpu_s == 139
+    assert pinn.seconds == 140 and pinn.start == T0 + 10 and pinn.max_rss_mb == 700.5
     ddnn = by["C_ddnn_n300_mlp3x64_seed0train"]
-    assert ddnn.max_rss_mb is None and ddnn.cpu_s is None  # NA: measured nothing
+    assert ddnn.max_rss_mb is None  # NA: measured nothing
     # at least one job running: 0-4, 5-150 (the trainings overlap), 997-1000; not the pause between
     assert running_s(jobs) == 4 + 145 + 3
     rules = per_rule(jobs)
     assert rules["train"] == {"jobs": 2, "seconds": 260, "longest": 140, "longest_job": "C_pinn_n300_mlp3x64_seed0",
-                              "max_rss_mb": 700.5, "cpu_s": 139}
+                              "max_rss_mb": 700.5}
     assert set(rules) == {"dataset_split", "train", "export_onnx"}
 
 
@@ -54,7 +54,7 @@ def test_the_markdown_gives_the_span_the_running_time_and_one_row_per_rule(run):
     assert "4 jobs from " in md and "(span **0:16:40**)" in md  # T0 to T0 + 1000
     assert "at least one job running for **0:02:32** (2.5 min)" in md
     assert f"{(4 + 140 + 120 + 3) / 3600:.2f} h of job time" in md
-    assert "| train | 2 | 260 | 140 | C_pinn_n300_mlp3x64_seed0 | 700 | 139 |" in md
+    assert "| train | 2 | 260 | 140 | C_pinn_n300_mlp3x64_seed0 | 700 |" in md
     # rules sorted by their seconds, the largest first
     assert md.index("| train |") < md.index("| dataset_split |") < md.index("| export_onnx |")
 
@@ -63,7 +63,7 @@ def test_since_keeps_the_jobs_of_one_session_and_repeats_are_summed(run):
     assert [j.rule for j in read_records(run, since=T0 + 500)] == ["export_onnx"]
     record(run, "benchmark_speed", "speed", 2.5, T0 + 2000, rows=3)  # repeat(..., 3): three rows
     speed = read_records(run, since=T0 + 1500)
-    assert len(speed) == 1 and speed[0].seconds == 7.5 and speed[0].cpu_s == pytest.approx(31.5)
+    assert len(speed) == 1 and speed[0].seconds == 7.5
     with pytest.raises(InvalidInputError, match="no job records that ended after"):
         read_records(run, since=T0 + 5000)
 
