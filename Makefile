@@ -1,6 +1,6 @@
 # Two entry points, both self-installing into a project virtual environment (.venv):
 #   make run    the main job
-#   make test   the test suite
+#   make test   the test suite (make test-quick: without the tests marked slow)
 # The environment is rebuilt when pyproject.toml changes. TORCH_INDEX may name a PyTorch wheel index
 # (e.g. https://download.pytorch.org/whl/cpu) on machines that would otherwise fetch a CUDA build.
 PYTHON ?= python3
@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 
-.PHONY: run test slurm-test setup clean gpu-check gpu-grid wheels
+.PHONY: run test test-quick slurm-test setup clean gpu-check gpu-grid wheels
 
 # Debian packages some tests need, installed where this runs as root with apt-get (the package lists are
 # refreshed once if the first try fails); elsewhere skipped quietly, and those tests skip, saying why:
@@ -39,6 +39,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# the developer's quick loop: the suite without the tests marked slow (`make test` runs them all)
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
 # the quick preset on a one-node SLURM cluster started here (root, Debian/apt), compared with a local run
 slurm-test: $(STAMP)
 	tests/slurm/run_e2e.sh
@@ -56,7 +60,7 @@ gpu-check:
 	@$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 # The paper's grid through the workflow on one GPU machine (workflow/profiles/gpu: training jobs sharing the
-# GPU), timed (and the seconds of each rule, from Snakemake's log: benchmarks.runlog); with the machine's own
+# GPU), timed (and the seconds of each rule, from the jobs' `benchmark:` records: benchmarks.runlog); with the machine's own
 # Python (the project from this folder, not installed), Snakemake and its dependencies from .whl/ where it
 # lacks them.
 #   make gpu-grid                      everything (config/gpu.yaml: the paper's grid, GPU timings; into results/gpu)
@@ -87,8 +91,8 @@ gpu-grid:
 	rc=$$?; [ $$rc = 124 ] && echo "== gpu-grid: stopped at GRID_DEADLINE=$(GRID_DEADLINE) s"; \
 	echo "== gpu-grid: $$(( $$(date +%s) - start )) s wall, snakemake exit $$rc, MPS $$([ -n "$$CUDA_MPS_PIPE_DIRECTORY" ] && echo on || echo off)"; \
 	if [ -n "$$CUDA_MPS_PIPE_DIRECTORY" ]; then $(GPU_PYTHON) -m benchmarks.gpu_share --daemon stop; fi; \
-	log=$$(find .snakemake/log -name '*.snakemake.log' -newermt "@$$start" 2>/dev/null | sort | tail -1); \
-	if [ -n "$$log" ]; then $(GPU_PYTHON) -m benchmarks.runlog $$log; fi; exit $$rc
+	$(GPU_PYTHON) -m benchmarks.runlog --config $(GRID_CONFIG) $(if $(GRID_RESULTS),--results $(GRID_RESULTS)) \
+		--since $$start || true; exit $$rc
 
 # Wheels for a GPU machine without network (Python 3.12, x86-64): what the project needs beyond its GPU image
 # (jsonschema for the configuration; Snakemake 9.27.1 and what it needs for `make gpu-grid`, ~27 MB in all).

@@ -46,12 +46,12 @@ BACKEND_COLORS = {
     "torch": "#E69F00", "torch_cuda": "#9C6500", "torch_compile": "#C0392B",
     "onnxruntime": "#56B4E9", "onnxruntime_cuda": "#1F4E99",
     "tensorrt": "#7B3FA0",
-    "fused": "#8DC63F", "fused_cuda": "#2E7D32",
+    "fused": "#8DC63F",
     # solver backends
     "numpy": "#8C8C8C", "cpu": EULER, "cuda": "#D81B60",
 }
 BACKEND_MARKERS = {"torch": "o", "torch_cuda": "^", "torch_compile": "v", "onnxruntime": "s",
-                   "onnxruntime_cuda": "<", "tensorrt": "P", "fused": "D", "fused_cuda": ">",
+                   "onnxruntime_cuda": "<", "tensorrt": "P", "fused": "D",
                    "numpy": "X", "cpu": "p", "cuda": "h"}
 PRECISION_STYLES = {"fp32": "-", "fp16": "--", "bf16": ":", "float32": "-", "float64": "--"}
 _SPARE = sns.color_palette("tab20", 20).as_hex()

@@ -8,8 +8,8 @@
 Copied: the accuracy and speed tables (CSV and Markdown) and the solver-throughput CSV, where the run made them.
 Written beside them: ``run.md``, which names the machine, the date, the code versions the models were trained
 with, and every job of the configured training grid that has no metrics.json (the copy is then marked
-**partial**), with the training time each part of the grid took, and (``--snakemake-log``) the run's wall time and the
-seconds of each rule, read from Snakemake's own log (``benchmarks.runlog``).
+**partial**), with the training time each part of the grid took, and the run's times and the seconds of each rule,
+read from the records of Snakemake's ``benchmark:`` directive where the run has them (``benchmarks.runlog``).
 """
 from __future__ import annotations
 
@@ -83,13 +83,14 @@ def summary(state: dict, copied: list[str], absent: list[str], info: dict, note:
     return "\n".join(lines) + "\n"
 
 
-def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = None, logs=()) -> dict:
-    """Copy the run's tables under ``out`` and write ``out/run.md`` (with the wall time and seconds per rule
-    that the Snakemake ``logs`` record, when given). Returns the grid state."""
-    from .runlog import markdown, read_logs
+def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = None) -> dict:
+    """Copy the run's tables under ``out`` and write ``out/run.md`` (with the run's times and seconds per rule
+    from its jobs' ``benchmark:`` records, where it has them). Returns the grid state."""
+    from .runlog import markdown, read_records
 
-    timing = markdown(read_logs(logs)) if logs else None  # a bad log is refused before anything is written
     layout = Layout(cfg["results_dir"])
+    # a bad record is refused before anything is written
+    timing = markdown(read_records(layout.job_records)) if layout.job_records.is_dir() else None
     state = grid_state(cfg, layout)
     sources = [layout.table(name, ext) for name, ext in TABLES] + [layout.benchmark(b) for b in BENCHMARKS]
     if not any(s.exists() for s in sources) and not state["done"]:
@@ -137,9 +138,6 @@ def main(argv=None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/reference"), help="tracked folder to write")
     ap.add_argument("--note", default=None, help="one line written into run.md (e.g. how long the run took)")
-    ap.add_argument("--snakemake-log", type=Path, nargs="+", default=[], metavar="LOG",
-                    help="the run's .snakemake/log/*.snakemake.log (several: a resumed run, in order): its wall "
-                         "time and the seconds of each rule go into run.md")
     ap.add_argument("--evaluate", type=Path, default=None, metavar="CHECKPOINT",
                     help="instead: score this checkpoint on its problem's held-out test set and print the errors")
     ap.add_argument("--docs", action="store_true",
@@ -164,7 +162,7 @@ def main(argv=None) -> int:
               f"max {r['euler_floor_max_abs_err']:.3g})")
         return 0
     try:
-        state = copy_reference(cfg, a.out, a.note, logs=a.snakemake_log)
+        state = copy_reference(cfg, a.out, a.note)
     except InvalidInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -89,6 +89,15 @@ class Layout:
     def benchmark(self, name: str) -> Path:
         return self.root / "benchmarks" / name
 
+    @property
+    def job_records(self) -> Path:
+        """The folder of Snakemake's ``benchmark:`` records, one file per job (``benchmarks.runlog`` reads them)."""
+        return self.root / "benchmarks" / "jobs"
+
+    def job_record(self, rule: str, name: str) -> Path:
+        """Snakemake's ``benchmark:`` record of one job of ``rule`` (its seconds, peak memory, CPU seconds)."""
+        return self.job_records / rule / f"{name}.tsv"
+
     def log(self, *parts: str) -> Path:
         return self.root.joinpath("logs", *parts)
 

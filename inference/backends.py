@@ -387,29 +387,9 @@ class FusedTriton(InferenceBackend):
         return rollout
 
 
-class FusedCuda(InferenceBackend):
-    """The earlier single-kernel CUDA C MLP (inference.kernels.fused_cuda) through CuPy: one thread per row,
-    fp32 on the CUDA cores (no tensor cores); kept as the SIMT reference point."""
-
-    name, device, precisions = "fused_cuda", "cuda", ("fp32",)
-
-    def unavailable_reason(self):
-        from solvers.backends import available_backends
-
-        return available_backends()["cuda"]  # the same requirement as the CUDA solver: CuPy and a GPU
-
-    def prepare(self, model, prec, workdir):
-        import cupy as cp
-
-        from .kernels.fused_cuda import FusedMLP
-
-        f = FusedMLP(model, prec)
-        return Runner(lambda x: cp.asarray(x, dtype=f.dtype), f, lambda y: cp.asnumpy(y).astype(np.float32))
-
-
 REGISTRY: dict[str, InferenceBackend] = {
     b.name: b for b in (TorchEager("cpu"), OnnxRuntime("cpu"), TorchEager("cuda"), TorchCompile(), OnnxRuntime("cuda"),
-                        TensorRT(), FusedTriton(), FusedCuda())
+                        TensorRT(), FusedTriton())
 }
 
 

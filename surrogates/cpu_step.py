@@ -56,13 +56,14 @@ import torch
 from core.errors import InvalidInputError, PipelineError
 from core.io import write_bytes
 
+from .activations import TABLE
+
 SOURCE = Path(__file__).with_name("cpu_step.cpp")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
 TILE = 256  # rows a tile: measured 2026-11-28 on the 2-vCPU VM, 3x64 net, batch 1024 (64-1024: within noise, 256 best)
 RESIDUAL_TILE = 128  # rows a tile of the one-call residual step (CpuResidualStep): 64 to 1,024 measured, 128 best (CHANGELOG.md)
-# the activation codes of cpu_step.cpp (enum Act)
-CODES = {None: 0, "identity": 0, "Sigmoid": 1, "Tanh": 2, "SiLU": 3, "ReLU": 4, "LeakyReLU": 5, "ELU": 6,
-         "GELU": 7, "Softplus": 8}
+# the activation codes of cpu_step.cpp (enum Act), from the activation table (tests/test_activations.py checks the enum)
+CODES = {None: 0, "identity": 0, **{a.name: a.code for a in TABLE.values()}}
 
 _lock = threading.Lock()
 _module = None

@@ -25,6 +25,8 @@ import torch
 
 from core.errors import InvalidInputError
 
+from .activations import LEAKY_SLOPE
+
 SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
@@ -167,7 +169,7 @@ class _ReLU(_Act):
 
 class _LeakyReLU(_ReLU):
     name = "LeakyReLU"
-    slope = 0.01
+    slope = LEAKY_SLOPE
 
 
 class _ELU(_Act):

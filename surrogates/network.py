@@ -14,16 +14,10 @@ from core.errors import InvalidInputError
 from core.io import write_bytes
 from core.provenance import check_provenance
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "ReLU": nn.ReLU,
-    "LeakyReLU": nn.LeakyReLU,
-    "ELU": nn.ELU,
-    "SiLU": nn.SiLU,
-    "GELU": nn.GELU,
-    "Tanh": nn.Tanh,
-    "Sigmoid": nn.Sigmoid,
-    "Softplus": nn.Softplus,
-}
+from .activations import TABLE
+
+# the torch modules of the activation table (surrogates.activations), with their default arguments
+ACTIVATIONS: dict[str, type[nn.Module]] = {a.name: getattr(nn, a.torch) for a in TABLE.values()}
 CHECKPOINT_FORMAT = 1
 
 

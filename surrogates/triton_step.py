@@ -46,7 +46,7 @@ import torch
 
 from core.errors import InvalidInputError
 
-from . import tritonlib
+from . import activations, tritonlib
 
 MIN_WIDTH = 16   # tl.dot needs K, N >= 16
 MAX_WIDTH = 128
@@ -117,131 +117,10 @@ def _sum(x, axis: tl.constexpr):
 
 __EXACT_ACTIVATIONS__
 
-# ---- activations f(z) and their derivatives f'(z), given z and a = f(z)
-@triton.jit
-def _f_Sigmoid(z):
-    return _sigmoid_exact(z)
-
-
-@triton.jit
-def _d_Sigmoid(z, a):
-    return a * (1.0 - a)
-
-
-@triton.jit
-def _f_Tanh(z):
-    return _tanh_exact(z)
-
-
-@triton.jit
-def _d_Tanh(z, a):
-    return 1.0 - a * a
-
-
-@triton.jit
-def _f_SiLU(z):
-    return z * _sigmoid_exact(z)
-
-
-@triton.jit
-def _d_SiLU(z, a):
-    s = _sigmoid_exact(z)
-    return s * (1.0 + z * (1.0 - s))
-
-
-@triton.jit
-def _f_ReLU(z):
-    return tl.maximum(z, 0.0)
-
-
-@triton.jit
-def _d_ReLU(z, a):
-    return tl.where(z > 0.0, 1.0, 0.0)
-
-
-@triton.jit
-def _f_LeakyReLU(z):
-    return tl.where(z > 0.0, z, 0.01 * z)
-
-
-@triton.jit
-def _d_LeakyReLU(z, a):
-    return tl.where(z > 0.0, 1.0, 0.01)
-
-
-@triton.jit
-def _f_ELU(z):
-    return tl.where(z > 0.0, z, tl.exp(tl.minimum(z, 0.0)) - 1.0)
-
-
-@triton.jit
-def _d_ELU(z, a):
-    return tl.where(z > 0.0, 1.0, a + 1.0)
-
-
-@triton.jit
-def _f_Softplus(z):  # torch's threshold 20: z itself above it
-    return tl.where(z > 20.0, z, tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))))
-
-
-@triton.jit
-def _d_Softplus(z, a):
-    return tl.where(z > 20.0, 1.0, _sigmoid_exact(z))
-
-
-@triton.jit
-def _f_GELU(z):
-    return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-
-
-@triton.jit
-def _d_GELU(z, a):
-    return 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)
-'''
-
-# second derivatives f''(z), given z, a = f(z) and d = f'(z) (the residual step's backward pass), as the fused
-# engine's (surrogates.engine: ReLU's kinks 0, Softplus 0 above its threshold, ELU 0 above 0)
-_SECOND = '''
-@triton.jit
-def _dd_Sigmoid(z, a, d):
-    return d * (1.0 - 2.0 * a)
-
-
-@triton.jit
-def _dd_Tanh(z, a, d):
-    return -2.0 * a * d
-
-
-@triton.jit
-def _dd_SiLU(z, a, d):
-    s = _sigmoid_exact(z)
-    return s * (1.0 - s) * (2.0 + z - 2.0 * a)
-
-
-@triton.jit
-def _dd_ReLU(z, a, d):
-    return z * 0.0
-
-
-@triton.jit
-def _dd_LeakyReLU(z, a, d):
-    return z * 0.0
-
-
-@triton.jit
-def _dd_ELU(z, a, d):
-    return tl.where(z > 0.0, 0.0, a + 1.0)
-
-
-@triton.jit
-def _dd_Softplus(z, a, d):
-    s = _sigmoid_exact(z)
-    return tl.where(z > 20.0, 0.0, s * (1.0 - s))
-
-
-@triton.jit
-def _dd_GELU(z, a, d):
-    return 0.3989422804014327 * tl.exp(-0.5 * z * z) * (2.0 - z * z)
+# ---- activations (surrogates.activations): f(z) _f_NAME, f'(z) _d_NAME given a = f(z), and f''(z) _dd_NAME
+# given d = f'(z) too (the residual step's backward pass), as the fused engine's (ReLU's kinks 0, Softplus 0
+# above its threshold, ELU 0 above 0)
+__ACTIVATIONS__
 
 
 @triton.jit
@@ -250,7 +129,7 @@ def _col(t, cols, j: tl.constexpr):
     return _sum(tl.where(cols[None, :] == j, t, 0.0), 1)
 '''
 
-ACTIVATIONS = ("Sigmoid", "Tanh", "SiLU", "ReLU", "LeakyReLU", "ELU", "Softplus", "GELU")
+ACTIVATIONS = activations.NAMES
 
 
 def _padded(width: int) -> int:
@@ -342,7 +221,8 @@ def _source(lay: _Layout) -> str:
 
 def _prelude() -> str:
     return _PRELUDE.replace("__FP32_INPUT_PRECISION__", repr(FP32_INPUT_PRECISION)).replace(
-        "__EXACT_ACTIVATIONS__", tritonlib.EXACT_ACTIVATIONS.strip("\n") + "\n") + _SECOND
+        "__EXACT_ACTIVATIONS__", tritonlib.EXACT_ACTIVATIONS.strip("\n") + "\n").replace(
+        "__ACTIVATIONS__", activations.triton_source())
 
 
 _TRITON_FUNCTIONS = ("exp", "log", "sqrt", "abs")  # what the model printer's xp.<name> may call here

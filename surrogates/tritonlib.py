@@ -15,22 +15,13 @@ from pathlib import Path
 from core.errors import BackendUnavailableError, InvalidInputError
 from core.io import import_generated
 
+from .activations import TRITON_HELPERS
+
 _MODULES: dict = {}
 
 # Triton source shared by the generated modules (each decorates its own copy): float32 activations from exp,
-# without overflow
-EXACT_ACTIVATIONS = '''
-@triton.jit
-def _tanh_exact(z):
-    e = tl.exp(-2.0 * tl.abs(z))  # in (0, 1]: no overflow
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(z < 0.0, -t, t)
-
-
-@triton.jit
-def _sigmoid_exact(z):
-    return 1.0 / (1.0 + tl.exp(-z))
-'''
+# without overflow (surrogates.activations: the helpers of its Triton spellings)
+EXACT_ACTIVATIONS = TRITON_HELPERS
 
 
 def triton(what: str = "the Triton kernels"):

@@ -204,6 +204,7 @@ def test_a_captured_cohort_on_a_gpu_matches_the_seeds_alone(tmp_path):
         torch.testing.assert_close(_flat(mc), _flat(ma), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_cohort_takes_each_seeds_lbfgs_polish_as_alone(tmp_path):
     """The polish runs per seed after the stacked steps, on parameters that are views of the stacked tensors.
     Engine "fused" (torch operators) on both sides: the stacked steps do the same arithmetic as a lone run's
@@ -224,6 +225,7 @@ def test_a_cohort_takes_each_seeds_lbfgs_polish_as_alone(tmp_path):
         torch.testing.assert_close(_flat(mc), _flat(ma), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_cohorts_polish_runs_on_the_engine_and_in_float64_where_asked(tmp_path, capsys):
     """After the stacked steps each seed's polish runs on its own engine (set up by the cohort's start), so
     lbfgs_dtype = float64 holds in a cohort too (the GPU preset trains hh_m's ddnn seeds as one): each seed

@@ -7,6 +7,7 @@ form the kernel shares its Jacobian statements with.
 """
 import ctypes
 
+import numba  # noqa: F401  (pinned: a missing one fails here, not as skips)
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,6 @@ import solvers
 from surrogates import cpu_residual
 from surrogates.cpu_residual import kernel_source, residual_kernel
 from surrogates.problems import Problem
-
-pytest.importorskip("numba")
 
 FHN = solvers.get_model("fhn")
 HH = solvers.get_model("hh")
@@ -157,7 +156,6 @@ def test_the_trainer_on_the_compiled_steps_takes_the_kernel(tmp_path, monkeypatc
     """Through the Trainer (engine "cpp", what "auto" picks on a CPU): every step's ODE residual goes through
     the one-call compiled residual step. (A first version built the losses' steps before setting the compiled
     kernels on the engine, so training never reached it while the direct tests passed.)"""
-    pytest.importorskip("ninja")
     from test_engine import _pinn_trainer
 
     from surrogates.cpu_step import CpuResidualStep
@@ -181,7 +179,6 @@ def test_the_one_call_residual_step_equals_the_torch_operators(dtype, n, tile, m
     """The compiled residual step (one call: inputs scaled inside, per tile forward with tangents, the kernel's
     callback, backward) gives the engine's torch operators' loss and gradients: after a data term (its
     gradient added to), in float32 (the training steps) and float64 (a polish), whole and in ragged tiles."""
-    pytest.importorskip("ninja")
     from surrogates import cpu_step
     from surrogates.engine import MLPEngine
     from surrogates.losses import ODEResidualLoss
@@ -211,7 +208,6 @@ def test_the_one_call_residual_step_equals_the_torch_operators(dtype, n, tile, m
 
 
 def test_the_one_call_residual_step_refuses_a_kernel_for_other_outputs():
-    pytest.importorskip("ninja")
     from core.errors import InvalidInputError
     from surrogates.cpu_step import CpuResidualStep
     from surrogates.engine import MLPEngine

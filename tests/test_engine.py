@@ -118,6 +118,7 @@ def test_the_engine_refuses_what_it_cannot_train():
         eng.forward(torch.zeros(9, 4, dtype=torch.float64))
 
 
+@pytest.mark.slow
 def test_the_trainer_gives_the_same_run_on_the_fused_and_the_autograd_path(tmp_path):
     """Same data order, same losses, same schedule: the two paths follow the same trajectory (float32 rounding
     apart) and their loss curves agree closely."""
@@ -192,6 +193,7 @@ def _pinn_trainer(out, capture, engine="fused"):
     return tr, m
 
 
+@pytest.mark.slow
 def test_the_static_step_follows_the_plain_fused_path(tmp_path):
     """The capturable step (device-side batch offsets, learning rate from the step count), run uncaptured on
     the CPU: the same batches, points and updates as the plain fused step."""
@@ -310,6 +312,7 @@ def test_the_closed_form_ode_residual_equals_autograd_in_float64(outputs):
         torch.testing.assert_close(g, 0.5 * w, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_the_lbfgs_polish_through_the_engine_follows_autograd(tmp_path):
     """The polish's closure on the fused engine (full-set data term in chunks, forward-mode residual, closed-form
     residual gradient) against the autograd closure: the same L-BFGS run, loss for loss."""
@@ -651,6 +654,7 @@ def test_float32_held_terms_on_a_float64_engine_equal_float64_autograd():
                 torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_a_float64_polish_moves_a_float64_copy_and_rounds_each_round_back(tmp_path, capsys):
     """lbfgs_dtype = float64: L-BFGS runs on a float64 copy (its objective values are recorded), and after
     each round the float32 model holds the copy's weights rounded (the float32 objective there equals the

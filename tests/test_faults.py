@@ -72,6 +72,7 @@ def checkpoint_iteration(d: Path) -> int:
 
 
 # ---------------------------------------------------------------- killed in the middle of training
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_mid_training_the_rerun_resumes_and_keeps_completed_work(sig, tiny_config, snakemake, tmp_path):
     # C trains long enough to be killed part-way; B finishes first (2 cores: they train side by side). C may
@@ -118,6 +119,7 @@ def test_killed_mid_training_the_rerun_resumes_and_keeps_completed_work(sig, tin
 
 
 # ---------------------------------------------------------------- one job fails
+@pytest.mark.slow
 def test_a_diverging_job_fails_only_its_targets_and_keep_going_finishes_the_rest(tiny_config, snakemake, tmp_path):
     cfg = tiny_config({"training": {"overrides": {"C": {"lr": 1.0e30}}}})  # forces a non-finite loss on C
     results = tmp_path / "results"
@@ -152,6 +154,7 @@ def _rerun(snakemake, cfg, target):
     return res.returncode, res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_damaged_or_changed_inputs_stop_the_job_with_the_file_named(trained_b, snakemake):
     cfg, results, d = trained_b
     train = Layout(results).split("B", 300, "train")
@@ -189,6 +192,7 @@ def test_damaged_or_changed_inputs_stop_the_job_with_the_file_named(trained_b, s
     assert f"sidecar {side} was changed after it was written" in log, log[-2000:]
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_refused_by_the_onnx_export(trained_b, snakemake):
     cfg, results, d = trained_b
     model = d / "best_model.pth"
@@ -221,6 +225,7 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- two runs in one directory
+@pytest.mark.slow
 def test_a_second_run_on_the_same_outputs_is_refused_by_the_lock(tiny_config, snakemake, tmp_path):
     # long enough that the first run is still training while two more Snakemake runs start (each takes
     # seconds to build its DAG, many more on a loaded machine: 20,000 steps finished before the second did)

@@ -55,7 +55,7 @@ def runs(tmp_path, rng):
 
 def _speed_raw(path, gpu: bool):
     rows = [{"backend": "tensorrt", "skipped": "no TensorRT here"}]
-    devices = [("cpu", ["torch", "onnxruntime"], ["fp32"])] + ([("cuda", ["torch_cuda", "fused_cuda"], ["fp32", "fp16"])]
+    devices = [("cpu", ["torch", "onnxruntime"], ["fp32"])] + ([("cuda", ["torch_cuda", "fused"], ["fp32", "fp16"])]
                                                                if gpu else [])
     points = [(N, 26, "N,K" if N == 1000 else "N") for N in (1000, 4000)] + [(1000, k, "K") for k in (1, 101)]
     for device, backends, precs in devices:

@@ -1,7 +1,5 @@
-"""Inference backends, ONNX export, the fused kernel, the timing harness and the workloads."""
+"""Inference backends, ONNX export, the timing harness and the workloads."""
 import json
-import shutil
-import subprocess
 import time
 
 import numpy as np
@@ -15,7 +13,6 @@ from inference import workloads
 from inference.backends import (REGISTRY, TOLERANCE, BackendMismatchError, Runner, check_against_torch,
                                 fastest_cpu_backend, get_inference_backend, reference_outputs)
 from inference.export import export_onnx
-from inference.kernels.fused_cuda import kernel_source, packed_parameters
 from inference.timing import time_cpu
 from inference.workloads import Case, kept_times
 from surrogates.config import load_config, validate_config
@@ -182,83 +179,9 @@ def test_direct_workload_has_exactly_n_times_k_rows_of_real_inputs(problem_c):
         Case(problem_c, 37, 7, 50.0).save_every
 
 
-# ---------------------------------------------------------------- fused kernel
-SHIM = r"""
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-struct Dim { unsigned x; };
-static Dim blockIdx, threadIdx, blockDim;
-#define __global__
-#define __restrict__ __restrict
-#define __syncthreads()
-#define __shared__
-unsigned char smem_raw[1 << 20];
-"""
-HARNESS = r"""
-int main(int argc, char** argv) {
-    long long n = atoll(argv[1]); int n_in = atoi(argv[2]), n_out = atoi(argv[3]), n_par = atoi(argv[4]);
-    float* x = (float*)malloc(sizeof(float) * n * n_in); float* p = (float*)malloc(sizeof(float) * n_par);
-    float* y = (float*)malloc(sizeof(float) * n * n_out);
-    FILE* f = fopen(argv[5], "rb"); fread(x, sizeof(float), n * n_in, f); fclose(f);
-    f = fopen(argv[6], "rb"); fread(p, sizeof(float), n_par, f); fclose(f);
-    blockDim.x = 1; threadIdx.x = 0;   /* one thread per block: the shared-memory copy needs no barrier */
-    for (long long r = 0; r < n; ++r) { blockIdx.x = (unsigned)r; mlp_fused(x, y, p, n); }
-    f = fopen(argv[7], "wb"); fwrite(y, sizeof(float), n * n_out, f); fclose(f);
-    return 0;
-}
-"""
-
-
-@pytest.mark.parametrize("hidden", [[("SiLU", 32), ("Sigmoid", 32), ("Tanh", 16)],
-                                    [("ReLU", 8), ("LeakyReLU", 8), ("ELU", 8), ("GELU", 8), ("Softplus", 8)]])
-def test_fused_kernel_source_computes_the_network_when_compiled_for_the_cpu(hidden, tmp_path):
-    """The generated CUDA source, compiled by g++ with a shim for the CUDA keywords, matches torch."""
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ is not installed")
-    torch.manual_seed(1)
-    m = MLP(4, 2, hidden, input_range=([0, -1, 0, 0], [20, 1, 0.2, 0.2]), output_center=[0.3, 0.05],
-            output_scale=[0.7, 0.1]).eval()
-    src = kernel_source(m.config(), "fp32")
-    (tmp_path / "k.cpp").write_text(SHIM + src + HARNESS)
-    res = subprocess.run([gxx, "-O1", "-o", str(tmp_path / "k"), str(tmp_path / "k.cpp"), "-lm"], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    X = np.random.default_rng(0).uniform([0, -1, 0, 0], [20, 1, 0.2, 0.2], size=(257, 4)).astype(np.float32)
-    P = packed_parameters(m)
-    X.tofile(tmp_path / "x.bin")
-    P.tofile(tmp_path / "p.bin")
-    run = subprocess.run([str(tmp_path / "k"), "257", "4", "2", str(P.size), str(tmp_path / "x.bin"),
-                          str(tmp_path / "p.bin"), str(tmp_path / "y.bin")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    y = np.fromfile(tmp_path / "y.bin", dtype=np.float32).reshape(257, 2)
-    with torch.no_grad():
-        ref = m(torch.from_numpy(X)).numpy()
-    np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-6)
-
-
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_fused_kernel_compiles_with_nvcc(precision, tmp_path, net):
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc is not installed")
-    (tmp_path / "k.cu").write_text(kernel_source(net.config(), precision))
-    res = subprocess.run([nvcc, "-arch=sm_90", "--ptx", "-o", str(tmp_path / "k.ptx"), str(tmp_path / "k.cu")],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert "mlp_fused" in (tmp_path / "k.ptx").read_text()
-
-
-def test_fused_kernel_rejects_what_it_cannot_run():
-    with pytest.raises(InvalidInputError, match="widths up to 64"):
-        kernel_source({"n_inputs": 2, "n_outputs": 1, "hidden": [["Tanh", 128]]})
-    with pytest.raises(InvalidInputError, match="unknown precision"):
-        kernel_source({"n_inputs": 2, "n_outputs": 1, "hidden": [["Tanh", 8]]}, "int8")
-
-
 # ---------------------------------------------------------------- GPU
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["torch_cuda", "torch_compile", "fused", "fused_cuda", "tensorrt", "onnxruntime_cuda"])
+@pytest.mark.parametrize("backend", ["torch_cuda", "torch_compile", "fused", "tensorrt", "onnxruntime_cuda"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_gpu_backends_agree_with_torch(backend, precision, net, tmp_path, problem_c):
     b = REGISTRY[backend]

@@ -96,22 +96,23 @@ def test_the_shipped_checkpoint_of_problem_c_scores_what_its_metrics_say():
     assert got["mae"] < 1e-3
 
 
-def test_the_run_s_wall_time_goes_into_run_md_from_snakemake_s_log(tiny_config, tmp_path):
-    from test_runlog import LOG
+def test_the_run_s_job_times_go_into_run_md_from_its_benchmark_records(tiny_config, tmp_path):
+    from test_runlog import T0, record
 
     cfg = _config(tiny_config)
-    table = Layout(cfg["results_dir"]).table("accuracy", "csv")
+    layout = Layout(cfg["results_dir"])
+    table = layout.table("accuracy", "csv")
     table.parent.mkdir(parents=True)
     table.write_text("problem,mae\n")
-    log = tmp_path / "run.snakemake.log"
-    log.write_text(LOG)
-    copy_reference(cfg, tmp_path / "ref", info=INFO, logs=[log])
+    copy_reference(cfg, tmp_path / "ref0", info=INFO)  # no records: no job table
+    assert "Jobs of the run" not in (tmp_path / "ref0" / "run.md").read_text()
+    record(layout.job_records, "train", "C_ddnn_n300_mlp3x64_seed0", 120.0, T0 + 120)
+    copy_reference(cfg, tmp_path / "ref", info=INFO)
     run = (tmp_path / "ref" / "run.md").read_text()
-    assert "Wall time of the run (Snakemake's log: run.snakemake.log): **0:02:28**" in run
-    assert "| train | 1 | 120 | 120 |" in run
-    # a log that is not one is refused before anything is written
-    bad = tmp_path / "bad.log"
-    bad.write_text("hello\n")
-    with pytest.raises(InvalidInputError, match="bad.log: no Snakemake job found"):
-        copy_reference(cfg, tmp_path / "ref2", info=INFO, logs=[bad])
+    assert "Jobs of the run (Snakemake's `benchmark:` records): 1 jobs" in run
+    assert "| train | 1 | 120 | 120 | C_ddnn_n300_mlp3x64_seed0 |" in run
+    # a record that is not one is refused before anything is written
+    (layout.job_records / "train" / "bad.tsv").write_text("hello\n")
+    with pytest.raises(InvalidInputError, match="bad.tsv: not a Snakemake benchmark record"):
+        copy_reference(cfg, tmp_path / "ref2", info=INFO)
     assert not (tmp_path / "ref2").exists()

@@ -299,6 +299,7 @@ def test_a_half_written_file_of_a_killed_run_is_removed_when_its_folder_is_train
     assert "removed .checkpoint.pth.bi4vsk75.tmp, a file a killed run left half written" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_second_workflow_run_on_the_same_folder_spelt_otherwise_refuses_at_once(tiny_config, snakemake, tmp_path):
     cfg = tiny_config({"training": {"overrides": {"C": {"iterations": 20000, "val_every": 100}}}})
     (tmp_path / "alias").symlink_to(tmp_path)
@@ -392,6 +393,5 @@ machine_info(gpu=False)
 assert torch.get_num_threads() == 1, ('with the pool', torch.get_num_threads())
 print('ok')
 """
-    pytest.importorskip("numba")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

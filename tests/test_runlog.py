@@ -1,117 +1,84 @@
-"""benchmarks.runlog: a Snakemake run's wall time and seconds per rule, read from Snakemake's own log."""
+"""benchmarks.runlog: a Snakemake run's job times, read from the records of its `benchmark:` directive."""
+import os
+
 import pytest
 
-from benchmarks.runlog import main, markdown, parse_log, read_logs
+from benchmarks.runlog import main, markdown, per_rule, read_records, running_s
 from core.errors import InvalidInputError
+from core.layout import Layout
 
-# The shape Snakemake 9 writes (snakemake/logging.py: job_info, job_finished, job_error), trimmed:
-# two trainings at once, one dataset job before them, one training that fails, one interrupted.
-LOG = """\
-Building DAG of jobs...
-Provided cores: 2
-[Fri Nov 27 20:13:35 2026]
-localrule dataset_test:
-    output: results/datasets/D/test.npz
-    jobid: 11
-    reason: Missing output files: results/datasets/D/test.npz
-    wildcards: problem=D
-    resources: tmpdir=/tmp
-Select jobs to execute...
-[Fri Nov 27 20:13:39 2026]
-Finished jobid: 11 (Rule: dataset_test)
-1 of 5 steps (20%) done
-[Fri Nov 27 20:13:40 2026]
-rule train:
-    input: results/datasets/C/n1000/train.npz
-    jobid: 3
-    wildcards: problem=C, surrogate=pinn, n=1000, arch=mlp3x64, seed=0
-    threads: 1
-[Fri Nov 27 20:13:41 2026]
-localrule train:
-    jobid: 4
-    wildcards: problem=C, surrogate=ddnn, n=1000, arch=mlp3x64, seed=0
-[Fri Nov 27 20:15:41 2026]
-Finished jobid: 4 (Rule: train)
-2 of 5 steps (40%) done
-[Fri Nov 27 20:15:42 2026]
-Job 7: a rule with a message
-Reason: Missing output files
-[Fri Nov 27 20:16:00 2026]
-Error in rule train:
-    message: None
-    jobid: 3
-    log: results/logs/train.log (check log file(s) for error details)
-[Fri Nov 27 20:16:02 2026]
-Finished jobid: 7 (Rule: figure_speed)
-3 of 5 steps (60%) done
-[Fri Nov 27 20:16:03 2026]
-localrule export_onnx:
-    jobid: 9
-    wildcards: problem=C, surrogate=ddnn, n=1000, arch=mlp3x64, seed=0
-"""
+# The columns Snakemake 9 writes (snakemake/benchmark.py: BenchmarkRecord.get_header), max_rss in MB
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+T0 = 1_764_000_000.0  # 2025-11-24, seconds since the epoch
 
 
-def test_jobs_their_seconds_and_the_wall_time_are_read_from_the_log():
-    run = parse_log(LOG, "test.log")
-    by_id = {j.jobid: j for j in run.jobs}
-    assert set(by_id) == {11, 3, 4, 7, 9}
-    assert by_id[11].rule == "dataset_test" and by_id[11].seconds == 4
-    assert by_id[4].rule == "train" and by_id[4].seconds == 120
-    assert by_id[4].wildcards == "problem=C, surrogate=ddnn, n=1000, arch=mlp3x64, seed=0"
-    assert by_id[3].failed and by_id[3].seconds == 140  # ended by its error
-    assert by_id[7].rule == "figure_speed" and by_id[7].seconds == 20  # named by its "Finished" line
-    assert [j.jobid for j in run.unfinished] == [9] and by_id[9].end is None
-    assert run.wall_s == (16 * 60 + 3) - (13 * 60 + 35)  # first job's start to the last stamp
-    assert run.busy_s == 4 + 120 + 20  # finished jobs only
-    rules = run.per_rule()
-    assert rules["train"] == {"jobs": 1, "seconds": 120, "longest": 120, "longest_job": by_id[4].wildcards}
-    assert set(rules) == {"dataset_test", "train", "figure_speed"}
+def record(folder, rule, name, seconds, end, rss="512.00", rows=1):
+    path = folder / rule / f"{name}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(HEADER + f"{seconds}\t0:00:00\t{rss}\t900.1\t400.2\t450.3\t1.2\t3.4\t98.0\t10.5\n" * rows)
+    os.utime(path, (end, end))  # Snakemake writes the record when the job ends
+    return path
 
 
-def test_the_markdown_names_failed_and_unfinished_jobs():
-    md = markdown(parse_log(LOG, "test.log"))
-    assert "**0:02:28** (2.5 min)" in md
-    assert "**1 failed**: train (problem=C, surrogate=pinn" in md
-    assert "**1 never finished** (interrupted): export_onnx" in md
-    assert "| train | 1 | 120 | 120 | problem=C, surrogate=ddnn, n=1000, arch=mlp3x64, seed=0 |" in md
+@pytest.fixture
+def run(tmp_path):
+    """A dataset job, then two trainings side by side, then (after a pause: a resumed run) an export."""
+    folder = Layout(tmp_path / "results").job_records
+    record(folder, "dataset_split", "C_n300", 4.0, T0 + 4)
+    record(folder, "train", "C_pinn_n300_mlp3x64_seed0", 140.0, T0 + 150, rss="700.5")
+    record(folder, "train", "C_ddnn_n300_mlp3x64_seed0", 120.0, T0 + 125, rss="NA")
+    record(folder, "export_onnx", "C_ddnn_n300_mlp3x64_seed0", 3.0, T0 + 1000)
+    return folder
+
+
+def test_jobs_their_seconds_and_memory_are_read_from_the_records(run):
+    jobs = read_records(run)
+    assert [(j.rule, j.name) for j in jobs] == [("dataset_split", "C_n300"), ("train", "C_ddnn_n300_mlp3x64_seed0"),
+                                               ("train", "C_pinn_n300_mlp3x64_seed0"),
+                                               ("export_onnx", "C_ddnn_n300_mlp3x64_seed0")]  # by their start
+    by = {j.name + j.rule: j for j in jobs}
+    pinn = by["C_pinn_n300_mlp3x64_seed0train"]
+    assert pinn.seconds == 140 and pinn.start == T0 + 10 and pinn.max_rss_mb == 700.5
+    ddnn = by["C_ddnn_n300_mlp3x64_seed0train"]
+    assert ddnn.max_rss_mb is None  # NA: measured nothing
+    # at least one job running: 0-4, 5-150 (the trainings overlap), 997-1000; not the pause between
+    assert running_s(jobs) == 4 + 145 + 3
+    rules = per_rule(jobs)
+    assert rules["train"] == {"jobs": 2, "seconds": 260, "longest": 140, "longest_job": "C_pinn_n300_mlp3x64_seed0",
+                              "max_rss_mb": 700.5}
+    assert set(rules) == {"dataset_split", "train", "export_onnx"}
+
+
+def test_the_markdown_gives_the_span_the_running_time_and_one_row_per_rule(run):
+    md = markdown(read_records(run))
+    assert "4 jobs from " in md and "(span **0:16:40**)" in md  # T0 to T0 + 1000
+    assert "at least one job running for **0:02:32** (2.5 min)" in md
+    assert f"{(4 + 140 + 120 + 3) / 3600:.2f} h of job time" in md
+    assert "| train | 2 | 260 | 140 | C_pinn_n300_mlp3x64_seed0 | 700 |" in md
     # rules sorted by their seconds, the largest first
-    assert md.index("| train |") < md.index("| figure_speed |") < md.index("| dataset_test |")
+    assert md.index("| train |") < md.index("| dataset_split |") < md.index("| export_onnx |")
 
 
-def test_jobs_a_stop_interrupts_are_not_counted_as_failed():
-    """After "Terminating processes on user request" (Ctrl-C, or make gpu-grid's GRID_DEADLINE) the errors
-    Snakemake reports are the stop's: those jobs are interrupted, not failed."""
-    stopped = LOG + """Terminating processes on user request, this might take some time.
-[Fri Nov 27 20:16:30 2026]
-Error in rule export_onnx:
-    message: None
-    jobid: 9
-"""
-    run = parse_log(stopped, "stopped.log")
-    by_id = {j.jobid: j for j in run.jobs}
-    assert by_id[9].interrupted and not by_id[9].failed and by_id[9].seconds == 27
-    assert [j.jobid for j in run.failed] == [3] and run.unfinished == []
-    assert 9 not in {j.jobid for j in run.finished} and run.busy_s == 4 + 120 + 20
-    md = markdown(run)
-    assert "**1 failed**: train (problem=C, surrogate=pinn" in md
-    assert "**1 interrupted** when the run was stopped: export_onnx (problem=C" in md
-    assert "never finished" not in md
+def test_since_keeps_the_jobs_of_one_session_and_repeats_are_summed(run):
+    assert [j.rule for j in read_records(run, since=T0 + 500)] == ["export_onnx"]
+    record(run, "benchmark_speed", "speed", 2.5, T0 + 2000, rows=3)  # repeat(..., 3): three rows
+    speed = read_records(run, since=T0 + 1500)
+    assert len(speed) == 1 and speed[0].seconds == 7.5
+    with pytest.raises(InvalidInputError, match="no job records that ended after"):
+        read_records(run, since=T0 + 5000)
 
 
-def test_a_resumed_run_sums_the_wall_time_of_its_logs(tmp_path):
-    a, b = tmp_path / "a.snakemake.log", tmp_path / "b.snakemake.log"
-    a.write_text(LOG)
-    b.write_text(LOG.replace("Fri Nov 27", "Sat Nov 28"))
-    one = read_logs([a])
-    two = read_logs([a, b])
-    assert two.wall_s == 2 * one.wall_s and len(two.jobs) == 2 * len(one.jobs)
-    assert two.first.day == 27 and two.last.day == 28
+def test_a_missing_folder_or_a_bad_record_is_refused_naming_it(run, tmp_path, capsys):
+    with pytest.raises(InvalidInputError, match="nope: no job records"):
+        read_records(tmp_path / "nope")
+    assert main(["--results", str(tmp_path / "elsewhere")]) == 2
+    assert "no job records" in capsys.readouterr().err
+    bad = run / "train" / "C_itnn_n300_mlp3x64_seed0.tsv"
+    bad.write_text("hello\n")
+    with pytest.raises(InvalidInputError, match="C_itnn_n300_mlp3x64_seed0.tsv: not a Snakemake benchmark record"):
+        read_records(run)
 
 
-def test_a_log_without_jobs_or_a_missing_log_is_refused_naming_it(tmp_path, capsys):
-    with pytest.raises(InvalidInputError, match="empty.log: no Snakemake job found"):
-        parse_log("Building DAG of jobs...\nNothing to be done.\n", "empty.log")
-    with pytest.raises(InvalidInputError, match="nope.log: no such Snakemake log"):
-        read_logs([tmp_path / "nope.log"])
-    assert main([str(tmp_path / "nope.log")]) == 2
-    assert "no such Snakemake log" in capsys.readouterr().err
+def test_the_program_prints_the_table_of_a_results_folder(run, capsys):
+    assert main(["--results", str(run.parents[1])]) == 0
+    assert "| train | 2 | 260 |" in capsys.readouterr().out

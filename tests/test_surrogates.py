@@ -373,6 +373,7 @@ def test_early_stopping_and_bad_settings(tmp_path):
         Trainer(MLP(1, 1, [("Tanh", 2)]), tmp_path / "x").train(10)
 
 
+@pytest.mark.slow
 def test_lbfgs_polish_lowers_the_loss(tmp_path):
     tr, _ = _toy_trainer(tmp_path / "a")
     tr.train(200)
@@ -408,6 +409,7 @@ def data(cfg, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_tiny_training_run_reduces_test_error_and_writes_metrics(cfg, data, tmp_path):
     short = train_surrogate(cfg, "B", "ddnn", 1000, 0, data / "B", tmp_path / "s", iterations=1)
     long = train_surrogate(cfg, "B", "ddnn", 1000, 0, data / "B", tmp_path / "l", iterations=600)
@@ -444,6 +446,7 @@ def test_pinn_and_itnn_and_the_hh_m_variants_run(cfg, data, tmp_path):
         assert r["arch"] == "tanh2x64" and r["test"]["rows"] == round(0.2 * 4001)
 
 
+@pytest.mark.slow
 def test_physics_informed_runs_take_the_lbfgs_polish_and_zero_iterations(cfg, data, tmp_path):
     """The polish and the untrained score evaluate the objective without a step: a physics loss (which
     differentiates the network) must still be computable there."""
@@ -529,6 +532,7 @@ trainer_pinn.train(num_iterations=30)
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario,folder,column", [(SCENARIO_A, "results_ddnn", "MSE"),
                                                     (SCENARIO_B, "results_pinn", "FHN_Residual_Loss")])
 def test_seed_readme_scenarios_run_unchanged(scenario, folder, column, tmp_path, monkeypatch):
@@ -542,6 +546,7 @@ def test_seed_readme_scenarios_run_unchanged(scenario, folder, column, tmp_path,
     assert column in header
 
 
+@pytest.mark.slow
 def test_an_itnn_rolls_out_over_other_trajectory_problems_test_sets(cfg, data, tmp_path):
     """benchmarks.itnn_transfer: on C's test set (D's own test_from) each seed scores exactly as training scored
     it; B's test set (I fixed inside D's range) gets rows of its own; A (I = 0) is refused with the reason."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import triton
 
 from core.errors import InvalidInputError
 from inference.kernels import triton_mlp
@@ -123,7 +124,6 @@ def interpreter():
     decorates a function; the kernels module decorates its generated kernels when first built, per mode.
     Setting the knob (which also sets the variable) inside ``knobs.runtime.scope()`` restores both after.
     """
-    triton = pytest.importorskip("triton")
     with triton.knobs.runtime.scope():
         triton.knobs.runtime.interpret = True
         assert triton_mlp.interpreting()
@@ -252,12 +252,12 @@ def test_import_and_clear_error_without_triton():
 # ---------------------------------------------------------------- ahead-of-time compilation for sm_90
 @pytest.fixture(scope="module")
 def ptxas():
-    pytest.importorskip("triton")
     reason = triton_mlp.ptxas_unavailable_reason()
     if reason:
         pytest.skip(reason)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,prec,kind", [(n, p, "mlp") for n in ("3x64", "4x128") for p in ("fp16", "fp32")]
                          + [(n, "fp16", "rollout") for n in ("3x64", "4x128")])
 def test_ptx_report_sm90(ptxas, name, prec, kind):
@@ -279,7 +279,6 @@ def test_ptx_report_sm90(ptxas, name, prec, kind):
 def test_gpu_kernels_match_torch():
     """Both kernels on CUDA tensors, configured by the search at construction, against torch: the float64
     network on the CPU, and surrogates.itnn.rollout with the float32 network on the GPU."""
-    triton = pytest.importorskip("triton")
     gpu = torch.cuda.get_device_name()
     with triton.knobs.runtime.scope():
         triton.knobs.runtime.interpret = False

@@ -9,6 +9,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
+import triton
 
 from core.errors import InvalidInputError
 from surrogates.engine import MLPEngine
@@ -25,7 +26,6 @@ NETS = {
 @pytest.fixture()
 def interpreter():
     """Triton's CPU interpreter, on for the test only (the kernels module decorates per mode)."""
-    triton = pytest.importorskip("triton")
     with triton.knobs.runtime.scope():
         triton.knobs.runtime.interpret = True
         yield
@@ -54,6 +54,7 @@ def grads(net):
     return [p.grad.clone() for p in net.parameters()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,rows", [("3x64", 200), ("4x128", 50), ("odd", 77), ("relu-tanh", 33)])
 def test_the_kernel_gives_the_engines_loss_and_gradients(interpreter, name, rows):
     """Rows that are and are not a multiple of BLOCK_M; every activation; the second call in a step adds."""
@@ -82,6 +83,7 @@ def test_the_kernel_gives_the_engines_loss_and_gradients(interpreter, name, rows
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
 
 
+@pytest.mark.slow
 def test_a_trainer_on_the_triton_engine_follows_the_fused_one(interpreter):
     """Trainer(engine="triton") through the static step (what a GPU captures): the same loss curve and weights
     as engine "fused" to float32 rounding, over 20 Adam steps with a cosine schedule."""
@@ -107,6 +109,7 @@ def test_a_trainer_on_the_triton_engine_follows_the_fused_one(interpreter):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_pinn_on_the_triton_engine_follows_the_fused_one(interpreter, tmp_path, monkeypatch):
     """A PINN (data, ODE residual, initial condition) with engine "triton": the data and initial-condition terms
     go through the data kernel, the ODE residual through the residual kernel, every step; 30 static steps
@@ -145,6 +148,7 @@ def _problem(name):
     return problem_from_config(name, load_config())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,rows", [("3x64-C", 200), ("odd-B", 77), ("relu-tanh-B", 33)])
 def test_the_residual_kernel_gives_the_engines_loss_and_gradients(interpreter, name, rows):
     """The ODE residual step in one kernel (scaling, forward with tangents, the model's residual and its
@@ -213,7 +217,6 @@ def test_what_the_kernel_cannot_do_is_refused_by_name(interpreter):
 
 
 def test_without_the_interpreter_a_cpu_model_is_refused():
-    triton = pytest.importorskip("triton")
     from surrogates.triton_step import TritonDataStep
 
     with triton.knobs.runtime.scope():
@@ -225,7 +228,6 @@ def test_without_the_interpreter_a_cpu_model_is_refused():
 
 @pytest.fixture()
 def ptxas():
-    pytest.importorskip("triton")
     from inference.kernels.triton_mlp import ptxas_unavailable_reason
 
     reason = ptxas_unavailable_reason()
@@ -233,6 +235,7 @@ def ptxas():
         pytest.skip(reason)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["3x64", "4x128"])
 def test_the_kernel_compiles_for_sm90(ptxas, name):
     """Compiled ahead of time for an H100 (no GPU needed): tensor-core products; the 3x64 net without
@@ -247,6 +250,7 @@ def test_the_kernel_compiles_for_sm90(ptxas, name):
         assert r["spill_stores"] == r["spill_loads"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["3x64", "4x128"])
 def test_the_residual_kernel_compiles_for_sm90(ptxas, name):
     """The residual step compiled ahead of time for an H100 (problem C): tensor-core products; the 3x64 net
@@ -264,7 +268,6 @@ def test_the_residual_kernel_compiles_for_sm90(ptxas, name):
 @pytest.mark.gpu
 def test_gpu_captured_triton_step_follows_the_fused_one():
     """On CUDA: the captured training step with the Triton data step against the captured fused step."""
-    triton = pytest.importorskip("triton")
     from surrogates.losses import DataLoss
     from surrogates.trainer import Trainer
 
@@ -289,7 +292,6 @@ def test_gpu_captured_triton_step_follows_the_fused_one():
 def test_gpu_captured_triton_pinn_step_follows_the_fused_one():
     """On CUDA: a PINN on C (data, ODE residual, initial condition), captured, with the Triton data and residual
     steps against the captured fused step: the same loss curve within 2% over 500 steps."""
-    triton = pytest.importorskip("triton")
     from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
     from surrogates.trainer import Trainer
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, snakemake_cmd
+from benchmarks.runlog import read_records
 from core.layout import Layout
 from conftest import run_snakemake as snakemake
 
@@ -134,6 +135,7 @@ def test_the_gpu_preset_plans_the_paper_grid_with_gpu_timings_only(tmp_path):
         backends_for(speed["backends"], "cpu")
 
 
+@pytest.mark.slow
 def test_a_cohort_job_writes_every_seed_as_a_lone_run_would(tmp_path, tiny_config):
     """... and the speed benchmark times the two seeds' ensemble beside the first seed's network, with the
     ensemble's own test score as its MAE."""
@@ -161,6 +163,16 @@ def test_a_cohort_job_writes_every_seed_as_a_lone_run_would(tmp_path, tiny_confi
     for t in targets:
         d = os.path.dirname(t)
         assert os.path.exists(os.path.join(d, "best_model.pth")) and not os.path.exists(os.path.join(d, "checkpoint.pth"))
+    # every job that did work left Snakemake's `benchmark:` record, where the Layout puts it
+    assert lay.job_record("train_cohort", "C_ddnn_n300_mlp3x64").exists()
+    jobs = read_records(lay.job_records)
+    assert {"dataset_split", "dataset_test", "train_cohort", "ensemble", "benchmark_speed"} <= {j.rule for j in jobs}
+    assert all(j.seconds > 0 for j in jobs)
+    # a record is no output: a results folder without them (made before the rules recorded them) is complete
+    for p in lay.job_records.glob("*/*.tsv"):
+        p.unlink()
+    again = snakemake(*targets, str(speed_raw), "-n", "--configfile", "config/quick.yaml", extra)
+    assert "Nothing to be done" in again.stdout + again.stderr, (again.stdout + again.stderr)[-3000:]
 
 
 def test_slurm_profile_dry_run_submits_every_job_with_account_and_partition(tmp_path):
@@ -223,6 +235,7 @@ def test_config_errors_fail_at_load_naming_the_key(override, message, tmp_path):
     assert re.search(message, res.stderr + res.stdout), (res.stderr + res.stdout)[-2000:]
 
 
+@pytest.mark.slow
 def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_finite(tmp_path, tiny_config):
     extra = tiny_config()
     # interrupt the run (SIGTERM) once two models are trained ...
@@ -249,6 +262,9 @@ def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_f
     assert all(math.isfinite(v) for v in runs[["mae_mean", "max_abs_err_mean", "rel_l2_mean"]].to_numpy().ravel())
     checks = lay.models_glob("onnx_check")
     assert len(checks) == len(lay.models_glob("metrics")) == 10
+    records = {r: len(list((lay.job_records / r).glob("*.tsv"))) for r in ("train", "export_onnx", "benchmark_speed",
+                                                                             "benchmark_solver")}
+    assert records == {"train": 10, "export_onnx": 10, "benchmark_speed": 1, "benchmark_solver": 1}
     assert all(yaml.safe_load(c.read_text())["max_rel_diff_vs_torch"] < 1e-4 for c in checks)
     speed = pd.read_csv(lay.table("speedup", "csv"))
     assert list(speed.columns) == ["sweep", "workload", "device", "n_cells", "n_outputs", "solver_backend",

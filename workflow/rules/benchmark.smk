@@ -15,6 +15,8 @@ rule benchmark_speed:
     threads: 64  # timings own the machine (Snakemake scales this down to --cores)
     log:
         path(LAYOUT.log("benchmarks", "speed.log")),
+    benchmark:
+        job_record("benchmark_speed", "speed"),
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -45,6 +47,8 @@ rule benchmark_solver:
     threads: 64  # the compiled solver uses every core it is given (Snakemake scales this down to --cores)
     log:
         path(LAYOUT.log("benchmarks", "solver_throughput.log")),
+    benchmark:
+        job_record("benchmark_solver", "solver_throughput"),
     conda:
         "../envs/pipeline.yaml"
     script:

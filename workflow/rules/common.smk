@@ -42,6 +42,11 @@ def path(p):
     return str(p)
 
 
+def job_record(rule, name):
+    """The rule's ``benchmark:`` file for one job (its seconds, peak memory, CPU seconds; benchmarks.runlog)."""
+    return path(LAYOUT.job_record(rule, name))
+
+
 def split_pattern(part):
     return path(LAYOUT.split("{problem}", "{n}", part))
 

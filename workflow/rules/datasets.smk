@@ -22,6 +22,8 @@ rule dataset_split:
     priority: DATASET_PRIORITY
     log:
         path(LAYOUT.log("datasets", "{problem}_n{n}.log")),
+    benchmark:
+        job_record("dataset_split", "{problem}_n{n}"),
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -40,6 +42,8 @@ rule dataset_test:
     priority: DATASET_PRIORITY
     log:
         path(LAYOUT.log("datasets", "{problem}_test.log")),
+    benchmark:
+        job_record("dataset_test", "{problem}"),
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -12,6 +12,8 @@ rule export_onnx:
         check=run_pattern("onnx_check"),
     log:
         path(LAYOUT.log("export", "{problem}_{surrogate}_n{n}_{arch}_seed{seed}.log")),
+    benchmark:
+        job_record("export_onnx", "{problem}_{surrogate}_n{n}_{arch}_seed{seed}"),
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -28,6 +28,8 @@ rule train:
         gpu_jobs=lambda w: 1 if trains_on_gpu(w.problem) else 0,  # a share of the GPU (profiles/gpu: 8 at once)
     log:
         path(LAYOUT.log("train", "{problem}_{surrogate}_n{n}_{arch}_seed{seed}.log")),
+    benchmark:
+        job_record("train", "{problem}_{surrogate}_n{n}_{arch}_seed{seed}"),
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -63,6 +65,8 @@ if COHORT:
             gpu_jobs=lambda w: 1 if trains_on_gpu(w.problem) else 0,
         log:
             path(LAYOUT.log("train", "{problem}_{surrogate}_n{n}_{arch}_cohort.log")),
+        benchmark:
+            job_record("train_cohort", "{problem}_{surrogate}_n{n}_{arch}"),
         conda:
             "../envs/pipeline.yaml"
         script:
@@ -82,6 +86,8 @@ rule ensemble:
     threads: 1
     log:
         path(LAYOUT.log("train", "{problem}_{surrogate}_n{n}_{arch}_ensemble.log")),
+    benchmark:
+        job_record("ensemble", "{problem}_{surrogate}_n{n}_{arch}"),
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -98,6 +104,8 @@ rule itnn_transfer:
     threads: 1
     log:
         path(LAYOUT.log("train", "{problem}_itnn_n{n}_{arch}_on_{target}.log")),
+    benchmark:
+        job_record("itnn_transfer", "{problem}_itnn_n{n}_{arch}_on_{target}"),
     conda:
         "../envs/pipeline.yaml"
     script:
