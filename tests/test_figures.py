@@ -1,7 +1,5 @@
 """Figures render from small synthetic inputs (metrics.json, losses.csv, the tables and benchmark CSVs) into
 readable PNG and PDF files; the palette covers every registered surrogate kind and backend."""
-import json
-
 import numpy as np
 import pandas as pd
 import pytest

@@ -1,5 +1,4 @@
 """Inference backends, ONNX export, the fused kernel, the timing harness and the workloads."""
-import json
 import shutil
 import subprocess
 import time
@@ -32,8 +31,6 @@ def direct_rows(problem, n_cells, n_outputs, t_end=50.0):
 
 def save_as(net, path, cfg, problem, kind, mae=0.01):
     """A checkpoint and metrics.json recording that ``net`` is the ``kind`` surrogate of ``problem``."""
-    import json
-
     prov = {**expected_model(cfg, problem, kind, 100, 0), "hidden": [list(h) for h in net.hidden]}
     save_checkpoint(net, path, meta={"provenance": prov})
     write_record(path.parent / "metrics.json", {"provenance": prov, "problem": problem, "surrogate": kind, "mae": mae})

@@ -5,7 +5,6 @@ Each probe of a fault or wrong input that once went through is a test here (the 
 test_reliability.py and test_faults.py).
 """
 import copy
-import errno
 import json
 import os
 import shutil
@@ -17,23 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, tiny
 from core import io as core_io
-from core.config import merge, read_config
-from core.errors import InvalidInputError, ProvenanceError, WriteError
+from core.config import merge
+from core.errors import InvalidInputError, ProvenanceError
 from core.layout import Layout
 from surrogates import datasets as ds
-from surrogates.config import validate_config
 from surrogates.network import load_checkpoint
 from surrogates.train import expected_model, train_surrogate
 
 ARCH = "mlp3x64"
-
-
-def tiny(results: Path, **extra) -> dict:
-    cfg = merge(read_config(ROOT / "config/quick.yaml"), copy.deepcopy(TINY))
-    cfg["results_dir"] = str(results)
-    return validate_config(merge(cfg, extra))
 
 
 @pytest.fixture(scope="module")
@@ -278,27 +270,9 @@ def test_the_speed_program_refuses_a_bad_k_before_timing_anything(tmp_path):
     assert res.stdout == "" and not out.exists()
 
 
-def test_the_datasets_program_on_a_full_disk_says_so_in_one_line(monkeypatch, tmp_path, capsys):
-    real_fdopen = os.fdopen
-
-    class Full:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.fh.close()
-
+def test_the_datasets_program_on_a_full_disk_says_so_in_one_line(full_disk, tmp_path, capsys):
     cfg = tiny_config_file(tmp_path)
-    monkeypatch.setattr(core_io.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    full_disk()
     out = tmp_path / "B" / "test.npz"
     assert ds.main(["--config", str(cfg), "test", "--problem", "B", "--out", str(out)]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
