@@ -301,7 +301,7 @@ def main(argv=None) -> int:
 def _main(a) -> int:
     cfg = load_config(*a.config)
     if len(a.seed) > 1 and "{seed}" not in str(a.out):
-        raise InvalidInputError(f"argument --out: with several seeds it must hold {{seed}} (one folder each), got {a.out}")
+        raise InvalidInputError(f"with several seeds --out must hold {{seed}} (one folder each), got {a.out}")
     outs = [Path(str(a.out).replace("{seed}", str(seed))) for seed in a.seed]
     results = train_surrogates(cfg, a.problem, a.surrogate, a.n, a.seed, a.data, outs, a.arch, a.test, a.iterations)
     for r in results:
