@@ -204,8 +204,8 @@ def read_record(path, what: str = "metrics file", expect: Mapping | None = None)
         raise InvalidInputError(f"{what} {path} is damaged (not a JSON mapping)")
     if CONTENT_KEY not in rec:
         raise InvalidInputError(
-            f"{what} {path} records no {CONTENT_KEY}, so its numbers cannot be checked: it was written by an "
-            "older version or by hand; delete it and regenerate it")
+            f"{what} {path} records no {CONTENT_KEY}, so its numbers cannot be checked: written by hand, or by "
+            "an older version (then `python -m surrogates.adopt RESULTS_DIR` adds it); else delete it and regenerate it")
     if rec[CONTENT_KEY] != record_checksum(rec):
         raise InvalidInputError(
             f"{what} {path} was changed after it was written (its content no longer matches its {CONTENT_KEY}): "

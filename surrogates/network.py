@@ -173,8 +173,8 @@ def load_checkpoint(path, map_location="cpu", expect: Mapping | None = None) -> 
         raise InvalidInputError(f"checkpoint {path} is damaged (no weights)")
     if "weights_sha256" not in ckpt:
         raise InvalidInputError(
-            f"checkpoint {path} records no weights_sha256, so its weights cannot be checked: it was written by an "
-            "older version or by other code; delete it and train it again")
+            f"checkpoint {path} records no weights_sha256, so its weights cannot be checked: written by other code, "
+            "or by an older version (then `python -m surrogates.adopt RESULTS_DIR` adds it); else train it again")
     if ckpt["weights_sha256"] != weights_sha256(state):
         raise InvalidInputError(
             f"checkpoint {path}: its weights were changed after it was written (they no longer match its "

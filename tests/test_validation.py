@@ -334,3 +334,26 @@ def test_a_job_failing_on_an_os_error_says_why_where_snakemake_shows_it(tmp_path
     assert res.returncode != 0
     assert ("error in rule train: cannot write /results/models/B/metrics.json: no space left on device"
             in res.stderr), res.stderr
+
+
+def test_models_written_before_checksums_are_adopted_with_the_same_weights_and_fields(trained, tmp_path):
+    from surrogates import adopt
+
+    _, lay = fresh(trained, tmp_path)
+    model, metrics = lay.run_file("model", "B", "ddnn", 300, ARCH, 0), lay.run_file("metrics", "B", "ddnn", 300, ARCH, 0)
+    ckpt = torch.load(model, map_location="cpu", weights_only=True)
+    del ckpt["weights_sha256"]  # as an older version wrote them
+    torch.save(ckpt, model)
+    rec = json.loads(metrics.read_text())
+    del rec["content_sha256"]
+    metrics.write_text(json.dumps(rec))
+    with pytest.raises(InvalidInputError):
+        load_checkpoint(model)
+    assert adopt.main([str(lay.root)]) == 0
+    net, meta = load_checkpoint(model)
+    assert meta == ckpt["meta"] and all(torch.equal(v, ckpt["state_dict"][k]) for k, v in net.state_dict().items())
+    assert {k: v for k, v in core_io.read_record(metrics).items() if k != "content_sha256"} == rec
+    assert adopt.adopt(lay.root) == ([], [])  # a second time: nothing to do
+    _overwrite_weights_in_place(model)  # a file whose checksum does not match is named, never re-stamped
+    done, problems = adopt.adopt(lay.root)
+    assert done == [] and len(problems) == 1 and "weights were changed" in problems[0]
