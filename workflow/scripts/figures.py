@@ -30,7 +30,7 @@ def test_predictions(test_npz, checkpoints) -> dict:
     from surrogates.problems import problem_from_config
 
     z = load_test(test_npz, snakemake.params.problem)
-    X, traj = z["X"], z["trajectory"]
+    X, traj = z["X"], F.test_trajectory_ids(z)
     preds = {}
     for c, run in zip(checkpoints, snakemake.params.runs, strict=True):
         net, prov = load(c, run)
