@@ -170,8 +170,8 @@ def test_a_trajectory_figure_of_one_trajectory_has_one_column_in_time_order(tmp_
     monkeypatch.setattr(F, "save", lambda fig, png, pdf: saved.append(fig))
     t = rng.permutation(np.linspace(0, 20, 401))
     Y = np.column_stack([np.sin(t), np.cos(t)])
-    np.savez(tmp_path / "a.npz", X=t[:, None], Y=Y, input_names=np.array(["t"]),  # as A's: no trajectory ids
-             output_names=np.array(["u", "w"]))
+    save_dataset(tmp_path / "a.npz", {"X": t[:, None], "Y": Y, "input_names": np.array(["t"]),  # as A's: no
+                                      "output_names": np.array(["u", "w"])}, {})  # trajectory ids
     F.trajectories(tmp_path / "a.npz", {"ddnn": Y + 0.01}, None, None, {"t": "1", "u": "1", "w": "1"})
     axes = saved[-1].axes
     assert len(axes) == 2 and "one trajectory" in saved[-1].get_suptitle()
@@ -180,9 +180,9 @@ def test_a_trajectory_figure_of_one_trajectory_has_one_column_in_time_order(tmp_
     n_traj, K = 6, 21
     tt = np.tile(np.linspace(0, 20, K), n_traj)
     Y = np.column_stack([np.sin(tt), np.cos(tt)])
-    np.savez(tmp_path / "c.npz", X=np.column_stack([tt, rng.random(n_traj * K)]), Y=Y,
-             trajectory=np.repeat(np.arange(n_traj), K), input_names=np.array(["t", "u0"]),
-             output_names=np.array(["u", "w"]))
+    save_dataset(tmp_path / "c.npz", {"X": np.column_stack([tt, rng.random(n_traj * K)]), "Y": Y,
+                                      "trajectory": np.repeat(np.arange(n_traj), K), "input_names": np.array(["t", "u0"]),
+                                      "output_names": np.array(["u", "w"])}, {})
     F.trajectories(tmp_path / "c.npz", {"ddnn": Y + 0.05 * rng.standard_normal(Y.shape)}, None, None)
     assert len(saved[-1].axes) == 6
 
