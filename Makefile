@@ -57,7 +57,7 @@ GPU_SITE = if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && \
 		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu-check-site .whl/*.whl && \
 		export PYTHONPATH=/tmp/gpu-check-site:$$PYTHONPATH; fi;
 gpu-check:
-	@$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+	@$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m benchmarks.launch benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 # The paper's grid through the workflow on one GPU machine (workflow/profiles/gpu: training jobs sharing the
 # GPU), timed (and the seconds of each rule, from the jobs' `benchmark:` records: benchmarks.runlog); with the machine's own

@@ -1,18 +1,49 @@
-"""What every benchmark program shares: a ``--config`` option and the machine beside every row."""
+"""What every benchmark program shares: a ``--config`` option, command-line options checked as the workflow
+checks the configuration, errors as one line (:mod:`core.cli`) and the machine beside every row."""
 from __future__ import annotations
 
-import argparse
+import copy
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
+from core.cli import Parser, integer, number, run_main  # noqa: F401  (the programs use them through this module)
+from core.errors import InvalidInputError
 
-def parser(doc: str) -> argparse.ArgumentParser:
+
+def parser(doc: str) -> Parser:
     """An argument parser with the module's docstring and ``--config`` (files merged over config/config.yaml)."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=doc)
     ap.add_argument("--config", type=Path, nargs="*", default=[],
                     help="config files merged over config/config.yaml (e.g. config/quick.yaml)")
     return ap
+
+
+def narrow(cfg: Mapping, given: Mapping[str, tuple[str, object]]) -> dict:
+    """``cfg`` with each command-line option's value (``{"--backends": ("speed.backends", [...])}``; ``None``:
+    not given) put at its configuration key, then validated exactly as the workflow validates its
+    configuration (:func:`surrogates.config.validate_config`), before any work. An error names the option."""
+    from surrogates.config import validate_config
+
+    out = copy.deepcopy(dict(cfg))
+    for key, value in given.values():
+        if value is None:
+            continue
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    try:
+        return validate_config(out)
+    except InvalidInputError as exc:
+        msg = str(exc)
+        for option, (key, value) in given.items():
+            head = f"config key {key}"
+            if value is not None and msg.startswith(head) and msg[len(head):len(head) + 1] in (".", ":"):
+                raise InvalidInputError(f"argument {option}: {msg[len('config key '):]}") from None
+        raise
 
 
 def table_with_machine(rows: list, info: dict) -> pd.DataFrame:

@@ -20,9 +20,13 @@ from surrogates.problems import problem_from_config
 
 
 def main(argv=None) -> int:
+    return cli.run_main(lambda: _main(argv))  # errors (the project's, the OS's): one line, status 2
+
+
+def _main(argv) -> int:
     ap = cli.parser(__doc__)
-    ap.add_argument("--rows", type=int, default=262144)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--rows", type=cli.integer(1), default=262144)
+    ap.add_argument("--threads", type=cli.integer(1), default=torch.get_num_threads())
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     cfg = load_config(*a.config)

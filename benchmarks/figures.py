@@ -22,7 +22,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-from core.io import read_json, write_bytes  # noqa: E402
+from core.io import load_dataset, read_record, write_bytes  # noqa: E402
 
 # ---------------------------------------------------------------- the palette: one definition for all figures
 EULER = "#000000"  # the reference solver: labels, floor, timings
@@ -170,7 +170,7 @@ def read_runs(metrics_files) -> pd.DataFrame:
     """One row per trained model with the fields its ``metrics.json`` records."""
     fields = ("problem", "surrogate", "n_train", "seed", "arch", "mae", "max_abs_err", "rel_l2", "train_seconds",
               "iterations")
-    return pd.DataFrame([{k: read_json(f, "metrics file").get(k) for k in fields} for f in metrics_files])
+    return pd.DataFrame([{k: read_record(f, "metrics file").get(k) for k in fields} for f in metrics_files])
 
 
 def _floors(accuracy_csv) -> pd.DataFrame:
@@ -319,7 +319,7 @@ def training_curves(losses_files, metrics_files, png, pdf, units: dict | None = 
     _style()
     frames = []
     for f, mf in zip(losses_files, metrics_files):
-        m, d = read_json(mf, "metrics file"), pd.read_csv(f)
+        m, d = read_record(mf, "metrics file"), pd.read_csv(f)
         if "val_mae" in d:
             frames.append(d[["iteration", "val_mae"]].assign(problem=m["problem"], surrogate=m["surrogate"],
                                                               n=m["n_train"], seed=m["seed"]))
@@ -350,7 +350,7 @@ def rollout_error(metrics_files, png, pdf, time_units: str = "1", units: str = "
     _style()
     runs, floors = [], []
     for f in metrics_files:
-        m = read_json(f, "metrics file")
+        m = read_record(f, "metrics file")
         if "rollout_error" in m:
             r = m["rollout_error"]  # t = 0 is the given initial state: no error to show
             runs.append(pd.DataFrame({"t": r["t"][1:], "mae": r["mae"][1:], "n": m["n_train"], "seed": m["seed"]}))
@@ -395,10 +395,29 @@ def rollout_predictions(net, step_problem, source_problem, X: np.ndarray, n_traj
     return R.transpose(1, 0, 2).reshape(len(X), -1)
 
 
+def load_network(cfg: dict, checkpoint, run) -> tuple:
+    """(network, its provenance) of a checkpoint drawn in a figure: it must be the run ``[problem, kind, n,
+    seed, arch]`` its input slot stands for, as every other consumer checks (else refused, naming the file)."""
+    from surrogates.network import load_checkpoint
+    from surrogates.train import expected_model
+
+    p, kind, n, seed, arch = run
+    net, meta = load_checkpoint(checkpoint, expect=expected_model(cfg, p, kind, int(n), int(seed), arch))
+    return net.eval(), meta["provenance"]
+
+
+def load_test(cfg: dict, path, problem: str) -> dict:
+    """The held-out test set of ``problem`` for a figure, checked (checksums, finite values, provenance)."""
+    from surrogates.datasets import expected_provenance
+    from surrogates.problems import problem_from_config
+
+    return load_dataset(path, expect=expected_provenance(problem_from_config(problem, cfg), cfg, "test"))[0]
+
+
 def test_trajectory_ids(z) -> np.ndarray:
     """The trajectory of each row of a loaded test set (``trajectory``; a test set drawn from one trajectory,
     such as A's held-out time points, has none: every row is trajectory 0)."""
-    return z["trajectory"] if "trajectory" in z.files else np.zeros(len(z["X"]), dtype=np.int64)
+    return z["trajectory"] if "trajectory" in getattr(z, "files", z) else np.zeros(len(z["X"]), dtype=np.int64)
 
 
 def trajectories(test_npz, predictions: dict, png, pdf, units: dict | None = None,
@@ -407,9 +426,9 @@ def trajectories(test_npz, predictions: dict, png, pdf, units: dict | None = Non
     output (rows) for the trajectories at the given quantiles of the surrogates' mean error (columns:
     median, 90th percentile, worst). ``predictions``: kind -> (rows, outputs) array on the test rows."""
     _style()
-    with np.load(test_npz) as z:
-        X, Y, traj = z["X"], z["Y"], test_trajectory_ids(z)
-        ins, outs = [str(s) for s in z["input_names"]], [str(s) for s in z["output_names"]]
+    z, _ = load_dataset(test_npz)  # checksums and finite values checked
+    X, Y, traj = z["X"], z["Y"], test_trajectory_ids(z)
+    ins, outs = [str(s) for s in z["input_names"]], [str(s) for s in z["output_names"]]
     units = units or {}
     err = np.mean([np.abs(P - Y).mean(axis=1) for P in predictions.values()], axis=0)
     per_traj = pd.Series(err).groupby(traj).mean()

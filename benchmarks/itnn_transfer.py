@@ -65,6 +65,10 @@ def table(rows: list[dict], problem: str, n: int, arch: str, info: dict) -> str:
 
 
 def main(argv=None) -> int:
+    return cli.run_main(lambda: _main(argv))  # errors (the project's, the OS's): one line, status 2
+
+
+def _main(argv) -> int:
     ap = cli.parser(__doc__)
     ap.add_argument("--problem", default="D", help="the step problem the ITNN learnt")
     ap.add_argument("--n", type=int, required=True)

@@ -19,11 +19,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from core.errors import InvalidInputError
-from core.io import read_json, write_bytes, write_text
+from core.io import read_record, write_bytes, write_text
 from core.layout import Layout
 from core.machine import describe_machine, machine_info
 from core.provenance import project_version
 
+from . import cli
 from .cli import parser
 
 TABLES = [("accuracy", "csv"), ("accuracy", "md"), ("speedup", "csv"), ("speedup", "md")]
@@ -41,7 +42,7 @@ def grid_state(cfg, layout: Layout) -> dict:
         if not f.exists():
             missing.append(job)
             continue
-        m = read_json(f, "metrics file")
+        m = read_record(f, "metrics file")
         done.append(job)
         versions.add(str(m.get("version", "?")))
         seconds[(job[0], job[1])] += float(m.get("train_seconds") or 0.0)
@@ -135,6 +136,10 @@ def evaluate_checkpoint(path, cfg) -> dict:
 
 
 def main(argv=None) -> int:
+    return cli.run_main(lambda: _main(argv))  # errors (the project's, the OS's): one line, status 2
+
+
+def _main(argv) -> int:
     ap = parser(__doc__)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/reference"), help="tracked folder to write")
     ap.add_argument("--note", default=None, help="one line written into run.md (e.g. how long the run took)")

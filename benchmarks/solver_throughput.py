@@ -22,7 +22,6 @@ import pandas as pd
 
 import solvers
 from benchmarks import cli
-from core.errors import PipelineError
 from core.io import write_text
 from core.layout import Layout
 from core.machine import machine_info
@@ -92,22 +91,23 @@ def run(cfg: dict, n_cells=None, backends=None, dtypes=("float32", "float64"), r
 
 
 def main(argv=None) -> int:
+    return cli.run_main(lambda: _main(argv))  # errors (the project's, the OS's): one line, status 2
+
+
+def _main(argv) -> int:
     ap = cli.parser(__doc__)
-    ap.add_argument("--n", type=float, nargs="+", help="numbers of cells (default: speed.solver_n_cells)")
+    ap.add_argument("--n", type=cli.integer(1), nargs="+", help="numbers of cells (default: speed.solver_n_cells)")
     ap.add_argument("--backends", nargs="+", choices=[b for b in solvers.list_backends() if b != "auto"])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=list(solvers.DTYPES))
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--max-seconds", type=float, help="skip larger N once one run takes longer "
+    ap.add_argument("--repeats", type=cli.integer(1), default=5)
+    ap.add_argument("--max-seconds", type=cli.number(0), help="skip larger N once one run takes longer "
                                                       "(default: speed.solver_max_seconds)")
     ap.add_argument("--out", type=Path, help="default: RESULTS/benchmarks/solver_throughput.csv")
     a = ap.parse_args(argv)
-    try:
-        cfg = load_config(*a.config)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = cli.narrow(load_config(*a.config), {"--n": ("speed.solver_n_cells", a.n),
+                                              "--max-seconds": ("speed.solver_max_seconds", a.max_seconds)})
     print("machine:", json.dumps(machine_info()), flush=True)
-    df = run(cfg, [int(x) for x in a.n] if a.n else None, a.backends, a.dtypes, a.repeats, a.max_seconds)
+    df = run(cfg, a.n, a.backends, a.dtypes, a.repeats, a.max_seconds)
     out = a.out or Layout(cfg["results_dir"]).benchmark("solver_throughput.csv")
     write_text(out, df.to_csv(index=False))
     print(f"wrote {out}")

@@ -39,8 +39,8 @@ import pandas as pd
 
 import solvers
 from benchmarks import cli
-from core.errors import InvalidInputError, PipelineError
-from core.io import read_json, write_text
+from core.errors import InvalidInputError
+from core.io import read_record, write_text
 from core.layout import Layout
 from core.machine import machine_info
 from inference.backends import REGISTRY, check_against_torch, ensemble_runner
@@ -118,7 +118,7 @@ def load_surrogates(cfg: dict, models: dict, expect: dict | None = None) -> dict
                 **((expect or {}).get(label) or {})}
         net, meta = load_checkpoint(path, expect=need)
         metrics_path = Path(path).with_name("metrics.json")
-        metrics = read_json(metrics_path, "metrics file") if metrics_path.exists() else {}
+        metrics = read_record(metrics_path, "metrics file") if metrics_path.exists() else {}
         if metrics:
             check_provenance(metrics.get("provenance", {}), need, f"metrics file {metrics_path}")
         arch = meta["provenance"].get("arch") or "x".join(f"{a}{w}" for a, w in net.hidden)
@@ -152,7 +152,7 @@ def load_ensembles(cfg: dict, ensembles: dict) -> dict[str, Surrogate]:
         mae = np.nan
         scored = layout.ensemble_file(p, kind, n, arch)
         if scored.exists():
-            metrics = read_json(scored, "ensemble metrics file")
+            metrics = read_record(scored, "ensemble metrics file")
             check_provenance(metrics.get("provenance", {}), ens.expected_ensemble(cfg, p, kind, n, arch, seeds),
                              f"ensemble metrics file {scored}")
             mae = metrics.get("mae", np.nan)
@@ -474,6 +474,26 @@ def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Ca
     return df
 
 
+def _pairs(option: str, value: str) -> tuple[str, str]:
+    kind, sep, path = value.partition("=")
+    if not sep or not kind or not path:
+        raise InvalidInputError(f"argument {option}: expected KIND=PATH, got {value!r}")
+    return kind, path
+
+
+def resolve_device(name: str) -> str:
+    """``speed.device`` on this machine: ``auto`` is ``cuda`` where torch sees a GPU, else ``cpu``; ``cuda``
+    where there is none is refused (it would time the CPU backends alone, silently)."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("speed.device is cuda, but torch sees no usable GPU on this machine: set speed.device "
+                                "to auto or cpu, or run the speed benchmark on a GPU machine")
+    return name
+
+
 def main(argv=None) -> int:
     ap = cli.parser(__doc__)
     ap.add_argument("--model", action="append", default=[],
@@ -486,19 +506,37 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, nargs="+", help="default: speed.n_cells")
     ap.add_argument("--k", type=int, help="default: speed.n_outputs")
     ap.add_argument("--k-sweep", type=int, nargs="*", help="default: speed.k_sweep (give none to skip the sweep)")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: speed.device")
     ap.add_argument("--out", type=Path, help="default: RESULTS/benchmarks/speed_raw.csv")
     a = ap.parse_args(argv)
+    return cli.run_main(lambda: _main(a))
+
+
+def _main(a) -> int:
+    # the options narrow the configuration and are checked as the workflow checks it, before any timing
+    unknown = [b for b in a.backends or [] if b not in REGISTRY]  # the registry, not the schema: it may hold more
+    if unknown:
+        raise InvalidInputError(f"argument --backends: unknown speed backend(s) {unknown}; valid: {sorted(REGISTRY)}")
+    cfg = cli.narrow(load_config(*a.config), {
+        "--precisions": ("speed.precisions", a.precisions),
+        "--n": ("speed.n_cells", a.n), "--k": ("speed.n_outputs", a.k), "--k-sweep": ("speed.k_sweep", a.k_sweep),
+        "--device": ("speed.device", a.device)})
+    sp = cfg["speed"]
     try:
-        cfg = load_config(*a.config)
-        layout = Layout(cfg["results_dir"])
-        models = dict(m.split("=", 1) for m in a.model) or configured_models(cfg)
-        ensembles = ({k: v.split(",") for k, v in (e.split("=", 1) for e in a.ensemble)} if a.ensemble
-                     else {} if a.model else configured_ensembles(cfg))
-        df = run(cfg, models, a.backends, a.precisions, cases(cfg, a.n, a.k, a.k_sweep), ensembles=ensembles)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        device = resolve_device(sp["device"])
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{'argument --device: ' if a.device else ''}{exc}") from None
+    backends = backends_for(a.backends or sp["backends"], device)
+    layout = Layout(cfg["results_dir"])
+    models = dict(_pairs("--model", m) for m in a.model) or configured_models(cfg)
+    ensembles = ({k: v.split(",") for k, v in (_pairs("--ensemble", e) for e in a.ensemble)} if a.ensemble
+                 else {} if a.model else configured_ensembles(cfg))
+    for label, files in [*((k, [v]) for k, v in models.items()), *ensembles.items()]:
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            raise InvalidInputError(f"argument --model/--ensemble: {label}: checkpoint {missing[0]} does not exist")
     out = a.out or layout.benchmark("speed_raw.csv")
+    df = run(cfg, models, backends, sp["precisions"], cases(cfg), ensembles=ensembles)
     write_text(out, df.to_csv(index=False))
     print(f"wrote {out}")
     failed = df[df["failed"].notna()]

@@ -78,9 +78,9 @@ def _one(args):
     layout = Layout(cfg["results_dir"])
     out = layout.model_dir(problem, surrogate, n, arch, seed)
     if (out / "metrics.json").exists():
-        from core.io import read_json
+        from core.io import read_record
 
-        return read_json(out / "metrics.json")
+        return read_record(out / "metrics.json")
     r = train_surrogate(cfg, problem, surrogate, n, seed, layout.dataset_dir(problem), out, arch,
                         test_path=layout.test(problem), iterations=iterations)
     print(f"{problem:5s} {surrogate:9s} n={n:<6d} seed={seed}  MAE {r['mae']:.3e}  max {r['max_abs_err']:.3e}  "
@@ -140,11 +140,15 @@ def overrides(items) -> dict:
 
 
 def main(argv=None) -> int:
+    return cli.run_main(lambda: _main(argv))  # errors (the project's, the OS's): one line, status 2
+
+
+def _main(argv) -> int:
     ap = cli.parser(__doc__)
     ap.add_argument("--only", nargs="*", default=[], help="PROBLEM[:KIND[:N]] filters of the configured runs")
-    ap.add_argument("--seeds", type=int, nargs="+", help="default: training.seeds")
-    ap.add_argument("--iterations", type=int, help="override every run's iterations (default: the config's)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel training processes (CPU)")
+    ap.add_argument("--seeds", type=cli.integer(0), nargs="+", help="default: training.seeds")
+    ap.add_argument("--iterations", type=cli.integer(0), help="override every run's iterations (default: the config's)")
+    ap.add_argument("--workers", type=cli.integer(1), default=os.cpu_count(), help="parallel training processes (CPU)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one configuration key (dotted path, YAML value), e.g. training.iterations=5000")
     a = ap.parse_args(argv)
@@ -152,9 +156,8 @@ def main(argv=None) -> int:
     from surrogates.config import validate_config
 
     try:
-        cfg = validate_config(merge(read_config(*a.config), overrides(a.set)))
-        if a.seeds is not None:
-            cfg["training"]["seeds"] = list(a.seeds)
+        cfg = cli.narrow(validate_config(merge(read_config(*a.config), overrides(a.set))),
+                         {"--seeds": ("training.seeds", None if a.seeds is None else list(a.seeds))})
         runs = select_runs(cfg, a.only)
         df = run(cfg, runs, a.iterations, a.workers)
     except PipelineError as exc:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InvalidInputError
-from core.io import read_json, read_sidecar, write_text
+from core.io import read_record, read_sidecar, write_text
 from core.layout import Layout
 from core.provenance import check_provenance
 
@@ -41,7 +41,7 @@ def read_runs(metrics_files, cfg=None) -> pd.DataFrame:
     expected = _expected_runs(cfg) if cfg is not None else {}
     rows = []
     for f in metrics_files:
-        m = read_json(f, "metrics file")
+        m = read_record(f, "metrics file")
         want = expected.get(Path(f).resolve())
         if cfg is not None and want is None:
             raise InvalidInputError(f"metrics file {f} is not a run of this configuration")
@@ -69,7 +69,7 @@ def transfer_table(files, cfg=None) -> pd.DataFrame:
                     for p, s, n, a, t in transfer_grid(cfg)}
     rows = []
     for f in files:
-        r = read_json(f, "transfer metrics file")
+        r = read_record(f, "transfer metrics file")
         if cfg is not None:
             want = expected.get(Path(f).resolve())
             if want is None:

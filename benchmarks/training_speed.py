@@ -383,10 +383,14 @@ def table(results, costs, info, device, iterations, rounds) -> str:
 
 
 def main(argv=None) -> int:
+    return cli.run_main(lambda: _main(argv))  # errors (the project's, the OS's): one line, status 2
+
+
+def _main(argv) -> int:
     ap = cli.parser(__doc__)
-    ap.add_argument("--iterations", type=int, default=2000)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads on a CPU")
+    ap.add_argument("--iterations", type=cli.integer(1), default=2000)
+    ap.add_argument("--rounds", type=cli.integer(1), default=5)
+    ap.add_argument("--threads", type=cli.integer(1), default=1, help="torch threads on a CPU")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--reference", action="store_true",
                     help="also write the table to benchmarks/reference/training_speed.md (tracked; the docs are "
@@ -395,6 +399,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("argument --device: cuda, but torch sees no usable GPU on this machine")
     cfg = load_config(*a.config)
     info = machine_info()
     results, costs = measure(cfg, a.iterations, a.rounds, device, a.upstream, a.config)

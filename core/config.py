@@ -8,6 +8,8 @@ that need the models and problems (ranges, names, time grids) live with them, in
 from __future__ import annotations
 
 import copy
+import math
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Mapping
@@ -66,6 +68,35 @@ def read_config(*paths) -> dict:
     return cfg
 
 
+# the checkout's own folders: a results_dir there (or the checkout itself) would write among its sources
+SOURCE_FOLDERS = (".git", ".snakemake", ".venv", "benchmarks", "config", "core", "fisiocomPinn", "inference",
+                  "solvers", "surrogates", "tests", "workflow")
+
+
+def check_finite(obj, path=()) -> None:
+    """Refuse any NaN or infinite number anywhere in a configuration (YAML's ``.nan``, ``.inf``), naming its
+    dotted key: a schema's bounds never see a NaN (every comparison with it is false)."""
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            check_finite(v, (*path, k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_finite(v, (*path, i))
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        raise InvalidInputError(f"config key {key_name(path)}: {obj} is not a finite number")
+
+
+def check_results_dir(value) -> None:
+    """Refuse a ``results_dir`` that is the checkout itself or lies in one of its source folders."""
+    where = Path(os.path.realpath(os.path.expanduser(str(value))))
+    root = Path(os.path.realpath(ROOT))
+    if where == root or any(where == root / f or root / f in where.parents for f in SOURCE_FOLDERS):
+        raise InvalidInputError(
+            f"config key results_dir: {value!r} is {where}, the checkout {root} itself or one of its source "
+            "folders; the workflow would write among the project's files: choose a folder of its own "
+            "(e.g. results or results/NAME)")
+
+
 def apply_drops(cfg: Mapping) -> dict:
     """A copy of ``cfg`` without what a preset dropped: presets are merged key by key, so a preset removes a
     problem by setting it to ``null`` (``problems: {A: null}``) and a surrogate kind by ``null`` or an empty list
@@ -103,10 +134,13 @@ def apply_drops(cfg: Mapping) -> dict:
 
 
 def validate_schema(cfg: Mapping) -> dict:
-    """Check ``cfg`` (what presets dropped removed first, :func:`apply_drops`) against the schema; returns a
-    copy with the schema's defaults filled in."""
+    """Check ``cfg`` (every number for being finite, where ``results_dir`` lies, then, what presets dropped
+    removed first, :func:`apply_drops`, against the schema); returns a copy with the schema's defaults filled in."""
     import jsonschema
 
+    check_finite(cfg)
+    if isinstance(cfg, Mapping) and isinstance(cfg.get("results_dir"), str) and cfg["results_dir"]:
+        check_results_dir(cfg["results_dir"])
     cfg = apply_drops(cfg)
     s = schema()
     errors = sorted(jsonschema.Draft202012Validator(s).iter_errors(cfg), key=lambda e: list(e.absolute_path))

@@ -169,6 +169,52 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def sha256_arrays(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 of named arrays (each by :func:`sha256_array`, in key order): a checkpoint's weights."""
+    return sha256_json({str(k): sha256_array(np.asarray(arrays[k])) for k in sorted(arrays)})
+
+
+# ---------------------------------------------------------------- records (metrics.json and the like)
+CONTENT_KEY = "content_sha256"
+
+
+def record_checksum(obj: Mapping) -> str:
+    """The checksum of a record's content: every field but :data:`CONTENT_KEY`, as canonical JSON."""
+    return sha256_json({k: v for k, v in obj.items() if k != CONTENT_KEY})
+
+
+def write_record(path, obj: Mapping) -> dict:
+    """Write a record (a ``metrics.json``) as :func:`write_json` does, with the checksum of its content in
+    :data:`CONTENT_KEY`, so that :func:`read_record` refuses it once a number in it was changed. Returns the
+    record as written (and as a reader will see it)."""
+    body = json.loads(json.dumps(dict(obj), default=json_default))
+    body.pop(CONTENT_KEY, None)
+    body[CONTENT_KEY] = record_checksum(body)
+    write_json(path, body)
+    return body
+
+
+def read_record(path, what: str = "metrics file", expect: Mapping | None = None) -> dict:
+    """Read a record written by :func:`write_record`. Raises ``InvalidInputError`` naming the file when it
+    is missing, damaged, carries no checksum (written by an older version or by hand) or was changed after
+    it was written; ``expect`` is checked against its ``provenance`` (:func:`check_provenance`)."""
+    path = Path(path)
+    rec = read_json(path, what)
+    if not isinstance(rec, dict):
+        raise InvalidInputError(f"{what} {path} is damaged (not a JSON mapping)")
+    if CONTENT_KEY not in rec:
+        raise InvalidInputError(
+            f"{what} {path} records no {CONTENT_KEY}, so its numbers cannot be checked: written by hand, or by "
+            "an older version (then `python -m surrogates.adopt RESULTS_DIR` adds it); else delete it and regenerate it")
+    if rec[CONTENT_KEY] != record_checksum(rec):
+        raise InvalidInputError(
+            f"{what} {path} was changed after it was written (its content no longer matches its {CONTENT_KEY}): "
+            "delete it and regenerate it")
+    if expect:
+        check_provenance(rec.get("provenance", {}), expect, f"{what} {path}")
+    return rec
+
+
 # ---------------------------------------------------------------- datasets
 def sidecar_path(path) -> Path:
     return Path(path).with_suffix(".json")
@@ -238,6 +284,13 @@ def load_dataset(path, verify: bool = True, expect: Mapping | None = None) -> tu
                 raise InvalidInputError(
                     f"dataset {path}: sha256 of {key} does not match its sidecar {sidecar_path(path).name}; the file "
                     "was changed or damaged after it was written: delete it and regenerate it")
+    for key in ("X", "Y"):  # checked on every read, not only when written: NaN never flows into training or scores
+        a = data[key]
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = np.argwhere(~np.isfinite(a))[0]
+            raise InvalidInputError(
+                f"dataset {path}: {key} holds NaN or infinite values (first at row {int(bad[0])}); delete it and "
+                "regenerate it")
     if expect:
         check_provenance(meta.get("provenance", {}), expect, f"dataset {path}")
     return data, meta

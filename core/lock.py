@@ -2,7 +2,8 @@
 
 The kernel drops the lock when its process ends, however it ends (SIGKILL included), so a crashed run
 never leaves a stale lock behind. The holder writes who it is into the file, so a refused run can say
-which process holds the folder.
+which process holds the folder. A lock released on a folder that holds nothing else (a run refused before it
+wrote anything) takes the folder with it, and the parent folders it had to create.
 """
 from __future__ import annotations
 
@@ -31,9 +32,15 @@ class FolderLock:
         self.path = self.folder / name
         self.what = what
         self._fh = None
+        self._created: list[Path] = []
 
     def acquire(self) -> "FolderLock":
+        missing, d = [], self.folder
+        while not d.exists() and d != d.parent:
+            missing.append(d)
+            d = d.parent
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._created = missing  # deepest first
         fh = open(self.path, "a+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -59,9 +66,21 @@ class FolderLock:
 
     def release(self) -> None:
         if self._fh is not None:
+            self._remove_if_only_the_lock()
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+    def _remove_if_only_the_lock(self) -> None:
+        """A folder holding nothing but this lock (nothing was written) goes, with the parents this lock made."""
+        try:
+            if [p.name for p in self.folder.iterdir()] != [self.path.name]:
+                return
+            self.path.unlink()
+            for d in self._created:  # a folder that was there before stays
+                d.rmdir()  # only empty folders; stops at the first that is not
+        except OSError:
+            pass
 
     def __enter__(self):
         return self.acquire()

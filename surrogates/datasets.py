@@ -24,7 +24,6 @@ CLI (what the Snakemake rules call)::
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import warnings
@@ -35,6 +34,7 @@ from scipy.integrate import solve_ivp
 from scipy.stats import qmc
 
 import solvers
+from core.cli import Parser, run_main
 from core.errors import InvalidInputError
 from core.io import save_dataset
 from core.provenance import project_version
@@ -325,8 +325,7 @@ def expected_provenance(p: Problem, cfg: dict, part: str, n: int | None = None) 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m surrogates.datasets", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m surrogates.datasets", description=__doc__)
     ap.add_argument("--config", type=Path, default=None, help="YAML config (default config/config.yaml)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("split", help="training and validation sets")
@@ -340,7 +339,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     from .config import load_config
 
-    try:
+    def body():
         cfg = load_config(a.config)
         if a.cmd == "split":
             write_split(cfg, a.problem, a.n, a.train, a.val)
@@ -348,10 +347,8 @@ def main(argv=None) -> int:
         else:
             write_test(cfg, a.problem, a.out)
             print(f"wrote {a.out}")
-    except InvalidInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_main(body)  # a project error or the OS's (a full disk): one line, exit status 2
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from core.errors import InvalidInputError, PipelineError, ProvenanceError
-from core.io import load_dataset, read_json, write_json
+from core.io import load_dataset, read_record, write_record
 from core.provenance import check_provenance, project_version
 
 from .config import load_config
@@ -97,7 +97,7 @@ def _members_training(checkpoints) -> float | None:
         f = Path(c).parent / "metrics.json"
         if not f.exists():
             return None
-        total += float(read_json(f, "metrics file").get("train_seconds") or 0.0)
+        total += float(read_record(f, "metrics file").get("train_seconds") or 0.0)
     return total
 
 
@@ -122,8 +122,7 @@ def score_ensemble(cfg: dict, problem: str, surrogate: str, n: int, arch: str, c
         "test_set": {"problem": test_meta.get("provenance", {}).get("problem"), "sha256": test_meta.get("sha256")},
         "version": project_version(), **extras,
     }
-    write_json(out_path, result)
-    return result
+    return write_record(out_path, result)
 
 
 def main(argv=None) -> int:

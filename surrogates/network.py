@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from core.errors import InvalidInputError
-from core.io import write_bytes
+from core.io import sha256_arrays, write_bytes
 from core.provenance import check_provenance
 
 from .activations import TABLE
@@ -124,12 +124,24 @@ def state_copy(model: nn.Module) -> dict:
     return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
 
 
+def weights_sha256(state_dict: Mapping) -> str:
+    """The checksum of a network's weights (:func:`core.io.sha256_arrays` of its tensors), recorded in every
+    checkpoint and checked by :func:`load_checkpoint`: weights changed in place are refused."""
+    return sha256_arrays({k: v.detach().cpu().numpy() for k, v in state_dict.items()})
+
+
 def save_checkpoint(model: MLP, path, state: dict | None = None, meta: dict | None = None) -> None:
-    """Save a network with its architecture, so :func:`load_checkpoint` needs nothing else."""
+    """Save a network with its architecture (and the checksum of its weights), so :func:`load_checkpoint`
+    needs nothing else."""
+    state = copy.deepcopy(state) if state is not None else state_copy(model)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InvalidInputError(f"refusing to write {path}: weights {bad[0]!r} hold NaN or infinite values")
     torch_save({
         "format": CHECKPOINT_FORMAT,
         "config": model.config(),
-        "state_dict": copy.deepcopy(state) if state is not None else state_copy(model),
+        "state_dict": state,
+        "weights_sha256": weights_sha256(state),
         "meta": meta or {},
     }, path)
 
@@ -150,6 +162,17 @@ def load_checkpoint(path, map_location="cpu", expect: Mapping | None = None) -> 
         raise InvalidInputError(f"checkpoint {path} is damaged or not a checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt:
         raise InvalidInputError(f"{path} is not a checkpoint of this project (format {CHECKPOINT_FORMAT})")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InvalidInputError(f"checkpoint {path} is damaged (no weights)")
+    if "weights_sha256" not in ckpt:
+        raise InvalidInputError(
+            f"checkpoint {path} records no weights_sha256, so its weights cannot be checked: written by other code, "
+            "or by an older version (then `python -m surrogates.adopt RESULTS_DIR` adds it); else train it again")
+    if ckpt["weights_sha256"] != weights_sha256(state):
+        raise InvalidInputError(
+            f"checkpoint {path}: its weights were changed after it was written (they no longer match its "
+            "weights_sha256); delete it and train it again")
     meta = ckpt.get("meta", {})
     if expect:
         check_provenance(meta.get("provenance", {}), expect, f"checkpoint {path}")

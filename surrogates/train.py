@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.errors import InvalidInputError, PipelineError
-from core.io import load_dataset, remove_stale_temporaries, write_json
+from core.cli import Parser, run_main
+from core.errors import InvalidInputError
+from core.io import load_dataset, remove_stale_temporaries, write_record
 from core.lock import FolderLock
 from core.machine import describe_machine, machine_info
 from core.provenance import project_version
@@ -251,7 +252,7 @@ def _score(cfg, p, r, summary, test) -> dict:
         "test_set": {"problem": test_meta.get("provenance", {}).get("problem"), "sha256": test_meta.get("sha256")},
         "version": project_version(), "settings": r["settings"], **extras,
     }
-    write_json(out_dir / "metrics.json", result)
+    result = write_record(out_dir / "metrics.json", result)
     # done: the resume point goes, so a rerun (new settings, new code) trains afresh instead of resuming
     # a finished run; only a run that was killed leaves its checkpoint.pth behind
     (out_dir / "checkpoint.pth").unlink(missing_ok=True)
@@ -273,8 +274,7 @@ def _int_arg(name: str, minimum: int, maximum: int | None = None):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m surrogates.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m surrogates.train", description=__doc__)
     ap.add_argument("--config", type=Path, nargs="*", default=[],
                     help="config files merged over config/config.yaml (e.g. config/quick.yaml)")
     ap.add_argument("--problem", required=True)
@@ -295,16 +295,15 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.threads is not None:
         torch.set_num_threads(a.threads)
-    try:
-        cfg = load_config(*a.config)
-        if len(a.seed) > 1 and "{seed}" not in str(a.out):
-            raise InvalidInputError(f"with several seeds --out must hold {{seed}} (one folder each), got {a.out}")
-        outs = [Path(str(a.out).replace("{seed}", str(seed))) for seed in a.seed]
-        results = train_surrogates(cfg, a.problem, a.surrogate, a.n, a.seed, a.data, outs, a.arch, a.test,
-                                   a.iterations)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_main(lambda: _main(a))  # a project error or the OS's (a read-only folder): one line, status 2
+
+
+def _main(a) -> int:
+    cfg = load_config(*a.config)
+    if len(a.seed) > 1 and "{seed}" not in str(a.out):
+        raise InvalidInputError(f"with several seeds --out must hold {{seed}} (one folder each), got {a.out}")
+    outs = [Path(str(a.out).replace("{seed}", str(seed))) for seed in a.seed]
+    results = train_surrogates(cfg, a.problem, a.surrogate, a.n, a.seed, a.data, outs, a.arch, a.test, a.iterations)
     for r in results:
         print(f"{a.problem} {a.surrogate} n={a.n} seed={r['seed']}: test MAE {r['mae']:.3e}, max "
               f"{r['max_abs_err']:.3e}, rel L2 {r['rel_l2']:.3e} ({r['train_seconds']:.1f} s, {r['iterations']} "

@@ -90,7 +90,7 @@ def score_transfer(cfg: Mapping, problem: str, n: int, arch: str, checkpoints, t
 
     import numpy as np
 
-    from core.io import load_dataset, write_json
+    from core.io import load_dataset, write_record
 
     from .datasets import expected_provenance
     from .ensemble import Ensemble, load_members
@@ -119,5 +119,5 @@ def score_transfer(cfg: Mapping, problem: str, n: int, arch: str, checkpoints, t
               "euler_floor": meta.get("euler_floor"),
               "provenance": expected_transfer(cfg, problem, n, arch, target, seeds)}
     if out_path is not None:
-        write_json(Path(out_path), result)
+        result = write_record(Path(out_path), result)
     return result

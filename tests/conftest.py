@@ -35,6 +35,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = read_yaml(ROOT / "config" / "tiny.yaml")  # the tiny preset (merged over config/quick.yaml)
 
 
+def tiny(results, **extra) -> dict:
+    """The tiny preset (merged over config/quick.yaml) as a validated configuration, results under ``results``,
+    with ``extra`` merged over it."""
+    from core.config import merge, read_config
+    from surrogates.config import validate_config
+
+    cfg = merge(read_config(ROOT / "config/quick.yaml"), copy.deepcopy(TINY))
+    cfg["results_dir"] = str(results)
+    return validate_config(merge(cfg, extra))
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     """Write the tiny preset (merged over config/quick.yaml), results under tmp_path/results.
@@ -69,6 +80,36 @@ def run_snakemake(*args, timeout=900, env=None):
 @pytest.fixture
 def snakemake():
     return run_snakemake
+
+
+# ---------------------------------------------------------------- a full disk
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Call it to make every file the project writes (core.io.atomic_write) fail as on a full disk (ENOSPC)."""
+    import errno
+    import os
+
+    from core import io as core_io
+
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.fh.close()
+
+    return lambda: monkeypatch.setattr(core_io.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
 
 
 # ---------------------------------------------------------------- what a CUDA graph may capture

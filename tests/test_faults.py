@@ -18,6 +18,7 @@ import torch
 from conftest import ROOT, snakemake_cmd
 from core.layout import Layout
 from surrogates import MLP, Trainer, DataLoss
+from core import io as core_io
 from core.io import load_dataset
 
 ARCH = "mlp3x64"
@@ -73,7 +74,7 @@ def checkpoint_iteration(d: Path) -> int:
 
 # ---------------------------------------------------------------- killed in the middle of training
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["Ctrl-C", "SIGTERM", "SIGKILL"])
 def test_killed_mid_training_the_rerun_resumes_and_keeps_completed_work(sig, tiny_config, snakemake, tmp_path):
     # C trains long enough to be killed part-way; B finishes first (2 cores: they train side by side). C may
     # start several seconds before B (B's test set is solved first): 8000 steps of the fused engine were over
@@ -95,17 +96,13 @@ def test_killed_mid_training_the_rerun_resumes_and_keeps_completed_work(sig, tin
     done = (fast / "metrics.json").stat().st_mtime_ns
 
     if sig == signal.SIGKILL:
-        # Snakemake had no chance to clean up. The killed job's outputs (best_model.pth and losses.csv are
-        # there) are known to be incomplete, and a plain rerun refuses to take them ...
-        plain = snakemake(*targets, "--cores", "2", "--configfile", "config/quick.yaml", cfg)
-        out = plain.stdout + plain.stderr
-        assert plain.returncode != 0 and "incomplete" in out.lower() and "best_model.pth" in out, out[-2000:]
-        # ... and its lock stays: a new run refuses, saying what to do
-        locked = snakemake(*targets, "--cores", "2", "--rerun-incomplete", "--configfile", "config/quick.yaml", cfg)
+        # Snakemake had no chance to clean up: its lock stays, and a new run refuses, saying what to do
+        locked = snakemake(*targets, "--cores", "2", "--configfile", "config/quick.yaml", cfg)
         out = locked.stdout + locked.stderr
         assert locked.returncode != 0 and "Directory cannot be locked" in out and "--unlock" in out, out[-2000:]
         assert snakemake(*targets, "--unlock", "--configfile", "config/quick.yaml", cfg).returncode == 0
-    rerun = snakemake(*targets, "--cores", "2", "--rerun-incomplete", "--configfile", "config/quick.yaml", cfg)
+    # a plain rerun (the workflow's default profile redoes incomplete outputs) finishes the work
+    rerun = snakemake(*targets, "--cores", "2", "--configfile", "config/quick.yaml", cfg)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
 
     assert (fast / "metrics.json").stat().st_mtime_ns == done, "the completed model was trained again"
@@ -154,42 +151,58 @@ def _rerun(snakemake, cfg, target):
     return res.returncode, res.stdout + res.stderr
 
 
+def _finished(d: Path) -> dict:
+    return {f: (d / f).read_bytes() for f in ("metrics.json", "best_model.pth", "losses.csv")}
+
+
 @pytest.mark.slow
-def test_damaged_or_changed_inputs_stop_the_job_with_the_file_named(trained_b, snakemake):
+def test_damaged_or_changed_inputs_of_a_finished_model_stop_the_run_before_it_is_deleted(trained_b, snakemake):
+    """Snakemake would rerun the training (its input changed) and delete the trained model first; the run
+    stops when the workflow is parsed instead, naming the file, and the model stays as it was."""
     cfg, results, d = trained_b
     train = Layout(results).split("B", 300, "train")
-    good = train.read_bytes()
+    good, trained = train.read_bytes(), _finished(d)
+
+    def refused(*needles):
+        for args in (("-n",), ("--cores", "1")):  # a dry run says so too
+            res = snakemake(d / "metrics.json", *args, "--configfile", "config/quick.yaml", cfg)
+            out = res.stdout + res.stderr
+            assert res.returncode != 0 and "rule train:" not in res.stdout, out[-3000:]
+            assert str(train.with_suffix(needles[0])) in out and all(n in out for n in needles[1:]), out[-3000:]
+            assert "finished model" in out and str(d / "best_model.pth") in out, out[-3000:]
+        assert _finished(d) == trained, "the finished model was touched"
 
     train.write_bytes(good[: len(good) // 2])  # truncated
-    rc, out = _rerun(snakemake, cfg, d / "metrics.json")
-    assert rc != 0 and not (d / "metrics.json").exists()
-    log = train_log(results, "B").read_text()
-    assert str(train) in log and ("damaged" in log or "truncated" in log), log[-2000:]
+    refused(".npz", "damaged")
 
     with np.load(io.BytesIO(good)) as z:  # a valid file whose numbers changed
         arrays = {k: z[k] for k in z.files}
     arrays["Y"] = arrays["Y"] + 1e-3
     np.savez(train, **arrays)
-    rc, out = _rerun(snakemake, cfg, d / "metrics.json")
-    assert rc != 0 and not (d / "metrics.json").exists()
-    log = train_log(results, "B").read_text()
-    assert "sha256" in log and str(train) in log, log[-2000:]
+    refused(".npz", "sha256")
 
-    train.write_bytes(good)  # restored: the job runs again and succeeds
-    rc, out = _rerun(snakemake, cfg, d / "metrics.json")
-    assert rc == 0, out[-3000:]
-
-    # an edited sidecar (the arrays intact) is an input of the job: Snakemake reruns it, and the job refuses it
+    arrays["Y"][3, 0] = np.nan  # NaN labels with the checksums recomputed: refused for the NaN
     side = train.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["sha256"]["Y"] = core_io.sha256_array(arrays["Y"])
+    meta["sidecar_sha256"] = core_io.sha256_json({k: v for k, v in meta.items() if k != "sidecar_sha256"})
+    np.savez(train, **arrays)
+    side.write_text(json.dumps(meta))
+    refused(".npz", "NaN or infinite")
+
+    # an edited sidecar (the arrays intact)
+    train.write_bytes(good)
     meta = json.loads(side.read_text())
     meta["dt"], meta["problem"]["ranges"]["u0"] = 0.02, [0.0, 0.5]
     side.write_text(json.dumps(meta))
-    dry = snakemake(d / "metrics.json", "-n", "--configfile", "config/quick.yaml", cfg)
-    assert "rule train:" in dry.stdout and str(side) in dry.stdout, dry.stdout[-3000:]
+    refused(".json", "was changed after it was written")
+
+    # deleted (the way the message says to regenerate it): made again, and the model trains again
+    train.unlink()
+    side.unlink()
     rc, out = _rerun(snakemake, cfg, d / "metrics.json")
-    assert rc != 0 and not (d / "metrics.json").exists()
-    log = train_log(results, "B").read_text()
-    assert f"sidecar {side} was changed after it was written" in log, log[-2000:]
+    assert rc == 0, out[-3000:]
+    assert (d / "metrics.json").stat().st_mtime_ns > 0 and json.loads((d / "metrics.json").read_text())["mae"] > 0
 
 
 @pytest.mark.slow
@@ -234,14 +247,12 @@ def test_a_second_run_on_the_same_outputs_is_refused_by_the_lock(tiny_config, sn
     target = model_dir(results, "C") / "metrics.json"
     first = start(cfg, target, cores=1)
     wait_until(lambda: checkpoint_iteration(model_dir(results, "C")) >= 100, first, what="training under way")
-    # the running job's outputs are marked incomplete, so a plain second run refuses to start ...
+    # a second run (which would redo the running job's incomplete outputs) meets the first run's lock,
+    # before it deletes anything
     second = snakemake(target, "--cores", "1", "--configfile", "config/quick.yaml", cfg)
     out = second.stdout + second.stderr
-    assert second.returncode != 0 and "incomplete" in out.lower(), out[-2000:]
-    # ... and one told to redo incomplete outputs (as the profiles do) meets the first run's lock
-    second = snakemake(target, "--cores", "1", "--rerun-incomplete", "--configfile", "config/quick.yaml", cfg)
-    out = second.stdout + second.stderr
     assert second.returncode != 0 and "Directory cannot be locked" in out, out[-2000:]
+    assert (model_dir(results, "C") / "checkpoint.pth").exists()
     # a run on other outputs (another results directory) is not blocked by it
     other = tiny_config({"results_dir": str(tmp_path / "other")}, name="other.yaml")
     side = snakemake(Layout(tmp_path / "other").test("B"), "--cores", "1", "--configfile", "config/quick.yaml", other)

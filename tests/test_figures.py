@@ -1,13 +1,12 @@
 """Figures render from small synthetic inputs (metrics.json, losses.csv, the tables and benchmark CSVs) into
 readable PNG and PDF files; the palette covers every registered surrogate kind and backend."""
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from benchmarks import figures as F
+from core.io import save_dataset, write_record
 
 KINDS = {"A": ["ddnn", "pinn"], "C": ["ddnn", "pinn"], "D": ["itnn"], "hh_m": ["ddnn", "pinn_seed", "pinn"]}
 SIZES, SEEDS = [300, 1000], [0, 1]
@@ -39,7 +38,7 @@ def runs(tmp_path, rng):
                     if kind == "itnn":
                         t = np.linspace(0, 20, 201)
                         m["rollout_error"] = {"t": t.tolist(), "mae": (mae * (0.1 + t / 20)).tolist()}
-                    (d / "metrics.json").write_text(json.dumps(m))
+                    write_record(d / "metrics.json", m)
                     it = np.arange(50, 301, 50)
                     cols = {"iteration": it, "data": 1 / it, "total": 2 / it, "val_mae": 0.5 / it}
                     if kind != "ddnn":
@@ -146,8 +145,9 @@ def test_trajectory_and_hh_m_figures_render(tmp_path, rng):
     t = np.tile(np.linspace(0, 20, K), n_traj)
     X = np.column_stack([t, rng.random((n_traj * K, 3))])
     Y = np.column_stack([np.sin(t), np.cos(t)])
-    np.savez(tmp_path / "test.npz", X=X, Y=Y, trajectory=np.repeat(np.arange(n_traj), K),
-             input_names=np.array(["t", "u0", "w0", "I"]), output_names=np.array(["u", "w"]))
+    save_dataset(tmp_path / "test.npz", {"X": X, "Y": Y, "trajectory": np.repeat(np.arange(n_traj), K),
+                                         "input_names": np.array(["t", "u0", "w0", "I"]),
+                                         "output_names": np.array(["u", "w"])}, {})
     preds = {k: Y + s * rng.standard_normal(Y.shape) for k, s in (("ddnn", 0.05), ("pinn", 0.1), ("itnn", 0.02))}
     F.trajectories(tmp_path / "test.npz", preds, tmp_path / "tr.png", tmp_path / "tr.pdf", {"t": "1", "u": "1", "w": "1"})
     _is_figure(tmp_path / "tr.png", tmp_path / "tr.pdf")
@@ -170,8 +170,8 @@ def test_a_trajectory_figure_of_one_trajectory_has_one_column_in_time_order(tmp_
     monkeypatch.setattr(F, "save", lambda fig, png, pdf: saved.append(fig))
     t = rng.permutation(np.linspace(0, 20, 401))
     Y = np.column_stack([np.sin(t), np.cos(t)])
-    np.savez(tmp_path / "a.npz", X=t[:, None], Y=Y, input_names=np.array(["t"]),  # as A's: no trajectory ids
-             output_names=np.array(["u", "w"]))
+    save_dataset(tmp_path / "a.npz", {"X": t[:, None], "Y": Y, "input_names": np.array(["t"]),  # as A's: no
+                                      "output_names": np.array(["u", "w"])}, {})  # trajectory ids
     F.trajectories(tmp_path / "a.npz", {"ddnn": Y + 0.01}, None, None, {"t": "1", "u": "1", "w": "1"})
     axes = saved[-1].axes
     assert len(axes) == 2 and "one trajectory" in saved[-1].get_suptitle()
@@ -180,9 +180,9 @@ def test_a_trajectory_figure_of_one_trajectory_has_one_column_in_time_order(tmp_
     n_traj, K = 6, 21
     tt = np.tile(np.linspace(0, 20, K), n_traj)
     Y = np.column_stack([np.sin(tt), np.cos(tt)])
-    np.savez(tmp_path / "c.npz", X=np.column_stack([tt, rng.random(n_traj * K)]), Y=Y,
-             trajectory=np.repeat(np.arange(n_traj), K), input_names=np.array(["t", "u0"]),
-             output_names=np.array(["u", "w"]))
+    save_dataset(tmp_path / "c.npz", {"X": np.column_stack([tt, rng.random(n_traj * K)]), "Y": Y,
+                                      "trajectory": np.repeat(np.arange(n_traj), K), "input_names": np.array(["t", "u0"]),
+                                      "output_names": np.array(["u", "w"])}, {})
     F.trajectories(tmp_path / "c.npz", {"ddnn": Y + 0.05 * rng.standard_normal(Y.shape)}, None, None)
     assert len(saved[-1].axes) == 6
 

@@ -1,5 +1,4 @@
 """Inference backends, ONNX export, the timing harness and the workloads."""
-import json
 import time
 
 import numpy as np
@@ -9,6 +8,7 @@ import torch
 from benchmarks import speedup
 from core.config import merge
 from core.errors import InvalidInputError
+from core.io import write_record
 from inference import workloads
 from inference.backends import (REGISTRY, TOLERANCE, BackendMismatchError, Runner, check_against_torch,
                                 fastest_cpu_backend, get_inference_backend, reference_outputs)
@@ -28,12 +28,9 @@ def direct_rows(problem, n_cells, n_outputs, t_end=50.0):
 
 def save_as(net, path, cfg, problem, kind, mae=0.01):
     """A checkpoint and metrics.json recording that ``net`` is the ``kind`` surrogate of ``problem``."""
-    import json
-
     prov = {**expected_model(cfg, problem, kind, 100, 0), "hidden": [list(h) for h in net.hidden]}
     save_checkpoint(net, path, meta={"provenance": prov})
-    (path.parent / "metrics.json").write_text(json.dumps({"provenance": prov, "problem": problem, "surrogate": kind,
-                                                          "mae": mae}))
+    write_record(path.parent / "metrics.json", {"provenance": prov, "problem": problem, "surrogate": kind, "mae": mae})
     return path
 
 
@@ -562,8 +559,7 @@ def test_the_speed_benchmark_times_seed_ensembles_at_the_papers_point(tmp_path):
     n_c = max(problem_from_config("C", cfg).sizes)
     score = Layout(cfg["results_dir"]).ensemble_file("C", "ddnn", n_c, "tiny")
     score.parent.mkdir(parents=True)
-    score.write_text(json.dumps({"provenance": ens.expected_ensemble(cfg, "C", "ddnn", n_c, "tiny", [0, 1, 2]),
-                                 "mae": 0.0042}))
+    write_record(score, {"provenance": ens.expected_ensemble(cfg, "C", "ddnn", n_c, "tiny", [0, 1, 2]), "mae": 0.0042})
     df = speedup.run(cfg, {"ddnn": ddnn[0], "itnn": itnn[0]}, ["torch", "onnxruntime"], ["fp32"],
                      workdir=tmp_path / "w", ensembles={"ddnn": ddnn, "itnn": itnn})
     timed = df[df.skipped.isna() & df.failed.isna()]

@@ -5,6 +5,7 @@ import pytest
 
 from benchmarks.reference import copy_reference, main
 from core.errors import InvalidInputError
+from core.io import write_record
 from core.layout import Layout
 from surrogates.config import load_config, training_grid
 
@@ -22,8 +23,7 @@ def test_a_partial_run_is_copied_and_marked_partial_with_what_is_missing(tiny_co
     assert len(jobs) > 1
     first = jobs[0]
     metrics = layout.run_file("metrics", *first)
-    metrics.parent.mkdir(parents=True)
-    metrics.write_text(json.dumps({"version": "abc1234", "train_seconds": 12.5}))
+    write_record(metrics, {"version": "abc1234", "train_seconds": 12.5})
     table = layout.table("accuracy", "csv")
     table.parent.mkdir(parents=True)
     table.write_bytes(b"problem,mae\nA,0.1\n")
@@ -55,8 +55,7 @@ def test_a_complete_run_is_not_marked_partial(tiny_config, tmp_path):
     layout = Layout(cfg["results_dir"])
     for job in training_grid(cfg):
         f = layout.run_file("metrics", *job)
-        f.parent.mkdir(parents=True)
-        f.write_text(json.dumps({"version": "v1", "train_seconds": 1.0}))
+        write_record(f, {"version": "v1", "train_seconds": 1.0})
     for name, ext in [("accuracy", "csv"), ("accuracy", "md"), ("speedup", "csv"), ("speedup", "md")]:
         p = layout.table(name, ext)
         p.parent.mkdir(parents=True, exist_ok=True)

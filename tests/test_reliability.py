@@ -13,30 +13,21 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 import solvers
-from conftest import ROOT, TINY, snakemake_cmd
+from conftest import ROOT, snakemake_cmd, tiny
 from core import io as core_io
-from core.config import merge, read_config
 from core.errors import InvalidInputError, ProvenanceError, WriteError
 from core.layout import Layout
 from core.lock import FolderBusyError, FolderLock
 from surrogates import datasets as ds
-from surrogates.config import validate_config
 from surrogates.network import load_checkpoint, save_checkpoint
 from surrogates.train import expected_model, main as train_main, train_surrogate
 
 ARCH = "mlp3x64"
-
-
-def tiny(results: Path, **extra) -> dict:
-    cfg = merge(read_config(ROOT / "config/quick.yaml"), copy.deepcopy(TINY))
-    cfg["results_dir"] = str(results)
-    return validate_config(merge(cfg, extra))
 
 
 @pytest.fixture(scope="module")
@@ -156,32 +147,14 @@ def test_settings_that_cannot_work_fail_when_the_config_loads(extra, message, tm
 
 
 # ---------------------------------------------------------------- clear errors at the edges
-def test_a_full_disk_names_the_file_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+def test_a_full_disk_names_the_file_and_leaves_nothing_half_written(tmp_path, full_disk):
     from surrogates.network import MLP
 
     model = MLP(2, 1, [("Tanh", 8)])
     path = tmp_path / "best_model.pth"
     save_checkpoint(model, path)
     before = path.read_bytes()
-    real_fdopen = os.fdopen
-
-    class Full:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.fh.close()
-
-    monkeypatch.setattr(core_io.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    full_disk()
     with pytest.raises(WriteError) as err:
         save_checkpoint(model, path)
     assert f"cannot write {path}: no space left on device" in str(err.value)

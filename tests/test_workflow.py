@@ -179,7 +179,8 @@ def test_slurm_profile_dry_run_submits_every_job_with_account_and_partition(tmp_
     res = snakemake("-n", "--profile", "workflow/profiles/slurm", "--config", f"results_dir={tmp_path}")
     assert res.returncode == 0, res.stderr[-2000:]
     out = res.stdout + res.stderr
-    assert "Using profile workflow/profiles/slurm" in out
+    # the slurm profile, and the workflow's own default profile (rerun-incomplete) under it
+    assert "Using profiles workflow/profiles/slurm and workflow specific profile profiles/default" in out
     assert "slurm_account=MYPROJECT" in out and "slurm_partition=sequana_cpu_shared" in out
     assert (ROOT / "workflow/profiles/slurm/profile.yaml").resolve() == (ROOT / "workflow/profiles/slurm/config.yaml")
     # a GPU partition has never been tried through the profile: by default the timings ask for none

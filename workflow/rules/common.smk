@@ -10,6 +10,7 @@ from core.lock import hold_for_process
 from core.machine import cuda_device_count
 from surrogates.config import (cohort_kinds, ensemble_grid, speed_ensembles, speed_problem_of, training_grid,
                                training_priority, training_settings, validate_config)
+from surrogates.guard import check_finished_inputs
 from surrogates.problems import SURROGATE_KINDS, problem_from_config
 from surrogates.transfer import transfer_grid
 

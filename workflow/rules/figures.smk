@@ -19,6 +19,13 @@ def first_seed_models(problem):
     return [model_file(p, kind, max(sizes(p)), seed, "model") for kind, p in judged_on(problem)]
 
 
+def first_seed_runs(problem):
+    """What each of first_seed_models(problem) must be, in the same order: [problem, kind, n, seed, arch]
+    (the script checks every checkpoint's provenance against it, as every other consumer does)."""
+    seed = config["training"]["seeds"][0]
+    return [[p, kind, max(sizes(p)), seed, arch_of(p)] for kind, p in judged_on(problem)]
+
+
 def compared_with_ddnn():
     """Problems where a data-only and a physics-informed network both train."""
     s = config["training"]["surrogates"]
@@ -101,6 +108,7 @@ rule figure_trajectories:
     params:
         problem=lambda w: w.problem,
         time_range=lambda w: problem_from_config(w.problem, config).time_range,
+        runs=lambda w: first_seed_runs(w.problem),
     log:
         path(LAYOUT.log("figures", "trajectories_{problem}.log")),
     conda:
@@ -116,6 +124,8 @@ rule figure_hh_m:
     output:
         png=report(figure("hh_m"), caption="../report/hh_m.rst", category="Figures"),
         pdf=figure("hh_m", "pdf"),
+    params:
+        runs=first_seed_runs("hh_m"),
     log:
         path(LAYOUT.log("figures", "hh_m.log")),
     conda:

@@ -110,3 +110,9 @@ rule itnn_transfer:
         "../envs/pipeline.yaml"
     script:
         "../scripts/itnn_transfer.py"
+
+
+# Before anything is scheduled: a finished model's dataset that was changed or damaged (not deleted) stops the
+# run here, naming the file; else Snakemake would delete the model to rerun a job that then refuses the file.
+if workflow.is_main_process:
+    check_finished_inputs(config)

@@ -17,9 +17,8 @@ from surrogates.train import expected_model  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 cfg, sp = dict(snakemake.config), snakemake.params.speed
-device = snakemake.params.device
-if device == "auto":  # resolved here, on the node that runs the timings (a GPU node on a cluster)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+# resolved here, on the node that runs the timings (a GPU node on a cluster); cuda where none is seen is refused
+device = speedup.resolve_device(snakemake.params.device)
 backends = speedup.backends_for(sp["backends"], device)
 kinds = sp["surrogates"]
 models = {kind: snakemake.input[kind] for kind in kinds}

@@ -14,12 +14,12 @@ from benchmarks import figures as F  # noqa: E402
 rule, out, cfg = snakemake.rule, snakemake.output, snakemake.config
 
 
-def load(checkpoint):
-    """(network, its provenance): what a checkpoint is comes from what it records, not where it lies."""
-    from surrogates.network import load_checkpoint
+def load(checkpoint, run):
+    return F.load_network(cfg, checkpoint, run)
 
-    net, meta = load_checkpoint(checkpoint)
-    return net.eval(), meta["provenance"]
+
+def load_test(path, problem):
+    return F.load_test(cfg, path, problem)
 
 
 def test_predictions(test_npz, checkpoints) -> dict:
@@ -29,11 +29,11 @@ def test_predictions(test_npz, checkpoints) -> dict:
 
     from surrogates.problems import problem_from_config
 
-    with np.load(test_npz) as z:
-        X, traj = z["X"], F.test_trajectory_ids(z)
+    z = load_test(test_npz, snakemake.params.problem)
+    X, traj = z["X"], F.test_trajectory_ids(z)
     preds = {}
-    for c in checkpoints:
-        net, prov = load(c)
+    for c, run in zip(checkpoints, snakemake.params.runs, strict=True):
+        net, prov = load(c, run)
         p = problem_from_config(prov["problem"], cfg)
         if p.kind == "step":
             preds[prov["surrogate"]] = F.rollout_predictions(net, p, problem_from_config(p.test_from, cfg), X,
@@ -52,12 +52,11 @@ def hh_m():
 
     p = problem_from_config("hh_m", cfg)
     t, S = trace_states(p)
-    with np.load(snakemake.input.test) as z:
-        test_t = z["X"][:, p.inputs.index("t")]
+    test_t = load_test(snakemake.input.test, "hh_m")["X"][:, p.inputs.index("t")]
     X = torch.tensor(np.stack([t, S[:, 0]], axis=1), dtype=torch.float32)
     preds, losses = {}, {}
-    for m in snakemake.input.models:
-        net, prov = load(m)
+    for m, run in zip(snakemake.input.models, snakemake.params.runs, strict=True):
+        net, prov = load(m, run)
         with torch.no_grad():
             preds[prov["surrogate"]] = net(X).numpy()[:, 0]
         losses[prov["surrogate"]] = pd.read_csv(Path(m).with_name("losses.csv"))
@@ -73,9 +72,9 @@ elif rule == "figure_training_curves":
     F.training_curves(list(snakemake.input.losses), list(snakemake.input.metrics), out.png, out.pdf,
                       F.error_units(cfg))
 elif rule == "figure_rollout_error":
-    from core.io import read_json
+    from core.io import read_record
 
-    step = read_json(snakemake.input[0], "metrics file")["problem"]
+    step = read_record(snakemake.input[0], "metrics file")["problem"]
     F.rollout_error(list(snakemake.input), out.png, out.pdf, F.variable_units(cfg, step)["t"], F.error_units(cfg)[step])
 elif rule == "figure_trajectories":
     F.trajectories(snakemake.input.test, test_predictions(snakemake.input.test, snakemake.input.models), out.png,
