@@ -16,7 +16,7 @@ from core.config import read_config, validate_schema
 from core.errors import InvalidInputError
 from core.steps import whole_steps
 
-from .problems import SURROGATE_KINDS, problem_from_config
+from .problems import SURROGATE_KINDS, max_rows, problem_from_config
 
 
 def validate_config(cfg: Mapping) -> dict:
@@ -38,8 +38,6 @@ def load_config(*paths) -> dict:
 
 
 def _check_sizes(cfg: dict, problems: dict) -> None:
-    from .datasets import max_rows
-
     vf = cfg["datasets"]["val_fraction"]
     for name, p in problems.items():
         if p.kind == "step" or not p.uses_pool:

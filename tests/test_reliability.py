@@ -28,7 +28,8 @@ from core.lock import FolderBusyError, FolderLock
 from surrogates import datasets as ds
 from surrogates.config import validate_config
 from surrogates.network import load_checkpoint, save_checkpoint
-from surrogates.train import expected_model, main as train_main, train_surrogate
+from surrogates.scoring import expected_model
+from surrogates.train import main as train_main, train_surrogate
 
 ARCH = "mlp3x64"
 
