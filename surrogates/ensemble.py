@@ -129,7 +129,7 @@ def score_ensemble(cfg: dict, problem: str, surrogate: str, n: int, arch: str, c
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, nargs="*", default=[],
-                    help="config files merged over config/config.yaml (as surrogates.train)")
+                    help="config files merged over config/config.yaml (as training.train)")
     ap.add_argument("--problem", required=True)
     ap.add_argument("--surrogate", required=True)
     ap.add_argument("--n", type=int, required=True)

@@ -18,7 +18,7 @@ from surrogates.ensemble import Ensemble, main as ensemble_main, score_ensemble
 from surrogates.itnn import rollout
 from surrogates.network import MLP, load_checkpoint
 from surrogates.scoring import evaluate
-from surrogates.train import train_surrogate
+from training.train import train_surrogate
 
 ARCH = "mlp3x64"
 

@@ -29,7 +29,7 @@ from surrogates import datasets as ds
 from surrogates.config import validate_config
 from surrogates.network import load_checkpoint, save_checkpoint
 from surrogates.scoring import expected_model
-from surrogates.train import main as train_main, train_surrogate
+from training.train import main as train_main, train_surrogate
 
 ARCH = "mlp3x64"
 

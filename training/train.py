@@ -1,6 +1,6 @@
 """Train one surrogate for one (problem, kind, n, seed, architecture) and score it on the held-out test set.
 
-    python -m surrogates.train --problem C --surrogate ddnn --n 1000 --seed 0 \\
+    python -m training.train --problem C --surrogate ddnn --n 1000 --seed 0 \\
         --data results/datasets/C --out results/models/C/ddnn/n1000/mlp3x64/seed0
 
 Kinds: ``ddnn`` (data only), ``pinn`` (data + ODE residual + initial condition; for ``hh_m`` the residual
@@ -25,12 +25,14 @@ from core.lock import FolderLock
 from core.machine import describe_machine, machine_info
 from core.provenance import project_version
 
-from .config import load_config, training_settings
-from .datasets import expected_provenance
-from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, contrast_weights, rate_weights
-from .network import MLP
-from .problems import SURROGATE_KINDS as KINDS, Problem, problem_from_config
-from .scoring import evaluate, expected_model
+from surrogates.config import load_config, training_settings
+from surrogates.datasets import expected_provenance
+from surrogates.losses import (DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, contrast_weights,
+                               rate_weights)
+from surrogates.network import MLP
+from surrogates.problems import SURROGATE_KINDS as KINDS, Problem, problem_from_config
+from surrogates.scoring import evaluate, expected_model
+
 from .trainer import Trainer
 
 SEED_MAX = 2**32 - 1
@@ -94,7 +96,7 @@ def train_surrogates(cfg: dict, problem: str, surrogate: str, n: int, seeds, dat
                      architecture: str | None = None, test_path=None, iterations: int | None = None,
                      train_path=None, val_path=None) -> list[dict]:
     """As :func:`train_surrogate`, for several seeds (one output folder each) trained together as one
-    stacked model where :mod:`~surrogates.cohort` allows it (data-only kinds), else one after the other.
+    stacked model where :mod:`~training.cohort` allows it (data-only kinds), else one after the other.
     Each seed's files and ``metrics.json`` are those of a lone run; ``train_seconds`` is each seed's share
     of the cohort's wall time (``cohort_seconds``: all of it)."""
     if surrogate not in KINDS:
@@ -171,7 +173,7 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
         trainer.add_loss(InitialConditionLoss(p, max(256, phys["collocation_points"] // 4), phys["sampler"],
                                               seed=seed + 2000), phys["ic_weight"])
     elif surrogate in ("pinn", "pinn_seed"):
-        from .datasets import pool_training_points, trace_states
+        from surrogates.datasets import pool_training_points, trace_states
 
         t_full, S = trace_states(p)
         gate = p.outputs[0]
@@ -226,7 +228,7 @@ def _int_arg(name: str, minimum: int, maximum: int | None = None):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m surrogates.train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, nargs="*", default=[],
                     help="config files merged over config/config.yaml (e.g. config/quick.yaml)")
