@@ -732,3 +732,47 @@ def test_an_auto_polish_goes_on_in_float64_where_float32_stalls(tmp_path, monkey
     assert n32 == 40 and len(f32) == 2  # rows at 20 (Adam) and 40: stopped at the stall
     assert n_auto == 120 and auto[-1] < 0.5 * f32[-1]  # 20 Adam steps, 100 polish iterations, 80 of them float64
 
+
+def test_the_training_paths_are_the_engines_the_configuration_names():
+    """training.paths.REGISTRY and the configuration schema's training.engine name the same paths."""
+    from pathlib import Path
+
+    import yaml
+
+    from training.paths import REGISTRY
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "core" / "config.schema.yaml").read_text())
+    assert list(REGISTRY) == schema["$defs"]["train_keys"]["engine"]["enum"]
+    assert all(name == p.name for name, p in REGISTRY.items())
+
+
+def test_the_trainer_takes_its_training_path_from_the_registry(tmp_path, monkeypatch):
+    """A path registered under a new name is one the Trainer accepts; it puts its kernels into the engine of
+    the first-order steps and into the polish's; an unknown name is refused, naming the registered ones."""
+    from core.errors import InvalidInputError
+    from surrogates.losses import DataLoss
+    from training import paths
+    from training.trainer import Trainer
+
+    calls = []
+
+    class Recording(paths.TorchOperators):
+        name = "recording"
+
+        def kernels(self, trainer, eng, polish):
+            calls.append((polish, eng.W[0].dtype))
+
+    monkeypatch.setitem(paths.REGISTRY, "recording", Recording())
+    g = np.random.default_rng(0)
+    X = g.uniform(-1, 1, (200, 2)).astype(np.float32)
+    Y = np.sin(X[:, :1]).astype(np.float32)
+    torch.manual_seed(0)
+    tr = Trainer(MLP(2, 1, [("Tanh", 8)]), tmp_path / "r", val_every=10, engine="recording", lbfgs_iterations=20,
+                 lbfgs_dtype="float64", progress=False)
+    tr.add_loss(DataLoss(X, Y, batch_size=32, seed=1, name="data"))
+    summary = tr.train(20)
+    assert calls == [(False, torch.float32), (True, torch.float64)]
+    assert summary["path"] == "fused engine" and summary["iterations"] == 40
+    with pytest.raises(InvalidInputError, match=r"unknown engine 'nope'; valid: \['auto', 'fused', 'cpp', 'triton', "
+                                                r"'autograd', 'recording'\]"):
+        Trainer(MLP(2, 1, [("Tanh", 8)]), tmp_path / "n", engine="nope")

@@ -29,9 +29,10 @@ from core.io import write_text
 from surrogates.losses import Loss
 from surrogates.network import load_weights, save_checkpoint, state_copy, torch_save
 
+from .paths import REGISTRY as PATHS
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULES = ("constant", "cosine", "exponential")
-ENGINES = ("auto", "fused", "cpp", "triton", "autograd")
 ADAMW_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's default, kept by the fused path
 
 
@@ -159,8 +160,8 @@ class Trainer:
             raise InvalidInputError(f"unknown lr_schedule {lr_schedule!r}; valid: {list(SCHEDULES)}")
         if val_every < 1:
             raise InvalidInputError(f"val_every must be >= 1, got {val_every}")
-        if engine not in ENGINES:
-            raise InvalidInputError(f"unknown engine {engine!r}; valid: {list(ENGINES)}")
+        if engine not in PATHS:  # the training paths by name (training.paths)
+            raise InvalidInputError(f"unknown engine {engine!r}; valid: {list(PATHS)}")
         self.engine = engine
         if capture not in ("auto", True, False):
             raise InvalidInputError(f"capture must be 'auto', True or False, got {capture!r}")
@@ -205,9 +206,10 @@ class Trainer:
         from .engine import MLPEngine
         from surrogates.network import MLP
 
-        if self.engine == "autograd":
+        path = PATHS[self.engine]
+        if not path.fused:
             return None
-        required = self.engine in ("fused", "cpp", "triton")
+        required = path.required
         if not isinstance(self.model, MLP):
             if required:
                 raise InvalidInputError(f"engine {self.engine!r} trains surrogates.network.MLP, not {type(self.model).__name__}")
@@ -215,13 +217,7 @@ class Trainer:
         eng = MLPEngine(self.model, max(l.fused_rows() for l, _ in self.losses) or 1)
         # the kernels first: a loss's fused form looks at them (the ODE residual's gradient is compiled
         # too where the compiled CPU steps train, training.cpu_residual)
-        if self.engine == "triton":  # the data steps (mean squared error) in one Triton kernel each
-            from .triton_step import TritonDataStep, residual_steps
-
-            eng.data_kernel = TritonDataStep(eng)
-            eng.residual_kernel = residual_steps(eng)
-        else:
-            self._cpu_kernels(eng)
+        path.kernels(self, eng, polish=False)
         steps = [l.fused(eng) for l, _ in self.losses]
         missing = [l.name for (l, _), st in zip(self.losses, steps) if st is None]
         if missing:
@@ -508,8 +504,7 @@ class Trainer:
         rows = max(min(l.X.shape[0], self.LBFGS_CHUNK) if f else l.fused_rows() for (l, _), f in zip(self.losses, full))
         model = self.model if model is None else model
         eng = MLPEngine(model, rows)
-        if self.engine != "triton":  # the model's, or its float64 copy's, compiled CPU steps where they apply
-            self._cpu_kernels(eng)
+        PATHS[self.engine].kernels(self, eng, polish=True)  # e.g. the model's, or its float64 copy's, compiled CPU steps
         steps = [l.fused_full(eng) if f else l.fused(eng) for (l, _), f in zip(self.losses, full)]
         if any(st is None for st in steps):
             return None
