@@ -11,13 +11,25 @@ TORCH_INDEX ?=
 
 .PHONY: run test slurm-test setup clean gpu-check gpu-grid wheels
 
+# Debian packages some tests need, installed where this runs as root with apt-get (the package lists are
+# refreshed once if the first try fails); elsewhere skipped quietly, and those tests skip, saying why:
+#   libsundials-dev  Myokit's own simulator (the imported models' checks against it)
+#   chromium         headless, for the test that opens the HTML report in a browser
+SYSTEM_PACKAGES = libsundials-dev chromium
+SYSTEM_SETUP = missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1; }; }; } || true
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@$(SYSTEM_SETUP)
 	touch $(STAMP)
 
 setup: $(STAMP)
+	@$(SYSTEM_SETUP)
 
 run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile config/quick.yaml
@@ -55,13 +67,14 @@ GRID_CONFIG ?= config/gpu.yaml
 GRID_RESULTS ?=
 GRID_UNTIL ?=
 GRID_ARGS ?=
-# GPU_MPS=auto (default): the training processes share the GPU through an NVIDIA MPS daemon started for the run
-# (and stopped after) where nvidia-cuda-mps-control exists and a CUDA client works under it; GPU_MPS=0: never.
-# Without MPS the GPU runs one process's kernels at a time (H200, 2026-11-28: no gain from 8 jobs sharing it).
+# GPU_MPS=0 (default): no MPS daemon. GPU_MPS=auto: the training processes share the GPU through an NVIDIA MPS
+# daemon started for the run (and stopped after) where nvidia-cuda-mps-control exists and a CUDA client works
+# under it; this start has never run on a GPU, so it is not the default.
+# Without MPS the GPU runs one process's kernels at a time (on an H200, 8 jobs sharing it gained nothing).
 # GPU_JOBS=N: at most N training jobs on the GPU at once (the profile's gpu_jobs=8 otherwise).
 # GRID_DEADLINE=SECONDS: stop Snakemake (SIGINT: running jobs are marked incomplete and rerun next time) after
 # that long, and still print the seconds of each rule so far (a machine lent for a fixed time, a job limit).
-GPU_MPS ?= auto
+GPU_MPS ?= 0
 GPU_JOBS ?=
 GRID_DEADLINE ?=
 gpu-grid:

@@ -395,6 +395,12 @@ def rollout_predictions(net, step_problem, source_problem, X: np.ndarray, n_traj
     return R.transpose(1, 0, 2).reshape(len(X), -1)
 
 
+def test_trajectory_ids(z) -> np.ndarray:
+    """The trajectory of each row of a loaded test set (``trajectory``; a test set drawn from one trajectory,
+    such as A's held-out time points, has none: every row is trajectory 0)."""
+    return z["trajectory"] if "trajectory" in z.files else np.zeros(len(z["X"]), dtype=np.int64)
+
+
 def trajectories(test_npz, predictions: dict, png, pdf, units: dict | None = None,
                  quantiles=(0.5, 0.9, 1.0)) -> None:
     """Held-out test trajectories: the Euler reference (black) and each surrogate's prediction of every
@@ -402,17 +408,21 @@ def trajectories(test_npz, predictions: dict, png, pdf, units: dict | None = Non
     median, 90th percentile, worst). ``predictions``: kind -> (rows, outputs) array on the test rows."""
     _style()
     with np.load(test_npz) as z:
-        X, Y, traj = z["X"], z["Y"], z["trajectory"]
+        X, Y, traj = z["X"], z["Y"], test_trajectory_ids(z)
         ins, outs = [str(s) for s in z["input_names"]], [str(s) for s in z["output_names"]]
     units = units or {}
     err = np.mean([np.abs(P - Y).mean(axis=1) for P in predictions.values()], axis=0)
     per_traj = pd.Series(err).groupby(traj).mean()
     ranked = per_traj.sort_values().index.to_numpy()
-    picks = [ranked[min(int(q * (len(ranked) - 1)), len(ranked) - 1)] for q in quantiles]
+    chosen = {}  # trajectory -> the first quantile that picks it (a test set of one trajectory: one column)
+    for q in quantiles:
+        chosen.setdefault(ranked[min(int(q * (len(ranked) - 1)), len(ranked) - 1)], q)
+    picks, quantiles = list(chosen), list(chosen.values())
     fig, axes = _grid(len(outs), len(picks), panel=(2.8, 2.3), extra_h=0.8, sharex=True)
     off_scale = set()
     for j, (q, k) in enumerate(zip(quantiles, picks)):
-        rows = traj == k
+        rows = np.flatnonzero(traj == k)
+        rows = rows[np.argsort(X[rows, ins.index("t")], kind="stable")]  # held-out time points in time order
         t = X[rows, ins.index("t")]
         for i, o in enumerate(outs):
             ax = axes[i, j]
@@ -423,14 +433,16 @@ def trajectories(test_npz, predictions: dict, png, pdf, units: dict | None = Non
             ax.set_ylabel(f"{o} ({units_label(units.get(o))})" if j == 0 else "")
         start = ", ".join(f"{n}={X[rows][0, ins.index(n)]:.3g}" for n in ins if n != "t")
         name = {0.5: "median", 1.0: "worst"}.get(q, f"{100 * q:.0f}th pct.")
-        axes[0, j].set_title(f"{name} error\n{start}", fontsize=8.5)
+        if len(ranked) > 1:  # one trajectory: the suptitle says what the column is
+            axes[0, j].set_title(f"{name} error\n{start}", fontsize=8.5)
         axes[-1, j].set_xlabel(f"time ({units_label(units.get('t'))})")
     handles = [_handle("Euler reference (held out)", EULER, lw=2.2)]
     handles += [_handle(label(k) + (", partly off scale" if k in off_scale else ""), color(k), ls="--")
                 for k in predictions]
     _legend(fig, handles)
     fig.suptitle(f"Held-out test trajectories ({len(per_traj)} in the test set; columns ranked by the "
-                 "surrogates' mean error)")
+                 "surrogates' mean error)" if len(per_traj) > 1 else f"The held-out time points ({len(X)})\nof the "
+                 "problem's one trajectory")
     save(fig, png, pdf)
 
 

@@ -185,7 +185,7 @@ def training_table(cfg: dict, out: Path, budget: Budget, device: str = "cuda") -
     plain eager loop, and the cost of a collocation row against a data row."""
     from benchmarks.training_speed import measure, table
 
-    iters = 1000  # x 2 rounds: the capture included in each run's time, as in benchmarks/README.md's table
+    iters = 1000  # x 2 rounds: the capture included in each run's time, as in benchmarks/reference/recorded.md's figures
     results, costs = measure(cfg, iters, 2, device)
     write_text(out / "training_speed.md", table(results, costs, machine_info(), device, iters, 2))
     best = {r["problem"] + " " + r["variant"]: r["it_per_s"] for r in results}
@@ -402,7 +402,7 @@ def kernels(cfg: dict, out: Path, budget: Budget) -> str:
 
     p = problem_from_config(cfg["speed"]["problem"], cfg)
     rows = []
-    for arch in ("silu4x128", "mlp3x64"):  # the 4x128 first: the 3x64's figures are in benchmarks/README.md
+    for arch in ("silu4x128", "mlp3x64"):  # the 4x128 first: the 3x64's figures are in benchmarks/reference/recorded.md
         hidden = cfg["training"]["architectures"].get(arch)
         if hidden is None:
             continue

@@ -3,6 +3,7 @@
     python -m benchmarks.reference                      # results/ (config/config.yaml) -> benchmarks/reference/
     python -m benchmarks.reference --config config/quick.yaml --out /tmp/ref
     python -m benchmarks.reference --evaluate benchmarks/reference/model_C/best_model.pth   # a shipped network
+    python -m benchmarks.reference --docs [--check]     # the docs' results tables from this folder (benchmarks/docs.py)
 
 Copied: the accuracy and speed tables (CSV and Markdown) and the solver-throughput CSV, where the run made them.
 Written beside them: ``run.md``, which names the machine, the date, the code versions the models were trained
@@ -141,7 +142,14 @@ def main(argv=None) -> int:
                          "time and the seconds of each rule go into run.md")
     ap.add_argument("--evaluate", type=Path, default=None, metavar="CHECKPOINT",
                     help="instead: score this checkpoint on its problem's held-out test set and print the errors")
+    ap.add_argument("--docs", action="store_true",
+                    help="instead: rewrite the generated results blocks of README.md and benchmarks/README.md from "
+                         "benchmarks/reference/ (benchmarks/docs.py)")
+    ap.add_argument("--check", action="store_true", help="with --docs: change nothing, exit 1 where a block is stale")
     a = ap.parse_args(argv)
+    if a.docs:
+        from . import docs
+        return docs.main(check=a.check)
     from surrogates.config import load_config
 
     cfg = load_config(*a.config)

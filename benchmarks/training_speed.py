@@ -24,7 +24,8 @@ compatibility layer; every row then also gets its ratio to it.
 Timings vary between runs on shared machines, so the variants are measured in interleaved rounds and
 each figure is the median over rounds; ratios are taken within a round. The data are drawn from the
 problem's input box (the speed of a step does not depend on the values). Prints a Markdown table with the
-machine; ``--readme`` also writes it into benchmarks/README.md between its training-speed markers.
+machine; ``--reference`` also writes it to benchmarks/reference/training_speed.md, the tracked table that
+``python -m benchmarks.reference --docs`` puts into benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -50,9 +51,8 @@ from surrogates.network import MLP
 from surrogates.problems import problem_from_config
 from training.trainer import Trainer
 
-README = Path(__file__).resolve().parent / "README.md"
+REFERENCE = Path(__file__).resolve().parent / "reference" / "training_speed.md"
 UPSTREAM = "upstream Pinn-Torch trainer"
-BEGIN, END = "<!-- training_speed:begin -->", "<!-- training_speed:end -->"
 
 
 def _data(p, n: int, seed: int = 0):
@@ -117,7 +117,7 @@ net = _net(p, args["hidden"], X, Y, args["device"])
 seq = torch.nn.Sequential(*[m for m in net.net])  # the same layers as the reference loop, no in-model scaling
 opt = torch.optim.Adam(seq.parameters(), lr=args["lr"])
 val = 0.01  # upstream evaluates its validation split on almost every one of the first n_batchs steps and never
-#             after them when val_steps is large; a 1% split keeps that cost small, as in the issue's measurement
+#             after them when val_steps is large; a 1% split keeps that cost small, as in the upstream comparison's measurement
 batches = math.ceil(len(X) * (1 - val) / args["batch"])
 tr = T.Trainer(max(1, math.ceil(args["iterations"] / batches)), seq, device=args["device"], batch_size=args["batch"],
                data=torch.as_tensor(X), target=torch.as_tensor(Y), validation=val, val_steps=10**9, print_steps=10**9,
@@ -388,7 +388,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on a CPU")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--readme", action="store_true", help="write the table into benchmarks/README.md")
+    ap.add_argument("--reference", action="store_true",
+                    help="also write the table to benchmarks/reference/training_speed.md (tracked; the docs are "
+                         "generated from it by `python -m benchmarks.reference --docs`)")
     ap.add_argument("--upstream", metavar="DIR", help="also time the upstream Pinn-Torch Trainer from this checkout")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -401,15 +403,9 @@ def main(argv=None) -> int:
     out = Layout(cfg["results_dir"]).benchmark("training_speed.md")
     write_text(out, text)
     print(f"wrote {out}")
-    if a.readme:
-        readme = README.read_text()
-        if BEGIN in readme and END in readme:
-            head, rest = readme.split(BEGIN, 1)
-            readme = head + BEGIN + "\n" + text + END + rest.split(END, 1)[1]
-            write_text(README, readme)
-            print(f"updated {README}")
-        else:
-            print(f"{README} has no {BEGIN} ... {END} markers; not changed", file=sys.stderr)
+    if a.reference:
+        write_text(REFERENCE, text)
+        print(f"wrote {REFERENCE}; now run `python -m benchmarks.reference --docs`")
     return 0
 
 

@@ -66,10 +66,48 @@ def read_config(*paths) -> dict:
     return cfg
 
 
+def apply_drops(cfg: Mapping) -> dict:
+    """A copy of ``cfg`` without what a preset dropped: presets are merged key by key, so a preset removes a
+    problem by setting it to ``null`` (``problems: {A: null}``) and a surrogate kind by ``null`` or an empty list
+    (``training: {surrogates: {itnn: []}}``). A dropped problem leaves every list and override that names it
+    (``training.surrogates``, ``training.overrides``); a kind that trains on nothing any more leaves
+    ``training.surrogates`` and the speed benchmark's ``surrogates`` and ``ensembles``. A ``null`` override is
+    dropped too. Names that were never there are left for the checks to refuse."""
+    out = copy.deepcopy(dict(cfg))
+    problems = out.get("problems")
+    if not isinstance(problems, dict):
+        return out
+    dropped = {p for p, spec in problems.items() if spec is None}
+    out["problems"] = {p: spec for p, spec in problems.items() if spec is not None}
+    training = out.get("training")
+    if not isinstance(training, dict):
+        return out
+    gone = set()
+    if isinstance(training.get("surrogates"), dict):
+        kept = {}
+        for kind, names in training["surrogates"].items():
+            names = [p for p in names if p not in dropped] if isinstance(names, list) else names
+            if names is None or names == []:
+                gone.add(kind)
+            else:
+                kept[kind] = names
+        training["surrogates"] = kept
+    if isinstance(training.get("overrides"), dict):
+        training["overrides"] = {p: o for p, o in training["overrides"].items() if o is not None and p not in dropped}
+    speed = out.get("speed")
+    if gone and isinstance(speed, dict):
+        for key in ("surrogates", "ensembles"):
+            if isinstance(speed.get(key), list):
+                speed[key] = [k for k in speed[key] if k not in gone]
+    return out
+
+
 def validate_schema(cfg: Mapping) -> dict:
-    """Check ``cfg`` against the schema; returns a copy with the schema's defaults filled in."""
+    """Check ``cfg`` (what presets dropped removed first, :func:`apply_drops`) against the schema; returns a
+    copy with the schema's defaults filled in."""
     import jsonschema
 
+    cfg = apply_drops(cfg)
     s = schema()
     errors = sorted(jsonschema.Draft202012Validator(s).iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:

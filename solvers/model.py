@@ -73,16 +73,45 @@ _FUNCTIONS = {
     sp.log: ("log", "log", "logf"),
     sp.sqrt: ("sqrt", "sqrt", "sqrtf"),
     sp.tanh: ("tanh", "tanh", "tanhf"),
+    sp.sin: ("sin", "sin", "sinf"),
+    sp.cos: ("cos", "cos", "cosf"),
+    sp.tan: ("tan", "tan", "tanf"),
+    sp.asin: ("asin", "asin", "asinf"),
+    sp.acos: ("acos", "acos", "acosf"),
+    sp.atan: ("atan", "atan", "atanf"),
+    sp.floor: ("floor", "floor", "floorf"),
+    sp.ceiling: ("ceil", "ceil", "ceilf"),
 }
 _ALLOWED_CALLS = {"exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "tanh": sp.tanh, "vtrap": vtrap}
+# Conditionals and the further functions (an imported model's ``if``/``piecewise``, trigonometry, rounding):
+# ``Piecewise((value, condition), ..., (otherwise, True))`` with conditions built from ``Lt``, ``Le``, ``Gt``,
+# ``Ge``, ``Eq``, ``Ne`` (or ``<``, ``<=``, ...), ``And``, ``Or`` and ``Not``.
+_ALLOWED_CALLS.update({
+    "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "asin": sp.asin, "acos": sp.acos, "atan": sp.atan,
+    "floor": sp.floor, "ceiling": sp.ceiling, "Abs": sp.Abs, "Piecewise": sp.Piecewise,
+})
+_CONDITIONS = {"Lt": sp.Lt, "Le": sp.Le, "Gt": sp.Gt, "Ge": sp.Ge, "Eq": sp.Eq, "Ne": sp.Ne,
+               "And": sp.And, "Or": sp.Or, "Not": sp.Not, "True": sp.true, "False": sp.false}
+_RELATIONS = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">", sp.GreaterThan: ">=",
+              sp.Equality: "==", sp.Unequality: "!="}
 _PARSER_GLOBALS = {k: getattr(sp, k) for k in ("Integer", "Float", "Rational", "Symbol", "Function", "Mul", "Add", "Pow")}
 _C_KEYWORDS = {
     "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum", "extern",
     "float", "for", "goto", "if", "inline", "int", "long", "register", "restrict", "return", "short", "signed",
     "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void", "volatile", "while",
 }
-_RESERVED = {"F", "xp", "math", "np", "torch", "vtrap", "exp", "log", "sqrt", "tanh", "pow", "dt"} | set(_ALLOWED_CALLS)
+_RESERVED = ({"F", "xp", "math", "np", "torch", "vtrap", "exp", "log", "sqrt", "tanh", "pow", "dt", "abs"}
+             | set(_ALLOWED_CALLS) | set(_CONDITIONS))
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# A qualified name (an imported model's ``membrane.V``): identifiers joined by dots; in generated code
+# each dot becomes ``__`` (``membrane__V``).
+_QUALIFIED = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$")
+
+
+def identifier(name: str) -> str:
+    """The identifier that stands for the variable ``name`` in expressions and generated code: the name
+    itself, with the dots of a qualified name (``membrane.V``) written ``__`` (``membrane__V``)."""
+    return name.replace(".", "__")
 
 
 @dataclass(frozen=True)
@@ -132,6 +161,8 @@ class _Printer:
             return self._mul(e)
         if isinstance(e, sp.Pow):
             return self._pow(e)
+        if isinstance(e, sp.Function) and not e.free_symbols and not isinstance(e, sp.Piecewise):
+            return self.literal(float(e.evalf(30)))  # log(10): a number (torch has no log of a float)
         if isinstance(e, vtrap):
             x, k = (self(a) for a in e.args)
             if self.target == "python":
@@ -140,13 +171,51 @@ class _Printer:
         if isinstance(e, vtrap_dx) and self.target == "python":  # Jacobians are generated for Python only
             x, k = (self(a) for a in e.args)
             return f"_vtrap_dx({x}, {k})"
+        if isinstance(e, sp.Piecewise):
+            return self._piecewise(e.args)
+        if isinstance(e, (sp.core.relational.Relational, sp.And, sp.Or, sp.Not)):  # a condition shared by cse
+            return self.condition(e)
+        if isinstance(e, sp.Abs):
+            arg = self(e.args[0])
+            return f"abs({arg})" if self.target == "python" else f"fabs{'f' if self.single else ''}({arg})"
         for fn, (py, c64, c32) in _FUNCTIONS.items():
-            if isinstance(e, fn):
+            if isinstance(fn, type) and isinstance(e, fn):  # sp.sqrt is no class: a square root is a Pow
                 arg = self(e.args[0])
                 if self.target == "python":
                     return f"xp.{py}({arg})"
                 return f"{c32 if self.single else c64}({arg})"
         raise InvalidInputError(f"cannot generate code for {type(e).__name__} in {e}")
+
+    def _piecewise(self, pieces) -> str:
+        """``_where(c, a, b)`` in Python (both branches evaluated, as on arrays), ``(c ? a : b)`` in C."""
+        (value, cond), rest = pieces[0], pieces[1:]
+        if cond == sp.true or not rest:
+            if cond != sp.true:
+                raise InvalidInputError(f"cannot generate code for a piecewise without an otherwise branch: {pieces}")
+            return self(value)
+        c, a, b = self.condition(cond), self(value), self._piecewise(rest)
+        return f"_where({c}, {a}, {b})" if self.target == "python" else f"({c} ? {a} : {b})"
+
+    def condition(self, e, negate: bool = False) -> str:
+        """A condition (relations joined by and, or, not), its negations pushed onto the relations (no
+        ``not`` is printed: ``~`` on a Python bool is not its negation)."""
+        if isinstance(e, sp.Not):
+            return self.condition(e.args[0], not negate)
+        if isinstance(e, (sp.And, sp.Or)):
+            is_and = isinstance(e, sp.And) != negate
+            op = (" & " if is_and else " | ") if self.target == "python" else (" && " if is_and else " || ")
+            return "(" + op.join(self.condition(a, negate) for a in e.args) + ")"
+        if isinstance(e, sp.core.relational.Relational) and type(e) in _RELATIONS:
+            rel = e.negated if negate else e
+            return f"({self(rel.lhs)} {_RELATIONS[type(rel)]} {self(rel.rhs)})"
+        if isinstance(e, sp.Symbol):  # a condition shared by cse
+            if not negate:
+                return e.name
+            return f"({e.name} == False)" if self.target == "python" else f"(!{e.name})"
+        if e in (sp.true, sp.false):
+            value = (e == sp.true) != negate
+            return ("True" if value else "False") if self.target == "python" else ("1" if value else "0")
+        raise InvalidInputError(f"cannot generate code for the condition {e}")
 
     def _mul(self, e: sp.Mul) -> str:
         num, den, negate = [], [], False
@@ -172,8 +241,9 @@ class _Printer:
             return self._power(base, int(ex))
         if ex.is_Integer and ex < 0:
             return f"({self.literal(1.0)}/{self._power(base, -int(ex))})"
-        if ex == sp.Rational(1, 2):
-            return self(sp.sqrt(base, evaluate=False))
+        if ex == sp.Rational(1, 2):  # sqrt(x) is this Pow
+            arg = self(base)
+            return f"xp.sqrt({arg})" if self.target == "python" else f"sqrt{'f' if self.single else ''}({arg})"
         if self.target == "python":
             return f"({self(base)}**{self(ex)})"
         return f"pow{'f' if self.single else ''}({self(base)}, {self(ex)})"
@@ -216,6 +286,28 @@ def _vtrap_scalar(F):
         return x / -math.expm1(-z)
 
     return _vtrap
+
+
+def _where_array(xp, dtype=None):
+    """``_where(condition, a, b)`` for NumPy arrays or torch tensors (of ``dtype``: where both branches are
+    plain floats, torch would otherwise give its default dtype)."""
+    if xp is np:
+        return np.where
+
+    def _where(c, a, b):
+        c = xp.as_tensor(c)  # a condition on parameters alone may be a plain bool
+        if not (xp.is_tensor(a) or xp.is_tensor(b)):
+            a = xp.tensor(a, dtype=dtype, device=c.device)
+        return xp.where(c, a, b)
+
+    return _where
+
+
+NUMBA_WHERE_SOURCE = (
+    "@njit(cache=True, inline='always')\n"
+    "def _where(c, a, b):\n"
+    "    return a if c else b"
+)
 
 
 def numba_vtrap_source(derivative: bool = False) -> str:
@@ -275,6 +367,20 @@ class CellModel:
         Ordered named sub-expressions (rate functions, currents), each may use the ones before it.
     time_units
         Units of time (``"ms"``; ``"1"`` for dimensionless).
+    typical_box
+        ``name -> (lo, hi)`` for every state and for the parameters that vary: a box of typical states (and
+        parameter values) the model's own tests draw from (:meth:`sample_typical`), so that a new model is
+        tested by every backend and derivative check with no edit to the tests.
+    time_variable
+        The name that stands for time in the expressions (a model paced by a stimulus protocol depends on
+        time); ``None`` (the default) for a model whose right-hand side does not depend on time.
+    default_dt
+        The forward-Euler step at which the model's solution was checked to be accurate (``None``: not known).
+
+    Names are identifiers (letters, digits and ``_``) or qualified names (``membrane.V``, as an imported
+    model's); in the expression text and in generated code a qualified name is written with ``__`` for
+    each dot (``membrane__V``, see :func:`identifier`), everywhere else (arrays' columns, parameters,
+    configurations) by its name.
     """
 
     def __init__(
@@ -287,37 +393,61 @@ class CellModel:
         intermediates: Mapping[str, str] | None = None,
         time_units: str = "1",
         reference: str = "",
+        typical_box: Mapping[str, tuple[float, float]] | None = None,
+        time_variable: str | None = None,
+        default_dt: float | None = None,
     ):
         intermediates = dict(intermediates or {})
         self.name, self.description, self.time_units, self.reference = name, description, time_units, reference
-        names = [*states, *parameters, *intermediates]
+        self.time_variable, self.default_dt = time_variable, default_dt
+        names = [*states, *parameters, *intermediates, *([time_variable] if time_variable is not None else [])]
         for n in names:
-            if not _NAME.match(n) or n.startswith("d_") or keyword.iskeyword(n) or n in _C_KEYWORDS | _RESERVED:
+            i = identifier(n) if isinstance(n, str) else ""
+            if (not (_NAME.match(n) or _QUALIFIED.match(n)) or i.startswith("d_") or keyword.iskeyword(i)
+                    or i in _C_KEYWORDS | _RESERVED):
                 raise InvalidInputError(
                     f"model {name!r}: {n!r} cannot be a variable name (use letters, digits and '_', starting with a "
-                    f"letter, not 'd_...', not a Python or C keyword, not one of {sorted(_RESERVED)})"
+                    f"letter, or such names joined by dots, not 'd_...', not a Python or C keyword, not one of "
+                    f"{sorted(_RESERVED)})"
                 )
-        dup = {n for n in names if names.count(n) > 1}
+        idents = [identifier(n) for n in names]
+        dup = {n for n, i in zip(names, idents) if idents.count(i) > 1}
         if dup:
-            raise InvalidInputError(f"model {name!r}: names used twice: {sorted(dup)}")
+            raise InvalidInputError(f"model {name!r}: names used twice (a dot counting as '__'): {sorted(dup)}")
+        self.identifiers = MappingProxyType(dict(zip(names, idents)))
         if list(rhs) != list(states):
             raise InvalidInputError(
                 f"model {name!r}: rhs must give one expression per state, in state order {list(states)}; got {list(rhs)}"
             )
         self.states = MappingProxyType(dict(states))
         self.parameters = MappingProxyType(dict(parameters))
-        symbols = {n: sp.Symbol(n, real=True) for n in names}
-        known = set()
-        known.update(states, parameters)
+        symbols = {i: sp.Symbol(i, real=True) for i in idents}
+        known = {identifier(n) for n in [*states, *parameters, *([time_variable] if time_variable else [])]}
         self.intermediates: dict[str, sp.Expr] = {}
         for n, text in intermediates.items():
             self.intermediates[n] = self._parse(n, text, symbols, known)
-            known.add(n)
+            known.add(identifier(n))
         self.rhs: dict[str, sp.Expr] = {s: self._parse(f"d{s}/dt", rhs[s], symbols, known) for s in states}
+        self.typical_box = None if typical_box is None else self._check_box(typical_box)
         self._cache: dict = {}
 
+    def _check_box(self, box: Mapping) -> MappingProxyType:
+        unknown = sorted(set(box) - set(self.states) - set(self.parameters))
+        missing = [s for s in self.states if s not in box]
+        if unknown or missing:
+            raise InvalidInputError(f"model {self.name!r}: typical_box needs every state {list(self.states)} and "
+                                    f"may add parameters {list(self.parameters)}; "
+                                    + (f"unknown: {unknown}" if unknown else f"missing: {missing}"))
+        out = {}
+        for n, r in box.items():
+            lo, hi = (float(v) for v in r)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise InvalidInputError(f"model {self.name!r}: typical_box[{n!r}] = {tuple(r)} is not a range lo <= hi")
+            out[n] = (lo, hi)
+        return MappingProxyType(out)
+
     def _parse(self, what: str, text: str, symbols: dict, known: set) -> sp.Expr:
-        local = {n: symbols[n] for n in symbols} | _ALLOWED_CALLS
+        local = {n: symbols[n] for n in symbols} | _ALLOWED_CALLS | _CONDITIONS
         try:
             expr = parse_expr(text, local_dict=local, global_dict=dict(_PARSER_GLOBALS), evaluate=False)
         except Exception as exc:  # SymPy raises SyntaxError, TokenError, TypeError, ...
@@ -344,6 +474,26 @@ class CellModel:
     def n_states(self) -> int:
         return len(self.states)
 
+    def ident(self, name: str) -> str:
+        """The identifier of the variable ``name`` in expressions and generated code (see :func:`identifier`)."""
+        return self.identifiers[name]
+
+    @property
+    def time_ident(self) -> str | None:
+        """The identifier of time in the generated code when the right-hand side depends on time, else ``None``."""
+        if self.time_variable is None:
+            return None
+        key = "time_ident"
+        if key not in self._cache:
+            t = self.ident(self.time_variable)
+            used = any(t in {s.name for s in e.free_symbols} for e in [*self.intermediates.values(), *self.rhs.values()])
+            self._cache[key] = t if used else None
+        return self._cache[key]
+
+    def uses_where(self) -> bool:
+        """Whether the right-hand side has a conditional (the generated code then needs ``_where``)."""
+        return any(e.has(sp.Piecewise) for e in [*self.intermediates.values(), *self.rhs.values()])
+
     @property
     def defaults(self) -> dict[str, float]:
         """Default parameter values."""
@@ -353,12 +503,33 @@ class CellModel:
         """The default initial state, repeated for ``n_cells`` cells: shape ``(n_cells, n_states)``."""
         return np.tile(np.array([s.initial for s in self.states.values()], dtype=dtype), (n_cells, 1))
 
+    def _typical(self) -> Mapping[str, tuple[float, float]]:
+        if self.typical_box is None:
+            raise InvalidInputError(f"model {self.name!r} declares no typical_box (CellModel(..., typical_box=...)): "
+                                    "its tests need a box of typical states")
+        return self.typical_box
+
+    def sample_typical(self, n_cells: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        """``n_cells`` initial states and per-cell parameters drawn uniformly from :attr:`typical_box`
+        (parameters not in it keep their defaults): ``(y0 (n_cells, n_states), {parameter: (n_cells,)})``."""
+        box = self._typical()
+        lo, hi = (np.array([box[s][i] for s in self.states]) for i in (0, 1))
+        y0 = rng.uniform(lo, hi, size=(n_cells, self.n_states))
+        return y0, {p: rng.uniform(*box[p], size=n_cells) for p in self.parameters if p in box}
+
+    def typical_point(self) -> tuple[np.ndarray, dict]:
+        """The middle of :attr:`typical_box`: one initial state ``(1, n_states)`` and its parameters."""
+        mid = {n: (lo + hi) / 2 for n, (lo, hi) in self._typical().items()}
+        return np.array([[mid[s] for s in self.states]]), {p: mid[p] for p in self.parameters if p in mid}
+
     def describe(self) -> dict:
         """A JSON-serialisable description (written next to every output the model produced)."""
         return {
             "name": self.name,
             "description": self.description,
             "time_units": self.time_units,
+            **({"time_variable": self.time_variable} if self.time_variable is not None else {}),
+            **({"default_dt": self.default_dt} if self.default_dt is not None else {}),
             "states": {n: {"initial": s.initial, "units": s.units} for n, s in self.states.items()},
             "parameters": {n: {"default": p.default, "units": p.units} for n, p in self.parameters.items()},
             "rhs": {n: str(e) for n, e in self.rhs.items()},
@@ -374,28 +545,33 @@ class CellModel:
 
     def python_statements(self) -> list[str]:
         """Assignments computing ``d_<state>`` from states and parameters (Python syntax, see _Printer)."""
-        p = _Printer("python")
-        out = [f"{n} = {p(e)}" for n, e in self.intermediates.items()]
-        return out + [f"d_{s} = {p(e)}" for s, e in self.rhs.items()]
+        p, i = _Printer("python"), self.identifiers
+        out = [f"{i[n]} = {p(e)}" for n, e in self.intermediates.items()]
+        return out + [f"d_{i[s]} = {p(e)}" for s, e in self.rhs.items()]
 
     def c_statements(self, dtype: str) -> list[str]:
         """C declarations computing ``d_<state>`` in ``dtype`` (``float`` with ``expf``-style calls for float32)."""
         _check_dtype(dtype)
-        p, t = _Printer("c", dtype), "float" if dtype == "float32" else "double"
-        out = [f"const {t} {n} = {p(e)};" for n, e in self.intermediates.items()]
-        return out + [f"const {t} d_{s} = {p(e)};" for s, e in self.rhs.items()]
+        p, t, i = _Printer("c", dtype), "float" if dtype == "float32" else "double", self.identifiers
+        out = [f"const {t} {i[n]} = {p(e)};" for n, e in self.intermediates.items()]
+        return out + [f"const {t} d_{i[s]} = {p(e)};" for s, e in self.rhs.items()]
+
+    def _arguments(self) -> list[str]:
+        """The generated functions' arguments: states, parameters, and time where the model depends on it."""
+        return [self.ident(n) for n in [*self.states, *self.parameters]] + ([self.time_ident] if self.time_ident else [])
 
     def python_rhs_source(self) -> str:
-        """Source of ``rhs(<states>, <params>) -> tuple of derivatives``, for NumPy and torch namespaces."""
-        args = ", ".join([*self.states, *self.parameters])
+        """Source of ``rhs(<states>, <params>[, <time>]) -> tuple of derivatives``, for NumPy and torch
+        namespaces (arguments by :meth:`ident`; the time only where the right-hand side depends on it)."""
+        args = ", ".join(self._arguments())
         body = "".join(f"    {line}\n" for line in self.python_statements())
-        ret = ", ".join(f"d_{s}" for s in self.states)
+        ret = ", ".join(f"d_{self.ident(s)}" for s in self.states)
         return f"def rhs({args}):\n{body}    return ({ret},)\n"
 
-    def _array_rhs(self, xp, F):
-        key = ("array_rhs", xp.__name__, F)
+    def _array_rhs(self, xp, F, dtype=None):
+        key = ("array_rhs", xp.__name__, F, dtype)
         if key not in self._cache:
-            ns = {"xp": xp, "F": F, "_vtrap": _vtrap_array(xp, F)}
+            ns = {"xp": xp, "F": F, "_vtrap": _vtrap_array(xp, F), "_where": _where_array(xp, dtype)}
             exec(compile(self.python_rhs_source(), f"<{self.name} rhs>", "exec"), ns)
             self._cache[key] = ns["rhs"]
         return self._cache[key]
@@ -409,24 +585,65 @@ class CellModel:
             )
         return {n: params.get(n, p.default) for n, p in self.parameters.items()}
 
-    def numpy_rhs(self, y: np.ndarray, params: Mapping | None = None) -> np.ndarray:
+    def _functions_of_parameters(self) -> bool:
+        """Whether a function (``exp``, ``log``, ...) is applied to parameters alone (``log(Na_o / Na_i)``): torch
+        then needs the parameters as tensors."""
+        key = "functions_of_parameters"
+        if key not in self._cache:
+            params = {sp.Symbol(self.ident(n), real=True) for n in self.parameters}
+            self._cache[key] = any(
+                isinstance(x, sp.Function) and not isinstance(x, (sp.Piecewise, sp.Abs)) and x.free_symbols <= params
+                for e in [*self.intermediates.values(), *self.rhs.values()] for x in sp.preorder_traversal(e))
+        return self._cache[key]
+
+    def _torch_keywords(self, params: Mapping | None, t, y) -> dict:
+        """:meth:`_keywords` for torch: the time (and, where a function takes parameters alone, the parameters)
+        as tensors like ``y``."""
+        import torch
+
+        values = self._param_values(params)
+        if self._functions_of_parameters():
+            values = {n: v if torch.is_tensor(v) else torch.tensor(v, dtype=y.dtype, device=y.device)
+                      for n, v in values.items()}
+        if t is not None and not torch.is_tensor(t):
+            t = torch.tensor(t, dtype=y.dtype, device=y.device)
+        return self._keywords(values, t)
+
+    def _keywords(self, values: Mapping, t) -> dict:
+        """The generated functions' keyword arguments: parameter values by identifier, and the time where the
+        right-hand side depends on it (then ``t`` must be given)."""
+        out = {self.ident(n): v for n, v in values.items()}
+        if self.time_ident is not None:
+            if t is None:
+                raise InvalidInputError(f"model {self.name!r} depends on time (through {self.time_variable!r}, its "
+                                        "stimulus): give the time as the keyword t")
+            out[self.time_ident] = t
+        return out
+
+    def numpy_rhs(self, y: np.ndarray, params: Mapping | None = None, t=None) -> np.ndarray:
         """``dy/dt`` for NumPy states ``y`` of shape ``(..., n_states)``; parameters are scalars or arrays
-        broadcastable to ``y.shape[:-1]``. Computed in ``y``'s floating dtype."""
+        broadcastable to ``y.shape[:-1]``, and so is the time ``t`` (needed only by a model that depends on
+        time). Computed in ``y``'s floating dtype."""
         y = np.asarray(y)
         if y.dtype not in (np.float32, np.float64):
             y = y.astype(np.float64)
         F = y.dtype.type
         vals = {n: F(v) if np.isscalar(v) else np.asarray(v, dtype=y.dtype) for n, v in self._param_values(params).items()}
+        if t is not None:
+            t = F(t) if np.isscalar(t) else np.asarray(t, dtype=y.dtype)
+        kw = self._keywords(vals, t)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            d = self._array_rhs(np, F)(*(y[..., i] for i in range(self.n_states)), **vals)
+            d = self._array_rhs(np, F)(*(y[..., i] for i in range(self.n_states)), **kw)
         return np.stack(np.broadcast_arrays(*d), axis=-1)
 
-    def torch_rhs(self, y, params: Mapping | None = None):
-        """Differentiable ``dy/dt`` for a torch tensor ``y`` of shape ``(..., n_states)``. Parameters are
-        floats or tensors broadcastable to ``y.shape[:-1]``. Output on ``y``'s device, in its dtype."""
+    def torch_rhs(self, y, params: Mapping | None = None, t=None):
+        """Differentiable ``dy/dt`` for a torch tensor ``y`` of shape ``(..., n_states)``. Parameters (and the
+        time ``t``, needed only by a model that depends on time) are floats or tensors broadcastable to
+        ``y.shape[:-1]``. Output on ``y``'s device, in its dtype."""
         import torch
 
-        d = self._array_rhs(torch, float)(*y.unbind(-1), **self._param_values(params))
+        rhs = self._array_rhs(torch, float, y.dtype if self.uses_where() else None)
+        d = rhs(*y.unbind(-1), **self._torch_keywords(params, t, y))
         return torch.stack(torch.broadcast_tensors(*d), dim=-1)
 
 
@@ -450,10 +667,10 @@ class CellModel:
             full = {}
             for s, e in self.rhs.items():
                 for n in reversed(list(self.intermediates)):  # later intermediates may use earlier ones
-                    if n in symbol:
-                        e = e.subs(symbol[n], self.intermediates[n])
+                    if self.ident(n) in symbol:
+                        e = e.subs(symbol[self.ident(n)], self.intermediates[n])
                 full[s] = e
-            self._cache[key] = full, [symbol.get(s, sp.Symbol(s, real=True)) for s in self.states]
+            self._cache[key] = full, [symbol.get(self.ident(s), sp.Symbol(self.ident(s), real=True)) for s in self.states]
         return self._cache[key]
 
     def affine_in(self, state: str) -> bool:
@@ -499,17 +716,18 @@ class CellModel:
         if made is None:
             return None
         lines, J = made
-        args = ", ".join([*self.states, *self.parameters])
+        args = ", ".join(self._arguments())
         body = "".join(f"    {line}\n" for line in lines)
         rows = ", ".join("(" + ", ".join(row) + ",)" for row in J)
-        ret = ", ".join(f"d_{s}" for s in self.states)
+        ret = ", ".join(f"d_{self.ident(s)}" for s in self.states)
         return f"def rhs_jac({args}):\n{body}    return ({ret},), ({rows},)\n"
 
     def has_jacobian(self) -> bool:
         return self.jacobian_source() is not None
 
-    def torch_rhs_jacobian(self, y, params: Mapping | None = None):
-        """``(f, J)`` for a torch tensor ``y`` of shape ``(..., n_states)``: ``f`` exactly as :meth:`torch_rhs`
+    def torch_rhs_jacobian(self, y, params: Mapping | None = None, t=None):
+        """``(f, J)`` for a torch tensor ``y`` of shape ``(..., n_states)`` (and the time ``t`` where the model
+        depends on it): ``f`` exactly as :meth:`torch_rhs`
         and ``J[..., j, k] = df_j/dy_k`` in closed form (no autograd graph: a few elementwise operations, where
         autograd through the right-hand side costs tens of small operations and their bookkeeping)."""
         import torch
@@ -518,12 +736,13 @@ class CellModel:
         if src is None:
             raise InvalidInputError(f"model {self.name!r}: no closed-form Jacobian (SymPy cannot differentiate its "
                                     "right-hand side into printable code); use autograd on torch_rhs")
-        key = ("jacobian", "torch")
+        key = ("jacobian", "torch", y.dtype)
         if key not in self._cache:
-            ns = {"xp": torch, "F": float, "_vtrap": _vtrap_array(torch, float), "_vtrap_dx": _vtrap_dx_array(torch, float)}
+            ns = {"xp": torch, "F": float, "_vtrap": _vtrap_array(torch, float), "_vtrap_dx": _vtrap_dx_array(torch, float),
+                  "_where": _where_array(torch, y.dtype)}
             exec(compile(src, f"<{self.name} jacobian>", "exec"), ns)
             self._cache[key] = ns["rhs_jac"]
-        d, J = self._cache[key](*y.unbind(-1), **self._param_values(params))
+        d, J = self._cache[key](*y.unbind(-1), **self._torch_keywords(params, t, y))
         shape = y.shape[:-1]
 
         def full(v):  # constant entries (plain floats) and parameter-only ones broadcast to the rows

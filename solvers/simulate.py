@@ -141,10 +141,12 @@ def _locate_nonfinite(m: CellModel, Y, P, k: int, dt: float, save_every: int, dt
     cell = int(np.argwhere(row.any(axis=1))[0][0])
     F = np.dtype(dtype).type
     rhs = m._array_rhs(np, F)
-    params = {n: P[i, cell] for i, n in enumerate(m.param_names)}
+    params = {m.ident(n): P[i, cell] for i, n in enumerate(m.param_names)}
     y = [Y[k - 1, cell, j] for j in range(m.n_states)]
     with np.errstate(all="ignore"):
         for step in range(1, save_every + 1):
+            if m.time_ident is not None:  # the time at the start of this step, as the backends take it
+                params[m.time_ident] = F((k - 1) * save_every + step - 1) * F(dt)
             d = rhs(*y, **params)
             y = [yi + F(dt) * di for yi, di in zip(y, d)]
             bad = [j for j, yi in enumerate(y) if not np.isfinite(yi)]

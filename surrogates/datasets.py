@@ -207,8 +207,10 @@ def _reference_trajectories(p: Problem, y0, params, grid, rtol: float) -> np.nda
     n, ns = y0.shape
     pv = {k: (np.asarray(v) if np.ndim(v) else v) for k, v in params.items()}
 
+    timed = m.time_ident is not None  # a paced model's stimulus depends on time
+
     def f(t, y):
-        return m.numpy_rhs(y.reshape(n, ns), pv).reshape(-1)
+        return m.numpy_rhs(y.reshape(n, ns), pv, **({"t": t} if timed else {})).reshape(-1)
 
     sol = solve_ivp(f, (0.0, grid[-1]), y0.reshape(-1), method="DOP853", t_eval=grid, rtol=rtol, atol=rtol * 1e-2)
     if not sol.success:

@@ -277,7 +277,7 @@ def rate_weights(problem: Problem, X, Y, strength: float) -> np.ndarray:
     if problem.kind == "trajectory":
         phys = _TrajectoryPhysics(problem)
         x, y = torch.as_tensor(X), torch.as_tensor(Y)
-        f = phys.m.torch_rhs(phys.columns(y, "out_idx"), phys.params(x))
+        f = phys.m.torch_rhs(phys.columns(y, "out_idx"), phys.params(x), **phys.time(x))
         rate = phys.columns(f, "state_idx").numpy()
     elif problem.kind == "step":
         rate = Y
@@ -344,6 +344,11 @@ class _TrajectoryPhysics:
     def params(self, x: torch.Tensor) -> dict:
         return self.p.parameters(self.p.columns(x))
 
+    def time(self, x: torch.Tensor) -> dict:
+        """The right-hand side's time keyword (the input ``t``) where the model depends on time (a paced
+        imported model's stimulus), else nothing."""
+        return {"t": x[:, self.p.inputs.index("t")]} if self.m.time_ident is not None else {}
+
     def initial_states(self, x: torch.Tensor) -> torch.Tensor:
         return self.p.initial_states(self.p.columns(x), x.shape[0])
 
@@ -396,7 +401,7 @@ class ODEResidualLoss(_CollocationLoss):
         return self._residual(y, dydt, x, _out_scale(model, y.shape[1], device))
 
     def _residual(self, y, dydt, x, scale):
-        f = self.phys.m.torch_rhs(self.phys.columns(y, "out_idx"), self.phys.params(x))
+        f = self.phys.m.torch_rhs(self.phys.columns(y, "out_idx"), self.phys.params(x), **self.phys.time(x))
         res = (dydt - self.phys.columns(f, "state_idx")) / scale
         return torch.mean(res ** 2)
 
@@ -423,7 +428,8 @@ class ODEResidualLoss(_CollocationLoss):
 
         def at(x, weight: float):  # the residual's gradient in closed form (the model's SymPy Jacobian)
             def residual_grad(z, zt):
-                f, J = phys.m.torch_rhs_jacobian(phys.columns(m.out_center + scale * z, "out_idx"), phys.params(x))
+                f, J = phys.m.torch_rhs_jacobian(phys.columns(m.out_center + scale * z, "out_idx"), phys.params(x),
+                                                 **phys.time(x))
                 res = zt - phys.columns(f, "state_idx") / scale  # (dy/dt - f) / scale, dy/dt = scale * zt
                 loss = torch.mean(res * res)
                 gres = res.mul_(2.0 / res.numel())  # d loss / d res = d loss / d zt

@@ -84,6 +84,15 @@ class Problem:
                 raise InvalidInputError(f"problem {self.name!r}: input {name!r} has no range")
         return lo, hi
 
+    @property
+    def time_range(self) -> str:
+        """The time span of the problem's rows as captions give it: ``"t in [0, 20]"`` (with the model's time
+        units where it has some, ``"t in [0, 100] ms"``); a step problem's ``"one step of 0.1"``."""
+        units = "" if self.model.time_units == "1" else f" {self.model.time_units}"
+        if self.t_end is None:
+            return f"one step of {self.step:g}{units}"
+        return f"t in [0, {self.t_end:g}]{units}"
+
     def time_grid(self) -> np.ndarray:
         """The saved times ``0, save_interval, ..., t_end`` of a trajectory or trace problem."""
         k = whole_steps(self.t_end, self.save_interval, f"problem {self.name!r} t_end")
@@ -198,8 +207,14 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
     if name not in problems:
         raise InvalidInputError(f"unknown problem {name!r}; valid: {sorted(problems)}")
     spec, k = problems[name], f"problems.{name}"
+    paths = cfg.get("model_paths") or ()  # the folders of model files the configuration names, besides solvers/models
+    if paths:
+        try:
+            solvers.list_models(paths)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"config key model_paths: {exc}") from None
     try:
-        model = solvers.get_model(spec["model"])
+        model = solvers.get_model(spec["model"], paths)
     except InvalidInputError as exc:
         raise InvalidInputError(f"config key {k}.model: {exc}") from None
     states, params = set(model.state_names), set(model.param_names)
@@ -247,6 +262,10 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
                        test_trajectories=spec.get("test_trajectories"))
     if kind == "step":
         need("step", "test_from")
+        if model.time_ident is not None:
+            raise InvalidInputError(
+                f"config key {k}.kind: a step problem maps states to states without the time, but {model.name!r} "
+                f"depends on time (through {model.time_variable!r}: its stimulus); use a trajectory problem")
         for n in inputs:
             if n not in states | params:
                 raise InvalidInputError(f"config key {k}.inputs: {n!r} is neither a state nor a parameter of {model.name!r}")

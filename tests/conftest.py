@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
+from core.config import read_yaml
 from solvers.backends import available_backends
 
 
@@ -31,15 +32,7 @@ def rng():
 # ---------------------------------------------------------------- the workflow's tiny preset
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "problems": {"B": {"test_trajectories": 20}, "C": {"test_trajectories": 20},
-                 "hh_m": {"t_end": 40.0, "sizes": [300]}},
-    "datasets": {"sizes": [300]},
-    "training": {"iterations": 60, "val_every": 20, "seeds": [0], "physics": {"collocation_points": 256},
-                 "overrides": {"hh_m": {"iterations": 40, "val_every": 20, "lbfgs_iterations": 0}}},
-    "speed": {"n_cells": [300, 600], "k_sweep": [1, 26], "repeats": 2, "max_repeats": 2, "solver_n_cells": [1000, 10000], "backends": ["torch", "onnxruntime"],
-              "precisions": ["fp32"]},
-}
+TINY = read_yaml(ROOT / "config" / "tiny.yaml")  # the tiny preset (merged over config/quick.yaml)
 
 
 @pytest.fixture

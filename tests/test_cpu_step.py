@@ -233,6 +233,37 @@ def test_the_build_is_named_by_what_it_depends_on(cpu_step, monkeypatch):
     assert len({a, b, c}) == 3 and all(n.startswith("surrogates_cpu_step_") for n in (a, b, c))
 
 
+def test_the_build_folder_is_keyed_by_the_source_not_by_the_checkout(tmp_path, monkeypatch):
+    """Two checkouts holding the same source build in one folder from one path (torch's builder keeps the build:
+    the command it compiles is the same), two versions of the source in two folders (neither rebuilds the
+    other's, nor waits on its lock)."""
+    from pathlib import Path
+
+    from torch.utils import cpp_extension
+
+    from training import cpu_step
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    text = cpu_step.SOURCE.read_bytes()
+    staged = {}
+    for checkout, source in (("a", text), ("b", text), ("c", text + b"\n// another version\n")):
+        copy = tmp_path / checkout / "training" / "cpu_step.cpp"
+        copy.parent.mkdir(parents=True)
+        copy.write_bytes(source)
+        monkeypatch.setattr(cpu_step, "SOURCE", copy)
+        name = cpu_step.build_name()
+        assert name == cpu_step.build_name(source)
+        folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+        staged[checkout] = (name, folder, cpu_step.staged_source(folder, source))
+    (name_a, folder_a, src_a), (name_b, folder_b, src_b), (name_c, folder_c, src_c) = staged.values()
+    assert (name_a, folder_a, src_a) == (name_b, folder_b, src_b)
+    assert name_c != name_a and folder_c != folder_a and folder_c.parent == folder_a.parent
+    assert src_a.parent == folder_a and src_a.read_bytes() == text and src_c.read_bytes().endswith(b"another version\n")
+    mtime = src_a.stat().st_mtime_ns
+    cpu_step.staged_source(folder_a, text)  # the same text again: left as it is (the build stays up to date)
+    assert src_a.stat().st_mtime_ns == mtime
+
+
 def test_the_ninja_package_is_found_when_ninja_is_not_on_the_path(monkeypatch):
     """torch's builder runs `ninja` from PATH; a venv's python run by its full path may not have the venv's
     bin folder there: the ninja package's folder is put first."""

@@ -8,7 +8,7 @@ import pytest
 import solvers
 from solvers.backends.cuda import cuda_source, kernel_name
 
-MODELS = ["fhn", "fhn_classic", "hh"]
+MODELS = solvers.list_models()  # every registered model
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -38,15 +38,7 @@ def test_source_uses_single_precision_functions():
 @pytest.mark.parametrize("dtype,tol", [("float32", 2e-3), ("float64", 1e-9)])
 @pytest.mark.parametrize("name", MODELS)
 def test_cuda_matches_numpy(name, dtype, tol, rng):
-    m = solvers.get_model(name)
-    n = 1000
-    if name == "hh":
-        y0 = m.initial_state(n)
-        y0[:, 0] += rng.uniform(-5, 30, size=n)
-        params = {"I_stim": rng.uniform(0, 15, size=n)}
-    else:
-        y0 = rng.uniform([-0.1, 0.0], [0.81, 0.12], size=(n, 2))
-        params = {"I": rng.uniform(0.08, 0.12, size=n)} if name == "fhn" else {}
+    y0, params = solvers.get_model(name).sample_typical(1000, rng)  # cells from the model's typical box
     _, ref = solvers.simulate(name, y0, 20.0, 0.01, 10, params, backend="numpy")
     for fast_math in (False, True):
         _, Y = solvers.simulate(name, y0, 20.0, 0.01, 10, params, backend="cuda", dtype=dtype, fast_math=fast_math)

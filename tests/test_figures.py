@@ -163,6 +163,30 @@ def test_trajectory_and_hh_m_figures_render(tmp_path, rng):
     _is_figure(tmp_path / "h.png", tmp_path / "h.pdf")
 
 
+def test_a_trajectory_figure_of_one_trajectory_has_one_column_in_time_order(tmp_path, rng, monkeypatch):
+    """A problem drawn from one trajectory (A: held-out time points, shuffled in the test set): one column, the
+    lines drawn in time order; several trajectories: the median, 90th percentile and worst, three columns."""
+    saved = []
+    monkeypatch.setattr(F, "save", lambda fig, png, pdf: saved.append(fig))
+    t = rng.permutation(np.linspace(0, 20, 401))
+    Y = np.column_stack([np.sin(t), np.cos(t)])
+    np.savez(tmp_path / "a.npz", X=t[:, None], Y=Y, input_names=np.array(["t"]),  # as A's: no trajectory ids
+             output_names=np.array(["u", "w"]))
+    F.trajectories(tmp_path / "a.npz", {"ddnn": Y + 0.01}, None, None, {"t": "1", "u": "1", "w": "1"})
+    axes = saved[-1].axes
+    assert len(axes) == 2 and "one trajectory" in saved[-1].get_suptitle()
+    x = axes[0].lines[0].get_xdata()
+    assert np.all(np.diff(x) > 0) and len(x) == 401
+    n_traj, K = 6, 21
+    tt = np.tile(np.linspace(0, 20, K), n_traj)
+    Y = np.column_stack([np.sin(tt), np.cos(tt)])
+    np.savez(tmp_path / "c.npz", X=np.column_stack([tt, rng.random(n_traj * K)]), Y=Y,
+             trajectory=np.repeat(np.arange(n_traj), K), input_names=np.array(["t", "u0"]),
+             output_names=np.array(["u", "w"]))
+    F.trajectories(tmp_path / "c.npz", {"ddnn": Y + 0.05 * rng.standard_normal(Y.shape)}, None, None)
+    assert len(saved[-1].axes) == 6
+
+
 def test_palette_names_every_registered_kind_and_backend_once():
     import solvers
     from inference.backends import REGISTRY

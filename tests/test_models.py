@@ -1,4 +1,6 @@
 """The single model definition and what is derived from it."""
+import sys
+
 import mpmath
 import numpy as np
 import pytest
@@ -8,21 +10,113 @@ import solvers
 from solvers import CellModel, Parameter, State
 from solvers.model import _vtrap_array
 
-MODELS = ["fhn", "fhn_classic", "hh"]
+MODELS = solvers.list_models()  # every registered model: a new model file is tested here with no edit
+
+AP_MODEL = """
+from solvers import CellModel, Parameter, State
+
+MODEL = CellModel(
+    name="{name}",
+    description="Aliev-Panfilov (dimensionless)",
+    states={{"u": State(0.0, "1"), "v": State(0.0, "1")}},
+    parameters={{"k": Parameter(8.0, "1"), "a": Parameter(0.15, "1"), "eps0": Parameter(0.002, "1"),
+                 "mu1": Parameter(0.2, "1"), "mu2": Parameter(0.3, "1")}},
+    rhs={{"u": "k*u*(1 - u)*(u - a) - u*v", "v": "(eps0 + mu1*v/(u + mu2))*(-v - k*u*(u - a - 1))"}},
+    typical_box={{"u": (0.0, 1.0), "v": (0.0, 1.0)}},
+)
+"""
 
 
 def _random_states(model, n, rng):
-    if model.name == "hh":
-        lo, hi = [-90.0, 0.0, 0.0, 0.0], [50.0, 1.0, 1.0, 1.0]
-    else:
-        lo, hi = [-2.0, -1.0], [2.0, 2.0]
-    return rng.uniform(lo, hi, size=(n, model.n_states))
+    return model.sample_typical(n, rng)[0]
 
 
 def test_registry_lists_models_and_rejects_unknown():
-    assert solvers.list_models() == ["fhn", "fhn_classic", "hh"]
-    with pytest.raises(ValueError, match=r"unknown model 'fhm'.*valid: \['fhn', 'fhn_classic', 'hh'\]"):
+    assert {"fhn", "fhn_classic", "hh"} <= set(MODELS) and MODELS == sorted(MODELS)
+    with pytest.raises(ValueError, match=r"unknown model 'fhm'.*valid: \['fhn', 'fhn_classic', 'hh'"):
         solvers.get_model("fhm")
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """The registry found again from scratch, and forgotten afterwards (nothing found here stays)."""
+    from solvers import models
+
+    monkeypatch.setattr(models, "_BUILTIN", None)
+    monkeypatch.setattr(models, "_FOLDERS", {})
+    monkeypatch.setattr(models, "_ADDED", {})
+    return models
+
+
+def test_a_file_in_the_models_package_defining_model_is_registered_with_no_other_edit(fresh_registry, tmp_path,
+                                                                                      monkeypatch):
+    """pkgutil discovery over the package's folders: here a temporary folder added to the package's path stands
+    for solvers/models/ (so nothing is written into the checkout)."""
+    (tmp_path / "aliev_panfilov.py").write_text(AP_MODEL.format(name="aliev_panfilov"))
+    (tmp_path / "helpers.py").write_text("X = 1\n")  # a module without MODEL is not a model
+    monkeypatch.setattr(fresh_registry, "__path__", [*fresh_registry.__path__, str(tmp_path)])
+    try:
+        assert solvers.list_models() == ["aliev_panfilov", "fhn", "fhn_classic", "hh"]
+        m = solvers.get_model("aliev_panfilov")
+        assert m.state_names == ("u", "v") and m.param_names == ("k", "a", "eps0", "mu1", "mu2")
+        _, Y = solvers.simulate("aliev_panfilov", [[0.3, 0.0]], 5.0, 0.01, 100)
+        assert np.isfinite(Y).all() and Y[-1, 0, 0] > 0.5  # above threshold a = 0.15: it fires
+    finally:
+        for name in ("solvers.models.aliev_panfilov", "solvers.models.helpers"):
+            sys.modules.pop(name, None)
+
+
+def test_models_in_a_named_folder_are_found_there_and_only_there(fresh_registry, tmp_path):
+    folder = tmp_path / "my_models"
+    folder.mkdir()
+    (folder / "ap.py").write_text(AP_MODEL.format(name="ap"))
+    (folder / "_private.py").write_text("raise RuntimeError('never imported')\n")
+    (folder / "notes.txt").write_text("not a model file\n")
+    assert "ap" not in solvers.list_models()
+    with pytest.raises(ValueError, match="unknown model 'ap'"):
+        solvers.get_model("ap")
+    assert solvers.list_models([folder]) == ["ap", "fhn", "fhn_classic", "hh"]
+    assert solvers.get_model("ap", paths=[str(folder)]).name == "ap"
+    assert solvers.get_model("ap", paths=[folder]) is solvers.get_model("ap", paths=[folder])  # read once
+
+
+def test_a_bad_model_folder_or_file_is_refused_naming_it(fresh_registry, tmp_path):
+    from solvers.models import load_model_file
+
+    with pytest.raises(ValueError, match=r"model folder .*nowhere: not a folder"):
+        solvers.list_models([tmp_path / "nowhere"])
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    (clash / "fhn_again.py").write_text(AP_MODEL.format(name="fhn"))
+    with pytest.raises(ValueError, match=r"two models are named 'fhn': .*solvers/models.* and model folder"):
+        solvers.get_model("fhn", paths=[clash])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "typo.py").write_text(AP_MODEL.format(name="typo").replace("u*v", "u*q"))
+    with pytest.raises(ValueError, match=r"model 'typo'.*unknown names \['q'\]"):
+        solvers.list_models([broken])
+    (tmp_path / "wrong.py").write_text("MODEL = 3\n")
+    with pytest.raises(ValueError, match=r"wrong.py: MODEL is a int, not a solvers.CellModel"):
+        load_model_file(tmp_path / "wrong.py")
+    with pytest.raises(ValueError, match=r"no loader for '.xyz' files"):
+        load_model_file(tmp_path / "model.xyz")
+
+
+def test_every_registered_model_declares_a_typical_box(rng):
+    for name in MODELS:
+        m = solvers.get_model(name)
+        y0, params = m.sample_typical(50, rng)
+        lo, hi = (np.array([m.typical_box[s][i] for s in m.state_names]) for i in (0, 1))
+        assert y0.shape == (50, m.n_states) and (y0 >= lo).all() and (y0 <= hi).all(), name
+        assert set(params) <= set(m.param_names)
+    with pytest.raises(ValueError, match=r"typical_box needs every state \['u'\].*missing: \['u'\]"):
+        CellModel("x", "", {"u": State(0.0, "1")}, {"a": Parameter(1.0, "1")}, {"u": "a*u"}, typical_box={"a": (0, 1)})
+    with pytest.raises(ValueError, match=r"unknown: \['z'\]"):
+        CellModel("x", "", {"u": State(0.0, "1")}, {}, {"u": "u"}, typical_box={"u": (0, 1), "z": (0, 1)})
+    with pytest.raises(ValueError, match=r"typical_box\['u'\] = \(1, 0\) is not a range"):
+        CellModel("x", "", {"u": State(0.0, "1")}, {}, {"u": "u"}, typical_box={"u": (1, 0)})
+    with pytest.raises(ValueError, match="declares no typical_box"):
+        CellModel("x", "", {"u": State(0.0, "1")}, {}, {"u": "u"}).sample_typical(3, rng)
 
 
 def test_fhn_rhs_is_the_papers_form(rng):
@@ -55,9 +149,9 @@ def test_hh_rates_match_the_seed_notebook(rng):
 @pytest.mark.parametrize("name", MODELS)
 def test_numpy_and_torch_rhs_agree(name, rng):
     m = solvers.get_model(name)
-    y = _random_states(m, 64, rng)
-    ref = m.numpy_rhs(y)
-    got = m.torch_rhs(torch.tensor(y)).numpy()
+    y, params = m.sample_typical(64, rng)
+    ref = m.numpy_rhs(y, params)
+    got = m.torch_rhs(torch.tensor(y), {k: torch.tensor(v) for k, v in params.items()}).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
@@ -112,8 +206,8 @@ def test_model_declaration_is_validated():
     st = {"u": State(0.0, "1")}
     with pytest.raises(ValueError, match=r"unknown names \['q'\]"):
         CellModel("x", "", st, {"a": Parameter(1.0, "1")}, {"u": "a*u + q"})
-    with pytest.raises(ValueError, match=r"unknown names \['sin'\]"):
-        CellModel("x", "", st, {}, {"u": "sin(u)"})
+    with pytest.raises(ValueError, match=r"unknown names \['sinh'\]"):
+        CellModel("x", "", st, {}, {"u": "sinh(u)"})
     with pytest.raises(ValueError, match="one expression per state"):
         CellModel("x", "", st, {}, {"v": "u"})
     with pytest.raises(ValueError, match="cannot be a variable name"):
@@ -141,18 +235,19 @@ def test_the_closed_form_jacobian_equals_autograd(name, rng):
     """torch_rhs_jacobian: f exactly as torch_rhs, J = df/dy as autograd gives it (HH at and around the rates'
     removable singularities too, on both sides of the derivative's series switch)."""
     m = solvers.get_model(name)
-    y = _random_states(m, 64, rng)
+    y, params = m.sample_typical(64, rng)
+    params = {k: torch.tensor(v) for k, v in params.items()}
     if name == "hh":
         V = np.array([-40.0, -55.0, -40.0 + 1e-9, -55.0 - 1e-6, -40.0 + 0.09, -40.0 - 0.11, -55.0 + 0.2, -40.0 + 1e-3])
         y[: len(V), 0] = V
     yt = torch.tensor(y, requires_grad=True)
-    f, J = m.torch_rhs_jacobian(yt)
-    ref = m.torch_rhs(yt)
+    f, J = m.torch_rhs_jacobian(yt, params)
+    ref = m.torch_rhs(yt, params)
     assert torch.equal(f, ref.detach())
     want = torch.stack([torch.autograd.grad(ref[:, j].sum(), yt, retain_graph=True)[0] for j in range(m.n_states)], -2)
     assert J.shape == (64, m.n_states, m.n_states) and torch.isfinite(J).all()
     torch.testing.assert_close(J, want, rtol=1e-9, atol=1e-12)
-    f32, J32 = m.torch_rhs_jacobian(yt.detach().float())
+    f32, J32 = m.torch_rhs_jacobian(yt.detach().float(), {k: v.float() for k, v in params.items()})
     assert J32.dtype == torch.float32
     torch.testing.assert_close(J32.double(), want, rtol=2e-4, atol=1e-4 * float(want.abs().max()))
 

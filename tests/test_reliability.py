@@ -1,6 +1,6 @@
 """Every artefact knows what it was made for; wrong inputs fail early and clearly; one run per folder.
 
-Each probe of the reliability issue is a test here, on the tiny preset (conftest.TINY): a dataset, a
+Each reliability probe is a test here, on the tiny preset (conftest.TINY): a dataset, a
 checkpoint or a metrics file used for something else than it was made for is refused before any work,
 naming the file and the differing key; settings that cannot work fail when the configuration loads;
 OS errors on write name the path; two runs on one results folder, however it is spelt, cannot both start.

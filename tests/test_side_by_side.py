@@ -76,8 +76,8 @@ def test_a_failing_network_raises_after_the_others_have_finished(tmp_path):
 @pytest.mark.gpu
 def test_on_a_gpu_side_by_side_equals_one_after_the_other():
     """Each thread on its own CUDA stream, its steps and its polish's objective captured there ("thread_local",
-    one capture at a time) while the others run: the same runs as alone, to rounding. Never run (no GPU in
-    the session that wrote it)."""
+    one capture at a time) while the others run: the same runs as alone, to rounding. Never run: no GPU was available
+    where it was written."""
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device")
     import tempfile

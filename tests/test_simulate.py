@@ -9,60 +9,53 @@ from solvers import BackendUnavailableError, InvalidInputError, NonFiniteStateEr
 CPU_BACKENDS = ["numpy", "cpu"]
 
 
-def _cases(rng, n=37):
-    """(model, y0, params, t_end, save_every) with per-cell parameters where the model has a current."""
-    fhn_y0 = rng.uniform([-0.1, 0.0], [0.81, 0.12], size=(n, 2))
-    hh_y0 = solvers.get_model("hh").initial_state(n)
-    hh_y0[:, 0] += rng.uniform(-5, 30, size=n)  # some cells start above threshold and spike
-    return {
-        "fhn": (fhn_y0, {"I": rng.uniform(0.08, 0.12, size=n)}, 20.0, 10),
-        "fhn_classic": (rng.uniform(-2, 2, size=(n, 2)), {}, 20.0, 10),
-        "hh": (hh_y0, {"I_stim": rng.uniform(0, 15, size=n)}, 20.0, 10),
-    }
+MODELS = solvers.list_models()  # every registered model: a new model file is tested here with no edit
+T_END, EVERY = 20.0, 10  # model time units: 2,000 Euler steps of 0.01, every 10th saved
 
 
-@pytest.mark.parametrize("name", ["fhn", "fhn_classic", "hh"])
+def _case(name, rng, n=37):
+    """(y0, params): cells drawn from the model's typical box, per-cell parameters where the box has them."""
+    return solvers.get_model(name).sample_typical(n, rng)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_numpy_and_cpu_agree_in_float64(name, rng):
-    y0, params, t_end, every = _cases(rng)[name]
-    t, Yn = solvers.simulate(name, y0, t_end, 0.01, every, params, backend="numpy")
-    t2, Yc = solvers.simulate(name, y0, t_end, 0.01, every, params, backend="cpu")
-    assert Yn.shape == Yc.shape == (round(t_end / 0.01) // every + 1, len(y0), y0.shape[1])
+    y0, params = _case(name, rng)
+    t, Yn = solvers.simulate(name, y0, T_END, 0.01, EVERY, params, backend="numpy")
+    t2, Yc = solvers.simulate(name, y0, T_END, 0.01, EVERY, params, backend="cpu")
+    assert Yn.shape == Yc.shape == (round(T_END / 0.01) // EVERY + 1, len(y0), y0.shape[1])
     np.testing.assert_array_equal(t, t2)
-    if name.startswith("fhn"):  # polynomial right-hand sides: the same operations give the same bits
+    # NumPy's SIMD exp and libm's may differ by an ulp: agree to 1e-12 of each state's scale (mV for V); a
+    # polynomial right-hand side (fhn) gives the same bits
+    scale = np.abs(Yn).max(axis=(0, 1))
+    assert (np.abs(Yc - Yn).max(axis=(0, 1)) <= 1e-12 * scale).all()
+    if name.startswith("fhn"):
         np.testing.assert_array_equal(Yc, Yn)
-    else:  # NumPy's SIMD exp and libm's differ by an ulp: agree to 1e-12 of each state's scale (mV for V)
-        scale = np.abs(Yn).max(axis=(0, 1))
-        assert (np.abs(Yc - Yn).max(axis=(0, 1)) <= 1e-12 * scale).all()
 
 
-@pytest.mark.parametrize("name", ["fhn", "fhn_classic", "hh"])
+@pytest.mark.parametrize("name", MODELS)
 def test_float32_tracks_float64(name, rng):
-    y0, params, t_end, every = _cases(rng)[name]
-    _, Y64 = solvers.simulate(name, y0, t_end, 0.01, every, params, backend="numpy")
+    y0, params = _case(name, rng)
+    _, Y64 = solvers.simulate(name, y0, T_END, 0.01, EVERY, params, backend="numpy")
     for backend in CPU_BACKENDS:
-        _, Y32 = solvers.simulate(name, y0, t_end, 0.01, every, params, backend=backend, dtype="float32")
+        _, Y32 = solvers.simulate(name, y0, T_END, 0.01, EVERY, params, backend=backend, dtype="float32")
         assert Y32.dtype == np.float32
         scale = np.abs(Y64).max(axis=(0, 1))
         err = np.abs(Y32 - Y64).max(axis=(0, 1)) / scale
         assert (err < 2e-3).all(), (backend, err)
 
 
-@pytest.mark.parametrize(
-    "name,y0,params,t_end",
-    [
-        ("fhn", [[0.5, 0.0]], {"I": 0.1}, 20.0),
-        ("fhn_classic", [[-1.0, 1.0]], {}, 20.0),
-        ("hh", [[-55.0, 0.05, 0.6, 0.32]], {"I_stim": 10.0}, 10.0),
-    ],
-)
-def test_euler_converges_at_first_order(name, y0, params, t_end):
+@pytest.mark.parametrize("name", MODELS)
+def test_euler_converges_at_first_order(name):
+    """From the middle of the model's typical box, over 10 model time units."""
     m = solvers.get_model(name)
+    y0, params = m.typical_point()
+    t_end = 10.0
 
     def f(t, y):
         return m.numpy_rhs(y[None, :], params)[0]
 
-    ref = solve_ivp(f, (0, t_end), np.asarray(y0[0], float), method="DOP853", rtol=1e-12, atol=1e-12,
-                    t_eval=np.linspace(0, t_end, 11))
+    ref = solve_ivp(f, (0, t_end), y0[0], method="DOP853", rtol=1e-12, atol=1e-12, t_eval=np.linspace(0, t_end, 11))
     errors = []
     for dt in (0.004, 0.002, 0.001):
         every = round(t_end / 10 / dt)

@@ -102,3 +102,19 @@ def test_a_variant_that_fails_is_reported_and_the_others_are_measured(monkeypatc
     assert by["trainer, fused engine"]["it_per_s"] == 100.0 and by["trainer, fused engine"]["vs_reference"] == 2.0
     text = ts.table(results, {}, {"cpu": "test CPU"}, "cpu", 10, 2)
     assert "| trainer, autograd path | failed | failed |" in text and "| trainer, fused engine | 100 | 2.00 |" in text
+
+
+def test_reference_writes_the_tracked_table_that_the_docs_are_generated_from(monkeypatch, tmp_path):
+    """--reference writes benchmarks/reference/training_speed.md, which `benchmarks.docs` puts into the docs."""
+    from benchmarks import docs
+
+    rows = [{"problem": "C", "network": "mlp3x64", "batch": 1024, "variant": "reference (plain eager loop)",
+             "it_per_s": 512.0, "vs_reference": 1.0}]
+    monkeypatch.setattr(ts, "measure", lambda *a, **k: (rows, {}))
+    monkeypatch.setattr(ts, "REFERENCE", tmp_path / "reference" / "training_speed.md")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"results_dir: {tmp_path / 'results'}\n")
+    assert ts.main(["--reference", "--iterations", "1", "--rounds", "1", "--device", "cpu", "--config", str(cfg)]) == 0
+    text = (tmp_path / "reference" / "training_speed.md").read_text()
+    assert "| 512 | 1.00 |" in text
+    assert docs.training(tmp_path / "reference") == text.rstrip("\n") + "\n"

@@ -102,7 +102,7 @@ def _preset_dry_run(preset: str, tmp_path):
 
 
 def test_the_accurate_preset_plans_the_grid_with_the_best_settings(tmp_path):
-    """config/accurate.yaml (the accuracy issue's best settings) is a valid preset: the same grid, the 4x128 net
+    """config/accurate.yaml (the best settings measured) is a valid preset: the same grid, the 4x128 net
     for B, C and D, the data-only seeds in cohort jobs."""
     res, jobs = _preset_dry_run("accurate", tmp_path)
     assert jobs["train_cohort"] == (1 + 3 + 3 + 2) + 3 and jobs["train"] == 3 * ((1 + 3 + 3 + 2) + 2)
@@ -170,6 +170,15 @@ def test_slurm_profile_dry_run_submits_every_job_with_account_and_partition(tmp_
     assert "Using profile workflow/profiles/slurm" in out
     assert "slurm_account=MYPROJECT" in out and "slurm_partition=sequana_cpu_shared" in out
     assert (ROOT / "workflow/profiles/slurm/profile.yaml").resolve() == (ROOT / "workflow/profiles/slurm/config.yaml")
+    # a GPU partition has never been tried through the profile: by default the timings ask for none
+    jobs = {m.group(1): m.group(2) for m in re.finditer(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.M)}
+    for rule in ("benchmark_speed", "benchmark_solver"):
+        assert "slurm_partition=sequana_cpu_shared" in jobs[rule] and "gpu=0" in jobs[rule], jobs[rule]
+
+
+def test_mps_sharing_which_never_ran_on_a_gpu_is_off_by_default_in_gpu_grid():
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"^GPU_MPS \?= 0$", make, re.M)
 
 
 def test_slurm_profile_takes_the_site_settings_from_the_environment_keeping_the_rest(tmp_path):
@@ -251,8 +260,8 @@ def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_f
     key = ["n_cells", "n_outputs", "surrogate", "backend", "precision"]
     assert not speed.duplicated(key).any()
     assert set(speed[(speed.n_cells == 300) & (speed.n_outputs == 26)].sweep) == {"N,K"}
-    for f in ("error_vs_size", "training_curves", "itnn_rollout_error", "trajectories_C", "hh_m", "speedup_vs_n",
-              "speedup_vs_k", "time_vs_error"):
+    for f in ("error_vs_size", "training_curves", "itnn_rollout_error", "trajectories_A", "trajectories_B",
+              "trajectories_C", "hh_m", "speedup_vs_n", "speedup_vs_k", "time_vs_error"):
         for ext in ("png", "pdf"):
             assert lay.figure(f, ext).stat().st_size > 1000, f
     assert lay.table("accuracy", "md").read_text().startswith("Test-set accuracy")

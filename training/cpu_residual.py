@@ -30,7 +30,7 @@ import hashlib
 import importlib.util
 
 from core.io import import_generated
-from solvers.model import numba_vtrap_source
+from solvers.model import NUMBA_WHERE_SOURCE, numba_vtrap_source
 
 _KERNELS: dict = {}
 
@@ -63,9 +63,11 @@ def kernel_source(problem) -> str | None:
     made = model.jacobian_statements()
     if made is None:
         return None
+    if model.time_ident is not None:
+        return None  # a right-hand side that depends on time: the torch operators do the work
     statements, J = made
-    states = list(model.state_names)
-    col = [problem.outputs.index(s) for s in states]  # network output column of each model state
+    states = [model.ident(s) for s in model.state_names]
+    col = [problem.outputs.index(s) for s in model.state_names]  # network output column of each model state
     n_out = len(problem.outputs)
     ind = " " * 8
     lines = [
@@ -79,12 +81,14 @@ def kernel_source(problem) -> str | None:
         "",
         numba_vtrap_source(derivative=True),
         "",
+        *([NUMBA_WHERE_SOURCE, ""] if model.uses_where() else []),
         "@njit(cache=True)",
         "def rows(_z, _zt, _x, _oc, _os, _gz, _gzt, _c, _acc):",
         "    for _i in range(_z.shape[0]):",
     ]
     lines += [f"{ind}{s} = F(_oc[{c}]) + F(_os[{c}]) * F(_z[_i, {c}])" for s, c in zip(states, col)]
     for name, (kind, v) in zip(model.param_names, parameter_sources(problem)):
+        name = model.ident(name)
         lines.append(f"{ind}{name} = F(_x[_i, {v}])" if kind == "column" else f"{ind}{name} = F({v!r})")
     lines += [f"{ind}{st}" for st in statements]
     for j, (s, c) in enumerate(zip(states, col)):

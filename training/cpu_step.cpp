@@ -84,7 +84,7 @@ inline void gemm(char ta, char tb, int m, int n, int k, const double* a, int lda
 }
 #else
 // On an AVX-512 machine, a register-blocked kernel of our own, in both precisions. On the AMD EPYC (Zen 4) of
-// benchmarks/README.md, torch's MKL reached 84-93 GFLOP/s in float32 (sgemm_, its packing copies included) and
+// CHANGELOG.md (2026-11-28), torch's MKL reached 84-93 GFLOP/s in float32 (sgemm_, its packing copies included) and
 // 18-30 in float64 (dgemm_) on this code's shapes (a product with 64 inputs and outputs, 256 to 16,000 rows);
 // this kernel 105-111 and 28-50. Row-major: C[i, j] (+)= sum_p A(i, p) B[p, j], A(i, p) = A[i * si + p * sp],
 // in blocks of MR rows by NV vectors of columns whose sums stay in registers over the whole of p, B read in

@@ -23,17 +23,21 @@ Both steps run in float32 (the training steps) and in float64 (a float64 L-BFGS 
 loss comes back in float64, every product and activation in double; results equal the engine's torch
 operators in float64 to ~1e-14). On an AVX-512 machine the products are the source's own register-blocked
 loop (6 rows by 4 registers of sums, the weights read in place, no packing copies) rather than the BLAS's
-``sgemm_``/``dgemm_``: on the 2-vCPU AMD EPYC (Zen 4) of benchmarks/README.md, torch's MKL reached 84-93
+``sgemm_``/``dgemm_``: on the 2-vCPU AMD EPYC (Zen 4) of CHANGELOG.md (2026-11-28), torch's MKL reached 84-93
 GFLOP/s on these shapes (64 inputs and outputs, 256 to 2,048 rows) in float32, packing included, and 18-30 in
 float64; the own loop 105-111 and 28-50 (the core's float32 peak at its boost clock is ~115). Without AVX-512
 the BLAS does them (that build was checked once, not in CI).
 
 The source is compiled with the machine's own instruction set (``-march=native``) by
-:func:`torch.utils.cpp_extension.load` (a C++ compiler and ``ninja``; about 30 s, once per machine: the build
-is cached under ``TORCH_EXTENSIONS_DIR``, or ``~/.cache/torch_extensions``, in a folder named by a hash of
-the source, the flags, torch's version and the CPU's instruction set, so nodes of a cluster with different
-CPUs never share a build). Where it cannot be built, :func:`unavailable_reason` says why and the Trainer's
-``engine="auto"`` keeps the torch operators.
+:func:`torch.utils.cpp_extension.load` (a C++ compiler and ``ninja``; about 30 s, once per source and
+machine: the build is cached under ``TORCH_EXTENSIONS_DIR``, or ``~/.cache/torch_extensions``, in a folder
+named by a hash of the source, the flags, torch's version and the CPU's instruction set, so nodes of a cluster
+with different CPUs never share a build). The source is compiled from a copy in that folder, not from the
+checkout: two checkouts (or many jobs) with the same source share one build without rebuilding it in turn
+(torch's builder would otherwise see another source path, i.e. another command, and rebuild), and two versions
+of the source build in two folders, each under its own lock. The first build says so, with its time. Where it
+cannot be built, :func:`unavailable_reason` says why and the Trainer's ``engine="auto"`` keeps the torch
+operators.
 """
 from __future__ import annotations
 
@@ -44,16 +48,18 @@ import platform
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
 
 from core.errors import InvalidInputError, PipelineError
+from core.io import write_bytes
 
 SOURCE = Path(__file__).with_name("cpu_step.cpp")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
 TILE = 256  # rows a tile: measured 2026-11-28 on the 2-vCPU VM, 3x64 net, batch 1024 (64-1024: within noise, 256 best)
-RESIDUAL_TILE = 128  # rows a tile of the one-call residual step (CpuResidualStep): measured, benchmarks/README.md
+RESIDUAL_TILE = 128  # rows a tile of the one-call residual step (CpuResidualStep): 64 to 1,024 measured, 128 best (CHANGELOG.md)
 # the activation codes of cpu_step.cpp (enum Act)
 CODES = {None: 0, "identity": 0, "Sigmoid": 1, "Tanh": 2, "SiLU": 3, "ReLU": 4, "LeakyReLU": 5, "ELU": 6,
          "GELU": 7, "Softplus": 8}
@@ -78,13 +84,28 @@ def _cpu_signature() -> str:
     return platform.machine() + platform.processor()
 
 
-def build_name() -> str:
-    """The extension's name: a hash of everything its binary depends on."""
+def build_name(source: bytes | None = None) -> str:
+    """The extension's name, and its build folder's: a hash of everything its binary depends on (the source's
+    text, by default :data:`SOURCE`'s, never its path; the flags; torch's version; the CPU's instruction set)."""
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_signature().encode()):
+    text = SOURCE.read_bytes() if source is None else source
+    for part in (text, " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_signature().encode()):
         h.update(part)
         h.update(b"\0")
     return f"surrogates_cpu_step_{h.hexdigest()[:16]}"
+
+
+def staged_source(folder: Path, source: bytes) -> Path:
+    """The source as the compiler sees it: a copy inside the build folder (written atomically, once), so that
+    every checkout holding this text compiles the same path and torch's builder finds its build up to date."""
+    path = Path(folder) / SOURCE.name
+    try:
+        same = path.read_bytes() == source
+    except OSError:
+        same = False
+    if not same:
+        write_bytes(path, source)
+    return path
 
 
 def _ninja_on_path() -> None:
@@ -139,13 +160,18 @@ def load(verbose: bool = False):
         from torch.utils import cpp_extension
 
         _ninja_on_path()
-        name = build_name()
+        source = SOURCE.read_bytes()
+        name = build_name(source)
         folder = Path(cpp_extension._get_build_directory(name, verbose=False))
-        if not any(folder.glob(f"{name}*.so")):
-            print(f"building the compiled CPU training step (once per machine, ~30 s) in {folder}", file=sys.stderr)
         try:
-            with _builder_lock(folder):
-                _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, verbose=verbose)
+            with _builder_lock(folder):  # only loads and builds of this very source wait here
+                fresh = not any(folder.glob(f"{name}*.so"))
+                start = time.perf_counter()
+                _module = cpp_extension.load(name=name, sources=[str(staged_source(folder, source))],
+                                             extra_cflags=FLAGS, verbose=verbose)
+                if fresh:
+                    print(f"building the compiled CPU step (first use of this source): "
+                          f"{time.perf_counter() - start:.0f} s, in {folder}", file=sys.stderr)
         except Exception as e:  # compiler, ninja or build failure: say which (the compiler's first error), once
             lines = str(e).strip().splitlines()
             first = next((ln.strip() for ln in lines if "error:" in ln), lines[-1] if lines else "")

@@ -3,7 +3,7 @@
 ``torch.optim.LBFGS`` runs the two-loop recursion as ``2 * history`` dot products and vector updates, each
 step size read back to the host (``add_(..., alpha=tensor)``): with the polish's history of 50, ~650 operators
 and ~109 host reads an iteration (counted on the CPU), 5.6-6.7 ms an iteration on an H100 for hh_m's small
-networks (``make gpu-check``'s lbfgs step, benchmarks/README.md), so hh_m's polishes were most of the grid's
+networks (``make gpu-check``'s lbfgs step, benchmarks/reference/recorded.md), so hh_m's polishes were most of the grid's
 training time on a GPU.
 
 :class:`LBFGS` is the same algorithm (same memory update, initial step, strong-Wolfe line search, stopping

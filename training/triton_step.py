@@ -355,11 +355,11 @@ def _residual_statements(problem):
     import re
 
     made = problem.model.jacobian_statements()
-    if made is None:
+    if made is None or problem.model.time_ident is not None:
         return None
     statements, J = made
     text = "\n".join(statements)
-    if "_vtrap" in text or "**" in text or set(re.findall(r"xp\.(\w+)", text)) - set(_TRITON_FUNCTIONS):
+    if "_vtrap" in text or "_where" in text or "**" in text or re.search(r"(?<![\w.])abs\(", text) or set(re.findall(r"xp\.(\w+)", text)) - set(_TRITON_FUNCTIONS):
         return None
     return [re.sub(r"\bF\(", "(", st).replace("xp.", "tl.") for st in statements], J
 
@@ -374,8 +374,8 @@ def _residual_source(lay: _Layout, problem) -> str | None:
         return None
     statements, J = made
     model = problem.model
-    states = list(model.state_names)
-    col = [problem.outputs.index(s) for s in states]  # network output column of each model state
+    states = [model.ident(s) for s in model.state_names]
+    col = [problem.outputs.index(s) for s in model.state_names]  # network output column of each model state
     p, w, L = lay.padded, lay.widths, len(lay.padded) - 1
     params = ", ".join(f"w{i}_ptr, b{i}_ptr" for i in range(L))
     lines = [
@@ -422,6 +422,7 @@ def _residual_source(lay: _Layout, problem) -> str | None:
         lines.append(f"    _os{j} = tl.load(os_ptr + {c})")
         lines.append(f"    {st} = tl.load(oc_ptr + {c}) + _os{j} * _col(_z{o}, _cout, {c})")
     for name, (kind, v) in zip(model.param_names, parameter_sources(problem)):
+        name = model.ident(name)
         lines.append(f"    {name} = _col(_x, _cin, {v})" if kind == "column" else f"    {name} = {v!r}")
     lines += [f"    {st}" for st in statements]
     for j, (st, c) in enumerate(zip(states, col)):

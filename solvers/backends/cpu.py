@@ -19,7 +19,7 @@ import numpy as np
 
 from core.io import import_generated
 
-from ..model import CellModel, numba_vtrap_source
+from ..model import NUMBA_WHERE_SOURCE, CellModel, numba_vtrap_source
 from .base import Backend
 
 _DEFAULT_BLOCK = {"float32": 512, "float64": 256}
@@ -42,7 +42,7 @@ def kernel_source(model: CellModel, dtype: str, contract: bool | None = None) ->
     if contract is None:
         contract = dtype == "float32"
     fastmath = "fastmath={'contract'}, " if contract else ""
-    S, P = model.state_names, model.param_names
+    S, P = [model.ident(s) for s in model.state_names], [model.ident(p) for p in model.param_names]
     ind = " " * 20
     lines = [
         f"# generated from model {model.name!r} ({dtype}) by solvers.backends.cpu -- do not edit",
@@ -54,6 +54,7 @@ def kernel_source(model: CellModel, dtype: str, contract: bool | None = None) ->
         "",
         numba_vtrap_source(),
         "",
+        *([NUMBA_WHERE_SOURCE, ""] if model.uses_where() else []),
         f"@njit({fastmath}parallel=True, cache=True)",
         "def kernel(_y0, _p, _out, _dt, _n_saves, _save_every, _block, _bad):",
         "    _n_cells = _y0.shape[0]",
@@ -78,6 +79,8 @@ def kernel_source(model: CellModel, dtype: str, contract: bool | None = None) ->
     ]
     lines += [f"{ind}{s} = _s_{s}[_j]" for s in S]
     lines += [f"{ind}{p} = _p_{p}[_j]" for p in P]
+    if model.time_ident is not None:  # the time at the start of this step
+        lines.append(f"{ind}{model.time_ident} = F((_k - 1) * _save_every + _step) * _dt")
     lines += [f"{ind}{st}" for st in model.python_statements()]
     lines += [f"{ind}_s_{s}[_j] = {s} + _dt * d_{s}" for s in S]
     lines.append("            for _j in range(_m):")

@@ -46,7 +46,7 @@ def cuda_source(model: CellModel, dtype: str) -> str:
     """
     _check_dtype(dtype)
     T = precision(dtype).c
-    S, P, ns = model.state_names, model.param_names, model.n_states
+    S, P, ns = [model.ident(s) for s in model.state_names], [model.ident(p) for p in model.param_names], model.n_states
     out = [f"// generated from model '{model.name}' ({dtype}) by solvers.backends.cuda -- do not edit"]
     if model.uses_vtrap():
         out.append(c_vtrap_source(dtype, qualifier="__device__ __forceinline__"))
@@ -69,6 +69,8 @@ def cuda_source(model: CellModel, dtype: str) -> str:
         "    for (int _k = _k_begin + 1; _k <= _k_end; ++_k) {",
         "        for (int _step = 0; _step < _save_every; ++_step) {",
     ]
+    if model.time_ident is not None:  # the time at the start of this step
+        out.append(f"            const {T} {model.time_ident} = ({T})((long long)(_k - 1) * _save_every + _step) * _dt;")
     out += [f"            {line}" for line in model.c_statements(dtype)]
     out += [f"            {s} = {s} + _dt * d_{s};" for s in S]
     out += ["        }", f"        const long long _o = ((long long)_k * _n_cells + _i) * {ns};"]

@@ -14,5 +14,6 @@ MODEL = CellModel(
         "w": "0.04*u - 0.16*w",
     },
     time_units="1",
+    typical_box={"u": (-0.1, 0.81), "w": (0.0, 0.12), "I": (0.08, 0.12)},  # the paper's box (problem C)
     reference="Werneck et al., neural-network surrogates of the FitzHugh-Nagumo model (see shared/REFERENCE.md)",
 )

@@ -20,5 +20,6 @@ MODEL = CellModel(
         "w": "(u + a - b*w)/tau",
     },
     time_units="1",
+    typical_box={"u": (-2.0, 2.0), "w": (-1.0, 2.0)},  # around the limit cycle (I = 0.5)
     reference="FitzHugh (1961); Nagumo et al. (1962)",
 )

@@ -43,5 +43,7 @@ MODEL = CellModel(
         "n": "alpha_n*(1 - n) - beta_n*n",
     },
     time_units="ms",
+    typical_box={"V": (-70.0, -35.0), "m": (0.0, 0.3), "h": (0.3, 0.7), "n": (0.25, 0.5),  # below and above
+                 "I_stim": (0.0, 15.0)},  # threshold: some cells spike
     reference="Hodgkin & Huxley (1952), J. Physiol. 117:500",
 )

@@ -152,8 +152,7 @@ def figure_targets():
         out.append(rules.figure_pinn_vs_ddnn.output.png)
     if trains.get("itnn"):
         out.append(rules.figure_rollout_error.output.png)
-    if "C" in PROBLEMS and judged_on("C"):
-        out.append(rules.figure_trajectories.output.png)
+    out += [figure(f"trajectories_{p}") for p in trajectory_figures()]  # one per trajectory problem drawn over
     if "hh_m" in PROBLEMS and any("hh_m" in v for v in trains.values()):
         out.append(rules.figure_hh_m.output.png)
     return out

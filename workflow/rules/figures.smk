@@ -85,17 +85,24 @@ rule figure_rollout_error:
         "../scripts/figures.py"
 
 
+def trajectory_figures():
+    """The trajectory problems that some surrogate is drawn over (trained on it, or an ITNN judged on it): one
+    figure each (trajectories_<problem>)."""
+    return [p for p in PROBLEMS if config["problems"][p]["kind"] == "trajectory" and judged_on(p)]
+
+
 rule figure_trajectories:
     input:
-        test=path(LAYOUT.test("C")),
-        models=first_seed_models("C"),
+        test=path(LAYOUT.test("{problem}")),
+        models=lambda w: first_seed_models(w.problem),
     output:
-        png=report(figure("trajectories_C"), caption="../report/trajectories.rst", category="Figures"),
-        pdf=figure("trajectories_C", "pdf"),
+        png=report(figure("trajectories_{problem}"), caption="../report/trajectories.rst", category="Figures"),
+        pdf=figure("trajectories_{problem}", "pdf"),
     params:
-        problem="C",
+        problem=lambda w: w.problem,
+        time_range=lambda w: problem_from_config(w.problem, config).time_range,
     log:
-        path(LAYOUT.log("figures", "trajectories_C.log")),
+        path(LAYOUT.log("figures", "trajectories_{problem}.log")),
     conda:
         "../envs/pipeline.yaml"
     script:

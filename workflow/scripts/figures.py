@@ -30,7 +30,7 @@ def test_predictions(test_npz, checkpoints) -> dict:
     from surrogates.problems import problem_from_config
 
     with np.load(test_npz) as z:
-        X, traj = z["X"], z["trajectory"]
+        X, traj = z["X"], F.test_trajectory_ids(z)
     preds = {}
     for c in checkpoints:
         net, prov = load(c)

@@ -10,8 +10,12 @@ import pandas as pd  # noqa: E402
 
 from benchmarks.tables import speedup_table, write_table  # noqa: E402
 
+from surrogates.problems import problem_from_config  # noqa: E402
+
+problem = problem_from_config(snakemake.config["speed"]["problem"], snakemake.config)
 df = speedup_table(pd.read_csv(snakemake.input[0]))
 write_table(df, snakemake.output.csv, snakemake.output.md, snakemake.output.tex,
             caption="Surrogate inference vs the forward-Euler solver on the same N x K outputs (medians, end to end; "
-                    "speedup > 1: the surrogate is faster). mae: held-out test MAE of the surrogate (t in [0, 20]).")
+                    "speedup > 1: the surrogate is faster). mae: held-out test MAE of the surrogate on problem "
+                    f"{problem.name} ({problem.time_range}).")
 print(df.to_string())
