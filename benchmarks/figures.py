@@ -399,7 +399,7 @@ def load_network(cfg: dict, checkpoint, run) -> tuple:
     """(network, its provenance) of a checkpoint drawn in a figure: it must be the run ``[problem, kind, n,
     seed, arch]`` its input slot stands for, as every other consumer checks (else refused, naming the file)."""
     from surrogates.network import load_checkpoint
-    from surrogates.train import expected_model
+    from surrogates.scoring import expected_model
 
     p, kind, n, seed, arch = run
     net, meta = load_checkpoint(checkpoint, expect=expected_model(cfg, p, kind, int(n), int(seed), arch))

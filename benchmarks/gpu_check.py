@@ -8,11 +8,11 @@ first; ``--skip`` leaves any out):
 1. ``tests``: the GPU tests (``pytest -m gpu``; the Triton kernels' file first);
 2. ``training table``: ``benchmarks.training_speed``'s table on the GPU (DDNN and PINN steps, captured and
    not, 3 seeds as one stacked model, row costs);
-3. ``lbfgs``: seconds per iteration of hh_m's L-BFGS polish: torch.optim.LBFGS, surrogates.lbfgs, and the
+3. ``lbfgs``: seconds per iteration of hh_m's L-BFGS polish: torch.optim.LBFGS, training.lbfgs, and the
    latter with the objective replayed from a CUDA graph;
 3b. ``share``: several training processes on the GPU at once (1, 4, 8), without and with NVIDIA MPS
    (:mod:`benchmarks.gpu_share`): whether jobs sharing the GPU, as the GPU profile has them, pay; and 3
-   networks in one process one after the other against side by side (:mod:`surrogates.side_by_side`);
+   networks in one process one after the other against side by side (:mod:`training.side_by_side`);
 4. ``grid``: one real training job of each (problem, surrogate) of the configured grid, as the workflow
    runs it, C's ddnn seeds also as a cohort; the grid's trainings one after the other estimated from them;
 5. ``kernels``: the fused tensor-core kernel's rows/s for the 4x128 and 3x64 nets at 2^20 rows, beside the
@@ -196,7 +196,7 @@ def _rate(p, hidden, X, Y, engine, capture, device="cuda", iters=3000):
     """Iterations/s of the Trainer on ``device`` (a first short run warms up: compilation, graph capture)."""
     from benchmarks.training_speed import _net, _sync
     from surrogates.losses import DataLoss
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     rate = 0.0
     for n in (min(200, iters), iters):
@@ -242,7 +242,7 @@ def networks(cfg: dict, budget: Budget, iterations: int = 3000) -> tuple[dict, d
     from benchmarks.speedup import configured_ensembles, configured_models
     from benchmarks.surrogate_accuracy import ensure_datasets
     from core.errors import InvalidInputError
-    from surrogates.train import train_surrogate
+    from training.train import train_surrogate
 
     try:
         models = configured_models(cfg)
@@ -282,7 +282,7 @@ def grid(cfg: dict, out: Path, budget: Budget, reserve: float = 150.0, wide_iter
     measured jobs (a job of a class costs what its measured job did: per-step cost does not depend on n)."""
     from benchmarks.surrogate_accuracy import ensure_datasets
     from surrogates.config import training_grid, training_settings
-    from surrogates.train import train_surrogates
+    from training.train import train_surrogates
 
     jobs = training_grid(cfg)
     lay = Layout(cfg["results_dir"])
@@ -348,16 +348,16 @@ def grid(cfg: dict, out: Path, budget: Budget, reserve: float = 150.0, wide_iter
 
 def lbfgs(cfg: dict, out: Path, budget: Budget, iterations: int = 200) -> str:
     """Seconds per iteration of the L-BFGS polish on hh_m's full set (ddnn: data only; pinn_seed: with the
-    gate residual), alternately in one process: torch.optim.LBFGS and surrogates.lbfgs.LBFGS with the
-    objective evaluated kernel by kernel, and surrogates.lbfgs.LBFGS with the objective replayed from a CUDA
+    gate residual), alternately in one process: torch.optim.LBFGS and training.lbfgs.LBFGS with the
+    objective evaluated kernel by kernel, and training.lbfgs.LBFGS with the objective replayed from a CUDA
     graph (the default on a GPU; on a CPU the same as "ours")."""
     import torch
 
-    import surrogates.lbfgs as lb
-    import surrogates.trainer as tm
+    import training.lbfgs as lb
+    import training.trainer as tm
     from benchmarks.surrogate_accuracy import ensure_datasets
     from surrogates.problems import problem_from_config
-    from surrogates.train import train_surrogate
+    from training.train import train_surrogate
 
     lay = Layout(cfg["results_dir"])
     problem = "hh_m"

@@ -49,7 +49,7 @@ def _trainer(out, X, Y, seed: int, steps: int, device: str, engine: str):
 
     from surrogates.losses import DataLoss
     from surrogates.network import MLP
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     torch.manual_seed(seed)
     net = MLP(4, 2, [("SiLU", 64)] * 3, input_range=([0.0] * 4, [1.0] * 4)).to(device)
@@ -59,10 +59,10 @@ def _trainer(out, X, Y, seed: int, steps: int, device: str, engine: str):
 
 
 def in_process(k: int, steps: int, device: str, engine: str = "auto") -> dict:
-    """K networks in this process: one after the other, then side by side (:mod:`surrogates.side_by_side`,
+    """K networks in this process: one after the other, then side by side (:mod:`training.side_by_side`,
     each in its own thread and stream), after a warm-up. ``{"sequential", "side_by_side"}``: network-it/s."""
     from benchmarks.training_speed import _sync
-    from surrogates.side_by_side import train_side_by_side
+    from training.side_by_side import train_side_by_side
 
     X, Y = _data()
     out = {}

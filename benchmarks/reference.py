@@ -119,7 +119,7 @@ def evaluate_checkpoint(path, cfg) -> dict:
     from surrogates.datasets import make_test
     from surrogates.network import load_checkpoint
     from surrogates.problems import problem_from_config
-    from surrogates.train import evaluate
+    from surrogates.scoring import evaluate
 
     _, meta = load_checkpoint(path)
     prov = (meta or {}).get("provenance") or {}

@@ -73,7 +73,7 @@ def _one(args):
     import torch
 
     torch.set_num_threads(threads)
-    from surrogates.train import train_surrogate
+    from training.train import train_surrogate
 
     layout = Layout(cfg["results_dir"])
     out = layout.model_dir(problem, surrogate, n, arch, seed)

@@ -22,7 +22,7 @@ ACCURACY_COLUMNS = ["problem", "surrogate", "n_train", "arch", "seeds", "mae_mea
 def _expected_runs(cfg) -> dict:
     """metrics.json path -> the provenance its model must have, for every run of the configuration."""
     from surrogates.config import training_grid
-    from surrogates.train import expected_model
+    from surrogates.scoring import expected_model
 
     from surrogates.config import ensemble_grid
     from surrogates.ensemble import expected_ensemble

@@ -8,10 +8,10 @@ default network on problem C (the data-driven 3x64 net of the paper) and the ste
 * ``reference``: a plain eager loop of the same network, as the upstream Pinn-Torch trainer runs it
   (contiguous slices of the data, ``torch.optim.Adam``, the loss read back every step);
 * ``autograd``: this project's Trainer on its autograd path;
-* ``fused``: the Trainer on the hand-written engine (``surrogates.engine``) with the fused Adam, on torch
-  operators; on a CPU also with its data and residual steps as compiled calls (``surrogates.cpu_step``,
+* ``fused``: the Trainer on the hand-written engine (``training.engine``) with the fused Adam, on torch
+  operators; on a CPU also with its data and residual steps as compiled calls (``training.cpu_step``,
   engine ``cpp``, what ``auto`` picks there), on a GPU with its data step (and a PINN's ODE residual step)
-  in one Triton kernel each (``surrogates.triton_step``, engine ``triton``);
+  in one Triton kernel each (``training.triton_step``, engine ``triton``);
 * the same for a PINN step (data + ODE residual on ``training.physics.collocation_points`` points + the
   initial condition), and the cost of one collocation row relative to one data row in each path.
 
@@ -49,7 +49,7 @@ from surrogates.config import load_config, training_settings
 from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
 from surrogates.network import MLP
 from surrogates.problems import problem_from_config
-from surrogates.trainer import Trainer
+from training.trainer import Trainer
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "training_speed.md"
 UPSTREAM = "upstream Pinn-Torch trainer"
@@ -180,9 +180,9 @@ def trainer_rate(p, hidden, X, Y, batch, iters, lr, device, engine, physics=None
 
 
 def cohort_rate(p, hidden, X, Y, batch, iters, lr, device, size: int = 3) -> float:
-    """Network-iterations/s of ``size`` seeds trained together as one stacked model (surrogates.cohort):
+    """Network-iterations/s of ``size`` seeds trained together as one stacked model (training.cohort):
     ``size * iters`` steps of a network over the wall time (set-up and, on a GPU, the capture included)."""
-    from surrogates.cohort import train_together
+    from training.cohort import train_together
 
     with tempfile.TemporaryDirectory() as out:
         trainers = []
@@ -202,12 +202,12 @@ def cohort_rate(p, hidden, X, Y, batch, iters, lr, device, size: int = 3) -> flo
 
 def row_costs(p, hidden, X, Y, batch, n_coll, device, reps=200, rounds=5) -> dict:
     """Seconds per data row and per collocation row, for the autograd and the fused path, and on a CPU the
-    fused path through the compiled steps (``surrogates.cpu_step``: what engine "auto" trains with there), on
-    a GPU through the Triton data and residual steps (``surrogates.triton_step``, uncaptured).
+    fused path through the compiled steps (``training.cpu_step``: what engine "auto" trains with there), on
+    a GPU through the Triton data and residual steps (``training.triton_step``, uncaptured).
     Each path's data and collocation calls are timed in turn ``rounds`` times: medians of the per-row
     costs, and the ratio is the median of the rounds' ratios (a shared machine's speed drifts between
     rounds, less within one)."""
-    from surrogates.engine import MLPEngine
+    from training.engine import MLPEngine
 
     out = {}
     gpu = torch.device(device).type == "cuda"
@@ -219,7 +219,7 @@ def row_costs(p, hidden, X, Y, batch, n_coll, device, reps=200, rounds=5) -> dic
         if engine in ("fused", "compiled", "triton"):
             eng = MLPEngine(net, max(batch, n_coll))
             if engine == "triton":  # the data and residual steps in one Triton kernel each (engine "triton")
-                from surrogates.triton_step import TritonDataStep, residual_steps
+                from training.triton_step import TritonDataStep, residual_steps
 
                 try:
                     eng.data_kernel, eng.residual_kernel = TritonDataStep(eng), residual_steps(eng)
@@ -227,7 +227,7 @@ def row_costs(p, hidden, X, Y, batch, n_coll, device, reps=200, rounds=5) -> dic
                     print(f"row costs, Triton path: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
                     continue
             if engine == "compiled":
-                from surrogates.cpu_step import CpuDataStep, CpuStepUnavailable, CpuTangentStep, residual_steps
+                from training.cpu_step import CpuDataStep, CpuStepUnavailable, CpuTangentStep, residual_steps
 
                 try:
                     eng.data_kernel, eng.tangent_kernel = CpuDataStep(eng), CpuTangentStep(eng)
@@ -297,14 +297,14 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
                     "trainer, autograd path": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "autograd"),
                     "trainer, fused engine": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "fused")}
         gpu = torch.device(device).type == "cuda"
-        if not gpu:  # the data step in one compiled call (surrogates.cpu_step), what engine "auto" picks here
+        if not gpu:  # the data step in one compiled call (training.cpu_step), what engine "auto" picks here
             variants["trainer, compiled CPU steps"] = lambda: trainer_rate(
                 p, hidden, X, Y, batch, iterations, s["lr"], device, "cpp")
         if gpu:  # on a GPU the fused step is captured by default ("auto"); the uncaptured one beside it
             variants["trainer, fused engine, CUDA graph"] = variants.pop("trainer, fused engine")
             variants["trainer, fused engine, not captured"] = lambda: trainer_rate(
                 p, hidden, X, Y, batch, iterations, s["lr"], device, "fused", capture=False)
-            # the data step in one Triton kernel (surrogates.triton_step), captured as the fused step is
+            # the data step in one Triton kernel (training.triton_step), captured as the fused step is
             variants["trainer, Triton data step, CUDA graph"] = lambda: trainer_rate(
                 p, hidden, X, Y, batch, iterations, s["lr"], device, "triton")
         variants["3 seeds as one stacked model (per network)"] = lambda: cohort_rate(
@@ -320,7 +320,7 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
                 variants["PINN, compiled CPU steps"] = lambda: trainer_rate(
                     p, hidden, X, Y, batch, n_pinn, s["lr"], device, "cpp", phys)
             if gpu:  # its data and initial-condition terms through the Triton data step, the residual through
-                # the Triton residual step (surrogates.triton_step)
+                # the Triton residual step (training.triton_step)
                 variants["PINN, Triton steps, CUDA graph"] = lambda: trainer_rate(
                     p, hidden, X, Y, batch, n_pinn, s["lr"], device, "triton", phys)
         rates = {k: [] for k in variants}

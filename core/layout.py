@@ -18,7 +18,7 @@ from pathlib import Path
 
 # the files of one trained model's folder
 RUN_FILES = {
-    "metrics": "metrics.json",        # test errors, provenance, timings (surrogates.train)
+    "metrics": "metrics.json",        # test errors, provenance, timings (training.train)
     "model": "best_model.pth",        # best-validation weights with the architecture and provenance
     "losses": "losses.csv",           # the training log
     "stats": "model_stats.txt",       # per-layer weight and gradient norms

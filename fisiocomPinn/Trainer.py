@@ -1,4 +1,4 @@
-"""``Trainer``: :class:`surrogates.trainer.Trainer` under the seed README's import path."""
-from surrogates.trainer import Trainer
+"""``Trainer``: :class:`training.trainer.Trainer` under the seed README's import path."""
+from training.trainer import Trainer
 
 __all__ = ["Trainer"]

@@ -1,7 +1,8 @@
 """Neural-network surrogates of cell models: data-driven (DDNN), physics-informed (PINN) and iterative
-(ITNN) MLPs, their problems, datasets and training. Nothing here needs a GPU.
+(ITNN) MLPs, their problems, datasets, losses and scores (training them: :mod:`training`). Nothing here
+needs a GPU.
 
->>> from surrogates import MLP, Trainer, DataLoss
+>>> from surrogates import MLP, DataLoss
 >>> net = MLP(4, 2, [("SiLU", 64), ("Sigmoid", 64), ("Sigmoid", 64)])
 
 The public names are loaded on first use, so ``import surrogates.config`` or ``surrogates.problems`` (what
@@ -19,7 +20,6 @@ _PUBLIC = {
     "ACTIVATIONS": "network", "MLP": "network", "load_checkpoint": "network", "save_checkpoint": "network",
     "Problem": "problems", "problem_from_config": "problems",
     "load_config": "config", "validate_config": "config",
-    "Trainer": "trainer", "TrainingDivergedError": "trainer",
 }
 
 __all__ = sorted(_PUBLIC)

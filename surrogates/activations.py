@@ -10,12 +10,12 @@ Per activation (by the name the configuration uses, ``hidden: [[SiLU, 64], ...]`
   by hand for speed: tests/test_activations.py checks it against ``f``, ``df`` and ``d2f``);
 * ``triton_f``, ``triton_df``, ``triton_d2f``: Triton source in float32, the expression of ``f(z)`` and the
   function bodies of ``f'(z)`` given ``z`` and ``a = f(z)`` and of ``f''(z)`` given ``z``, ``a`` and
-  ``d = f'(z)``; the Triton training steps (:mod:`surrogates.triton_step`) and the inference kernels
+  ``d = f'(z)``; the Triton training steps (:mod:`training.triton_step`) and the inference kernels
   (:mod:`inference.kernels.triton_mlp`) are generated from them, with :data:`TRITON_HELPERS`;
 * ``triton_half``: where the inference kernel has one, the body of the half-precision form on the hardware
   tanh (its helpers ``_tanh_approx`` and ``_fast_type``), given ``z`` and the type ``DT``.
 
-The training engine (:mod:`surrogates.engine`) computes the same functions with torch operators chosen for
+The training engine (:mod:`training.engine`) computes the same functions with torch operators chosen for
 speed (tanh as ``2 sigmoid(2z) - 1``, fused backward kernels); it too is tested against this table.
 Nothing here imports torch.
 """

@@ -16,7 +16,7 @@ from core.config import read_config, validate_schema
 from core.errors import InvalidInputError
 from core.steps import whole_steps
 
-from .problems import SURROGATE_KINDS, problem_from_config
+from .problems import SURROGATE_KINDS, max_rows, problem_from_config
 
 
 def validate_config(cfg: Mapping) -> dict:
@@ -38,8 +38,6 @@ def load_config(*paths) -> dict:
 
 
 def _check_sizes(cfg: dict, problems: dict) -> None:
-    from .datasets import max_rows
-
     vf = cfg["datasets"]["val_fraction"]
     for name, p in problems.items():
         if p.kind == "step" or not p.uses_pool:
@@ -131,8 +129,8 @@ def training_settings(cfg: Mapping, problem: str) -> dict:
     """The ``training`` section with the problem's ``overrides`` applied (``physics`` merged key by key)."""
     t = copy.deepcopy(dict(cfg["training"]))
     t.pop("ensemble", None)  # a setting of the grid (surrogates.ensemble), not of a run: runs' records stay as they were
-    t.pop("cohort", None)  # how the grid's jobs are cut (surrogates.cohort), not what a run computes
-    t.pop("side_by_side", None)  # likewise (surrogates.side_by_side)
+    t.pop("cohort", None)  # how the grid's jobs are cut (training/cohort.py), not what a run computes
+    t.pop("side_by_side", None)  # likewise (training/side_by_side.py)
     over = copy.deepcopy(t.pop("overrides", {}).get(problem, {}))
     phys = over.pop("physics", {})
     t.update(over)
@@ -146,7 +144,7 @@ COHORT_KINDS = ("ddnn", "itnn")  # data-only kinds: their seeds can train as one
 def cohort_kinds(cfg: Mapping) -> list[str]:
     """The surrogate kinds whose seeds train together, one job per (problem, kind, n, arch)
     (``training.cohort``, with at least two seeds; with ``training.side_by_side`` every kind, those that
-    cannot be stacked trained side by side in the job, :mod:`~surrogates.side_by_side`); the others train one
+    cannot be stacked trained side by side in the job, :mod:`~training.side_by_side`); the others train one
     job per seed."""
     if not cfg["training"].get("cohort", False) or len(cfg["training"]["seeds"]) < 2:
         return []

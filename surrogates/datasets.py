@@ -40,10 +40,7 @@ from core.io import save_dataset
 from core.provenance import project_version
 
 from .metrics import error_metrics
-from .problems import Problem, problem_from_config
-
-MAX_SOBOL_POINTS = 2**30
-
+from .problems import Problem, max_rows, n_test_pool, n_val, pool_size, problem_from_config
 
 # ---------------------------------------------------------------- designs
 def _sobol(d: int, n: int, seed: int) -> np.ndarray:
@@ -55,21 +52,6 @@ def _sobol(d: int, n: int, seed: int) -> np.ndarray:
 
 def _scale(u: np.ndarray, names, ranges) -> dict:
     return {n: ranges[n][0] + u[:, i] * (ranges[n][1] - ranges[n][0]) for i, n in enumerate(names)}
-
-
-def n_val(n: int, val_fraction: float) -> int:
-    return max(1, math.ceil(val_fraction * n))
-
-
-def max_rows(p: Problem, val_fraction: float) -> int:
-    """The largest training size the problem's design allows."""
-    if not p.uses_pool:
-        return MAX_SOBOL_POINTS
-    free = _pool_size(p) - _n_test_pool(p)
-    n = free
-    while n > 0 and n + n_val(n, val_fraction) > free:
-        n -= 1
-    return n
 
 
 def _check_n(p: Problem, n, val_fraction: float) -> int:
@@ -135,17 +117,9 @@ def _pool(p: Problem):
     return X, Y
 
 
-def _pool_size(p: Problem) -> int:
-    return len(p.time_grid())
-
-
-def _n_test_pool(p: Problem) -> int:
-    return max(1, round(p.test_fraction * _pool_size(p)))
-
-
 def _pool_indices(p: Problem, test_seed: int, seed: int):
-    K = _pool_size(p)
-    test = np.sort(np.random.default_rng(test_seed).permutation(K)[: _n_test_pool(p)])
+    K = pool_size(p)
+    test = np.sort(np.random.default_rng(test_seed).permutation(K)[: n_test_pool(p)])
     rest = np.setdiff1d(np.arange(K), test)
     order = rest[np.random.default_rng(seed).permutation(rest.size)]
     return test, order

@@ -8,7 +8,7 @@ Each member is checked to be the run it stands for (problem, definition fingerpr
 its seed) before anything is scored; the members' seeds must differ. The ensemble answers the mean of its
 members' outputs; for an ITNN that is the mean increment at every step of the rollout (one surrogate, rolled
 out like any ITNN). It is scored on the problem's held-out test set exactly as a single network is
-(:func:`surrogates.train.evaluate`), and its ``metrics.json`` names it ``<kind>_ensemble``, so the accuracy
+(:func:`surrogates.scoring.evaluate`), and its ``metrics.json`` names it ``<kind>_ensemble``, so the accuracy
 table gives it a row of its own beside the seeds' mean.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def label(surrogate: str) -> str:
 
 def expected_ensemble(cfg: dict, problem: str, surrogate: str, n: int, arch: str, seeds) -> dict:
     """The provenance an ensemble's metrics must carry: its members' (less the seed) and their seeds."""
-    from .train import expected_model
+    from .scoring import expected_model
 
     prov = {k: v for k, v in expected_model(cfg, problem, surrogate, n, 0, arch).items() if k != "seed"}
     return {**prov, "ensemble_of": sorted(int(s) for s in seeds)}
@@ -73,7 +73,7 @@ def expected_ensemble(cfg: dict, problem: str, surrogate: str, n: int, arch: str
 
 def load_members(cfg: dict, problem: str, surrogate: str, n: int, arch: str, checkpoints) -> tuple[list[MLP], list[int]]:
     """Load each checkpoint, checked against the run it must be (its own recorded seed), on the CPU."""
-    from .train import expected_model
+    from .scoring import expected_model
 
     members, seeds = [], []
     for path in checkpoints:
@@ -103,7 +103,7 @@ def _members_training(checkpoints) -> float | None:
 
 def score_ensemble(cfg: dict, problem: str, surrogate: str, n: int, arch: str, checkpoints, test_path, out_path) -> dict:
     """Score the mean of ``checkpoints`` on the held-out test set and write its ``metrics.json`` (atomically)."""
-    from .train import evaluate
+    from .scoring import evaluate
 
     p = problem_from_config(problem, cfg)
     members, seeds = load_members(cfg, problem, surrogate, n, arch, checkpoints)
@@ -128,7 +128,7 @@ def score_ensemble(cfg: dict, problem: str, surrogate: str, n: int, arch: str, c
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, nargs="*", default=[],
-                    help="config files merged over config/config.yaml (as surrogates.train)")
+                    help="config files merged over config/config.yaml (as training.train)")
     ap.add_argument("--problem", required=True)
     ap.add_argument("--surrogate", required=True)
     ap.add_argument("--n", type=int, required=True)

@@ -1,4 +1,4 @@
-"""Losses a :class:`~surrogates.trainer.Trainer` combines with weights.
+"""Losses a :class:`~training.trainer.Trainer` combines with weights.
 
 Every loss is called with the model and returns a scalar tensor for the next batch. Losses that draw
 batches keep their random state in ``state_dict`` so an interrupted run resumes exactly. Data and
@@ -71,13 +71,13 @@ class Loss(ABC):
     def load_state_dict(self, state: dict) -> None:
         pass
 
-    # the hand-written engine (surrogates.engine): a loss that has a fused form says how many rows it needs
+    # the hand-written engine (training.engine): a loss that has a fused form says how many rows it needs
     # and returns a step ``weight -> loss`` that adds its gradient to the parameters' .grad
     def fused_rows(self) -> int:
         return 0
 
     def fused(self, engine):
-        """A fused step for ``engine`` (an :class:`~surrogates.engine.MLPEngine`), or ``None`` (autograd only)."""
+        """A fused step for ``engine`` (an :class:`~training.engine.MLPEngine`), or ``None`` (autograd only)."""
         return None
 
     def _is_own_call(self) -> bool:

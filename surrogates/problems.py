@@ -295,3 +295,30 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
         raise InvalidInputError(f"config key {k}.protocol.duration: must be shorter than the period")
     return Problem(**common, t_end=float(spec["t_end"]), save_interval=float(spec["save_interval"]),
                    protocol=proto, test_fraction=float(spec["test_fraction"]))
+
+
+# ---------------------------------------------------------------- the design's sizes
+MAX_SOBOL_POINTS = 2**30
+
+
+def n_val(n: int, val_fraction: float) -> int:
+    return max(1, math.ceil(val_fraction * n))
+
+
+def pool_size(p: Problem) -> int:
+    return len(p.time_grid())
+
+
+def n_test_pool(p: Problem) -> int:
+    return max(1, round(p.test_fraction * pool_size(p)))
+
+
+def max_rows(p: Problem, val_fraction: float) -> int:
+    """The largest training size the problem's design allows."""
+    if not p.uses_pool:
+        return MAX_SOBOL_POINTS
+    free = pool_size(p) - n_test_pool(p)
+    n = free
+    while n > 0 and n + n_val(n, val_fraction) > free:
+        n -= 1
+    return n

@@ -74,7 +74,7 @@ def transfer_grid(cfg: Mapping) -> list[tuple[str, str, int, str, str]]:
 def expected_transfer(cfg: Mapping, problem: str, n: int, arch: str, target: str, seeds) -> dict:
     """What a transfer's metrics file must record: its networks' runs and the test set it was scored on."""
     from .datasets import expected_provenance
-    from .train import expected_model
+    from .scoring import expected_model
 
     return {"problem": problem, "surrogate": "itnn", "n_train": int(n), "arch": arch, "target": target,
             "members": [expected_model(cfg, problem, "itnn", n, int(s), arch) for s in sorted(seeds)],
@@ -94,7 +94,7 @@ def score_transfer(cfg: Mapping, problem: str, n: int, arch: str, checkpoints, t
 
     from .datasets import expected_provenance
     from .ensemble import Ensemble, load_members
-    from .train import evaluate
+    from .scoring import evaluate
 
     step, src = problem_from_config(problem, cfg), problem_from_config(target, cfg)
     why = uncovered(step, src)

@@ -1,4 +1,4 @@
-"""Loading generated Triton source, for the project's kernels (surrogates.triton_step; inference.kernels).
+"""Loading generated Triton source, for the project's kernels (training.triton_step; inference.kernels).
 
 Triton reads a JIT function's source with ``inspect``, so a kernel generated as text per network is stored
 as a file in Triton's cache folder and imported (:func:`core.io.import_generated`). ``@triton.jit`` reads

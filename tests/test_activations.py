@@ -11,10 +11,11 @@ import triton
 
 from core.errors import InvalidInputError
 from inference.kernels import triton_mlp
-from surrogates import activations, engine, network, triton_step, tritonlib
+from surrogates import activations, network, tritonlib
+from training import engine, triton_step
 from surrogates.activations import TABLE
-from surrogates.cpu_step import CODES
-from surrogates.engine import MLPEngine
+from training.cpu_step import CODES
+from training.engine import MLPEngine
 from surrogates.network import MLP
 from test_cpu_step import cpu_step  # noqa: F401  (the fixture: the built extension; skips without a C++ compiler)
 

@@ -1,10 +1,13 @@
 """The layering contract: each room imports only the rooms below it, and the workflow parses without torch.
 
-    core  <-  solvers  <-  surrogates  <-  inference  <-  benchmarks  <-  workflow (rules, scripts)
+    core  <-  solvers  <-  surrogates  <-  training   <-  benchmarks  <-  workflow (rules, scripts)
+                                       <-  inference  <-
 
 ``core`` imports nothing of the project (and never torch); ``solvers`` only ``core``; ``surrogates`` only
-``core`` and ``solvers`` (not the inference library, the programs or the workflow); ``inference`` no
-programs; ``fisiocomPinn`` is a thin layer over ``surrogates``.
+``core`` and ``solvers`` (not training, the inference library, the programs or the workflow); ``training``
+and ``inference`` are siblings (neither imports the other, nor the programs); ``fisiocomPinn`` is a thin
+layer over ``surrogates`` and ``training``. No room outgrows the others (a share of the lines), and the
+modules inside a room import each other without cycles.
 """
 import ast
 import subprocess
@@ -14,14 +17,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = {"core", "solvers", "surrogates", "inference", "benchmarks", "fisiocomPinn", "workflow"}
+PROJECT = {"core", "solvers", "surrogates", "training", "inference", "benchmarks", "fisiocomPinn", "workflow"}
 ALLOWED = {
     "core": set(),
     "solvers": {"core"},
     "surrogates": {"core", "solvers"},
+    "training": {"core", "solvers", "surrogates"},
     "inference": {"core", "solvers", "surrogates"},
-    "benchmarks": {"core", "solvers", "surrogates", "inference"},
-    "fisiocomPinn": {"core", "solvers", "surrogates"},
+    "benchmarks": {"core", "solvers", "surrogates", "training", "inference"},
+    "fisiocomPinn": {"core", "solvers", "surrogates", "training"},
 }
 
 
@@ -67,3 +71,92 @@ def test_the_workflow_parses_without_importing_torch(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "False", "parsing the workflow imported torch"
+
+
+# ---------------------------------------------------------------- the rooms' sizes and their modules' imports
+ROOM_SHARE_MAX = 0.35  # no room holds more than this share of the project's Python lines (tests not counted)
+
+
+def python_lines(room_dir: Path) -> int:
+    return sum(len(f.read_text().splitlines()) for f in room_dir.rglob("*.py"))
+
+
+def test_no_room_holds_more_than_its_share_of_the_code():
+    lines = {room: python_lines(ROOT / room) for room in sorted(PROJECT) if (ROOT / room).is_dir()}
+    total = sum(lines.values())
+    big = {room: f"{n / total:.0%} ({n} of {total} lines)" for room, n in lines.items() if n > ROOM_SHARE_MAX * total}
+    assert not big, f"rooms over {ROOM_SHARE_MAX:.0%} of the Python lines: {big}"
+
+
+def module_imports(package_dir: Path) -> dict[str, set[str]]:
+    """Each module of the package under ``package_dir`` and the modules of the same package it imports
+    (anywhere in the file, lazy imports included; ``from . import x`` counts ``x`` and the package itself)."""
+    root = package_dir.parent
+    modules = {}
+    for f in sorted(package_dir.rglob("*.py")):
+        parts = list(f.relative_to(root).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph = {}
+    for name, f in modules.items():
+        here = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+        wanted = []
+        for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+            if isinstance(node, ast.Import):
+                wanted += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(here[:len(here) - node.level + 1] + [node.module or ""]).strip(".") if node.level \
+                    else node.module
+                wanted += [base] + [f"{base}.{a.name}" for a in node.names]
+        edges = set()
+        for target in wanted:
+            while target and target not in modules:  # an attribute of a module: the module
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as the list of its modules (the first one closing it again), or ``None``."""
+    state, path = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("room", sorted(ALLOWED))
+def test_no_import_cycle_between_the_modules_of_a_room(room):
+    cycle = import_cycle(module_imports(ROOT / room))
+    assert cycle is None, f"import cycle in {room}: {' -> '.join(cycle)}"
+
+
+def test_the_cycle_check_sees_a_cycle_of_lazy_imports(tmp_path):
+    """The check above can fail: two modules importing each other inside functions (as a configuration
+    reader and a dataset writer once did) are a cycle; a one-way import is not."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "config.py").write_text("def load():\n    from .datasets import max_rows\n")
+    (pkg / "datasets.py").write_text("import os\n\ndef main():\n    from pkg.config import load\n")
+    (pkg / "sub" / "leaf.py").write_text("from .. import datasets\nfrom ..config import load\n")
+    graph = module_imports(pkg)
+    assert graph["pkg.sub.leaf"] == {"pkg", "pkg.datasets", "pkg.config"}
+    assert import_cycle(graph) == ["pkg.config", "pkg.datasets", "pkg.config"]
+    (pkg / "datasets.py").write_text("import os\n")
+    assert import_cycle(module_imports(pkg)) is None

@@ -1,12 +1,12 @@
-"""Seeds trained as one stacked model (surrogates.cohort): the same runs as alone, resumable both ways."""
+"""Seeds trained as one stacked model (training.cohort): the same runs as alone, resumable both ways."""
 import numpy as np
 import pytest
 import torch
 
-from surrogates.cohort import cohort_refusal, train_together
 from surrogates.losses import DataLoss, ODEResidualLoss
 from surrogates.network import MLP
-from surrogates.trainer import Trainer
+from training.cohort import cohort_refusal, train_together
+from training.trainer import Trainer
 
 N, BATCH = 500, 64  # 500 rows in batches of 64: passes end mid-way, as in a real run
 
@@ -46,7 +46,7 @@ def test_a_cohort_trains_each_seed_as_it_trains_alone(tmp_path, metric):
     pairs = [_trainer(tmp_path / f"cohort{s}", s, metric=metric) for s in seeds]
     summaries = train_together([t for t, _ in pairs], 70)
     assert [s["cohort"] for s in summaries] == [3, 3, 3]
-    assert {s["path"] for s in summaries} == {"seeds stacked (surrogates.cohort)"}
+    assert {s["path"] for s in summaries} == {"seeds stacked (training.cohort)"}
     for (ta, ma), (tc, mc), s in zip(alone, pairs, seeds):
         assert [r["iteration"] for r in tc.rows] == [20, 40, 60, 70]
         for ra, rc in zip(ta.rows, tc.rows):
@@ -156,7 +156,7 @@ def test_what_a_cohort_refuses_trains_one_after_the_other(tmp_path, capsys):
 
 
 def test_a_diverging_seed_stops_the_cohort_naming_its_folder(tmp_path):
-    from surrogates.trainer import TrainingDivergedError
+    from training.trainer import TrainingDivergedError
 
     pairs = [_trainer(tmp_path / f"seed{s}", s) for s in (0, 1)]
     pairs[1][0].losses[0][0].Y[7, 0] = float("inf")  # one bad label: seed 1's loss becomes infinite
@@ -168,7 +168,7 @@ def test_the_cohort_step_never_touches_the_host(tmp_path, monkeypatch):
     """The stacked step is what a CUDA graph captures on a GPU: no tensors from host data, no values read."""
     from conftest import host_touches, op_recorder
 
-    from surrogates.cohort import _Cohort
+    from training.cohort import _Cohort
 
     rec = op_recorder()
     body = _Cohort._body

@@ -1,5 +1,5 @@
-"""The ODE residual's loss and gradient as one compiled loop (surrogates.cpu_residual), generated from the model,
-and the residual step that calls it from inside one compiled call (surrogates.cpu_step.CpuResidualStep).
+"""The ODE residual's loss and gradient as one compiled loop (training.cpu_residual), generated from the model,
+and the residual step that calls it from inside one compiled call (training.cpu_step.CpuResidualStep).
 
 The reference is the residual's definition differentiated by autograd in float64: ``mean(((scale zt) -
 f(center + scale z, params(x))) / scale)^2)`` with ``f`` the model's torch right-hand side, not the closed
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import solvers
-from surrogates import cpu_residual
-from surrogates.cpu_residual import kernel_source, residual_kernel
 from surrogates.problems import Problem
+from training import cpu_residual
+from training.cpu_residual import kernel_source, residual_kernel
 
 FHN = solvers.get_model("fhn")
 HH = solvers.get_model("hh")
@@ -110,8 +110,8 @@ def test_the_compiled_path_takes_the_kernel_where_the_model_has_a_closed_form_ja
     kernel; without the compiled loop the residual's closed-form gradient is torch operators between the two
     calls of the tangent step; the plain fused engine never calls either.
     (That training on the kernel ends where the torch operators end: tests/test_cpu_step.py, the PINN test.)"""
-    from surrogates import cpu_step
-    from surrogates.engine import MLPEngine
+    from training import cpu_step
+    from training.engine import MLPEngine
     from surrogates.losses import ODEResidualLoss
     from surrogates.network import MLP
 
@@ -158,7 +158,7 @@ def test_the_trainer_on_the_compiled_steps_takes_the_kernel(tmp_path, monkeypatc
     kernels on the engine, so training never reached it while the direct tests passed.)"""
     from test_engine import _pinn_trainer
 
-    from surrogates.cpu_step import CpuResidualStep
+    from training.cpu_step import CpuResidualStep
 
     calls = []
     call = CpuResidualStep.__call__
@@ -179,8 +179,8 @@ def test_the_one_call_residual_step_equals_the_torch_operators(dtype, n, tile, m
     """The compiled residual step (one call: inputs scaled inside, per tile forward with tangents, the kernel's
     callback, backward) gives the engine's torch operators' loss and gradients: after a data term (its
     gradient added to), in float32 (the training steps) and float64 (a polish), whole and in ragged tiles."""
-    from surrogates import cpu_step
-    from surrogates.engine import MLPEngine
+    from training import cpu_step
+    from training.engine import MLPEngine
     from surrogates.losses import ODEResidualLoss
     from surrogates.network import MLP
 
@@ -209,8 +209,8 @@ def test_the_one_call_residual_step_equals_the_torch_operators(dtype, n, tile, m
 
 def test_the_one_call_residual_step_refuses_a_kernel_for_other_outputs():
     from core.errors import InvalidInputError
-    from surrogates.cpu_step import CpuResidualStep
-    from surrogates.engine import MLPEngine
+    from training.cpu_step import CpuResidualStep
+    from training.engine import MLPEngine
     from surrogates.network import MLP
 
     p = PROBLEMS["hh"]  # four outputs

@@ -1,4 +1,4 @@
-"""The fused engine's data step in one compiled CPU call (surrogates.cpu_step).
+"""The fused engine's data step in one compiled CPU call (training.cpu_step).
 
 The reference is the engine's own data step on torch operators (itself checked against autograd in
 tests/test_engine.py). The extension is built on first use (about 30 s, once per machine); the tests skip
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from core.errors import InvalidInputError
-from surrogates.engine import MLPEngine
+from training.engine import MLPEngine
 from test_triton_step import build_net, grads
 
 NETS = {  # hidden layers, inputs, outputs, output activation: every activation; thin and wide first/last layers
@@ -29,7 +29,7 @@ NETS = {  # hidden layers, inputs, outputs, output activation: every activation;
 def cpu_step():
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler on this machine: the compiled CPU data step cannot be built")
-    from surrogates import cpu_step
+    from training import cpu_step
 
     cpu_step.load()  # a build failure fails the test
     return cpu_step
@@ -155,7 +155,7 @@ def test_the_same_inputs_give_the_same_bits(cpu_step):
 
 def _train(engine, d, iters=40):
     from surrogates.losses import DataLoss
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, (600, 3)).astype(np.float32)
@@ -207,7 +207,7 @@ def test_what_the_compiled_step_cannot_do_is_refused_by_name(cpu_step, tmp_path)
 def test_auto_falls_back_to_torch_operators_where_it_cannot_be_built(cpu_step, tmp_path, monkeypatch, capsys):
     """No compiler (simulated): engine "auto" trains on the torch operators and says why once; engine "cpp"
     is an error that says why."""
-    from surrogates import trainer as trainer_mod
+    from training import trainer as trainer_mod
 
     def refuse():
         raise cpu_step.CpuStepUnavailable("the compiled CPU step could not be built (simulated)")
@@ -240,13 +240,13 @@ def test_the_build_folder_is_keyed_by_the_source_not_by_the_checkout(tmp_path, m
 
     from torch.utils import cpp_extension
 
-    from surrogates import cpu_step
+    from training import cpu_step
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     text = cpu_step.SOURCE.read_bytes()
     staged = {}
     for checkout, source in (("a", text), ("b", text), ("c", text + b"\n// another version\n")):
-        copy = tmp_path / checkout / "surrogates" / "cpu_step.cpp"
+        copy = tmp_path / checkout / "training" / "cpu_step.cpp"
         copy.parent.mkdir(parents=True)
         copy.write_bytes(source)
         monkeypatch.setattr(cpu_step, "SOURCE", copy)
@@ -266,7 +266,7 @@ def test_the_build_folder_is_keyed_by_the_source_not_by_the_checkout(tmp_path, m
 def test_the_ninja_package_is_found_when_ninja_is_not_on_the_path(monkeypatch):
     """torch's builder runs `ninja` from PATH; a venv's python run by its full path may not have the venv's
     bin folder there: the ninja package's folder is put first."""
-    from surrogates import cpu_step
+    from training import cpu_step
 
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr(cpu_step.shutil, "which", lambda name: None)
@@ -289,7 +289,7 @@ def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next_load(cpu_s
 
     folder = Path(cpp_extension._get_build_directory(cpu_step.build_name(), verbose=False))
     root = Path(__file__).resolve().parents[1]
-    code = "from surrogates import cpu_step; cpu_step.load(); print('loaded')"
+    code = "from training import cpu_step; cpu_step.load(); print('loaded')"
     (folder / "lock").touch()  # what a process killed inside torch's load leaves
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]

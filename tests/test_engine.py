@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from surrogates.engine import ACTIVATIONS, MLPEngine
 from surrogates.network import MLP
+from training.engine import ACTIVATIONS, MLPEngine
 
 ALL = sorted(ACTIVATIONS)
 
@@ -123,7 +123,7 @@ def test_the_trainer_gives_the_same_run_on_the_fused_and_the_autograd_path(tmp_p
     """Same data order, same losses, same schedule: the two paths follow the same trajectory (float32 rounding
     apart) and their loss curves agree closely."""
     from surrogates.losses import DataLoss
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     g = np.random.default_rng(0)
     X = g.uniform(-1, 1, (600, 3)).astype(np.float32)
@@ -177,7 +177,7 @@ def _pinn_trainer(out, capture, engine="fused"):
     from surrogates.config import load_config
     from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
     from surrogates.problems import problem_from_config
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     c = problem_from_config("C", load_config())
     g = np.random.default_rng(0)
@@ -212,7 +212,7 @@ def test_the_capturable_step_never_touches_the_host(tmp_path, monkeypatch):
     operator of the static step's body (data, ODE residual and initial-condition losses, optimiser)."""
     from conftest import op_recorder
 
-    from surrogates.graph import StaticStep
+    from training.graph import StaticStep
 
     rec = op_recorder()
     body = StaticStep._body
@@ -375,7 +375,7 @@ def _gate_trainer(out, capture, t_end=12.0, engine="fused"):
     from surrogates.datasets import trace_states
     from surrogates.losses import DataLoss, GateResidualLoss
     from surrogates.problems import problem_from_config
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     cfg = load_config()
     cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": t_end}
@@ -398,7 +398,7 @@ def _gate_trainer(out, capture, t_end=12.0, engine="fused"):
 def test_the_polish_objective_in_static_form_follows_the_plain_one(tmp_path, capsys):
     """The polish's objective as the CUDA graph would replay it (run uncaptured on the CPU): the same L-BFGS
     run, loss for loss, as op-by-op evaluation; a capture that fails falls back to it and says so."""
-    from surrogates import graph
+    from training import graph
 
     runs = []
     for static in (True, False):  # the same first-order steps (the static step) before either polish
@@ -431,7 +431,7 @@ def test_the_static_polish_objective_keeps_the_float64_copys_precision(tmp_path)
     """The captured objective's static outputs are made in the objective's own precision: on the float64 copy
     the loss L-BFGS compares in its line search is float64 (rounded to float32 it stalls as the float32
     polish does) and equals the op-by-op value exactly."""
-    from surrogates import graph
+    from training import graph
 
     tr, m = _gate_trainer(tmp_path, True)
     tr.train(1)
@@ -473,7 +473,7 @@ def test_the_captured_polish_on_a_gpu_matches_the_uncaptured_one(tmp_path, dtype
     inside a capture, and L-BFGS's line search amplifies rounding), while both had lowered it ~2,500x."""
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device")
-    from surrogates import graph
+    from training import graph
 
     wide = dtype == "float64"
     tight = dict(rtol=1e-10, atol=1e-13) if wide else dict(rtol=2e-5, atol=1e-7)
@@ -682,7 +682,7 @@ def test_a_float64_polish_moves_a_float64_copy_and_rounds_each_round_back(tmp_pa
     best, _ = load_checkpoint(tmp_path / "float64" / "best_model.pth")
     assert all(v.dtype == torch.float32 for v in best.state_dict().values())
 
-    from surrogates import cpu_step
+    from training import cpu_step
 
     if cpu_step.unavailable_reason() is None:  # engine cpp: its compiled steps in float32, then in float64
         tr, m = _gate_trainer(tmp_path / "cpp", False)
@@ -702,7 +702,7 @@ def test_a_float64_polish_moves_a_float64_copy_and_rounds_each_round_back(tmp_pa
 
 def test_lbfgs_dtype_is_checked():
     from core.errors import InvalidInputError
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     with pytest.raises(InvalidInputError, match="lbfgs_dtype must be 'float32', 'float64' or 'auto', got 'half'"):
         Trainer(MLP(2, 1, [("Tanh", 4)]), "unused", lbfgs_dtype="half")
@@ -712,7 +712,7 @@ def test_an_auto_polish_goes_on_in_float64_where_float32_stalls(tmp_path, monkey
     """lbfgs_dtype = auto: the polish runs in float32 until no step changes the float32 loss, then the
     iterations left run on a float64 copy (here float32 steps are made to find nothing, as in the hh_m stalls):
     it goes on to the end and lowers the loss; with float32 alone it stops at the stall."""
-    import surrogates.lbfgs as mod
+    import training.lbfgs as mod
 
     real = mod._strong_wolfe
 
@@ -736,3 +736,47 @@ def test_an_auto_polish_goes_on_in_float64_where_float32_stalls(tmp_path, monkey
     assert n32 == 40 and len(f32) == 2  # rows at 20 (Adam) and 40: stopped at the stall
     assert n_auto == 120 and auto[-1] < 0.5 * f32[-1]  # 20 Adam steps, 100 polish iterations, 80 of them float64
 
+
+def test_the_training_paths_are_the_engines_the_configuration_names():
+    """training.paths.REGISTRY and the configuration schema's training.engine name the same paths."""
+    from pathlib import Path
+
+    import yaml
+
+    from training.paths import REGISTRY
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "core" / "config.schema.yaml").read_text())
+    assert list(REGISTRY) == schema["$defs"]["train_keys"]["engine"]["enum"]
+    assert all(name == p.name for name, p in REGISTRY.items())
+
+
+def test_the_trainer_takes_its_training_path_from_the_registry(tmp_path, monkeypatch):
+    """A path registered under a new name is one the Trainer accepts; it puts its kernels into the engine of
+    the first-order steps and into the polish's; an unknown name is refused, naming the registered ones."""
+    from core.errors import InvalidInputError
+    from surrogates.losses import DataLoss
+    from training import paths
+    from training.trainer import Trainer
+
+    calls = []
+
+    class Recording(paths.TorchOperators):
+        name = "recording"
+
+        def kernels(self, trainer, eng, polish):
+            calls.append((polish, eng.W[0].dtype))
+
+    monkeypatch.setitem(paths.REGISTRY, "recording", Recording())
+    g = np.random.default_rng(0)
+    X = g.uniform(-1, 1, (200, 2)).astype(np.float32)
+    Y = np.sin(X[:, :1]).astype(np.float32)
+    torch.manual_seed(0)
+    tr = Trainer(MLP(2, 1, [("Tanh", 8)]), tmp_path / "r", val_every=10, engine="recording", lbfgs_iterations=20,
+                 lbfgs_dtype="float64", progress=False)
+    tr.add_loss(DataLoss(X, Y, batch_size=32, seed=1, name="data"))
+    summary = tr.train(20)
+    assert calls == [(False, torch.float32), (True, torch.float64)]
+    assert summary["path"] == "fused engine" and summary["iterations"] == 40
+    with pytest.raises(InvalidInputError, match=r"unknown engine 'nope'; valid: \['auto', 'fused', 'cpp', 'triton', "
+                                                r"'autograd', 'recording'\]"):
+        Trainer(MLP(2, 1, [("Tanh", 8)]), tmp_path / "n", engine="nope")

@@ -17,7 +17,8 @@ from surrogates.config import ensemble_grid, training_grid, validate_config
 from surrogates.ensemble import Ensemble, main as ensemble_main, score_ensemble
 from surrogates.itnn import rollout
 from surrogates.network import MLP, load_checkpoint
-from surrogates.train import evaluate, train_surrogate
+from surrogates.scoring import evaluate
+from training.train import train_surrogate
 
 ARCH = "mlp3x64"
 

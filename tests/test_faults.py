@@ -17,7 +17,8 @@ import torch
 
 from conftest import ROOT, snakemake_cmd
 from core.layout import Layout
-from surrogates import MLP, Trainer, DataLoss
+from surrogates import MLP, DataLoss
+from training import Trainer
 from core import io as core_io
 from core.io import load_dataset
 

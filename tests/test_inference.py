@@ -18,7 +18,7 @@ from inference.workloads import Case, kept_times
 from surrogates.config import load_config, validate_config
 from surrogates.network import MLP, save_checkpoint
 from surrogates.problems import problem_from_config
-from surrogates.train import expected_model
+from surrogates.scoring import expected_model
 
 
 def direct_rows(problem, n_cells, n_outputs, t_end=50.0):

@@ -1,8 +1,8 @@
-"""surrogates.lbfgs.LBFGS: torch's L-BFGS with the two-loop recursion in matrix form."""
+"""training.lbfgs.LBFGS: torch's L-BFGS with the two-loop recursion in matrix form."""
 import pytest
 import torch
 
-from surrogates.lbfgs import LBFGS
+from training.lbfgs import LBFGS
 
 
 def _problem(seed=0):
@@ -99,7 +99,7 @@ def _stalling_line_search(monkeypatch, stall_with_history=True):
     """The strong-Wolfe search, except that it finds no step (t = 0) along a direction built from the
     history (or along every direction): a call then moves no parameter, as in the float32 stalls seen in
     hh_m polishes."""
-    import surrogates.lbfgs as mod
+    import training.lbfgs as mod
 
     real = mod._strong_wolfe
 
@@ -158,7 +158,7 @@ def test_the_polish_stops_once_lbfgs_has_converged(monkeypatch, tmp_path, capsys
 
     from surrogates.losses import DataLoss
     from surrogates.network import MLP
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     _stalling_line_search(monkeypatch, stall_with_history=False)
     rng = np.random.default_rng(0)
@@ -179,7 +179,7 @@ def test_the_line_search_is_torchs_on_floats():
     divides a number by a tensor as a reciprocal times the number)."""
     from torch.optim.lbfgs import _strong_wolfe as torchs
 
-    import surrogates.lbfgs as mod
+    import training.lbfgs as mod
 
     def fn(x):
         return (x ** 4).sum() - 3 * (x ** 2).sum() + x.sum()

@@ -25,7 +25,8 @@ from core.layout import Layout
 from core.lock import FolderBusyError, FolderLock
 from surrogates import datasets as ds
 from surrogates.network import load_checkpoint, save_checkpoint
-from surrogates.train import expected_model, main as train_main, train_surrogate
+from surrogates.scoring import expected_model
+from training.train import main as train_main, train_surrogate
 
 ARCH = "mlp3x64"
 

@@ -112,7 +112,7 @@ def test_bad_weights_are_refused(bad):
 def test_training_takes_the_sampling_setting(cfg, tmp_path):
     from core.layout import Layout
     from surrogates import datasets as ds
-    from surrogates.train import train_surrogate
+    from training.train import train_surrogate
 
     from conftest import ROOT, TINY
     from core.config import merge, read_config

@@ -1,4 +1,4 @@
-"""Trainers side by side in one process (surrogates.side_by_side): each exactly as trained alone."""
+"""Trainers side by side in one process (training.side_by_side): each exactly as trained alone."""
 import numpy as np
 import pytest
 import torch
@@ -7,8 +7,8 @@ from surrogates.config import load_config
 from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
 from surrogates.network import MLP
 from surrogates.problems import problem_from_config
-from surrogates.side_by_side import in_side_by_side_thread, train_side_by_side
-from surrogates.trainer import Trainer, TrainingDivergedError
+from training.side_by_side import in_side_by_side_thread, train_side_by_side
+from training.trainer import Trainer, TrainingDivergedError
 
 
 def _pinn(out, seed, device="cpu", explode=False):

@@ -17,8 +17,8 @@ from surrogates.losses import DataLoss, GateResidualLoss, InitialConditionLoss, 
 from surrogates.network import MLP, load_checkpoint, load_weights, save_checkpoint
 from surrogates.config import load_config, validate_config
 from surrogates.problems import problem_from_config
-from surrogates.train import train_surrogate
-from surrogates.trainer import Trainer, TrainingDivergedError
+from training.train import train_surrogate
+from training.trainer import Trainer, TrainingDivergedError
 
 
 @pytest.fixture(scope="module")
@@ -331,9 +331,9 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_best_checkpoin
 @pytest.mark.parametrize("optimiser", ["ours", "torch's"])
 @pytest.mark.parametrize("engine", ["autograd", "fused"])
 def test_a_non_finite_loss_in_the_polish_stops_it_at_once(tmp_path, monkeypatch, engine, optimiser):
-    """In the L-BFGS polish the loss is checked on every evaluation: by the value surrogates.lbfgs.LBFGS reads
+    """In the L-BFGS polish the loss is checked on every evaluation: by the value training.lbfgs.LBFGS reads
     back anyway (no read of its own), or in the closure where the optimiser is another one."""
-    import surrogates.lbfgs as lb
+    import training.lbfgs as lb
 
     if optimiser == "torch's":
         monkeypatch.setattr(lb, "LBFGS", torch.optim.LBFGS)
@@ -418,7 +418,7 @@ def test_a_tiny_training_run_reduces_test_error_and_writes_metrics(cfg, data, tm
     for k in ("mae", "max_abs_err", "rel_l2", "n_params", "train_seconds", "iterations", "device", "euler_floor"):
         assert k in m, k
     assert m["test"]["rows"] == 30 * 200 and m["device"] == "cpu" and m["iterations"] == 600
-    from surrogates.cpu_step import unavailable_reason  # engine "auto" on a CPU: the compiled steps where they build
+    from training.cpu_step import unavailable_reason  # engine "auto" on a CPU: the compiled steps where they build
 
     assert m["training_path"] == ("fused engine" if unavailable_reason() else "fused engine, compiled CPU steps")
 

@@ -1,4 +1,4 @@
-"""The fused engine's data step in one Triton kernel (surrogates.triton_step).
+"""The fused engine's data step in one Triton kernel (training.triton_step).
 
 On a CPU the kernel runs through Triton's interpreter and is compiled ahead of time for sm_90 (ptxas
 figures); the ``gpu`` test runs the captured training step on CUDA. The reference is the fused engine's own
@@ -12,8 +12,8 @@ import torch
 import triton
 
 from core.errors import InvalidInputError
-from surrogates.engine import MLPEngine
 from surrogates.network import MLP
+from training.engine import MLPEngine
 
 NETS = {
     "3x64": ([("SiLU", 64), ("Sigmoid", 64), ("Sigmoid", 64)], 4, 2),
@@ -58,7 +58,7 @@ def grads(net):
 @pytest.mark.parametrize("name,rows", [("3x64", 200), ("4x128", 50), ("odd", 77), ("relu-tanh", 33)])
 def test_the_kernel_gives_the_engines_loss_and_gradients(interpreter, name, rows):
     """Rows that are and are not a multiple of BLOCK_M; every activation; the second call in a step adds."""
-    from surrogates.triton_step import TritonDataStep
+    from training.triton_step import TritonDataStep
 
     net = make(name)
     eng = MLPEngine(net, 1024)
@@ -88,7 +88,7 @@ def test_a_trainer_on_the_triton_engine_follows_the_fused_one(interpreter):
     """Trainer(engine="triton") through the static step (what a GPU captures): the same loss curve and weights
     as engine "fused" to float32 rounding, over 20 Adam steps with a cosine schedule."""
     from surrogates.losses import DataLoss
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, (600, 4)).astype(np.float32)
@@ -116,7 +116,7 @@ def test_a_pinn_on_the_triton_engine_follows_the_fused_one(interpreter, tmp_path
     equal engine "fused"'s."""
     from test_engine import _pinn_trainer
 
-    from surrogates.triton_step import TritonResidualStep
+    from training.triton_step import TritonResidualStep
 
     calls = []
     call = TritonResidualStep.__call__
@@ -155,7 +155,7 @@ def test_the_residual_kernel_gives_the_engines_loss_and_gradients(interpreter, n
     closed-form gradient, backward) against the engine's torch operators: the same loss and gradients after
     a data term (added to it), rows that are not a multiple of BLOCK_M."""
     from surrogates.losses import ODEResidualLoss
-    from surrogates.triton_step import residual_steps
+    from training.triton_step import residual_steps
 
     hidden, pname = RESIDUAL_NETS[name]
     p = _problem(pname)
@@ -183,20 +183,20 @@ def test_the_residual_kernel_leaves_what_it_does_not_write_to_the_engine(interpr
     engine's torch operators do it). A problem whose inputs are not the network's is refused by name."""
     import solvers
     from surrogates.problems import Problem
-    from surrogates.triton_step import TritonResidualStep, _residual_source, residual_steps
+    from training.triton_step import TritonResidualStep, _residual_source, residual_steps
 
     hh = Problem("hh", "trajectory", solvers.get_model("hh"), ("t", "V0", "I_stim"), ("V", "m", "h", "n"),
                  t_end=5.0, ranges={"V0": (-80.0, 30.0), "I_stim": (0.0, 15.0)})
     net = build_net([("Tanh", 16)], 3, 4)
     assert residual_steps(MLPEngine(net, 32))(hh) is None
     c = _problem("C")
-    src = _residual_source(__import__("surrogates.triton_step", fromlist=["_Layout"])._Layout(make("3x64")), c)
+    src = _residual_source(__import__("training.triton_step", fromlist=["_Layout"])._Layout(make("3x64")), c)
     with pytest.raises(InvalidInputError, match="problem 'C' has 4 inputs and 2 outputs, the network 3 and 4"):
         TritonResidualStep(MLPEngine(net, 32), c, src)
 
 
 def test_what_the_kernel_cannot_do_is_refused_by_name(interpreter):
-    from surrogates.triton_step import TritonDataStep
+    from training.triton_step import TritonDataStep
 
     net = MLP(2, 1, [("Tanh", 8)], output_activation="Sigmoid", input_range=([0, 0], [1, 1]))
     with pytest.raises(InvalidInputError, match="without an output activation"):
@@ -217,7 +217,7 @@ def test_what_the_kernel_cannot_do_is_refused_by_name(interpreter):
 
 
 def test_without_the_interpreter_a_cpu_model_is_refused():
-    from surrogates.triton_step import TritonDataStep
+    from training.triton_step import TritonDataStep
 
     with triton.knobs.runtime.scope():
         triton.knobs.runtime.interpret = False
@@ -239,8 +239,8 @@ def ptxas():
 @pytest.mark.parametrize("name", ["3x64", "4x128"])
 def test_the_kernel_compiles_for_sm90(ptxas, name):
     """Compiled ahead of time for an H100 (no GPU needed): tensor-core products; the 3x64 net without
-    spills at its launch configuration (the 4x128 net spills some: printed, see surrogates.triton_step)."""
-    from surrogates.triton_step import ptx_report
+    spills at its launch configuration (the 4x128 net spills some: printed, see training.triton_step)."""
+    from training.triton_step import ptx_report
 
     r = ptx_report(make(name))
     print(f"\n{r['network']}: BLOCK_M={r['BLOCK_M']} num_warps={r['num_warps']} {r['registers']} registers, "
@@ -255,7 +255,7 @@ def test_the_kernel_compiles_for_sm90(ptxas, name):
 def test_the_residual_kernel_compiles_for_sm90(ptxas, name):
     """The residual step compiled ahead of time for an H100 (problem C): tensor-core products; the 3x64 net
     without spills at its launch configuration (the 4x128 net spills some: printed)."""
-    from surrogates.triton_step import ptx_report
+    from training.triton_step import ptx_report
 
     r = ptx_report(make(name), problem=_problem("C"))
     print(f"\nresidual step, {r['network']}: BLOCK_M={r['BLOCK_M']} num_warps={r['num_warps']} {r['registers']} "
@@ -269,7 +269,7 @@ def test_the_residual_kernel_compiles_for_sm90(ptxas, name):
 def test_gpu_captured_triton_step_follows_the_fused_one():
     """On CUDA: the captured training step with the Triton data step against the captured fused step."""
     from surrogates.losses import DataLoss
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, (20_000, 4)).astype(np.float32)
@@ -293,7 +293,7 @@ def test_gpu_captured_triton_pinn_step_follows_the_fused_one():
     """On CUDA: a PINN on C (data, ODE residual, initial condition), captured, with the Triton data and residual
     steps against the captured fused step: the same loss curve within 2% over 500 steps."""
     from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
-    from surrogates.trainer import Trainer
+    from training.trainer import Trainer
 
     c = _problem("C")
     rng = np.random.default_rng(0)

@@ -23,7 +23,8 @@ from core.errors import InvalidInputError, ProvenanceError
 from core.layout import Layout
 from surrogates import datasets as ds
 from surrogates.network import load_checkpoint
-from surrogates.train import expected_model, train_surrogate
+from surrogates.scoring import expected_model
+from training.train import train_surrogate
 
 ARCH = "mlp3x64"
 
@@ -241,12 +242,12 @@ def _bad_invocations(tmp_path):
     yield ("benchmarks.surrogate_accuracy", "--config", quick, "--workers", "0"), ["--workers", "at least 1"]
     yield ("surrogates.datasets", "--config", missing, "test", "--problem", "B", "--out", tmp_path / "t.npz"), [str(missing)]
     yield ("surrogates.datasets", "--config", quick, "test", "--problem", "Z", "--out", tmp_path / "t.npz"), ["'Z'"]
-    yield ("surrogates.train", "--config", quick, "--problem", "B", "--surrogate", "nosuch", "--n", "300", "--data",
+    yield ("training.train", "--config", quick, "--problem", "B", "--surrogate", "nosuch", "--n", "300", "--data",
            tmp_path, "--out", tmp_path / "o"), ["--surrogate", "nosuch"]
-    yield ("surrogates.train", "--config", quick, "--problem", "B", "--surrogate", "ddnn", "--n", "0", "--data",
+    yield ("training.train", "--config", quick, "--problem", "B", "--surrogate", "ddnn", "--n", "0", "--data",
            tmp_path, "--out", tmp_path / "o"), ["--n"]
     # a folder that cannot be written (here: below a file): the OS's reason, naming the path
-    yield ("surrogates.train", "--config", quick, "--problem", "B", "--surrogate", "ddnn", "--n", "300", "--data",
+    yield ("training.train", "--config", quick, "--problem", "B", "--surrogate", "ddnn", "--n", "300", "--data",
            tmp_path, "--out", a_file / "run"), [str(a_file / "run")]
 
 

@@ -36,9 +36,9 @@ rule train:
         "../scripts/train.py"
 
 
-# training.cohort: the seeds of a data-only kind trained together as one stacked model (surrogates.cohort);
+# training.cohort: the seeds of a data-only kind trained together as one stacked model (training/cohort.py);
 # with training.side_by_side every kind's, those that cannot be stacked in threads on a GPU
-# (surrogates.side_by_side); one job writing every seed's files (the same files, so the rest of the DAG is unchanged; a killed cohort
+# (training/side_by_side.py); one job writing every seed's files (the same files, so the rest of the DAG is unchanged; a killed cohort
 # resumes from the seeds' checkpoint.pth files).
 if COHORT:
 

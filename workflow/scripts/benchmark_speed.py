@@ -13,7 +13,7 @@ from benchmarks import speedup  # noqa: E402
 from core.io import write_text  # noqa: E402
 from surrogates.config import speed_problem_of, training_settings  # noqa: E402
 from surrogates.problems import problem_from_config  # noqa: E402
-from surrogates.train import expected_model  # noqa: E402
+from surrogates.scoring import expected_model  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 cfg, sp = dict(snakemake.config), snakemake.params.speed

@@ -14,7 +14,7 @@ from inference.export import export_onnx  # noqa: E402
 from surrogates.datasets import expected_provenance  # noqa: E402
 from surrogates.network import load_checkpoint  # noqa: E402
 from surrogates.problems import problem_from_config  # noqa: E402
-from surrogates.train import expected_model  # noqa: E402
+from surrogates.scoring import expected_model  # noqa: E402
 
 w, cfg = snakemake.wildcards, snakemake.config
 # the checkpoint must be the model this folder names, and the validation set that problem's

@@ -8,7 +8,7 @@ from _log import to_log  # noqa: E402
 to_log(snakemake)
 import torch  # noqa: E402
 
-from surrogates.train import train_surrogate  # noqa: E402
+from training.train import train_surrogate  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 w, i = snakemake.wildcards, snakemake.input

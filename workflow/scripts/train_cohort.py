@@ -1,5 +1,5 @@
-"""Rule train_cohort: the seeds of one run trained together (stacked, surrogates.cohort; with training.side_by_side
-on a GPU, those that cannot be stacked in threads, surrogates.side_by_side), each scored alone."""
+"""Rule train_cohort: the seeds of one run trained together (stacked, training/cohort.py; with training.side_by_side
+on a GPU, those that cannot be stacked in threads, training/side_by_side.py), each scored alone."""
 import sys
 from pathlib import Path
 
@@ -9,7 +9,7 @@ from _log import to_log  # noqa: E402
 to_log(snakemake)
 import torch  # noqa: E402
 
-from surrogates.train import train_surrogates  # noqa: E402
+from training.train import train_surrogates  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 w, i = snakemake.wildcards, snakemake.input

@@ -4,7 +4,7 @@ A small MLP's step uses a fraction of a GPU; the seeds of one (problem, kind, n,
 computation on different numbers. :func:`train_together` trains them as one stacked model: each layer's
 weights are one ``(S, out, in)`` tensor, the products are batched (``baddbmm``/``bmm``), one fused Adam
 updates all of them (Adam is elementwise, so each seed's update is the one it would get alone), and on a
-GPU the whole step is captured in a CUDA graph as in :mod:`~surrogates.graph`.
+GPU the whole step is captured in a CUDA graph as in :mod:`~training.graph`.
 
 Each seed keeps everything it has when trained alone: its own initialisation (its network is built by its
 own seed before stacking), its own data order (its own :class:`~surrogates.losses.DataLoss` generator),
@@ -25,10 +25,10 @@ import sys
 import torch
 
 from core.errors import InvalidInputError
+from surrogates.losses import FUSED_POWERS, DataLoss
+from surrogates.network import MLP
 
 from .engine import ACTIVATIONS, FusedAdam, _Products, power_loss
-from .losses import FUSED_POWERS, DataLoss
-from .network import MLP
 
 
 def cohort_refusal(trainers) -> str | None:
@@ -77,7 +77,7 @@ def train_together(trainers, num_iterations: int, side_by_side: bool = False) ->
     """Train every Trainer for ``num_iterations`` steps, as one stacked model where :func:`cohort_refusal`
     allows; returns each one's :meth:`Trainer.train` summary (with ``cohort``: the number trained together).
     Where it does not: with ``side_by_side`` on a GPU each in its own thread and stream
-    (:mod:`~surrogates.side_by_side`), else one after the other."""
+    (:mod:`~training.side_by_side`), else one after the other."""
     reason = cohort_refusal(trainers)
     if reason is not None:
         if len(trainers) > 1 and side_by_side and next(trainers[0].model.parameters()).device.type == "cuda":
@@ -117,7 +117,7 @@ def train_together(trainers, num_iterations: int, side_by_side: bool = False) ->
                     t._check_finite(total, terms, since=last_check)
                 t._validation_event(total, terms, steppers[s], num_iterations, t0s[s])
             last_check = iteration
-    return [{**t._finish(False, t0), "cohort": len(trainers), "path": "seeds stacked (surrogates.cohort)"}
+    return [{**t._finish(False, t0), "cohort": len(trainers), "path": "seeds stacked (training.cohort)"}
             for t, t0 in zip(trainers, t0s)]
 
 
@@ -241,7 +241,7 @@ class _Cohort:
     def _bmm(self, key, A, B, out, bias=None):
         """``out = A @ B (+ bias)`` per network; on a CPU a tall, narrow result (the first layer's weight
         gradient, the output layer's values) is computed as its wide transpose, several times faster there
-        (as :class:`~surrogates.engine._Products`; a fixed rule, so every run makes the same choice)."""
+        (as :class:`~training.engine._Products`; a fixed rule, so every run makes the same choice)."""
         if not (self.cpu and out.shape[2] < _Products.NARROW < out.shape[1]):
             if bias is not None:
                 return torch.baddbmm(bias.unsqueeze(1), A, B, out=out)

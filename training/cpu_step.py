@@ -1,6 +1,6 @@
 """The fused engine's data and residual steps on a CPU as compiled calls (``cpu_step.cpp``, built on first use).
 
-On a CPU the fused engine's data step (:meth:`~surrogates.engine.MLPEngine.data_step`) is some forty torch
+On a CPU the fused engine's data step (:meth:`~training.engine.MLPEngine.data_step`) is some forty torch
 operators for the paper's 3x64 network: eleven matrix products, the activations and their derivatives, the
 bias gradients, each a separate pass over the batch with its own call overhead. Here one C++ call does the
 same arithmetic: rows in tiles of :data:`TILE` (a tile's activations stay in the core's cache), every wide
@@ -12,10 +12,10 @@ polynomial (within 2 ulp of ``expf``), so results equal the engine's to float32 
 (tests: loss and gradients to 1e-5 relative, every activation, ragged tiles, a term added to another).
 The ODE residual's step is one call too, :class:`CpuResidualStep`: per tile of :data:`RESIDUAL_TILE` rows the
 inputs scaled, the forward pass with tangents, the residual's loss and closed-form gradient by a C callback
-generated from the cell model (:mod:`~surrogates.cpu_residual`, compiled by Numba), and the backward pass, so
+generated from the cell model (:mod:`~training.cpu_residual`, compiled by Numba), and the backward pass, so
 that a tile's arrays stay in the core's cache throughout. A residual whose gradient is torch operators on the
 small output tensors (hh_m's gate residual, a model without a printable Jacobian) takes two calls,
-:class:`CpuTangentStep` (:meth:`~surrogates.engine.MLPEngine.tangent_step_closed`): the forward pass with
+:class:`CpuTangentStep` (:meth:`~training.engine.MLPEngine.tangent_step_closed`): the forward pass with
 tangents, then, after the residual's gradient, the backward pass; over more than 2,048 rows (hh_m's 8,001
 trace points) in tiles of 256 rows.
 
@@ -56,7 +56,7 @@ import torch
 from core.errors import InvalidInputError, PipelineError
 from core.io import write_bytes
 
-from .activations import TABLE
+from surrogates.activations import TABLE
 
 SOURCE = Path(__file__).with_name("cpu_step.cpp")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
@@ -227,7 +227,7 @@ class _Compiled:
 class CpuDataStep(_Compiled):
     """``engine``'s data step (mean squared error) as one compiled call.
 
-    Call it as :meth:`~surrogates.engine.MLPEngine.data_step` (``xs``, ``ys`` scaled, in the network's precision, on the CPU;
+    Call it as :meth:`~training.engine.MLPEngine.data_step` (``xs``, ``ys`` scaled, in the network's precision, on the CPU;
     ``p`` must be 2). It reads the weights where the optimiser keeps them and writes (or, after another term,
     adds) the gradients into the parameters' ``.grad``. Any number of rows (``rows`` is unbounded).
     """
@@ -253,7 +253,7 @@ class CpuDataStep(_Compiled):
 
 class CpuTangentStep(_Compiled):
     """``engine``'s residual step with a closed-form gradient
-    (:meth:`~surrogates.engine.MLPEngine.tangent_step_closed`) in two compiled calls: the forward pass with
+    (:meth:`~training.engine.MLPEngine.tangent_step_closed`) in two compiled calls: the forward pass with
     tangents, then, after ``residual_grad`` (the caller's closed form on the small output tensors), the backward pass.
     Per layer it keeps ``[a; at]`` and ``[f'(z); f''(z) zt]`` (two blocks of the call's rows) for up to
     ``rows`` rows (the engine's)."""
@@ -285,15 +285,15 @@ class CpuTangentStep(_Compiled):
 
 class CpuResidualStep(_Compiled):
     """A residual step whose residual is a compiled C callback (the ODE residual's ``tile`` from
-    :func:`surrogates.cpu_residual.residual_kernel`) as one compiled call: per tile of :data:`RESIDUAL_TILE`
-    rows the inputs scaled as :meth:`~surrogates.engine.MLPEngine.scale_x` does, the forward pass with tangents
+    :func:`training.cpu_residual.residual_kernel`) as one compiled call: per tile of :data:`RESIDUAL_TILE`
+    rows the inputs scaled as :meth:`~training.engine.MLPEngine.scale_x` does, the forward pass with tangents
     along the shared direction ``v``, the residual's loss and gradient by the callback, and the backward pass.
     A tile's arrays stay in the core's cache from the first layer to the last and back, and there is no Python,
     no torch operator and no buffer between the passes (:class:`CpuTangentStep` takes three calls and keeps
     every layer's arrays for all rows).
 
     Call it as ``step(x, v, weight)`` with ``x`` the points in physical units: the same loss and gradients
-    (written or added into the parameters' ``.grad``) as :meth:`~surrogates.engine.MLPEngine.tangent_step_closed`
+    (written or added into the parameters' ``.grad``) as :meth:`~training.engine.MLPEngine.tangent_step_closed`
     with the callback's closed form, to float32 rounding (tests). Any number of rows."""
 
     what = "the compiled CPU residual step"
@@ -303,7 +303,7 @@ class CpuResidualStep(_Compiled):
         m = engine.model
         outputs, inputs = engine.linears[-1].out_features, engine.linears[0].in_features
         if getattr(residual, "OUTPUTS", None) != outputs or not hasattr(residual, "tile"):
-            raise InvalidInputError(f"{self.what} needs a residual kernel for {outputs} outputs (surrogates.cpu_residual), "
+            raise InvalidInputError(f"{self.what} needs a residual kernel for {outputs} outputs (training.cpu_residual), "
                                     f"got {residual!r}")
         self.residual = residual  # keeps the callback (and its address) alive
         self.fn = int(residual.tile.address)
@@ -329,7 +329,7 @@ class CpuResidualStep(_Compiled):
 
 def residual_steps(engine):
     """``problem -> CpuResidualStep`` on ``engine`` (the engine's ``residual_kernel``): ``None`` for a problem
-    whose model has no compiled residual (:func:`surrogates.cpu_residual.residual_kernel`)."""
+    whose model has no compiled residual (:func:`training.cpu_residual.residual_kernel`)."""
     from .cpu_residual import residual_kernel
 
     made: dict = {}

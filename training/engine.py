@@ -25,7 +25,7 @@ import torch
 
 from core.errors import InvalidInputError
 
-from .activations import LEAKY_SLOPE
+from surrogates.activations import LEAKY_SLOPE
 
 SQRT_2PI = math.sqrt(2.0 * math.pi)
 
@@ -283,7 +283,7 @@ class MLPEngine:
     """
 
     def __init__(self, model, rows: int):
-        from .network import MLP
+        from surrogates.network import MLP
 
         if not isinstance(model, MLP):
             raise InvalidInputError(f"the MLP engine trains surrogates.network.MLP networks, not {type(model).__name__}")
@@ -327,12 +327,12 @@ class MLPEngine:
         self._written = False
         self.mm = _Products(dev)
         self._views: dict = {}
-        # a kernel that does a whole mean-squared-error data step (surrogates.triton_step, surrogates.cpu_step),
-        # and one for a residual step with a closed-form gradient (surrogates.cpu_step), or None
+        # a kernel that does a whole mean-squared-error data step (training.triton_step, training.cpu_step),
+        # and one for a residual step with a closed-form gradient (training.cpu_step), or None
         self.data_kernel = None
         self.tangent_kernel = None
         # and a maker of whole ODE residual steps in one call: problem -> step(x, v, weight) -> loss, or None
-        # where it does not write that problem's residual (surrogates.cpu_step.residual_steps, triton_step's)
+        # where it does not write that problem's residual (training.cpu_step.residual_steps, triton_step's)
         self.residual_kernel = None
 
     def _v(self, n: int) -> dict:

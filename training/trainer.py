@@ -26,12 +26,13 @@ from core.errors import InvalidInputError, PipelineError
 
 from core.io import write_text
 
-from .losses import Loss
-from .network import load_weights, save_checkpoint, state_copy, torch_save
+from surrogates.losses import Loss
+from surrogates.network import load_weights, save_checkpoint, state_copy, torch_save
+
+from .paths import REGISTRY as PATHS
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULES = ("constant", "cosine", "exponential")
-ENGINES = ("auto", "fused", "cpp", "triton", "autograd")
 ADAMW_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's default, kept by the fused path
 
 
@@ -133,17 +134,17 @@ class Trainer:
         on a terminal, one line per validation otherwise (a job's log).
     fingerprint : what the run is (settings, data); a ``checkpoint.pth`` written for another is not resumed.
     checkpoint_meta : extra entries for the meta of ``best_model.pth`` (e.g. its ``provenance``).
-    engine : ``"auto"`` (the hand-written :mod:`~surrogates.engine` when the model is an ``MLP`` and every loss
+    engine : ``"auto"`` (the hand-written :mod:`~training.engine` when the model is an ``MLP`` and every loss
         has a fused form, else autograd; on a CPU, for a float32 model, with its mean-squared-error data steps
-        and closed-form residual steps as compiled calls, :mod:`~surrogates.cpu_step`, where they can be built),
+        and closed-form residual steps as compiled calls, :mod:`~training.cpu_step`, where they can be built),
         ``"fused"`` (the engine on torch operators only; required: an error names the loss that has none),
         ``"cpp"`` (the engine with the compiled CPU steps; an error says why where they cannot be built),
         ``"autograd"``, or
         ``"triton"``: the fused engine with each mean-squared-error data step in one Triton kernel, and an ODE
-        residual step too where the kernel writes the model's residual (:mod:`~surrogates.triton_step`; a CUDA
+        residual step too where the kernel writes the model's residual (:mod:`~training.triton_step`; a CUDA
         device, or the CPU under ``TRITON_INTERPRET=1``; the data step on an H200 2.6x the fused step's
         iterations/s for the 3x64 net, captured; the residual step never run on a GPU). All paths compute the same losses and gradients (tests: to 1e-5).
-    capture : run the fused step as one static step (:mod:`~surrogates.graph`) replayed from a CUDA graph:
+    capture : run the fused step as one static step (:mod:`~training.graph`) replayed from a CUDA graph:
         ``"auto"`` on a GPU with the fused engine and Adam/AdamW, ``True`` (on a CPU the static step runs
         uncaptured, as the tests do) or ``False``. Losses are then read at validation only.
     """
@@ -159,8 +160,8 @@ class Trainer:
             raise InvalidInputError(f"unknown lr_schedule {lr_schedule!r}; valid: {list(SCHEDULES)}")
         if val_every < 1:
             raise InvalidInputError(f"val_every must be >= 1, got {val_every}")
-        if engine not in ENGINES:
-            raise InvalidInputError(f"unknown engine {engine!r}; valid: {list(ENGINES)}")
+        if engine not in PATHS:  # the training paths by name (training.paths)
+            raise InvalidInputError(f"unknown engine {engine!r}; valid: {list(PATHS)}")
         self.engine = engine
         if capture not in ("auto", True, False):
             raise InvalidInputError(f"capture must be 'auto', True or False, got {capture!r}")
@@ -201,27 +202,22 @@ class Trainer:
         self.losses.append((loss, float(weight)))
 
     def _fused_steps(self):
-        """The losses' fused steps on one :class:`~surrogates.engine.MLPEngine`, or ``None`` for autograd."""
+        """The losses' fused steps on one :class:`~training.engine.MLPEngine`, or ``None`` for autograd."""
         from .engine import MLPEngine
-        from .network import MLP
+        from surrogates.network import MLP
 
-        if self.engine == "autograd":
+        path = PATHS[self.engine]
+        if not path.fused:
             return None
-        required = self.engine in ("fused", "cpp", "triton")
+        required = path.required
         if not isinstance(self.model, MLP):
             if required:
                 raise InvalidInputError(f"engine {self.engine!r} trains surrogates.network.MLP, not {type(self.model).__name__}")
             return None
         eng = MLPEngine(self.model, max(l.fused_rows() for l, _ in self.losses) or 1)
         # the kernels first: a loss's fused form looks at them (the ODE residual's gradient is compiled
-        # too where the compiled CPU steps train, surrogates.cpu_residual)
-        if self.engine == "triton":  # the data steps (mean squared error) in one Triton kernel each
-            from .triton_step import TritonDataStep, residual_steps
-
-            eng.data_kernel = TritonDataStep(eng)
-            eng.residual_kernel = residual_steps(eng)
-        else:
-            self._cpu_kernels(eng)
+        # too where the compiled CPU steps train, training.cpu_residual)
+        path.kernels(self, eng, polish=False)
         steps = [l.fused(eng) for l, _ in self.losses]
         missing = [l.name for (l, _), st in zip(self.losses, steps) if st is None]
         if missing:
@@ -476,7 +472,7 @@ class Trainer:
     LBFGS_CHUNK = 8192  # rows per engine call in the polish's full-set data terms
 
     def _cpu_kernels(self, eng) -> None:
-        """``eng``'s data and residual steps as compiled CPU calls (:mod:`~surrogates.cpu_step`): always with
+        """``eng``'s data and residual steps as compiled CPU calls (:mod:`~training.cpu_step`): always with
         engine ``"cpp"`` (an error says why they cannot be used), with ``"auto"`` where they apply and build (a
         float32 or float64 model on the CPU: the first-order steps, or a float64 polish's copy); otherwise the
         engine keeps its torch operators."""
@@ -508,8 +504,7 @@ class Trainer:
         rows = max(min(l.X.shape[0], self.LBFGS_CHUNK) if f else l.fused_rows() for (l, _), f in zip(self.losses, full))
         model = self.model if model is None else model
         eng = MLPEngine(model, rows)
-        if self.engine != "triton":  # the model's, or its float64 copy's, compiled CPU steps where they apply
-            self._cpu_kernels(eng)
+        PATHS[self.engine].kernels(self, eng, polish=True)  # e.g. the model's, or its float64 copy's, compiled CPU steps
         steps = [l.fused_full(eng) if f else l.fused(eng) for (l, _), f in zip(self.losses, full)]
         if any(st is None for st in steps):
             return None
@@ -518,7 +513,7 @@ class Trainer:
     def _joint_gate(self, eng, steps: list) -> list:
         """hh_m: a full-set data term and the gate residual in one engine pass where the data rows are trace
         points (:meth:`~surrogates.losses.GateResidualLoss.fused_with_data`); otherwise ``steps`` as given."""
-        from .losses import DataLoss, GateResidualLoss
+        from surrogates.losses import DataLoss, GateResidualLoss
 
         if len(self.losses) == 2 and isinstance(self.losses[0][0], DataLoss) \
                 and isinstance(self.losses[1][0], GateResidualLoss):
@@ -531,7 +526,7 @@ class Trainer:
 
     def _polish_objective(self, fused):
         """The polish's fused objective ``() -> (total, terms)``: replayed from a CUDA graph
-        (:class:`~surrogates.graph.CapturedObjective`) where the first-order steps would be captured and every
+        (:class:`~training.graph.CapturedObjective`) where the first-order steps would be captured and every
         term is deterministic (data terms over their whole set, the gate residual on its trace); otherwise
         (and if the capture fails, which is reported) evaluated op by op. ``None`` on the autograd path."""
         if fused is None:
@@ -541,7 +536,7 @@ class Trainer:
         def plain():
             return self._fused_objective(steps, eng)
 
-        from .losses import DataLoss, GateResidualLoss
+        from surrogates.losses import DataLoss, GateResidualLoss
 
         device = eng.W[0].device
         fixed = all(isinstance(l, (DataLoss, GateResidualLoss)) for l, _ in self.losses)
@@ -578,7 +573,7 @@ class Trainer:
         model, opt, objective = self._polish_setup(narrow and self.lbfgs_dtype == "float64")
         rounds = max(1, self.lbfgs_iterations // 20)
         end = self.iteration + 20 * rounds
-        # surrogates.lbfgs.LBFGS reads every loss it gets back to the host anyway and hands it to check_value:
+        # training.lbfgs.LBFGS reads every loss it gets back to the host anyway and hands it to check_value:
         # the finiteness test then costs no read of its own (on a GPU a read makes the device wait)
         deferred = hasattr(opt, "check_value")
         last = {}

@@ -1,6 +1,6 @@
 """Several Trainers at once in one process, each in its own thread and, on a GPU, its own CUDA stream.
 
-Where the seeds of a run cannot be stacked into one model (:mod:`~surrogates.cohort`: physics-informed
+Where the seeds of a run cannot be stacked into one model (:mod:`~training.cohort`: physics-informed
 losses, hh_m's L-BFGS polish), they can still share the GPU inside one process. Without NVIDIA MPS, jobs in
 separate processes do not: the GPU runs one process's kernels at a time (measured on an H200, 2026-11-28:
 8 training jobs sharing it did the work of one after the other). In one process, each network's captured
@@ -12,7 +12,7 @@ others).
 Each Trainer is exactly what it is alone (its own network, data order, files, checkpoints; nothing is
 shared but the process): the results equal one-after-the-other training (tests, on the CPU, where the
 threads run the same kernels). CUDA graphs captured in these threads are captured on the thread's own
-stream with ``capture_error_mode="thread_local"`` (:func:`surrogates.graph.capture`), so one thread's
+stream with ``capture_error_mode="thread_local"`` (:func:`training.graph.capture`), so one thread's
 capture is not invalidated by another thread's work.
 
 **Status**: on the CPU tested for equality with sequential training; **never run on a GPU** (written
@@ -71,4 +71,4 @@ def train_side_by_side(trainers, num_iterations: int) -> list[dict]:
     print(f"trained {len(trainers)} networks side by side in one process ({device.type}): {wall:.1f} s",
           file=sys.stderr, flush=True)
     return [{**f.result(), "train_seconds": wall, "cohort": len(trainers),
-             "path": f"side by side ({len(trainers)} threads, surrogates.side_by_side)"} for f in futures]
+             "path": f"side by side ({len(trainers)} threads, training.side_by_side)"} for f in futures]

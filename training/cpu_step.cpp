@@ -1,7 +1,7 @@
 // The mean-squared-error data step of a surrogates.network.MLP on a CPU, in one call: forward, loss and every
 // parameter's gradient, without a torch operator inside; a residual step's forward pass with tangents and its
 // backward pass (tangent_forward, tangent_backward); and a whole ODE residual step in one call, the residual by
-// a C callback (residual_step; see surrogates/cpu_step.py). In float32 (the training steps) or float64 (a
+// a C callback (residual_step; see training/cpu_step.py). In float32 (the training steps) or float64 (a
 // float64 L-BFGS polish): every routine is a template on the scalar type T, and each entry point takes the
 // precision of its x.
 //
@@ -1017,7 +1017,7 @@ void tangent_backward_t(const torch::Tensor& x, const torch::Tensor& v, const to
   if (t.shared) shared_tangent_gradient(t.layers[0], VV, colsum);
 }
 
-// A residual's loss and gradient, computed per tile of rows by a C callback (surrogates/cpu_residual.py's
+// A residual's loss and gradient, computed per tile of rows by a C callback (training/cpu_residual.py's
 // `tile`, generated from the cell model): given m rows of the outputs z, their tangents zt and the points x
 // (physical units), all in double precision, it returns acc + the rows' sum of squared residuals and writes
 // c times the residual's gradients gz, gzt.
@@ -1159,8 +1159,8 @@ torch::Tensor residual_step(const torch::Tensor& x, const torch::Tensor& center,
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("data_step", &data_step, "the mean-squared-error data step of an MLP (see surrogates/cpu_step.py)");
-  m.def("tangent_forward", &tangent_forward, "an MLP's forward pass with tangents (see surrogates/cpu_step.py)");
+  m.def("data_step", &data_step, "the mean-squared-error data step of an MLP (see training/cpu_step.py)");
+  m.def("tangent_forward", &tangent_forward, "an MLP's forward pass with tangents (see training/cpu_step.py)");
   m.def("tangent_backward", &tangent_backward, "the backward pass after tangent_forward");
-  m.def("residual_step", &residual_step, "a residual step in one call, the residual by a C callback (see surrogates/cpu_step.py)");
+  m.def("residual_step", &residual_step, "a residual step in one call, the residual by a C callback (see training/cpu_step.py)");
 }

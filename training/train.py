@@ -1,6 +1,6 @@
 """Train one surrogate for one (problem, kind, n, seed, architecture) and score it on the held-out test set.
 
-    python -m surrogates.train --problem C --surrogate ddnn --n 1000 --seed 0 \\
+    python -m training.train --problem C --surrogate ddnn --n 1000 --seed 0 \\
         --data results/datasets/C --out results/models/C/ddnn/n1000/mlp3x64/seed0
 
 Kinds: ``ddnn`` (data only), ``pinn`` (data + ODE residual + initial condition; for ``hh_m`` the residual
@@ -25,35 +25,18 @@ from core.io import load_dataset, remove_stale_temporaries, write_record
 from core.lock import FolderLock
 from core.machine import describe_machine, machine_info
 from core.provenance import project_version
-from core.steps import whole_steps
 
-from .config import load_config, training_settings
-from .datasets import expected_provenance
-from .itnn import rollout
-from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, contrast_weights, rate_weights
-from .metrics import error_metrics
-from .network import MLP
-from .problems import SURROGATE_KINDS as KINDS, Problem, problem_from_config
+from surrogates.config import load_config, training_settings
+from surrogates.datasets import expected_provenance
+from surrogates.losses import (DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, contrast_weights,
+                               rate_weights)
+from surrogates.network import MLP
+from surrogates.problems import SURROGATE_KINDS as KINDS, Problem, problem_from_config
+from surrogates.scoring import evaluate, expected_model
+
 from .trainer import Trainer
 
 SEED_MAX = 2**32 - 1
-
-
-def model_provenance(p: Problem, surrogate: str, n: int, seed: int, arch: str, hidden) -> dict:
-    """What a trained model is: recorded in its checkpoint and metrics.json, checked by every consumer."""
-    return {"problem": p.name, "problem_fingerprint": p.fingerprint, "surrogate": surrogate, "n": int(n),
-            "seed": int(seed), "arch": arch, "hidden": [list(h) for h in hidden], "inputs": list(p.inputs),
-            "outputs": list(p.outputs)}
-
-
-def expected_model(cfg: dict, problem: str, surrogate: str, n: int, seed: int, arch: str | None = None) -> dict:
-    """The provenance a consumer requires of the model trained for these settings (see :func:`model_provenance`)."""
-    p = problem_from_config(problem, cfg)
-    s = training_settings(cfg, problem)
-    arch = arch or s["architecture"]
-    if arch not in s["architectures"]:
-        raise InvalidInputError(f"unknown architecture {arch!r}; valid: {sorted(s['architectures'])}")
-    return model_provenance(p, surrogate, n, seed, arch, s["architectures"][arch])
 
 
 def check_count(value, name: str, minimum: int = 0, maximum: int | None = None) -> int:
@@ -96,34 +79,6 @@ def build_model(p: Problem, hidden, X, Y, seed: int) -> MLP:
                output_scale=scale)
 
 
-def evaluate(model, p: Problem, test: dict, problems: dict | None = None) -> tuple[dict, dict]:
-    """Test metrics (t = 0 excluded) and extras (ITNN: error over time)."""
-    model.eval()
-    device = next(model.parameters()).device
-    X, Y = test["X"], test["Y"]
-    if p.kind != "step":
-        with torch.no_grad():
-            pred = torch.cat([model(torch.as_tensor(X[i:i + 65536], dtype=torch.float32, device=device)).cpu()
-                              for i in range(0, len(X), 65536)]).numpy()
-        return error_metrics(pred, Y, X[:, 0]), {}
-    # ITNN: roll out over the source problem's whole test trajectories
-    src = problems[p.test_from]
-    traj = test["trajectory"]
-    n_traj = int(traj.max()) + 1
-    K = len(X) // n_traj
-    Xt, Yt = X.reshape(n_traj, K, -1), Y.reshape(n_traj, K, -1)
-    states, params = src.split(src.columns(Xt[:, 0]), n_traj)
-    y0, params = p.rollout_inputs(states, params, n_traj)
-    per = whole_steps(src.save_interval, p.step, f"ITNN step {p.step:g} on the test grid of {src.name!r}")
-    R = rollout(model, y0, params, (K - 1) * per, keep_every=per).transpose(1, 0, 2)  # (n_traj, K, n_states)
-    t = Xt[:, :, 0]
-    metrics = error_metrics(R.reshape(-1, R.shape[-1]), Yt.reshape(-1, Yt.shape[-1]), t.reshape(-1))
-    err_t = np.abs(R - Yt).mean(axis=(0, 2))
-    extras = {"rollout_error": {"t": t[0].tolist(), "mae": err_t.tolist()},
-              "rollout_bounded": bool(np.isfinite(R).all() and np.abs(R).max() < 10 * np.abs(Yt).max())}
-    return metrics, extras
-
-
 def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, data_dir, out_dir,
                     architecture: str | None = None, test_path=None, iterations: int | None = None,
                     train_path=None, val_path=None) -> dict:
@@ -142,7 +97,7 @@ def train_surrogates(cfg: dict, problem: str, surrogate: str, n: int, seeds, dat
                      architecture: str | None = None, test_path=None, iterations: int | None = None,
                      train_path=None, val_path=None) -> list[dict]:
     """As :func:`train_surrogate`, for several seeds (one output folder each) trained together as one
-    stacked model where :mod:`~surrogates.cohort` allows it (data-only kinds), else one after the other.
+    stacked model where :mod:`~training.cohort` allows it (data-only kinds), else one after the other.
     Each seed's files and ``metrics.json`` are those of a lone run; ``train_seconds`` is each seed's share
     of the cohort's wall time (``cohort_seconds``: all of it)."""
     if surrogate not in KINDS:
@@ -219,7 +174,7 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
         trainer.add_loss(InitialConditionLoss(p, max(256, phys["collocation_points"] // 4), phys["sampler"],
                                               seed=seed + 2000), phys["ic_weight"])
     elif surrogate in ("pinn", "pinn_seed"):
-        from .datasets import pool_training_points, trace_states
+        from surrogates.datasets import pool_training_points, trace_states
 
         t_full, S = trace_states(p)
         gate = p.outputs[0]
@@ -274,7 +229,7 @@ def _int_arg(name: str, minimum: int, maximum: int | None = None):
 
 
 def main(argv=None) -> int:
-    ap = Parser(prog="python -m surrogates.train", description=__doc__)
+    ap = Parser(prog="python -m training.train", description=__doc__)
     ap.add_argument("--config", type=Path, nargs="*", default=[],
                     help="config files merged over config/config.yaml (e.g. config/quick.yaml)")
     ap.add_argument("--problem", required=True)

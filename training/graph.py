@@ -24,8 +24,9 @@ import threading
 
 import torch
 
+from surrogates.losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss
+
 from .engine import FusedAdam, MLPEngine
-from .losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss
 
 
 class _StaticData:
@@ -55,7 +56,7 @@ class _StaticData:
             self._pass = self.loss._perm
 
     def body(self, weight):
-        from .losses import FUSED_POWERS
+        from surrogates.losses import FUSED_POWERS
 
         p = FUSED_POWERS[self.loss.metric]
         if self.full:
@@ -78,7 +79,7 @@ class _StaticPoints:
 
 def device_lr(step_count: torch.Tensor, schedule: str, lr0: float, lr_final: float, total: int) -> torch.Tensor:
     """The coming step's learning rate from the optimiser's step count, on the device (as
-    :func:`~surrogates.trainer.schedule_factor`, whose closed form it is)."""
+    :func:`~training.trainer.schedule_factor`, whose closed form it is)."""
     t = torch.clamp(step_count, max=float(total))
     if schedule == "cosine":
         f = lr_final + (1.0 - lr_final) * 0.5 * (1.0 + torch.cos(t * (math.pi / total)))
@@ -89,7 +90,7 @@ def device_lr(step_count: torch.Tensor, schedule: str, lr0: float, lr_final: flo
     return f * lr0
 
 
-_CAPTURE_LOCK = threading.Lock()  # side-by-side threads (surrogates.side_by_side) capture one at a time
+_CAPTURE_LOCK = threading.Lock()  # side-by-side threads (training.side_by_side) capture one at a time
 
 
 def capture(body, state: list, bad: torch.Tensor) -> "torch.cuda.CUDAGraph":
@@ -132,7 +133,7 @@ def capture(body, state: list, bad: torch.Tensor) -> "torch.cuda.CUDAGraph":
 
 class StaticStep:
     """The fused step of a Trainer with static buffers; :meth:`run` does one step (replayed from a CUDA graph
-    on a GPU). ``opt`` is the Trainer's :class:`~surrogates.engine.FusedAdam`."""
+    on a GPU). ``opt`` is the Trainer's :class:`~training.engine.FusedAdam`."""
 
     def __init__(self, trainer, engine: MLPEngine, opt: FusedAdam, total: int, capture: bool = True):
         self.t, self.engine, self.opt = trainer, engine, opt

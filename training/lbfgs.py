@@ -140,7 +140,7 @@ class LBFGS(torch.optim.LBFGS):
     def __init__(self, params, **kw):
         super().__init__(params, **kw)
         if any(torch.is_complex(p) for p in self._params):
-            raise ValueError("surrogates.lbfgs.LBFGS takes real parameters only")
+            raise ValueError("training.lbfgs.LBFGS takes real parameters only")
 
     @staticmethod
     def _direction(g, S, Y, rho, h_diag):

@@ -15,12 +15,12 @@ generated statements as the torch path (:meth:`~solvers.model.CellModel.jacobian
 
 (``N`` = rows x outputs), every row in double precision, the loss summed in double in row order: the same
 value on every run, equal to the torch path's to float32 rounding (tests). The loop is also compiled as a C
-callback (``tile``) that :class:`~surrogates.cpu_step.CpuResidualStep` calls from inside its one compiled
+callback (``tile``) that :class:`~training.cpu_step.CpuResidualStep` calls from inside its one compiled
 call, once per tile of rows, between the tile's forward and backward passes. The kernel source is written to
 the solvers' kernel cache (``SOLVERS_CACHE_DIR``) and Numba caches its compilation there (a few seconds, once
 per machine).
 
-Used where the compiled CPU steps train (:func:`surrogates.cpu_step.residual_steps`, the engine's
+Used where the compiled CPU steps train (:func:`training.cpu_step.residual_steps`, the engine's
 ``residual_kernel``); on a GPU the torch operators (captured in a CUDA graph) or the Triton residual step,
 whose kernel is printed from the same statements and :func:`parameter_sources`.
 """
@@ -58,7 +58,7 @@ def kernel_source(problem) -> str | None:
     - ``tile``: ``rows`` as a C callback, ``double tile(int64 m, int64 inputs, double c, double acc, const
       double* z, const double* zt, const double* x, const double* out_center, const double* out_scale,
       double* gz, double* gzt)`` (``m`` rows, row-major, in double precision): what the compiled residual
-      step (:class:`~surrogates.cpu_step.CpuResidualStep`) calls on each tile of rows."""
+      step (:class:`~training.cpu_step.CpuResidualStep`) calls on each tile of rows."""
     model = problem.model
     made = model.jacobian_statements()
     if made is None:
@@ -71,7 +71,7 @@ def kernel_source(problem) -> str | None:
     n_out = len(problem.outputs)
     ind = " " * 8
     lines = [
-        f"# generated from model {model.name!r} for problem {problem.name!r} by surrogates.cpu_residual -- do not edit",
+        f"# generated from model {model.name!r} for problem {problem.name!r} by training.cpu_residual -- do not edit",
         "import math",
         "import numpy as np",
         "from numba import carray, cfunc, njit, types",
