@@ -183,8 +183,8 @@ def _evaluate(paths, cfg, fresh_seeds) -> int:
             return 2
         for r in results:
             print(f"{path}: problem {r['problem']}, {r['set']} ({r['rows']} rows, t = 0 not scored): MAE "
-                  f"{r['mae']:.3g}, max abs err {r['max_abs_err']:.3g}, rel L2 {r['rel_l2']:.3g} (Euler floor: MAE {r['euler_floor_mae']:.3g}, "
-                  f"max {r['euler_floor_max_abs_err']:.3g})", flush=True)
+                  f"{r['mae']:.3g}, max abs err {r['max_abs_err']:.3g}, rel L2 {r['rel_l2']:.3g} (Euler floor: "
+                  f"MAE {r['euler_floor_mae']:.3g}, max {r['euler_floor_max_abs_err']:.3g})", flush=True)
         if len(results) > 2:
             fresh = [r["max_abs_err"] for r in results[1:]]
             print(f"{path}: max abs err over the {len(fresh)} fresh sets: {min(fresh):.3g} to {max(fresh):.3g} "
