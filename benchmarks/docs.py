@@ -158,10 +158,18 @@ def glance(ref: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _max_with_spread(r) -> str:
+    """A row's mean maximum error, with the smallest and largest seed's own maximum where the table has them."""
+    lo, hi = getattr(r, "max_abs_err_min", float("nan")), getattr(r, "max_abs_err_max", float("nan"))
+    if lo == lo and hi == hi:  # both recorded (not NaN)
+        return f"{sci(r.max_abs_err_mean)} ({sci(lo)} to {sci(hi)})"
+    return sci(r.max_abs_err_mean)
+
+
 def accuracy(ref: Path) -> str:
     """The accuracy table, condensed: each (problem, surrogate, n) with its seeds' mean and its ensemble."""
     acc = _read(ref, "accuracy.csv")
-    lines = ["| problem | surrogate | n | arch | MAE (mean +- std of seeds) | max abs err | rel L2 | "
+    lines = ["| problem | surrogate | n | arch | MAE (mean +- std of seeds) | max abs err (mean; seeds' range) | rel L2 | "
              "ensemble MAE / max | train s a seed |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for problem in acc.problem.drop_duplicates():
         p = acc[acc.problem == problem]
@@ -173,7 +181,7 @@ def accuracy(ref: Path) -> str:
             ens = p[(p.surrogate == r.surrogate + "_ensemble") & (p.n_train == r.n_train) & (p.arch == r.arch)]
             e = f"{sci(ens.iloc[0].mae_mean)} / {sci(ens.iloc[0].max_abs_err_mean)}" if len(ens) else "-"
             lines.append(f"| {problem} | {r.surrogate} | {int(r.n_train)} | {r.arch} | {sci(r.mae_mean)} +- "
-                         f"{sci(r.mae_std)} | {sci(r.max_abs_err_mean)} | {sci(r.rel_l2_mean)} | {e} | "
+                         f"{sci(r.mae_std)} | {_max_with_spread(r)} | {sci(r.rel_l2_mean)} | {e} | "
                          f"{r.train_seconds_mean:.0f} |")
     return "\n".join(lines) + "\n"
 

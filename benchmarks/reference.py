@@ -4,12 +4,18 @@
     python -m benchmarks.reference --config config/quick.yaml --out /tmp/ref
     python -m benchmarks.reference --evaluate benchmarks/reference/model_C/best_model.pth   # a shipped network
     python -m benchmarks.reference --docs [--check]     # the docs' results tables from this folder (benchmarks/docs.py)
+    python -m benchmarks.reference --evaluate benchmarks/reference/model_C/best_model.pth --fresh-seeds 1 2 3
 
 Copied: the accuracy and speed tables (CSV and Markdown) and the solver-throughput CSV, where the run made them.
 Written beside them: ``run.md``, which names the machine, the date, the code versions the models were trained
 with, and every job of the configured training grid that has no metrics.json (the copy is then marked
 **partial**), with the training time each part of the grid took, and the run's times and the seconds of each rule,
 read from the records of Snakemake's ``benchmark:`` directive where the run has them (``benchmarks.runlog``).
+
+``--evaluate`` scores shipped networks instead: on their problem's held-out test set, made afresh from the
+configuration, and (``--fresh-seeds``) on independent sets of fresh trajectories, each as many as the test set,
+drawn with a Sobol seed that no dataset uses and labelled by the same Euler solver. The maximum error is a
+tail statistic: over more trajectories it can only grow, so each set's maximum is printed on its own.
 """
 from __future__ import annotations
 
@@ -112,10 +118,29 @@ def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = 
     return state
 
 
-def evaluate_checkpoint(path, cfg) -> dict:
+def dataset_seeds(cfg) -> set[int]:
+    """The Sobol seeds the configured datasets draw from: training, validation (``seed + 1``) and test."""
+    d = cfg["datasets"]
+    return {int(d["seed"]), int(d["seed"]) + 1, int(d["test_seed"])}
+
+
+def check_fresh_seed(cfg, seed) -> int:
+    """``seed`` when it can draw fresh trajectories: an integer >= 0 that none of the datasets uses."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidInputError(f"a fresh seed must be an integer >= 0, got {seed!r}")
+    if seed in dataset_seeds(cfg):
+        raise InvalidInputError(f"fresh seed {seed} is one the datasets use ({sorted(dataset_seeds(cfg))}); take another")
+    return seed
+
+
+def evaluate_checkpoint(path, cfg, fresh_seed: int | None = None) -> dict:
     """Score a checkpoint on its problem's held-out test set, made afresh from the configuration (the same
     seeds, so the same rows as the run that trained it); the checkpoint's problem fingerprint must match the
-    configuration's problem. Returns the test metrics (t = 0 excluded) and the Euler floor."""
+    configuration's problem. Returns the test metrics (t = 0 excluded) and the Euler floor.
+
+    ``fresh_seed``: instead, on a set of fresh trajectories (as many as the test set) whose initial states
+    and parameters are drawn with this Sobol seed, which must be none of the datasets' (trajectory problems,
+    and step problems through the problem their rollouts are judged on)."""
     from surrogates.datasets import make_test
     from surrogates.network import load_checkpoint
     from surrogates.problems import problem_from_config
@@ -129,10 +154,45 @@ def evaluate_checkpoint(path, cfg) -> dict:
     model, _ = load_checkpoint(path, expect={"problem": p.name, "problem_fingerprint": p.fingerprint})
     problems = {p.test_from: problem_from_config(p.test_from, cfg)} if p.kind == "step" else None
     d = cfg["datasets"]
-    test, floor = make_test(p, d["test_seed"], d["seed"], problems, float(cfg["solver"]["floor_rtol"]))
+    seed = d["test_seed"]
+    if fresh_seed is not None:
+        source = problems[p.test_from] if p.kind == "step" else p
+        if source.uses_pool:
+            raise InvalidInputError(f"problem {source.name!r} has one trace, whose every point is in its datasets: "
+                                    f"there are no fresh trajectories to draw")
+        seed = check_fresh_seed(cfg, fresh_seed)
+    test, floor = make_test(p, seed, d["seed"], problems, float(cfg["solver"]["floor_rtol"]))
     metrics, _ = evaluate(model, p, test, {**(problems or {}), p.name: p})
-    return {"problem": p.name, **{k: metrics[k] for k in ("mae", "max_abs_err", "rel_l2")},
+    return {"problem": p.name, "set": "held-out test set" if fresh_seed is None else f"fresh seed {fresh_seed}",
+            "rows": int(len(test["X"])), **{k: metrics[k] for k in ("mae", "max_abs_err", "rel_l2")},
             "euler_floor_mae": floor["mae"], "euler_floor_max_abs_err": floor["max_abs_err"]}
+
+
+def _evaluate(paths, cfg, fresh_seeds) -> int:
+    """``--evaluate``: one line per checkpoint and set; the maximum over the fresh sets at the end."""
+    try:
+        for s in fresh_seeds:  # before any work
+            check_fresh_seed(cfg, s)
+    except InvalidInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        try:
+            results = [evaluate_checkpoint(path, cfg)]
+            for s in fresh_seeds:
+                results.append(evaluate_checkpoint(path, cfg, s))
+        except InvalidInputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for r in results:
+            print(f"{path}: problem {r['problem']}, {r['set']} ({r['rows']} rows, t = 0 not scored): MAE "
+                  f"{r['mae']:.3g}, max abs err {r['max_abs_err']:.3g}, rel L2 {r['rel_l2']:.3g} (Euler floor: "
+                  f"MAE {r['euler_floor_mae']:.3g}, max {r['euler_floor_max_abs_err']:.3g})", flush=True)
+        if len(results) > 2:
+            fresh = [r["max_abs_err"] for r in results[1:]]
+            print(f"{path}: max abs err over the {len(fresh)} fresh sets: {min(fresh):.3g} to {max(fresh):.3g} "
+                  f"(held-out test set: {results[0]['max_abs_err']:.3g})")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -143,8 +203,11 @@ def _main(argv) -> int:
     ap = parser(__doc__)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/reference"), help="tracked folder to write")
     ap.add_argument("--note", default=None, help="one line written into run.md (e.g. how long the run took)")
-    ap.add_argument("--evaluate", type=Path, default=None, metavar="CHECKPOINT",
-                    help="instead: score this checkpoint on its problem's held-out test set and print the errors")
+    ap.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                    help="instead: score these checkpoints on their problem's held-out test set and print the errors")
+    ap.add_argument("--fresh-seeds", type=int, nargs="+", default=[], metavar="SEED",
+                    help="with --evaluate: also on a set of fresh trajectories per seed (as many as the test set, "
+                         "drawn with this Sobol seed, which no dataset may use)")
     ap.add_argument("--docs", action="store_true",
                     help="instead: rewrite the generated results blocks of README.md and benchmarks/README.md from "
                          "benchmarks/reference/ (benchmarks/docs.py)")
@@ -157,15 +220,9 @@ def _main(argv) -> int:
 
     cfg = load_config(*a.config)
     if a.evaluate is not None:
-        try:
-            r = evaluate_checkpoint(a.evaluate, cfg)
-        except InvalidInputError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"{a.evaluate}: problem {r['problem']}, held-out test set: MAE {r['mae']:.3g}, max abs err "
-              f"{r['max_abs_err']:.3g}, rel L2 {r['rel_l2']:.3g} (Euler floor: MAE {r['euler_floor_mae']:.3g}, "
-              f"max {r['euler_floor_max_abs_err']:.3g})")
-        return 0
+        return _evaluate(a.evaluate, cfg, a.fresh_seeds)
+    if a.fresh_seeds:
+        ap.error("--fresh-seeds goes with --evaluate")
     try:
         state = copy_reference(cfg, a.out, a.note)
     except InvalidInputError as e:

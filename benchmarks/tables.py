@@ -16,7 +16,9 @@ from core.layout import Layout
 from core.provenance import check_provenance
 
 ACCURACY_COLUMNS = ["problem", "surrogate", "n_train", "arch", "seeds", "mae_mean", "mae_std", "max_abs_err_mean",
-                    "rel_l2_mean", "train_seconds_mean", "n_params"]
+                    "max_abs_err_min", "max_abs_err_max", "rel_l2_mean", "train_seconds_mean", "n_params"]
+# max_abs_err_min/_max: the spread over seeds of each seed's maximum error (a tail statistic that varies far
+# more between seeds than the MAE does); an ensemble is one network, the floor one solver: min = max = mean
 
 
 def _expected_runs(cfg) -> dict:
@@ -115,12 +117,13 @@ def read_floors(test_sidecars, cfg=None) -> pd.DataFrame:
         fl = meta["euler_floor"]
         floors.append({"problem": name, "surrogate": "euler_floor", "n_train": np.nan, "arch": "", "seeds": 0,
                        "mae_mean": fl["mae"], "mae_std": 0.0, "max_abs_err_mean": fl["max_abs_err"],
-                       "rel_l2_mean": fl["rel_l2"], "train_seconds_mean": np.nan, "n_params": np.nan})
+                       "max_abs_err_min": fl["max_abs_err"], "max_abs_err_max": fl["max_abs_err"], "rel_l2_mean": fl["rel_l2"], "train_seconds_mean": np.nan, "n_params": np.nan})
     return pd.DataFrame(floors)
 
 
 def accuracy_table(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
-    """One row per (problem, surrogate, n_train, arch), means over seeds; plus one ``euler_floor`` row per
+    """One row per (problem, surrogate, n_train, arch), means over seeds (the maximum error also with its
+    smallest and largest seed's); plus one ``euler_floor`` row per
     problem (the Euler labels' own error against the high-accuracy solution). An ensemble
     (``<kind>_ensemble``, :mod:`surrogates.ensemble`) is one row of its own; its ``seeds`` are its members."""
     runs = read_runs(metrics_files, cfg)
@@ -128,7 +131,8 @@ def accuracy_table(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
         raise InvalidInputError("no training results to tabulate")
     g = runs.groupby(["problem", "surrogate", "n_train", "arch"], sort=True)
     table = g.agg(seeds=("seed", "nunique"), mae_mean=("mae", "mean"), mae_std=("mae", "std"),
-                  max_abs_err_mean=("max_abs_err", "mean"), rel_l2_mean=("rel_l2", "mean"),
+                  max_abs_err_mean=("max_abs_err", "mean"), max_abs_err_min=("max_abs_err", "min"),
+                  max_abs_err_max=("max_abs_err", "max"), rel_l2_mean=("rel_l2", "mean"),
                   train_seconds_mean=("train_seconds", "mean"), n_params=("n_params", "first")).reset_index()
     table["mae_std"] = table["mae_std"].fillna(0.0)
     if "members" in runs:  # an ensemble is one surrogate made of its members: the seeds column counts those

@@ -68,9 +68,25 @@ def check_training_config(cfg: dict) -> None:
     for p, over in t.get("overrides", {}).items():
         if p not in cfg["problems"]:
             raise InvalidInputError(f"config key training.overrides.{p}: unknown problem; valid: {sorted(cfg['problems'])}")
+        if "output_bounds" in over:
+            _check_bounds(cfg, p, over["output_bounds"])
         if "architecture" in over and over["architecture"] not in t["architectures"]:
             raise InvalidInputError(f"config key training.overrides.{p}.architecture: {over['architecture']!r} is not in "
                                     f"training.architectures")
+
+
+def _check_bounds(cfg: dict, problem: str, bounds: Mapping) -> None:
+    """``training.overrides.<problem>.output_bounds``: every output of the problem once, each ``lo < hi`` (one
+    squashing output layer serves them all); not for ITNNs, whose outputs are increments, not states."""
+    key = f"config key training.overrides.{problem}.output_bounds"
+    outputs = list(cfg["problems"][problem].get("outputs", []))
+    if sorted(bounds) != sorted(outputs):
+        raise InvalidInputError(f"{key}: give bounds for each output of {problem!r} ({outputs}), got {sorted(bounds)}")
+    for name, (lo, hi) in bounds.items():
+        if not lo < hi:
+            raise InvalidInputError(f"{key}.{name}: the lower bound must be below the upper, got [{lo}, {hi}]")
+    if cfg["problems"][problem]["kind"] == "step":
+        raise InvalidInputError(f"{key}: {problem!r} is a step problem, whose networks learn increments, not states")
 
 
 def _check_speed(cfg: dict, problems: dict) -> None:

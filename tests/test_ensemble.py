@@ -144,3 +144,13 @@ def test_the_accuracy_table_gives_the_ensemble_a_row_of_its_own(seeds_world, tmp
     assert rows.loc["ddnn_ensemble", "seeds"] == 3 and rows.loc["ddnn", "seeds"] == 3
     assert rows.loc["ddnn_ensemble", "mae_mean"] == pytest.approx(read_json(ens)["mae"])
     assert rows.loc["ddnn_ensemble", "mae_std"] == 0.0
+    # the maximum error with its spread over seeds: the smallest and largest seed's own maximum
+    per_seed = [read_json(f)["max_abs_err"] for f in files[:3]]
+    assert len(set(per_seed)) == 3
+    assert rows.loc["ddnn", "max_abs_err_min"] == pytest.approx(min(per_seed))
+    assert rows.loc["ddnn", "max_abs_err_max"] == pytest.approx(max(per_seed))
+    assert rows.loc["ddnn", "max_abs_err_mean"] == pytest.approx(sum(per_seed) / 3)
+    ens_max = read_json(ens)["max_abs_err"]  # one network: its spread is its own value
+    assert rows.loc["ddnn_ensemble", ["max_abs_err_min", "max_abs_err_max"]].tolist() == pytest.approx([ens_max] * 2)
+    floor = rows.loc["euler_floor"]
+    assert floor["max_abs_err_min"] == floor["max_abs_err_max"] == floor["max_abs_err_mean"]

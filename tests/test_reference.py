@@ -115,3 +115,53 @@ def test_the_run_s_job_times_go_into_run_md_from_its_benchmark_records(tiny_conf
     with pytest.raises(InvalidInputError, match="bad.tsv: not a Snakemake benchmark record"):
         copy_reference(cfg, tmp_path / "ref2", info=INFO)
     assert not (tmp_path / "ref2").exists()
+
+
+def test_evaluate_scores_a_shipped_network_on_fresh_trajectories_too(capsys):
+    """--evaluate --fresh-seeds: one more line per seed, on trajectories the datasets never drew (labelled by
+    the same Euler solver), and the range of the fresh sets' maxima."""
+    import numpy as np
+
+    from benchmarks.reference import evaluate_checkpoint
+    from conftest import ROOT
+    from surrogates.datasets import make_test
+    from surrogates.problems import problem_from_config
+
+    ckpt = ROOT / "benchmarks/reference/model_C/best_model.pth"
+    cfg = load_config()
+    fresh = evaluate_checkpoint(ckpt, cfg, fresh_seed=7)
+    assert fresh["set"] == "fresh seed 7" and fresh["rows"] == 1000 * 201
+    recorded = json.loads((ckpt.parent / "metrics.json").read_text())["test"]
+    assert fresh["mae"] != pytest.approx(recorded["mae"], rel=1e-3)  # other trajectories, other errors
+    p = problem_from_config("C", cfg)
+    test, _ = make_test(p, cfg["datasets"]["test_seed"], cfg["datasets"]["seed"])
+    other, _ = make_test(p, 7, cfg["datasets"]["seed"])
+    assert not np.isin(other["X"][:, 1], test["X"][:, 1]).any()  # no initial state of the test set again
+    assert main(["--evaluate", str(ckpt), "--fresh-seeds", "7", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and "held-out test set (201000 rows" in out[0]
+    assert f"fresh seed 7 (201000 rows, t = 0 not scored): MAE {fresh['mae']:.3g}, max abs err " \
+           f"{fresh['max_abs_err']:.3g}" in out[1]
+    assert "max abs err over the 2 fresh sets: " in out[3]
+
+
+def test_evaluate_refuses_a_seed_the_datasets_use_and_a_single_trace(tmp_path, capsys):
+    import torch
+
+    import surrogates
+    from benchmarks.reference import evaluate_checkpoint
+    from conftest import ROOT
+    from surrogates.problems import problem_from_config
+
+    cfg = load_config()
+    for seed in (cfg["datasets"]["seed"], cfg["datasets"]["seed"] + 1, cfg["datasets"]["test_seed"]):
+        assert main(["--evaluate", str(ROOT / "benchmarks/reference/model_C/best_model.pth"),
+                     "--fresh-seeds", "5", str(seed)]) == 2
+        assert f"error: fresh seed {seed} is one the datasets use" in capsys.readouterr().err
+    p = problem_from_config("A", cfg)  # one trajectory: every point is in its datasets
+    torch.manual_seed(0)
+    model = surrogates.MLP(1, 2, [("Tanh", 4)])
+    surrogates.save_checkpoint(model, tmp_path / "a.pth", meta={"provenance": {"problem": "A",
+                                                                               "problem_fingerprint": p.fingerprint}})
+    with pytest.raises(InvalidInputError, match="problem 'A' has one trace.*no fresh trajectories"):
+        evaluate_checkpoint(tmp_path / "a.pth", cfg, fresh_seed=5)

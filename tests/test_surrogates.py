@@ -584,3 +584,43 @@ def test_an_itnn_rolls_out_over_other_trajectory_problems_test_sets(cfg, data, t
                                                                          "ensemble (mean of the networks)")])
     with pytest.raises(InvalidInputError, match="is not a transfer of this configuration"):
         transfer_table([out], cfg)  # not where this configuration's transfer lies
+
+
+def test_output_bounds_keep_a_gate_in_its_range_whatever_the_input(cfg, data, tmp_path):
+    """training.overrides.hh_m.output_bounds (m in [0, 1]): a Tanh output layer onto the bounds, in the
+    checkpoint too; far outside the trace the gate still lies in [0, 1] (an unbounded net gave -6.5 there)."""
+    assert cfg["training"]["overrides"]["hh_m"]["output_bounds"] == {"m": [0.0, 1.0]}
+    for kind in ("ddnn", "pinn"):
+        train_surrogate(cfg, "hh_m", kind, 400, 0, data / "hh_m", tmp_path / kind, iterations=20)
+        model, _ = load_checkpoint(tmp_path / kind / "best_model.pth")
+        assert model.output_activation == "Tanh"
+        assert model.out_center.tolist() == [0.5] and model.out_scale.tolist() == [0.5]
+        x = torch.cat([torch.rand(4000, 1) * 400 - 200, torch.rand(4000, 1) * 2000 - 1000], dim=1)
+        with torch.no_grad():
+            m = model(x)
+        assert m.min() >= 0.0 and m.max() <= 1.0 and m.std() > 0
+    # C has no bounds: its output layer stays linear
+    r = train_surrogate(cfg, "B", "ddnn", 1000, 0, data / "B", tmp_path / "b", iterations=2)
+    assert load_checkpoint(tmp_path / "b" / "best_model.pth")[0].output_activation is None and np.isfinite(r["mae"])
+
+
+def test_output_bounds_are_checked_naming_the_key(cfg):
+    from surrogates.train import build_model
+
+    def with_bounds(problem, bounds):
+        c = copy.deepcopy(cfg)
+        c["training"]["overrides"].setdefault(problem, {})["output_bounds"] = bounds
+        return validate_config(c)
+
+    with pytest.raises(InvalidInputError, match=r"training.overrides.C.output_bounds: give bounds for each output "
+                                                r"of 'C' \(\['u', 'w'\]\), got \['u'\]"):
+        with_bounds("C", {"u": [-1.0, 2.0]})
+    with pytest.raises(InvalidInputError, match=r"training.overrides.hh_m.output_bounds.m: the lower bound must be "
+                                                r"below the upper, got \[1.0, 0.0\]"):
+        with_bounds("hh_m", {"m": [1.0, 0.0]})
+    with pytest.raises(InvalidInputError, match="'D' is a step problem"):
+        with_bounds("D", {"u": [-1.0, 2.0], "w": [-1.0, 1.0]})
+    p = problem_from_config("hh_m", cfg)
+    X = np.array([[0.0, -70.0], [1.0, 20.0]])
+    with pytest.raises(InvalidInputError, match=r"training labels of 'm' leave \[0, 0.5\] \(1 rows\)"):
+        build_model(p, [("Tanh", 4)], X, np.array([[0.1], [0.7]]), 0, {"m": [0.0, 0.5]})

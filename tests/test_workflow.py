@@ -256,7 +256,8 @@ def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_f
     assert all(p.stat().st_mtime_ns == t for p, t in done.items()), "completed models were trained again"
     table = pd.read_csv(lay.table("accuracy", "csv"))
     assert list(table.columns) == ["problem", "surrogate", "n_train", "arch", "seeds", "mae_mean", "mae_std",
-                                   "max_abs_err_mean", "rel_l2_mean", "train_seconds_mean", "n_params"]
+                                   "max_abs_err_mean", "max_abs_err_min", "max_abs_err_max", "rel_l2_mean",
+                                   "train_seconds_mean", "n_params"]
     assert set(table.surrogate) == {"ddnn", "pinn", "pinn_seed", "itnn", "euler_floor"}
     assert (table.surrogate == "euler_floor").sum() == 5
     runs = table[table.surrogate != "euler_floor"]

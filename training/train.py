@@ -72,11 +72,23 @@ def _output_scaling(Y: np.ndarray):
     return (hi + lo) / 2, np.where(half > 0, half, 1.0)
 
 
-def build_model(p: Problem, hidden, X, Y, seed: int) -> MLP:
+def build_model(p: Problem, hidden, X, Y, seed: int, bounds: dict | None = None) -> MLP:
+    """A fresh network for ``p``, its inputs and outputs scaled from the training rows; with ``bounds``
+    (output -> ``[lo, hi]``, ``training.output_bounds``) the output layer is a Tanh onto them, so no input
+    can take an output outside (a gating variable stays in [0, 1])."""
     torch.manual_seed(seed)
-    center, scale = _output_scaling(Y)
-    return MLP(len(p.inputs), len(p.outputs), hidden, input_range=_input_range(p, X), output_center=center,
-               output_scale=scale)
+    if not bounds:
+        center, scale = _output_scaling(Y)
+        return MLP(len(p.inputs), len(p.outputs), hidden, input_range=_input_range(p, X), output_center=center,
+                   output_scale=scale)
+    lo, hi = (np.array([float(bounds[o][i]) for o in p.outputs]) for i in (0, 1))
+    outside = (Y < lo) | (Y > hi)
+    if outside.any():
+        col = int(np.nonzero(outside.any(axis=0))[0][0])
+        raise InvalidInputError(f"training.output_bounds of {p.name!r}: the training labels of {p.outputs[col]!r} "
+                                f"leave [{lo[col]:g}, {hi[col]:g}] ({int(outside[:, col].sum())} rows)")
+    return MLP(len(p.inputs), len(p.outputs), hidden, output_activation="Tanh", input_range=_input_range(p, X),
+               output_center=(hi + lo) / 2, output_scale=(hi - lo) / 2)
 
 
 def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, data_dir, out_dir,
@@ -146,7 +158,7 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
     Xtr, Ytr, Xv, Yv = train["X"], train["Y"], val["X"], val["Y"]
     if surrogate == "itnn":  # learn the increment of the state over one step
         Ytr = Ytr - Xtr[:, p.state_inputs]
-    model = build_model(p, hidden, Xtr, Ytr, seed).to(device)
+    model = build_model(p, hidden, Xtr, Ytr, seed, s.get("output_bounds")).to(device)
     Xv_t = torch.as_tensor(Xv, dtype=torch.float32, device=device)
     Yv_t = torch.as_tensor(Yv, dtype=torch.float32, device=device)
     base = Xv_t[:, p.state_inputs] if surrogate == "itnn" else 0.0
