@@ -605,7 +605,7 @@ def test_output_bounds_keep_a_gate_in_its_range_whatever_the_input(cfg, data, tm
 
 
 def test_output_bounds_are_checked_naming_the_key(cfg):
-    from surrogates.train import build_model
+    from training.train import build_model
 
     def with_bounds(problem, bounds):
         c = copy.deepcopy(cfg)
