@@ -27,3 +27,17 @@ def divides(n_steps: int, parts: int, what: str) -> int:
     if parts < 1 or n_steps % parts:
         raise InvalidInputError(f"{what}: {n_steps} steps do not split into {parts} equal parts")
     return n_steps // parts
+
+
+def keep_every(n_steps: int, n_kept: int, what: str) -> int:
+    """Steps between kept states when ``n_kept`` states (t = 0 and the end among them; one state: the end
+    alone) are kept over ``n_steps`` steps: ``n_steps // (K - 1)``, or ``n_steps`` for K = 1. Where K - 1 does
+    not divide the steps, ``InvalidInputError`` naming ``what``, with the K that would do."""
+    if n_kept < 1:
+        raise InvalidInputError(f"{what}: K = {n_kept} kept states; at least 1")
+    if n_kept == 1:
+        return n_steps
+    if n_steps % (n_kept - 1):
+        raise InvalidInputError(f"{what}: K = {n_kept} kept states need K - 1 = {n_kept - 1} to divide the {n_steps} "
+                                f"steps; valid K are 1 and d + 1 for each divisor d of {n_steps}")
+    return n_steps // (n_kept - 1)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.errors import InvalidInputError
-from core.steps import divides
+from core.steps import keep_every
 from surrogates.problems import Problem
 
 CHUNK_ROWS = 1 << 20  # rows per network call: bounded memory for any N x K (100 M rows at K = 5001)
@@ -51,7 +51,7 @@ class Case:
     @property
     def save_every(self) -> int:
         """Euler steps between kept states (the solver keeps t = 0 as well; K = 1 keeps [0, T])."""
-        return divides(self.n_steps, max(1, self.n_outputs - 1), f"K = {self.n_outputs} kept states")
+        return keep_every(self.n_steps, self.n_outputs, "speed workload")
 
     @property
     def n_saves(self) -> int:
@@ -87,9 +87,10 @@ class Case:
         n_steps = round(self.t_end / step.step)
         if abs(n_steps * step.step - self.t_end) > 1e-9 * max(1.0, self.t_end):
             return f"T = {self.t_end:g} is not a whole number of steps of {step.step:g}"
-        if self.n_outputs > 1 and n_steps % (self.n_outputs - 1):
-            return f"K - 1 = {self.n_outputs - 1} does not divide the {n_steps} rollout steps"
-        return n_steps, (n_steps if self.n_outputs == 1 else n_steps // (self.n_outputs - 1))
+        try:
+            return n_steps, keep_every(n_steps, self.n_outputs, f"the {n_steps} rollout steps")
+        except InvalidInputError as e:
+            return str(e)
 
 
 def kept_times(t_end: float, n_outputs: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Mapping
 
 from core.config import read_config, validate_schema
 from core.errors import InvalidInputError
-from core.steps import whole_steps
+from core.steps import keep_every, whole_steps
 
 from .problems import SURROGATE_KINDS, max_rows, problem_from_config
 
@@ -103,12 +103,9 @@ def _check_speed(cfg: dict, problems: dict) -> None:
     n_steps = whole_steps(sp["t_end"], cfg["solver"]["dt"], "config key speed.t_end (in steps of solver.dt)")
     for key, values in (("n_outputs", [sp["n_outputs"]]), ("k_sweep", sp["k_sweep"])):
         for i, K in enumerate(values):
-            if K > 1 and n_steps % (K - 1):
-                where = f"speed.{key}" + (f".{i}" if key == "k_sweep" else "")
-                raise InvalidInputError(
-                    f"config key {where}: K = {K} kept states need K - 1 = {K - 1} to divide the {n_steps} Euler steps "
-                    f"of speed.t_end = {sp['t_end']:g} (solver.dt = {cfg['solver']['dt']:g}); valid K are 1 and "
-                    f"d + 1 for each divisor d of {n_steps}")
+            where = f"speed.{key}" + (f".{i}" if key == "k_sweep" else "")
+            keep_every(n_steps, K, f"config key {where} (the Euler steps of speed.t_end = {sp['t_end']:g} at "
+                                   f"solver.dt = {cfg['solver']['dt']:g})")
 
 
 def speed_problem_of(cfg: dict, kind: str) -> str:

@@ -172,7 +172,7 @@ def test_direct_workload_has_exactly_n_times_k_rows_of_real_inputs(problem_c):
     y0, params = Case(problem_c, 37, 26, 50.0, cells=c).solver_inputs()
     np.testing.assert_allclose(y0[:, 0], c["u0"]) and np.testing.assert_allclose(params["I"], c["I"])
     assert Case(problem_c, 37, 26, 50.0).save_every == 200 and list(kept_times(50.0, 1)) == [50.0]
-    with pytest.raises(InvalidInputError, match="do not split into 6 equal parts"):
+    with pytest.raises(InvalidInputError, match="K = 7 kept states need K - 1 = 6 to divide the 5000 steps"):
         Case(problem_c, 37, 7, 50.0).save_every
 
 
@@ -328,7 +328,7 @@ def test_speed_run_times_an_itnn_by_rollout_on_the_same_k_states(step_net, tmp_p
     # what each row cost the benchmark: at least its two timed repeats (2 x their median), besides warm-up
     assert (timed.wall_s >= 0.999 * 2 * timed.surrogate_seconds).all() and (timed.solver_wall_s > 0).all()
     skipped = df[df.skipped.notna()]
-    assert (skipped.n_outputs == 2501).all() and skipped.skipped.str.contains("does not divide the 500").all()
+    assert (skipped.n_outputs == 2501).all() and skipped.skipped.str.contains("K - 1 = 2500 to divide the 500 steps").all()
 
 
 def test_a_cpu_rollout_warms_up_on_one_step_of_each_chunk(step_net, tmp_path, monkeypatch):
