@@ -274,31 +274,35 @@ def test_the_ninja_package_is_found_when_ninja_is_not_on_the_path(monkeypatch):
     assert cpu_step.os.environ["PATH"].split(cpu_step.os.pathsep)[0] == ninja.BIN_DIR
 
 
-def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next_load(cpu_step):
+@pytest.mark.slow
+def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next_load(cpu_step, tmp_path):
     """torch's build lock is a file it deletes when done; a training killed (SIGKILL) while loading the
     extension leaves it, and every later load waited on it forever (found: a killed grid job, then every
     training on that machine hung). The next load removes it, says so, and loads. While a live process
-    holds the build (the flock beside it), another load waits for it instead."""
+    holds the build (the flock beside it), another load waits for it instead. In an extension folder of its
+    own (one build): the shared one may be in use by another checkout's processes at the same time, whose
+    loads would remove the planted lock first (and rightly so)."""
     import fcntl
+    import os
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    from torch.utils import cpp_extension
-
-    folder = Path(cpp_extension._get_build_directory(cpu_step.build_name(), verbose=False))
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    folder = tmp_path / "ext" / cpu_step.build_name()
+    folder.mkdir(parents=True)
     root = Path(__file__).resolve().parents[1]
     code = "from training import cpu_step; cpu_step.load(); print('loaded')"
     (folder / "lock").touch()  # what a process killed inside torch's load leaves
-    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]
     assert "a build lock left by a process that was killed" in r.stderr and not (folder / "lock").exists()
 
     with open(folder / "surrogates.flock", "a") as fh:  # a live builder: the load waits, removes nothing
         fcntl.flock(fh, fcntl.LOCK_EX)
-        p = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+        p = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
         time.sleep(8)
         assert p.poll() is None  # still waiting
         fcntl.flock(fh, fcntl.LOCK_UN)
