@@ -104,7 +104,7 @@ def evaluate(model, p: Problem, test: dict, problems: dict | None = None) -> tup
         with torch.no_grad():
             pred = torch.cat([model(torch.as_tensor(X[i:i + 65536], dtype=torch.float32, device=device)).cpu()
                               for i in range(0, len(X), 65536)]).numpy()
-        return error_metrics(pred, Y, X[:, 0]), {}
+        return error_metrics(pred, Y, X[:, 0], p.outputs), {}
     # ITNN: roll out over the source problem's whole test trajectories
     src = problems[p.test_from]
     traj = test["trajectory"]
@@ -116,7 +116,7 @@ def evaluate(model, p: Problem, test: dict, problems: dict | None = None) -> tup
     per = whole_steps(src.save_interval, p.step, f"ITNN step {p.step:g} on the test grid of {src.name!r}")
     R = rollout(model, y0, params, (K - 1) * per, keep_every=per).transpose(1, 0, 2)  # (n_traj, K, n_states)
     t = Xt[:, :, 0]
-    metrics = error_metrics(R.reshape(-1, R.shape[-1]), Yt.reshape(-1, Yt.shape[-1]), t.reshape(-1))
+    metrics = error_metrics(R.reshape(-1, R.shape[-1]), Yt.reshape(-1, Yt.shape[-1]), t.reshape(-1), p.outputs)
     err_t = np.abs(R - Yt).mean(axis=(0, 2))
     extras = {"rollout_error": {"t": t[0].tolist(), "mae": err_t.tolist()},
               "rollout_bounded": bool(np.isfinite(R).all() and np.abs(R).max() < 10 * np.abs(Yt).max())}
@@ -214,7 +214,9 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
                               name="data", weights=weights), 1.0)
     phys = s["physics"]
     if surrogate == "pinn" and p.kind == "trajectory":
-        trainer.add_loss(ODEResidualLoss(p, phys["collocation_points"], phys["sampler"], seed=seed + 1000), phys["weight"])
+        bounds = (Ytr.min(axis=0), Ytr.max(axis=0)) if phys.get("clamp_states", False) else None
+        trainer.add_loss(ODEResidualLoss(p, phys["collocation_points"], phys["sampler"], seed=seed + 1000,
+                                         bounds=bounds, rhs_dtype=phys.get("rhs_dtype", "float32")), phys["weight"])
         trainer.add_loss(InitialConditionLoss(p, max(256, phys["collocation_points"] // 4), phys["sampler"],
                                               seed=seed + 2000), phys["ic_weight"])
     elif surrogate in ("pinn", "pinn_seed"):
