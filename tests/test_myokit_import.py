@@ -246,12 +246,11 @@ def test_a_paced_beat_of_luo_rudy_1991_against_myokits_simulator_converges_at_fi
     assert 1.5 < abs(coarse["apd90_diff_ms"] / fine["apd90_diff_ms"]) < 2.5
 
 
-def test_the_physics_residual_gives_a_paced_model_its_time():
+def _lr_beginning():
+    """LR1991 and a trajectory problem of its first 2 ms (the stimulus at 1 ms), every state an output."""
     import copy
 
-    torch = pytest.importorskip("torch")
     from surrogates.config import load_config, validate_config
-    from surrogates.losses import ODEResidualLoss
     from surrogates.problems import problem_from_config
 
     m = solvers.get_model("myokit:lr-1991.mmt")
@@ -259,7 +258,14 @@ def test_the_physics_residual_gives_a_paced_model_its_time():
     cfg["problems"]["LR"] = dict(kind="trajectory", model="myokit:lr-1991.mmt", inputs=["t"],
                                  outputs=list(m.state_names), t_end=2.0, save_interval=0.01, test_fraction=0.2,
                                  sizes=[100])
-    p = problem_from_config("LR", validate_config(cfg))
+    return m, problem_from_config("LR", validate_config(cfg))
+
+
+def test_the_physics_residual_gives_a_paced_model_its_time():
+    torch = pytest.importorskip("torch")
+    from surrogates.losses import ODEResidualLoss
+
+    m, p = _lr_beginning()
     loss = ODEResidualLoss(p, n_points=64, sampler="uniform", seed=0)
     y0 = torch.tensor(m.initial_state()[0], dtype=torch.float32)
 
@@ -303,19 +309,10 @@ def test_the_residual_s_guards_keep_luo_rudy_finite_where_a_network_strays():
     """LR1991's rates are undefined for Ca_i <= 0 (log) and its gates' switch exp(-(V + 40) / 0.24) makes the
     float32 Jacobian inf / inf at rest: an untrained network's states give NaN. Clamped into the labels' range
     and evaluated in float64, the residual and its gradients (autograd and closed form) are finite."""
-    import copy
-
     torch = pytest.importorskip("torch")
-    from surrogates.config import load_config, validate_config
     from surrogates.losses import ODEResidualLoss
-    from surrogates.problems import problem_from_config
 
-    m = solvers.get_model("myokit:lr-1991.mmt")
-    cfg = copy.deepcopy(load_config())
-    cfg["problems"]["LR"] = dict(kind="trajectory", model="myokit:lr-1991.mmt", inputs=["t"],
-                                 outputs=list(m.state_names), t_end=2.0, save_interval=0.01, test_fraction=0.2,
-                                 sizes=[100])
-    p = problem_from_config("LR", validate_config(cfg))
+    m, p = _lr_beginning()
     rest = torch.tensor(m.initial_state()[0], dtype=torch.float32)
     stray = rest.clone()
     stray[m.state_names.index("ica.Ca_i")] = -1e-4  # below zero: log(Ca_i) is NaN
