@@ -164,7 +164,8 @@ def accuracy_by_output(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
     keys = ["problem", "surrogate", "n_train", "arch", "output"]
     if rows:
         per = pd.DataFrame(rows)
-        order = {(r["problem"], r["output"]): i for i, r in enumerate(rows)}  # the problem's output order
+        order = {(r["problem"], o): i for r in runs.to_dict("records")  # the problem's output order
+                 for i, o in enumerate((r.get("provenance") or {}).get("outputs") or [])}
         table = per.groupby(keys, sort=False).agg(seeds=("seed", _count_seeds), mae_mean=("mae", "mean"),
                                                   mae_std=("mae", "std")).reset_index()
         table["mae_std"] = table["mae_std"].fillna(0.0)
@@ -176,7 +177,7 @@ def accuracy_by_output(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
         name = read_floors([f], cfg)["problem"].iloc[0]
         floors += [{"problem": name, "surrogate": "euler_floor", "n_train": np.nan, "arch": "", "seeds": 0,
                     "output": o, "mae_mean": v, "mae_std": 0.0} for o, v in fl.items()]
-        order.update({(name, o): i for i, o in enumerate(fl)})
+        order.update({(name, o): i for i, o in enumerate(fl) if (name, o) not in order})
     table = pd.concat([t for t in (table, pd.DataFrame(floors)) if not t.empty] or [table], ignore_index=True)
     table["n_train"] = table["n_train"].astype("Int64")
     table["seeds"] = table["seeds"].astype("Int64")
