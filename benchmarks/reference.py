@@ -5,7 +5,9 @@
     python -m benchmarks.reference --evaluate benchmarks/reference/model_C/best_model.pth   # a shipped network
     python -m benchmarks.reference --docs [--check]     # the docs' results tables from this folder (benchmarks/docs.py)
 
-Copied: the accuracy and speed tables (CSV and Markdown) and the solver-throughput CSV, where the run made them.
+Copied: the accuracy and speed tables (CSV and Markdown) and the solver-throughput CSV, where the run made them,
+the accuracy per output where the run made it, and the figures named by ``--figure`` (e.g.
+``--figure trajectories_LR1991.png``).
 Written beside them: ``run.md``, which names the machine, the date, the code versions the models were trained
 with, and every job of the configured training grid that has no metrics.json (the copy is then marked
 **partial**), with the training time each part of the grid took, and (``--snakemake-log``) the run's wall time and the
@@ -28,6 +30,7 @@ from .cli import parser
 
 TABLES = [("accuracy", "csv"), ("accuracy", "md"), ("speedup", "csv"), ("speedup", "md")]
 BENCHMARKS = ["solver_throughput.csv"]
+OPTIONAL = [("accuracy_by_output", "csv"), ("accuracy_by_output", "md")]  # copied where the run made them
 
 
 def grid_state(cfg, layout: Layout) -> dict:
@@ -83,9 +86,10 @@ def summary(state: dict, copied: list[str], absent: list[str], info: dict, note:
     return "\n".join(lines) + "\n"
 
 
-def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = None, logs=()) -> dict:
-    """Copy the run's tables under ``out`` and write ``out/run.md`` (with the wall time and seconds per rule
-    that the Snakemake ``logs`` record, when given). Returns the grid state."""
+def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = None, logs=(), figures=()) -> dict:
+    """Copy the run's tables (and the named ``figures``, files of its figures folder) under ``out`` and write
+    ``out/run.md`` (with the wall time and seconds per rule that the Snakemake ``logs`` record, when given).
+    Returns the grid state."""
     from .runlog import markdown, read_logs
 
     timing = markdown(read_logs(logs)) if logs else None  # a bad log is refused before anything is written
@@ -95,8 +99,16 @@ def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = 
     if not any(s.exists() for s in sources) and not state["done"]:
         raise InvalidInputError(f"nothing to copy: {layout.root} has no tables and no trained models "
                                 f"(run `snakemake --cores all` first)")
+    named = [layout.figure(*Path(f).name.rsplit(".", 1)) if "." in Path(f).name else layout.root / "figures" / f
+             for f in figures]
+    for f in named:
+        if not f.is_file():
+            raise InvalidInputError(f"--figure {f.name}: the run made no such figure ({f})")
     out.mkdir(parents=True, exist_ok=True)
     copied, absent, kept = [], [], []
+    for src in [layout.table(name, ext) for name, ext in OPTIONAL if layout.table(name, ext).exists()] + named:
+        write_bytes(out / src.name, src.read_bytes())
+        copied.append(src.name)
     for src in sources:
         if src.exists():
             write_bytes(out / src.name, src.read_bytes())
@@ -140,6 +152,9 @@ def main(argv=None) -> int:
     ap.add_argument("--snakemake-log", type=Path, nargs="+", default=[], metavar="LOG",
                     help="the run's .snakemake/log/*.snakemake.log (several: a resumed run, in order): its wall "
                          "time and the seconds of each rule go into run.md")
+    ap.add_argument("--figure", nargs="+", default=[], metavar="FILE",
+                    help="also copy these figures of the run (file names in its figures folder, e.g. "
+                         "trajectories_LR1991.png)")
     ap.add_argument("--evaluate", type=Path, default=None, metavar="CHECKPOINT",
                     help="instead: score this checkpoint on its problem's held-out test set and print the errors")
     ap.add_argument("--docs", action="store_true",
@@ -164,7 +179,7 @@ def main(argv=None) -> int:
               f"max {r['euler_floor_max_abs_err']:.3g})")
         return 0
     try:
-        state = copy_reference(cfg, a.out, a.note, logs=a.snakemake_log)
+        state = copy_reference(cfg, a.out, a.note, logs=a.snakemake_log, figures=a.figure)
     except InvalidInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
