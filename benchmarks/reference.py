@@ -6,7 +6,9 @@
     python -m benchmarks.reference --docs [--check]     # the docs' results tables from this folder (benchmarks/docs.py)
     python -m benchmarks.reference --evaluate benchmarks/reference/model_C/best_model.pth --fresh-seeds 1 2 3
 
-Copied: the accuracy and speed tables (CSV and Markdown) and the solver-throughput CSV, where the run made them.
+Copied: the accuracy and speed tables (CSV and Markdown) and the solver-throughput CSV, where the run made them,
+the accuracy per output where the run made it, and the figures named by ``--figure`` (e.g.
+``--figure trajectories_LR1991.png``).
 Written beside them: ``run.md``, which names the machine, the date, the code versions the models were trained
 with, and every job of the configured training grid that has no metrics.json (the copy is then marked
 **partial**), with the training time each part of the grid took, and the run's times and the seconds of each rule,
@@ -35,6 +37,7 @@ from .cli import parser
 
 TABLES = [("accuracy", "csv"), ("accuracy", "md"), ("speedup", "csv"), ("speedup", "md")]
 BENCHMARKS = ["solver_throughput.csv"]
+OPTIONAL = [("accuracy_by_output", "csv"), ("accuracy_by_output", "md")]  # copied where the run made them
 
 
 def grid_state(cfg, layout: Layout) -> dict:
@@ -90,9 +93,10 @@ def summary(state: dict, copied: list[str], absent: list[str], info: dict, note:
     return "\n".join(lines) + "\n"
 
 
-def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = None) -> dict:
-    """Copy the run's tables under ``out`` and write ``out/run.md`` (with the run's times and seconds per rule
-    from its jobs' ``benchmark:`` records, where it has them). Returns the grid state."""
+def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = None, figures=()) -> dict:
+    """Copy the run's tables (and the named ``figures``, files of its figures folder) under ``out`` and write
+    ``out/run.md`` (with the run's times and seconds per rule from its jobs' ``benchmark:`` records, where it
+    has them). Returns the grid state."""
     from .runlog import markdown, read_records
 
     layout = Layout(cfg["results_dir"])
@@ -103,8 +107,16 @@ def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = 
     if not any(s.exists() for s in sources) and not state["done"]:
         raise InvalidInputError(f"nothing to copy: {layout.root} has no tables and no trained models "
                                 f"(run `snakemake --cores all` first)")
+    named = [layout.figure(*Path(f).name.rsplit(".", 1)) if "." in Path(f).name else layout.root / "figures" / f
+             for f in figures]
+    for f in named:
+        if not f.is_file():
+            raise InvalidInputError(f"--figure {f.name}: the run made no such figure ({f})")
     out.mkdir(parents=True, exist_ok=True)
     copied, absent, kept = [], [], []
+    for src in [layout.table(name, ext) for name, ext in OPTIONAL if layout.table(name, ext).exists()] + named:
+        write_bytes(out / src.name, src.read_bytes())
+        copied.append(src.name)
     for src in sources:
         if src.exists():
             write_bytes(out / src.name, src.read_bytes())
@@ -203,6 +215,9 @@ def _main(argv) -> int:
     ap = parser(__doc__)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/reference"), help="tracked folder to write")
     ap.add_argument("--note", default=None, help="one line written into run.md (e.g. how long the run took)")
+    ap.add_argument("--figure", nargs="+", default=[], metavar="FILE",
+                    help="also copy these figures of the run (file names in its figures folder, e.g. "
+                         "trajectories_LR1991.png)")
     ap.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
                     help="instead: score these checkpoints on their problem's held-out test set and print the errors")
     ap.add_argument("--fresh-seeds", type=int, nargs="+", default=[], metavar="SEED",
@@ -224,7 +239,7 @@ def _main(argv) -> int:
     if a.fresh_seeds:
         ap.error("--fresh-seeds goes with --evaluate")
     try:
-        state = copy_reference(cfg, a.out, a.note)
+        state = copy_reference(cfg, a.out, a.note, figures=a.figure)
     except InvalidInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

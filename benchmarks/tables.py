@@ -147,6 +147,50 @@ def accuracy_table(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
     return table[ACCURACY_COLUMNS].reset_index(drop=True)
 
 
+def _count_seeds(seeds: pd.Series) -> int:
+    """Distinct seeds of a group of runs; an ensemble (its members as a tuple) counts its members."""
+    return len({m for s in seeds for m in (s if isinstance(s, tuple) else (s,))})
+
+
+BY_OUTPUT_COLUMNS = ["problem", "surrogate", "n_train", "arch", "seeds", "output", "mae_mean", "mae_std"]
+
+
+def accuracy_by_output(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
+    """The MAE of each output (means over seeds), one row per (problem, surrogate, n_train, arch, output), with
+    each problem's ``euler_floor`` rows: outputs in different units (mV, mM, gates) read apart. Runs and
+    sidecars recorded without ``mae_by_output`` have no rows; none at all gives an empty table."""
+    runs = read_runs(metrics_files, cfg)
+    rows = [{"problem": r["problem"], "surrogate": r["surrogate"], "n_train": r["n_train"], "arch": r["arch"],
+             "seed": (tuple(r["members"]) if isinstance(r.get("members"), list) else r.get("seed")),
+             "output": name, "mae": v}
+            for r in runs.to_dict("records") if isinstance(r.get("test"), dict)
+            for name, v in r["test"].get("mae_by_output", {}).items()]
+    keys = ["problem", "surrogate", "n_train", "arch", "output"]
+    if rows:
+        per = pd.DataFrame(rows)
+        order = {(r["problem"], o): i for r in runs.to_dict("records")  # the problem's output order
+                 for i, o in enumerate((r.get("provenance") or {}).get("outputs") or [])}
+        table = per.groupby(keys, sort=False).agg(seeds=("seed", _count_seeds), mae_mean=("mae", "mean"),
+                                                  mae_std=("mae", "std")).reset_index()
+        table["mae_std"] = table["mae_std"].fillna(0.0)
+    else:
+        table, order = pd.DataFrame(columns=[*keys, "seeds", "mae_mean", "mae_std"]), {}
+    floors = []
+    for f in test_sidecars:
+        fl = read_sidecar(Path(f).with_suffix(".npz"))["euler_floor"].get("mae_by_output", {})
+        name = read_floors([f], cfg)["problem"].iloc[0]
+        floors += [{"problem": name, "surrogate": "euler_floor", "n_train": np.nan, "arch": "", "seeds": 0,
+                    "output": o, "mae_mean": v, "mae_std": 0.0} for o, v in fl.items()]
+        order.update({(name, o): i for i, o in enumerate(fl) if (name, o) not in order})
+    table = pd.concat([t for t in (table, pd.DataFrame(floors)) if not t.empty] or [table], ignore_index=True)
+    table["n_train"] = table["n_train"].astype("Int64")
+    table["seeds"] = table["seeds"].astype("Int64")
+    table["_floor_last"] = table["surrogate"] != "euler_floor"
+    table["_output"] = [order.get((p, o), 0) for p, o in zip(table["problem"], table["output"])]
+    table = table.sort_values(["problem", "_output", "_floor_last", "surrogate", "n_train"], kind="stable")
+    return table[BY_OUTPUT_COLUMNS].reset_index(drop=True)
+
+
 def write_table(df: pd.DataFrame, csv_path, md_path, tex_path, caption: str) -> None:
     """Write ``df`` as CSV, Markdown and LaTeX, each atomically."""
     if not np.isfinite(df.select_dtypes("number").astype(float).fillna(0).to_numpy()).all():

@@ -182,7 +182,7 @@ def make_test(p: Problem, test_seed: int, seed: int, problems: dict | None = Non
         X, Y = _pool(p)
         test, _ = _pool_indices(p, test_seed, seed)
         ref = _reference_pool(p, rtol)
-        floor = error_metrics(Y[test], ref[test], X[test, 0])
+        floor = error_metrics(Y[test], ref[test], X[test, 0], p.outputs)
         return dict(X=X[test], Y=Y[test], **names), floor
     m = p.model
     n_traj = p.test_trajectories
@@ -197,7 +197,7 @@ def make_test(p: Problem, test_seed: int, seed: int, problems: dict | None = Non
     idx = [m.state_names.index(o) for o in p.outputs]
     Yo = Y[:, :, idx].transpose(1, 0, 2).reshape(-1, len(idx))
     ref = _reference_trajectories(p, y0, params, grid, rtol)[:, :, idx].transpose(1, 0, 2).reshape(-1, len(idx))
-    floor = error_metrics(Yo, ref, tt)
+    floor = error_metrics(Yo, ref, tt, p.outputs)
     return dict(X=X, Y=Yo, trajectory=traj, **names), floor
 
 

@@ -384,12 +384,46 @@ class ODEResidualLoss(_CollocationLoss):
 
     ``f`` is the torch right-hand side derived from the solvers' model definition; ``dy/dt`` comes from
     autograd with respect to the ``t`` input. Collocation points are drawn afresh every call over the
-    problem's input box.
+    problem's input box. With ``bounds`` (``(lo, hi)`` per output, e.g. the training labels' range), ``f`` sees
+    the network's states clamped into them, with no gradient through ``f`` beyond them: a model whose rates
+    are undefined outside (LR1991's ``log(Ca_i)`` for ``Ca_i <= 0``, its ``exp(0.35 V)`` overflowing float32)
+    is then never evaluated there; the data and initial-condition terms pull the network back. With
+    ``rhs_dtype="float64"``, ``f`` and its Jacobian are evaluated in float64 (LR1991's gates switch over
+    0.24 mV through ``exp(-(V + 40) / 0.24)``, whose derivative is inf / inf in float32 at rest).
     """
 
     def __init__(self, problem: Problem, n_points: int = 4096, sampler: str = "uniform", seed: int = 0,
-                 name: str = "physics"):
+                 name: str = "physics", bounds=None, rhs_dtype: str = "float32"):
         super().__init__(problem, n_points, sampler, seed, name)
+        if rhs_dtype not in ("float32", "float64"):
+            raise InvalidInputError(f"physics rhs_dtype: {rhs_dtype!r} is neither 'float32' nor 'float64'")
+        self.rhs_dtype = getattr(torch, rhs_dtype)
+        if bounds is not None:
+            lo, hi = (torch.as_tensor(b, dtype=torch.float32).reshape(-1) for b in bounds)
+            if lo.numel() != len(problem.outputs) or hi.numel() != len(problem.outputs) or not bool((lo <= hi).all()):
+                raise InvalidInputError(f"problem {problem.name!r}: state bounds need lo <= hi for each of its "
+                                        f"{len(problem.outputs)} outputs")
+            bounds = (lo, hi)
+        self.bounds = bounds
+
+    def _rhs(self, y, x, jacobian: bool = False):
+        """``f`` (and its Jacobian) at the network's states ``y`` (output order; clamped into ``bounds``) and
+        inputs ``x``, in the model's state order, evaluated in ``rhs_dtype`` and returned in ``y``'s."""
+        phys, dt = self.phys, self.rhs_dtype
+        states = phys.columns(self._clamped(y), "out_idx").to(dt)
+        params = {k: (v.to(dt) if torch.is_tensor(v) else v) for k, v in phys.params(x).items()}
+        time = {k: v.to(dt) for k, v in phys.time(x).items()}
+        if jacobian:
+            f, J = phys.m.torch_rhs_jacobian(states, params, **time)
+            return f.to(y.dtype), J.to(y.dtype)
+        return phys.m.torch_rhs(states, params, **time).to(y.dtype)
+
+    def _clamped(self, y):
+        """The states ``f`` sees: ``y`` clamped into ``bounds`` (unchanged without them)."""
+        if self.bounds is None:
+            return y
+        lo, hi = (b.to(device=y.device, dtype=y.dtype) for b in self.bounds)
+        return torch.minimum(torch.maximum(y, lo), hi)
 
     def __call__(self, model):
         device = _device(model)
@@ -401,7 +435,7 @@ class ODEResidualLoss(_CollocationLoss):
         return self._residual(y, dydt, x, _out_scale(model, y.shape[1], device))
 
     def _residual(self, y, dydt, x, scale):
-        f = self.phys.m.torch_rhs(self.phys.columns(y, "out_idx"), self.phys.params(x), **self.phys.time(x))
+        f = self._rhs(y, x)
         res = (dydt - self.phys.columns(f, "state_idx")) / scale
         return torch.mean(res ** 2)
 
@@ -419,7 +453,8 @@ class ODEResidualLoss(_CollocationLoss):
 
             return at
 
-        step = engine.residual_kernel(phys.p) if engine.residual_kernel is not None else None
+        plain = self.bounds is None and self.rhs_dtype == torch.float32  # the one-call kernels know neither option
+        step = engine.residual_kernel(phys.p) if engine.residual_kernel is not None and plain else None
         if step is not None:  # the whole step in one call (the compiled CPU step, or one Triton kernel)
             def at(x, weight: float):
                 return step(x, v, weight)
@@ -428,14 +463,18 @@ class ODEResidualLoss(_CollocationLoss):
 
         def at(x, weight: float):  # the residual's gradient in closed form (the model's SymPy Jacobian)
             def residual_grad(z, zt):
-                f, J = phys.m.torch_rhs_jacobian(phys.columns(m.out_center + scale * z, "out_idx"), phys.params(x),
-                                                 **phys.time(x))
+                y = m.out_center + scale * z
+                yc = self._clamped(y)
+                f, J = self._rhs(y, x, jacobian=True)
                 res = zt - phys.columns(f, "state_idx") / scale  # (dy/dt - f) / scale, dy/dt = scale * zt
                 loss = torch.mean(res * res)
                 gres = res.mul_(2.0 / res.numel())  # d loss / d res = d loss / d zt
                 c = phys.columns(gres / scale, "out_idx")  # cotangent of f, in the model's state order
                 gy = torch.matmul(c.unsqueeze(-2), J).squeeze(-2)  # c^T J: d loss / d y (model order), negated
-                return loss, phys.columns(gy, "state_idx").mul_(-scale), gres
+                gy = phys.columns(gy, "state_idx").mul_(-scale)
+                if self.bounds is not None:  # no gradient through f where the state was clamped
+                    gy = gy * (yc == y)
+                return loss, gy, gres
 
             return engine.tangent_step_closed(engine.scale_x(x), v, residual_grad, weight)
 

@@ -40,7 +40,7 @@ def evaluate(model, p: Problem, test: dict, problems: dict | None = None) -> tup
         with torch.no_grad():
             pred = torch.cat([model(torch.as_tensor(X[i:i + 65536], dtype=torch.float32, device=device)).cpu()
                               for i in range(0, len(X), 65536)]).numpy()
-        return error_metrics(pred, Y, X[:, 0]), {}
+        return error_metrics(pred, Y, X[:, 0], p.outputs), {}
     # ITNN: roll out over the source problem's whole test trajectories
     src = problems[p.test_from]
     traj = test["trajectory"]
@@ -52,7 +52,7 @@ def evaluate(model, p: Problem, test: dict, problems: dict | None = None) -> tup
     per = whole_steps(src.save_interval, p.step, f"ITNN step {p.step:g} on the test grid of {src.name!r}")
     R = rollout(model, y0, params, (K - 1) * per, keep_every=per).transpose(1, 0, 2)  # (n_traj, K, n_states)
     t = Xt[:, :, 0]
-    metrics = error_metrics(R.reshape(-1, R.shape[-1]), Yt.reshape(-1, Yt.shape[-1]), t.reshape(-1))
+    metrics = error_metrics(R.reshape(-1, R.shape[-1]), Yt.reshape(-1, Yt.shape[-1]), t.reshape(-1), p.outputs)
     err_t = np.abs(R - Yt).mean(axis=(0, 2))
     extras = {"rollout_error": {"t": t[0].tolist(), "mae": err_t.tolist()},
               "rollout_bounded": bool(np.isfinite(R).all() and np.abs(R).max() < 10 * np.abs(Yt).max())}

@@ -154,3 +154,28 @@ def test_the_accuracy_table_gives_the_ensemble_a_row_of_its_own(seeds_world, tmp
     assert rows.loc["ddnn_ensemble", ["max_abs_err_min", "max_abs_err_max"]].tolist() == pytest.approx([ens_max] * 2)
     floor = rows.loc["euler_floor"]
     assert floor["max_abs_err_min"] == floor["max_abs_err_max"] == floor["max_abs_err_mean"]
+
+
+def test_the_accuracy_per_output_averages_to_the_table_s_mae(seeds_world):
+    """Each output's MAE (outputs in different units read apart): over the same rows, their mean is the
+    run's MAE, for each seed, the ensemble and the Euler floor."""
+    from benchmarks.tables import accuracy_by_output, accuracy_table
+    from surrogates.metrics import error_metrics
+
+    cfg, lay = seeds_world
+    ens = lay.ensemble_file("C", "ddnn", 300, ARCH)
+    score_ensemble(cfg, "C", "ddnn", 300, ARCH, models(lay, "C", "ddnn"), lay.test("C"), ens)
+    files = [lay.run_file("metrics", "C", "ddnn", 300, ARCH, s) for s in (0, 1, 2)] + [ens]
+    floors = [lay.sidecar(lay.test("C"))]
+    by = accuracy_by_output(files, floors)
+    whole = accuracy_table(files, floors).set_index("surrogate")
+    assert list(by.loc[by["surrogate"] == "ddnn", "output"]) == ["u", "w"]  # the problem's output order
+    for kind, seeds in (("ddnn", 3), ("ddnn_ensemble", 3), ("euler_floor", 0)):
+        rows = by[by["surrogate"] == kind]
+        assert len(rows) == 2 and set(rows["seeds"]) == {seeds}
+        assert rows["mae_mean"].mean() == pytest.approx(whole.loc[kind, "mae_mean"], rel=1e-12)
+        assert (rows["mae_mean"] > 0).all()
+    first = read_json(files[0])["test"]["mae_by_output"]
+    assert set(first) == {"u", "w"} and np.mean(list(first.values())) == pytest.approx(read_json(files[0])["mae"])
+    with pytest.raises(ValueError, match="2 output columns for 3 output names"):
+        error_metrics(np.zeros((4, 2)), np.ones((4, 2)), names=["u", "w", "v"])

@@ -246,12 +246,11 @@ def test_a_paced_beat_of_luo_rudy_1991_against_myokits_simulator_converges_at_fi
     assert 1.5 < abs(coarse["apd90_diff_ms"] / fine["apd90_diff_ms"]) < 2.5
 
 
-def test_the_physics_residual_gives_a_paced_model_its_time():
+def _lr_beginning():
+    """LR1991 and a trajectory problem of its first 2 ms (the stimulus at 1 ms), every state an output."""
     import copy
 
-    torch = pytest.importorskip("torch")
     from surrogates.config import load_config, validate_config
-    from surrogates.losses import ODEResidualLoss
     from surrogates.problems import problem_from_config
 
     m = solvers.get_model("myokit:lr-1991.mmt")
@@ -259,7 +258,14 @@ def test_the_physics_residual_gives_a_paced_model_its_time():
     cfg["problems"]["LR"] = dict(kind="trajectory", model="myokit:lr-1991.mmt", inputs=["t"],
                                  outputs=list(m.state_names), t_end=2.0, save_interval=0.01, test_fraction=0.2,
                                  sizes=[100])
-    p = problem_from_config("LR", validate_config(cfg))
+    return m, problem_from_config("LR", validate_config(cfg))
+
+
+def test_the_physics_residual_gives_a_paced_model_its_time():
+    torch = pytest.importorskip("torch")
+    from surrogates.losses import ODEResidualLoss
+
+    m, p = _lr_beginning()
     loss = ODEResidualLoss(p, n_points=64, sampler="uniform", seed=0)
     y0 = torch.tensor(m.initial_state()[0], dtype=torch.float32)
 
@@ -297,3 +303,44 @@ def test_a_model_folder_holds_myokit_files(tmp_path):
     assert "lr_1991" in solvers.list_models([tmp_path])
     m = solvers.get_model("lr_1991", [tmp_path])
     assert m.state_names[0] == "membrane.V" and m.default_dt == 0.01
+
+
+def test_the_residual_s_guards_keep_luo_rudy_finite_where_a_network_strays():
+    """LR1991's rates are undefined for Ca_i <= 0 (log) and its gates' switch exp(-(V + 40) / 0.24) makes the
+    float32 Jacobian inf / inf at rest: an untrained network's states give NaN. Clamped into the labels' range
+    and evaluated in float64, the residual and its gradients (autograd and closed form) are finite."""
+    torch = pytest.importorskip("torch")
+    from surrogates.losses import ODEResidualLoss
+
+    m, p = _lr_beginning()
+    rest = torch.tensor(m.initial_state()[0], dtype=torch.float32)
+    stray = rest.clone()
+    stray[m.state_names.index("ica.Ca_i")] = -1e-4  # below zero: log(Ca_i) is NaN
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return stray.expand(x.shape[0], -1) + x[:, :1] * self.d
+
+    lo, hi = rest - 0.5 * rest.abs(), rest + 0.5 * rest.abs()
+    plain = ODEResidualLoss(p, n_points=32, sampler="uniform", seed=0)
+    assert not torch.isfinite(plain(Net()))
+    guarded = ODEResidualLoss(p, n_points=32, sampler="uniform", seed=0, bounds=(lo, hi), rhs_dtype="float64")
+    net = Net()
+    value = guarded(net)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(net.d.grad)
+    # what f saw: the clamped state, the same as the float64 right-hand side there
+    y = stray.expand(4, -1)
+    x = torch.zeros(4, 1)
+    want = m.torch_rhs(torch.maximum(torch.minimum(y, hi), lo).double(), {}, t=x[:, 0].double())
+    torch.testing.assert_close(guarded._rhs(y, x), want.float())
+    f32 = ODEResidualLoss(p, n_points=32, sampler="uniform", seed=0, bounds=(lo, hi))
+    assert not torch.isfinite(f32._rhs(rest.expand(4, -1), x, jacobian=True)[1]).all()  # inf / inf at rest
+    f, J = guarded._rhs(rest.expand(4, -1), x, jacobian=True)
+    assert torch.isfinite(f).all() and torch.isfinite(J).all()
+    with pytest.raises(InvalidInputError, match="state bounds need lo <= hi for each of its 8 outputs"):
+        ODEResidualLoss(p, n_points=8, bounds=(hi, lo))

@@ -165,3 +165,60 @@ def test_evaluate_refuses_a_seed_the_datasets_use_and_a_single_trace(tmp_path, c
                                                                                "problem_fingerprint": p.fingerprint}})
     with pytest.raises(InvalidInputError, match="problem 'A' has one trace.*no fresh trajectories"):
         evaluate_checkpoint(tmp_path / "a.pth", cfg, fresh_seed=5)
+
+
+def test_the_accuracy_per_output_and_named_figures_are_copied_where_the_run_made_them(tiny_config, tmp_path):
+    cfg = _config(tiny_config)
+    layout = Layout(cfg["results_dir"])
+    for name in ("accuracy", "accuracy_by_output"):
+        p = layout.table(name, "csv")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"{name}\n")
+    fig = layout.figure("trajectories_C", "png")
+    fig.parent.mkdir(parents=True)
+    fig.write_bytes(b"\x89PNG")
+    with pytest.raises(InvalidInputError, match="--figure nope.png: the run made no such figure"):
+        copy_reference(cfg, tmp_path / "ref", info=INFO, figures=["nope.png"])
+    assert not (tmp_path / "ref").exists()
+    copy_reference(cfg, tmp_path / "ref", info=INFO, figures=["trajectories_C.png"])
+    ref = tmp_path / "ref"
+    assert (ref / "accuracy_by_output.csv").read_text() == "accuracy_by_output\n"
+    assert (ref / "trajectories_C.png").read_bytes() == b"\x89PNG"
+    run = (ref / "run.md").read_text()
+    assert "accuracy_by_output.csv" in run.split("- files: ")[1].split(";")[0]
+    assert "accuracy_by_output.md" not in run  # optional: not made, not counted missing
+
+
+def test_the_tracked_lr1991_tables_are_well_formed_and_finite():
+    """benchmarks/reference/lr1991/ (config/lr1991.yaml's run): the table contracts' columns, finite errors and
+    timings, the V and Ca_i errors of every surrogate and of the Euler floor, a complete run."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.tables import ACCURACY_COLUMNS, BY_OUTPUT_COLUMNS, SPEEDUP_COLUMNS
+    from conftest import ROOT
+
+    folder = ROOT / "benchmarks/reference/lr1991"
+    acc = pd.read_csv(folder / "accuracy.csv")
+    assert list(acc.columns) == ACCURACY_COLUMNS and set(acc["problem"]) == {"LR1991"}
+    assert set(acc["surrogate"]) >= {"euler_floor", "ddnn", "pinn"}
+    for col in ("mae_mean", "max_abs_err_mean", "rel_l2_mean"):
+        assert np.isfinite(acc[col]).all() and (acc[col] > 0).all(), col
+    trained = acc[acc["surrogate"] != "euler_floor"]
+    assert np.isfinite(trained["train_seconds_mean"]).all() and (trained["train_seconds_mean"] > 0).all()
+
+    by = pd.read_csv(folder / "accuracy_by_output.csv")
+    assert list(by.columns) == BY_OUTPUT_COLUMNS and np.isfinite(by["mae_mean"]).all()
+    for kind, rows in by.groupby("surrogate"):
+        assert {"membrane.V", "ica.Ca_i"} <= set(rows["output"]), kind
+        assert rows["mae_mean"].mean() == pytest.approx(acc.set_index("surrogate").loc[kind, "mae_mean"], rel=1e-6)
+
+    sp = pd.read_csv(folder / "speedup.csv")
+    assert list(sp.columns) == SPEEDUP_COLUMNS and len(sp) > 0
+    assert set(sp["surrogate"]) >= {"ddnn", "pinn"} and (sp["sweep"] == "K").any()
+    for col in ("solver_seconds", "surrogate_seconds", "speedup"):
+        assert np.isfinite(sp[col]).all() and (sp[col] > 0).all(), col
+    np.testing.assert_allclose(sp["speedup"], sp["solver_seconds"] / sp["surrogate_seconds"], rtol=1e-6)
+
+    run = (folder / "run.md").read_text()
+    assert "(complete)" in run and "partial" not in run and "Wall time of the run" in run

@@ -262,6 +262,13 @@ def test_tiny_preset_runs_end_to_end_resumes_after_interruption_and_tables_are_f
     assert (table.surrogate == "euler_floor").sum() == 5
     runs = table[table.surrogate != "euler_floor"]
     assert all(math.isfinite(v) for v in runs[["mae_mean", "max_abs_err_mean", "rel_l2_mean"]].to_numpy().ravel())
+    # each output's MAE beside it: over the same rows, their mean is the row's MAE
+    by = pd.read_csv(lay.table("accuracy_by_output", "csv"))
+    assert set(by.surrogate) == set(table.surrogate) and math.isfinite(by.mae_mean.sum())
+    keys = ["problem", "surrogate", "n_train", "arch"]
+    means = by.fillna({"arch": "", "n_train": -1}).groupby(keys)["mae_mean"].mean()
+    for row in table.fillna({"arch": "", "n_train": -1}).itertuples():
+        assert means[(row.problem, row.surrogate, row.n_train, row.arch)] == pytest.approx(row.mae_mean, rel=1e-6)
     checks = lay.models_glob("onnx_check")
     assert len(checks) == len(lay.models_glob("metrics")) == 10
     records = {r: len(list((lay.job_records / r).glob("*.tsv"))) for r in ("train", "export_onnx", "benchmark_speed",

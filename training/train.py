@@ -182,7 +182,9 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
                               name="data", weights=weights), 1.0)
     phys = s["physics"]
     if surrogate == "pinn" and p.kind == "trajectory":
-        trainer.add_loss(ODEResidualLoss(p, phys["collocation_points"], phys["sampler"], seed=seed + 1000), phys["weight"])
+        bounds = (Ytr.min(axis=0), Ytr.max(axis=0)) if phys.get("clamp_states", False) else None
+        trainer.add_loss(ODEResidualLoss(p, phys["collocation_points"], phys["sampler"], seed=seed + 1000,
+                                         bounds=bounds, rhs_dtype=phys.get("rhs_dtype", "float32")), phys["weight"])
         trainer.add_loss(InitialConditionLoss(p, max(256, phys["collocation_points"] // 4), phys["sampler"],
                                               seed=seed + 2000), phys["ic_weight"])
     elif surrogate in ("pinn", "pinn_seed"):

@@ -9,6 +9,9 @@ rule accuracy_table:
         csv=report(path(LAYOUT.table("accuracy", "csv")), caption="../report/accuracy.rst", category="Tables"),
         md=path(LAYOUT.table("accuracy", "md")),
         tex=path(LAYOUT.table("accuracy", "tex")),
+        by_output_csv=path(LAYOUT.table("accuracy_by_output", "csv")),
+        by_output_md=path(LAYOUT.table("accuracy_by_output", "md")),
+        by_output_tex=path(LAYOUT.table("accuracy_by_output", "tex")),
     log:
         path(LAYOUT.log("tables", "accuracy.log")),
     conda:
