@@ -41,6 +41,8 @@ def ratio(x: float) -> str:
     """A speedup: 3 significant digits, never in exponent form."""
     if pd.isna(x):
         return "-"
+    if x >= 1000:
+        return f"{x:,.0f}"
     return f"{x:.3g}" if x >= 1e-3 else f"{x:.1g}"
 
 
@@ -256,8 +258,34 @@ def training(ref: Path) -> str:
     return path.read_text().rstrip("\n") + "\n"
 
 
+def lr1991(ref: Path) -> str:
+    """The published-model study (config/lr1991.yaml): each output's error in its own unit, and the speedup over
+    the kept states K, from ``benchmarks/reference/lr1991/``."""
+    sub = ref / "lr1991"
+    acc, by, sp = _read(sub, "accuracy.csv"), _read(sub, "accuracy_by_output.csv"), _read(sub, "speedup.csv")
+    lines = ["| surrogate | n | membrane.V MAE (mV) | ica.Ca_i MAE (mM) | max abs err (all outputs) | train s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for _, r in acc.iterrows():
+        mae = by[(by.surrogate == r.surrogate)].set_index("output").mae_mean
+        name = "*Euler floor*" if r.surrogate == "euler_floor" else r.surrogate
+        n = "" if r.surrogate == "euler_floor" else f"{int(r.n_train)}"
+        secs = "" if r.surrogate == "euler_floor" else f"{r.train_seconds_mean:.0f}"
+        lines.append(f"| {name} | {n} | {sci(mae['membrane.V'])} | {sci(mae['ica.Ca_i'])} | {sci(r.max_abs_err_mean)} "
+                     f"| {secs} |")
+    ks = sorted(sp.n_outputs.unique())
+    lines += ["", f"Speedup (the compiled Euler solver's time over the surrogate's, N = "
+              f"{', '.join(str(n) for n in sorted(sp.n_cells.unique()))} cells, one beat) over K kept states per cell"
+              + (" (every point flagged noisy by the harness)" if sp.noisy.all() else "") + ":", "",
+              "| surrogate | backend | " + " | ".join(f"K = {k}" for k in ks) + " |",
+              "|---|---|" + "---:|" * len(ks)]
+    for (kind, backend), g in sp.groupby(["surrogate", "backend"]):
+        v = g.set_index("n_outputs").speedup
+        lines.append(f"| {kind} | {backend} | " + " | ".join(ratio(v[k]) if k in v else "-" for k in ks) + " |")
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS = {"glance": glance, "accuracy": accuracy, "speed": speed, "solver": solver, "run": run,
-          "training": training}
+          "training": training, "lr1991": lr1991}
 
 
 # ---------------------------------------------------------------- documents
