@@ -86,7 +86,8 @@ def _tracked_text_files():
 
 
 def test_no_tracked_file_speaks_of_work_sessions_issues_or_device_calls():
-    pattern = re.compile(r"\bsessions?\b|\bissues?\b|\bissue's\b|device call", re.I)
+    words = ("sess" + "ions?", "iss" + "ues?", "iss" + "ue's")  # spelt in pieces: this file is read by such checks too
+    pattern = re.compile("|".join(rf"\b{w}\b" for w in words) + "|dev" + "ice call", re.I)
     allowed = re.compile(r"InferenceSession|SessionOptions|ort\.\w*Session|\bsess(ion)?\b\s*=")
     hits = []
     for name, text in _tracked_text_files():
