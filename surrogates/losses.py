@@ -389,15 +389,16 @@ class ODEResidualLoss(_CollocationLoss):
     are undefined outside (LR1991's ``log(Ca_i)`` for ``Ca_i <= 0``, its ``exp(0.35 V)`` overflowing float32)
     is then never evaluated there; the data and initial-condition terms pull the network back. With
     ``rhs_dtype="float64"``, ``f`` and its Jacobian are evaluated in float64 (LR1991's gates switch over
-    0.24 mV through ``exp(-(V + 40) / 0.24)``, whose derivative is inf / inf in float32 at rest).
+    0.24 mV through ``exp(-(V + 40) / 0.24)``, whose derivative is inf / inf in float32 at rest); by default
+    (``None``) in the network's own precision.
     """
 
     def __init__(self, problem: Problem, n_points: int = 4096, sampler: str = "uniform", seed: int = 0,
-                 name: str = "physics", bounds=None, rhs_dtype: str = "float32"):
+                 name: str = "physics", bounds=None, rhs_dtype: str | None = None):
         super().__init__(problem, n_points, sampler, seed, name)
-        if rhs_dtype not in ("float32", "float64"):
+        if rhs_dtype not in (None, "float32", "float64"):
             raise InvalidInputError(f"physics rhs_dtype: {rhs_dtype!r} is neither 'float32' nor 'float64'")
-        self.rhs_dtype = getattr(torch, rhs_dtype)
+        self.rhs_dtype = None if rhs_dtype is None else getattr(torch, rhs_dtype)
         if bounds is not None:
             lo, hi = (torch.as_tensor(b, dtype=torch.float32).reshape(-1) for b in bounds)
             if lo.numel() != len(problem.outputs) or hi.numel() != len(problem.outputs) or not bool((lo <= hi).all()):
@@ -409,7 +410,7 @@ class ODEResidualLoss(_CollocationLoss):
     def _rhs(self, y, x, jacobian: bool = False):
         """``f`` (and its Jacobian) at the network's states ``y`` (output order; clamped into ``bounds``) and
         inputs ``x``, in the model's state order, evaluated in ``rhs_dtype`` and returned in ``y``'s."""
-        phys, dt = self.phys, self.rhs_dtype
+        phys, dt = self.phys, self.rhs_dtype or y.dtype
         states = phys.columns(self._clamped(y), "out_idx").to(dt)
         params = {k: (v.to(dt) if torch.is_tensor(v) else v) for k, v in phys.params(x).items()}
         time = {k: v.to(dt) for k, v in phys.time(x).items()}
@@ -453,7 +454,7 @@ class ODEResidualLoss(_CollocationLoss):
 
             return at
 
-        plain = self.bounds is None and self.rhs_dtype == torch.float32  # the one-call kernels know neither option
+        plain = self.bounds is None and self.rhs_dtype is None  # the one-call kernels know neither option
         step = engine.residual_kernel(phys.p) if engine.residual_kernel is not None and plain else None
         if step is not None:  # the whole step in one call (the compiled CPU step, or one Triton kernel)
             def at(x, weight: float):

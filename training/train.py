@@ -184,7 +184,7 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
     if surrogate == "pinn" and p.kind == "trajectory":
         bounds = (Ytr.min(axis=0), Ytr.max(axis=0)) if phys.get("clamp_states", False) else None
         trainer.add_loss(ODEResidualLoss(p, phys["collocation_points"], phys["sampler"], seed=seed + 1000,
-                                         bounds=bounds, rhs_dtype=phys.get("rhs_dtype", "float32")), phys["weight"])
+                                         bounds=bounds, rhs_dtype=phys.get("rhs_dtype")), phys["weight"])
         trainer.add_loss(InitialConditionLoss(p, max(256, phys["collocation_points"] // 4), phys["sampler"],
                                               seed=seed + 2000), phys["ic_weight"])
     elif surrogate in ("pinn", "pinn_seed"):
