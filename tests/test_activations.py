@@ -40,7 +40,7 @@ def test_every_implementation_offers_exactly_the_table_s_activations():
 
 def test_the_cpp_enum_is_the_table_s_codes():
     """cpu_step.cpp is written by hand: its ``enum Act`` must number the activations as the table does."""
-    src = (ROOT / "surrogates" / "cpu_step.cpp").read_text()
+    src = (ROOT / "training" / "cpu_step.cpp").read_text()
     enum = re.search(r"enum Act : int64_t \{([^}]*)\}", src).group(1)
     members = [m.split("=")[0].strip() for m in enum.split(",")]
     assert members[0] == "IDENTITY" and "IDENTITY = 0" in enum
