@@ -70,7 +70,7 @@ def read_config(*paths) -> dict:
 
 # the checkout's own folders: a results_dir there (or the checkout itself) would write among its sources
 SOURCE_FOLDERS = (".git", ".snakemake", ".venv", "benchmarks", "config", "core", "fisiocomPinn", "inference",
-                  "solvers", "surrogates", "tests", "workflow")
+                  "profiles", "solvers", "surrogates", "tests", "training", "workflow", "docs")
 
 
 def check_finite(obj, path=()) -> None:
