@@ -20,8 +20,8 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (Debian: apt-get install "
                                                            "chromium; `make setup` installs it where it runs as root)")
 
-FIGURES = {"error_vs_size", "training_curves", "itnn_rollout_error", "trajectories_C", "hh_m", "pinn_vs_ddnn",
-           "speedup_vs_n", "speedup_vs_k", "time_vs_error", "solver_throughput"}
+FIGURES = {"error_vs_size", "training_curves", "itnn_rollout_error", "trajectories_A", "trajectories_B",
+           "trajectories_C", "hh_m", "pinn_vs_ddnn", "speedup_vs_n", "speedup_vs_k", "time_vs_error", "solver_throughput"}
 TABLES = {"accuracy.csv": "problem,surrogate,n_train", "speedup.csv": "sweep,workload,device",
           "transfer.csv": "test_on,problem,surrogate"}
 
