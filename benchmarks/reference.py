@@ -16,7 +16,9 @@ read from the records of Snakemake's ``benchmark:`` directive where the run has 
 
 ``--evaluate`` scores shipped networks instead: on their problem's held-out test set, made afresh from the
 configuration, and (``--fresh-seeds``) on independent sets of fresh trajectories, each as many as the test set,
-drawn with a Sobol seed that no dataset uses and labelled by the same Euler solver. The maximum error is a
+drawn with a Sobol seed that no dataset uses and labelled by the same Euler solver. An ITNN (a step problem's
+network, e.g. ``model_D_itnn``) is rolled out over the sets of its problem's ``test_from`` (C) and of every other
+trajectory problem inside its input box (B). The maximum error is a
 tail statistic: over more trajectories it can only grow, so each set's maximum is printed on its own.
 """
 from __future__ import annotations
@@ -145,18 +147,10 @@ def check_fresh_seed(cfg, seed) -> int:
     return seed
 
 
-def evaluate_checkpoint(path, cfg, fresh_seed: int | None = None) -> dict:
-    """Score a checkpoint on its problem's held-out test set, made afresh from the configuration (the same
-    seeds, so the same rows as the run that trained it); the checkpoint's problem fingerprint must match the
-    configuration's problem. Returns the test metrics (t = 0 excluded) and the Euler floor.
-
-    ``fresh_seed``: instead, on a set of fresh trajectories (as many as the test set) whose initial states
-    and parameters are drawn with this Sobol seed, which must be none of the datasets' (trajectory problems,
-    and step problems through the problem their rollouts are judged on)."""
-    from surrogates.datasets import make_test
+def _checkpoint_problem(path, cfg):
+    """The network of a checkpoint and its configured problem (the provenance's fingerprint must match)."""
     from surrogates.network import load_checkpoint
     from surrogates.problems import problem_from_config
-    from surrogates.scoring import evaluate
 
     _, meta = load_checkpoint(path)
     prov = (meta or {}).get("provenance") or {}
@@ -164,7 +158,54 @@ def evaluate_checkpoint(path, cfg, fresh_seed: int | None = None) -> dict:
         raise InvalidInputError(f"{path}: the checkpoint records no problem in its provenance")
     p = problem_from_config(prov["problem"], cfg)
     model, _ = load_checkpoint(path, expect={"problem": p.name, "problem_fingerprint": p.fingerprint})
-    problems = {p.test_from: problem_from_config(p.test_from, cfg)} if p.kind == "step" else None
+    return model, p
+
+
+def rollout_problems(path, cfg) -> list[str]:
+    """The trajectory problems whose sets ``--evaluate`` scores a checkpoint on: its own problem, or for an
+    ITNN (a step problem's network) its ``test_from`` and every other trajectory problem inside its input box
+    (:func:`surrogates.transfer.covered`; FitzHugh-Nagumo's D: C, then B)."""
+    from surrogates.problems import problem_from_config
+    from surrogates.transfer import covered
+
+    _, p = _checkpoint_problem(path, cfg)
+    if p.kind != "step":
+        return [p.name]
+    return [p.test_from] + covered(p, {name: problem_from_config(name, cfg) for name in cfg["problems"]})
+
+
+def evaluate_checkpoint(path, cfg, fresh_seed: int | None = None, on: str | None = None) -> dict:
+    """Score a checkpoint on its problem's held-out test set, made afresh from the configuration (the same
+    seeds, so the same rows as the run that trained it); the checkpoint's problem fingerprint must match the
+    configuration's problem. Returns the test metrics (t = 0 excluded) and the Euler floor.
+
+    An ITNN (a step problem's network) is rolled out over the test trajectories of ``on``: its problem's
+    ``test_from`` by default, or another trajectory problem inside its input box (as
+    :func:`surrogates.transfer.score_transfer` does).
+
+    ``fresh_seed``: instead, on a set of fresh trajectories (as many as the test set) whose initial states
+    and parameters are drawn with this Sobol seed, which must be none of the datasets' (trajectory problems,
+    and step problems through the problem their rollouts are judged on)."""
+    import dataclasses
+
+    from surrogates.datasets import make_test
+    from surrogates.problems import problem_from_config
+    from surrogates.scoring import evaluate
+    from surrogates.transfer import uncovered
+
+    model, p = _checkpoint_problem(path, cfg)
+    problems = None
+    if p.kind == "step":
+        target = on or p.test_from
+        src = problem_from_config(target, cfg)
+        why = uncovered(p, src) if target != p.test_from else None
+        if why:
+            raise InvalidInputError(f"{path}: {why}")
+        p = dataclasses.replace(p, test_from=target)
+        problems = {target: src}
+    elif on is not None and on != p.name:
+        raise InvalidInputError(f"{path}: a network of {p.kind} problem {p.name!r} is scored on {p.name!r}'s sets "
+                                f"only, not on {on!r} (other problems take a step problem's network)")
     d = cfg["datasets"]
     seed = d["test_seed"]
     if fresh_seed is not None:
@@ -175,13 +216,15 @@ def evaluate_checkpoint(path, cfg, fresh_seed: int | None = None) -> dict:
         seed = check_fresh_seed(cfg, fresh_seed)
     test, floor = make_test(p, seed, d["seed"], problems, float(cfg["solver"]["floor_rtol"]))
     metrics, _ = evaluate(model, p, test, {**(problems or {}), p.name: p})
-    return {"problem": p.name, "set": "held-out test set" if fresh_seed is None else f"fresh seed {fresh_seed}",
+    return {"problem": p.name, "on": p.test_from if p.kind == "step" else p.name,
+            "set": "held-out test set" if fresh_seed is None else f"fresh seed {fresh_seed}",
             "rows": int(len(test["X"])), **{k: metrics[k] for k in ("mae", "max_abs_err", "rel_l2")},
             "euler_floor_mae": floor["mae"], "euler_floor_max_abs_err": floor["max_abs_err"]}
 
 
 def _evaluate(paths, cfg, fresh_seeds) -> int:
-    """``--evaluate``: one line per checkpoint and set; the maximum over the fresh sets at the end."""
+    """``--evaluate``: one line per checkpoint and set (an ITNN: per problem it is rolled out over); the range
+    of the maxima over the fresh sets at the end of each."""
     try:
         for s in fresh_seeds:  # before any work
             check_fresh_seed(cfg, s)
@@ -190,20 +233,28 @@ def _evaluate(paths, cfg, fresh_seeds) -> int:
         return 2
     for path in paths:
         try:
-            results = [evaluate_checkpoint(path, cfg)]
-            for s in fresh_seeds:
-                results.append(evaluate_checkpoint(path, cfg, s))
+            targets = rollout_problems(path, cfg)
         except InvalidInputError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        for r in results:
-            print(f"{path}: problem {r['problem']}, {r['set']} ({r['rows']} rows, t = 0 not scored): MAE "
-                  f"{r['mae']:.3g}, max abs err {r['max_abs_err']:.3g}, rel L2 {r['rel_l2']:.3g} (Euler floor: "
-                  f"MAE {r['euler_floor_mae']:.3g}, max {r['euler_floor_max_abs_err']:.3g})", flush=True)
-        if len(results) > 2:
-            fresh = [r["max_abs_err"] for r in results[1:]]
-            print(f"{path}: max abs err over the {len(fresh)} fresh sets: {min(fresh):.3g} to {max(fresh):.3g} "
-                  f"(held-out test set: {results[0]['max_abs_err']:.3g})")
+        for on in targets:
+            try:
+                results = [evaluate_checkpoint(path, cfg, on=on)]
+                for s in fresh_seeds:
+                    results.append(evaluate_checkpoint(path, cfg, s, on=on))
+            except InvalidInputError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            r0 = results[0]
+            what = f"problem {r0['problem']}" + (f" rolled out over {on}" if on != r0["problem"] else "")
+            for r in results:
+                print(f"{path}: {what}, {r['set']} ({r['rows']} rows, t = 0 not scored): MAE "
+                      f"{r['mae']:.3g}, max abs err {r['max_abs_err']:.3g}, rel L2 {r['rel_l2']:.3g} (Euler floor: "
+                      f"MAE {r['euler_floor_mae']:.3g}, max {r['euler_floor_max_abs_err']:.3g})", flush=True)
+            if len(results) > 2:
+                fresh = [r["max_abs_err"] for r in results[1:]]
+                print(f"{path}: {what}: max abs err over the {len(fresh)} fresh sets: {min(fresh):.3g} to "
+                      f"{max(fresh):.3g} (held-out test set: {r0['max_abs_err']:.3g})")
     return 0
 
 

@@ -55,19 +55,24 @@ def uncovered(step: Problem, src: Problem) -> str | None:
     return None
 
 
+def covered(step: Problem, problems: Mapping[str, Problem]) -> list[str]:
+    """The trajectory problems among ``problems`` that the ITNN of ``step`` can be rolled out over, other than
+    its own ``test_from`` (which the accuracy table scores already), in the configuration's order."""
+    return [name for name, src in problems.items()
+            if name != step.test_from and src.kind == "trajectory" and uncovered(step, src) is None]
+
+
 def transfer_grid(cfg: Mapping) -> list[tuple[str, str, int, str, str]]:
     """``(step problem, "itnn", n, arch, target)`` for every ITNN configuration of the training grid and every
-    trajectory problem it covers other than its own ``test_from`` (which the accuracy table scores already)."""
+    trajectory problem it covers other than its own ``test_from`` (:func:`covered`)."""
     out = []
     problems = {name: problem_from_config(name, cfg) for name in cfg["problems"]}
     for p, kind, n, arch, _ in training_grid(cfg):
         if kind != "itnn":
             continue
-        step = problems[p]
-        for name, src in problems.items():
-            if name != step.test_from and src.kind == "trajectory" and uncovered(step, src) is None:
-                if (p, kind, n, arch, name) not in out:
-                    out.append((p, kind, n, arch, name))
+        for name in covered(problems[p], problems):
+            if (p, kind, n, arch, name) not in out:
+                out.append((p, kind, n, arch, name))
     return out
 
 

@@ -222,3 +222,98 @@ def test_the_tracked_lr1991_tables_are_well_formed_and_finite():
 
     run = (folder / "run.md").read_text()
     assert "(complete)" in run and "partial" not in run and "Wall time of the run" in run
+
+
+# ---------------------------------------------------------------- --evaluate on an ITNN (a step problem's network)
+@pytest.fixture(scope="module")
+def itnn(tmp_path_factory):
+    """The tiny preset's test sets of B and C and an ITNN of D trained for a few steps (one module-wide run)."""
+    from conftest import tiny
+    from surrogates import datasets as ds
+    from surrogates.config import training_settings
+    from training.train import train_surrogate
+
+    root = tmp_path_factory.mktemp("itnn") / "results"
+    cfg = tiny(root)
+    lay = Layout(root)
+    for p in ("B", "C", "D"):
+        ds.write_test(cfg, p, lay.test(p))
+    ds.write_split(cfg, "D", 300, lay.split("D", 300, "train"), lay.split("D", 300, "val"))
+    arch = training_settings(cfg, "D")["architecture"]
+    train_surrogate(cfg, "D", "itnn", 300, 0, lay.dataset_dir("D"), lay.model_dir("D", "itnn", 300, arch, 0),
+                    iterations=5)
+    return cfg, lay, arch
+
+
+def test_evaluate_rolls_an_itnn_out_over_c_and_b_as_the_pipeline_scores_it(itnn, capsys):
+    """--evaluate on D's ITNN: over C's test trajectories (its test_from) the errors its run recorded, and over
+    B's (I fixed, inside D's box) those of the pipeline's transfer scoring, each with its own set's Euler floor."""
+    from benchmarks.reference import _evaluate, evaluate_checkpoint, rollout_problems
+    from core.io import load_dataset
+    from surrogates.transfer import score_transfer
+
+    cfg, lay, arch = itnn
+    ckpt = lay.run_file("model", "D", "itnn", 300, arch, 0)
+    assert rollout_problems(ckpt, cfg) == ["C", "B"]
+    recorded = json.loads(lay.run_file("metrics", "D", "itnn", 300, arch, 0).read_text())
+    on_c = evaluate_checkpoint(ckpt, cfg)
+    assert on_c == evaluate_checkpoint(ckpt, cfg, on="C")
+    assert (on_c["problem"], on_c["on"], on_c["rows"]) == ("D", "C", 20 * 201)
+    for k in ("mae", "max_abs_err", "rel_l2"):
+        assert on_c[k] == pytest.approx(recorded["test"][k], rel=1e-6)
+    assert on_c["euler_floor_mae"] == pytest.approx(recorded["euler_floor"]["mae"], rel=1e-9)
+
+    on_b = evaluate_checkpoint(ckpt, cfg, on="B")
+    transfer = score_transfer(cfg, "D", 300, arch, [ckpt], "B", lay.test("B"))
+    assert (on_b["problem"], on_b["on"]) == ("D", "B")
+    for k in ("mae", "max_abs_err", "rel_l2"):
+        assert on_b[k] == pytest.approx(transfer["runs"][0][k], rel=1e-6)
+    _, meta = load_dataset(lay.test("B"))
+    assert on_b["euler_floor_mae"] == pytest.approx(meta["euler_floor"]["mae"], rel=1e-9)
+    assert on_b["euler_floor_max_abs_err"] == pytest.approx(meta["euler_floor"]["max_abs_err"], rel=1e-9)
+    assert on_b["mae"] != pytest.approx(on_c["mae"], rel=1e-3)  # another set, other errors
+
+    fresh_b = evaluate_checkpoint(ckpt, cfg, fresh_seed=7, on="B")
+    assert fresh_b["set"] == "fresh seed 7" and fresh_b["rows"] == on_b["rows"]
+    assert fresh_b["mae"] != pytest.approx(on_b["mae"], rel=1e-3)
+
+    assert _evaluate([ckpt], cfg, [7, 8]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 8  # per problem: the test set, two fresh sets, the range of their maxima
+    assert f"problem D rolled out over C, held-out test set ({20 * 201} rows, t = 0 not scored): MAE " \
+           f"{on_c['mae']:.3g}, max abs err {on_c['max_abs_err']:.3g}, rel L2 {on_c['rel_l2']:.3g} (Euler floor: " \
+           f"MAE {on_c['euler_floor_mae']:.3g}" in out[0]
+    assert f"problem D rolled out over B, held-out test set ({20 * 201} rows" in out[4]
+    assert f"MAE {on_b['mae']:.3g}, max abs err {on_b['max_abs_err']:.3g}" in out[4]
+    assert f"problem D rolled out over B, fresh seed 7 ({20 * 201} rows, t = 0 not scored): MAE " \
+           f"{fresh_b['mae']:.3g}" in out[5]
+    assert "problem D rolled out over B: max abs err over the 2 fresh sets: " in out[7]
+
+
+def test_evaluate_refuses_a_missing_checkpoint_and_problems_it_cannot_score(itnn, tmp_path, capsys):
+    import copy
+
+    from benchmarks.reference import _evaluate, evaluate_checkpoint
+    from conftest import ROOT
+    from core.errors import ProvenanceError
+
+    cfg, lay, arch = itnn
+    ckpt = lay.run_file("model", "D", "itnn", 300, arch, 0)
+    missing = tmp_path / "none.pth"
+    assert _evaluate([missing], cfg, []) == 2
+    assert capsys.readouterr().err.strip() == f"error: checkpoint {missing} does not exist"
+    with pytest.raises(InvalidInputError, match=r"unknown problem 'Z'; valid: \["):
+        evaluate_checkpoint(ckpt, cfg, on="Z")
+    with pytest.raises(InvalidInputError, match=r"an ITNN rolls out over trajectory problems; 'hh_m' is 'trace'"):
+        evaluate_checkpoint(ckpt, cfg, on="hh_m")
+    no_d = {**cfg, "problems": {k: v for k, v in cfg["problems"].items() if k != "D"}}  # a config without D
+    assert _evaluate([ckpt], no_d, []) == 2
+    assert "error: unknown problem 'D'; valid: [" in capsys.readouterr().err
+    changed = copy.deepcopy(cfg)
+    changed["problems"]["D"]["ranges"]["I"] = [0.07, 0.12]
+    with pytest.raises(ProvenanceError, match="problem_fingerprint"):
+        evaluate_checkpoint(ckpt, changed, on="B")
+    # a trajectory problem's network is scored on its own problem's sets only
+    with pytest.raises(InvalidInputError, match=r"a network of trajectory problem 'C' is scored on 'C''s sets only, "
+                                                r"not on 'B'"):
+        evaluate_checkpoint(ROOT / "benchmarks/reference/model_C/best_model.pth", load_config(), on="B")
