@@ -78,21 +78,37 @@ def test_an_empty_results_folder_is_refused_naming_it(tiny_config, tmp_path, cap
     assert "nothing to copy" in capsys.readouterr().err
 
 
-def test_the_shipped_checkpoint_of_problem_c_scores_what_its_metrics_say():
-    """benchmarks/reference/model_C: loads with surrogates.load_checkpoint, was made for the configured
-    problem C (fingerprint), and reproduces its recorded held-out errors."""
+def _card_figure(x: float) -> str:
+    """A figure as the model cards write it: 8.5e-4 (two significant digits)."""
+    return f"{x:.1e}".replace("e-0", "e-")
+
+
+@pytest.mark.parametrize("name, problem, sets", [("model_C", "C", ["C"]), ("model_D_itnn", "D", ["C", "B"])])
+def test_the_shipped_checkpoints_score_what_their_metrics_and_cards_say(name, problem, sets):
+    """benchmarks/reference/model_C and model_D_itnn: load with surrogates.load_checkpoint, were made for the
+    configured problem (fingerprint), and reproduce their recorded held-out errors; the ITNN of D rolled out over
+    C's test trajectories (its metrics.json) and over B's (the figures of its card)."""
     import surrogates
-    from benchmarks.reference import evaluate_checkpoint
+    from benchmarks.reference import evaluate_checkpoint, rollout_problems
     from conftest import ROOT
 
-    folder = ROOT / "benchmarks/reference/model_C"
+    folder = ROOT / "benchmarks/reference" / name
     model, meta = surrogates.load_checkpoint(folder / "best_model.pth")
-    assert meta["provenance"]["problem"] == "C" and meta["provenance"]["n"] == 100000
+    assert meta["provenance"]["problem"] == problem and meta["provenance"]["n"] == 100000
+    cfg = load_config()
+    assert rollout_problems(folder / "best_model.pth", cfg) == sets
     recorded = json.loads((folder / "metrics.json").read_text())
-    got = evaluate_checkpoint(folder / "best_model.pth", load_config())
+    got = evaluate_checkpoint(folder / "best_model.pth", cfg)
     for k in ("mae", "max_abs_err", "rel_l2"):
         assert got[k] == pytest.approx(recorded["test"][k], rel=1e-5)
     assert got["mae"] < 1e-3
+    card = (folder / "README.md").read_text()
+    for on in sets[1:]:
+        got = evaluate_checkpoint(folder / "best_model.pth", cfg, on=on)
+        row = f"| {on}'s held-out test set | {_card_figure(got['mae'])} | {got['max_abs_err']:.2g} | " \
+              f"{_card_figure(got['rel_l2'])} |"
+        assert row in card, row
+        assert got["mae"] < 1e-3
 
 
 def test_the_run_s_job_times_go_into_run_md_from_its_benchmark_records(tiny_config, tmp_path):

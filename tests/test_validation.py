@@ -196,13 +196,23 @@ def test_a_figure_refuses_a_checkpoint_of_another_kind_in_its_slot(trained, tmp_
         figures.load_network(cfg, pinn, ["B", "pinn", 300, 0, ARCH])
 
 
-def test_the_shipped_reference_checkpoint_carries_its_checksums():
-    folder = ROOT / "benchmarks/reference/model_C"
-    ckpt = torch.load(folder / "best_model.pth", map_location="cpu", weights_only=True)
+@pytest.mark.parametrize("name", ["model_C", "model_D_itnn"])
+def test_the_shipped_reference_checkpoint_carries_its_checksums(name):
+    """Each shipped network: its weights match the checkpoint's checksum, its metrics.json its content checksum
+    and the checkpoint's provenance, and the file the sha256 its card (README.md) gives."""
+    import hashlib
+
     from surrogates.network import weights_sha256
 
+    folder = ROOT / "benchmarks/reference" / name
+    ckpt = torch.load(folder / "best_model.pth", map_location="cpu", weights_only=True)
     assert ckpt["weights_sha256"] == weights_sha256(ckpt["state_dict"])
-    assert core_io.read_record(folder / "metrics.json")["mae"] < 1e-3
+    metrics = core_io.read_record(folder / "metrics.json")
+    assert metrics["provenance"] == ckpt["meta"]["provenance"]
+    assert metrics["mae"] < 1e-3
+    digest = hashlib.sha256((folder / "best_model.pth").read_bytes()).hexdigest()
+    assert f"sha256 `{digest}`" in (folder / "README.md").read_text()
+    assert (folder / "best_model.pth").stat().st_size < 250_000  # small enough to track
 
 
 # ---------------------------------------------------------------- every program's command line
