@@ -270,7 +270,9 @@ def _main(argv) -> int:
                     help="also copy these figures of the run (file names in its figures folder, e.g. "
                          "trajectories_LR1991.png)")
     ap.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
-                    help="instead: score these checkpoints on their problem's held-out test set and print the errors")
+                    help="instead: score these checkpoints on their problem's held-out test set (an ITNN: rolled out over "
+                         "the test sets of its test_from and of every other trajectory problem in its box) and print "
+                         "the errors")
     ap.add_argument("--fresh-seeds", type=int, nargs="+", default=[], metavar="SEED",
                     help="with --evaluate: also on a set of fresh trajectories per seed (as many as the test set, "
                          "drawn with this Sobol seed, which no dataset may use)")
