@@ -97,7 +97,7 @@ def test_a_rollout_of_the_exact_step_map_reproduces_the_paced_euler_trajectories
     metrics, extras = evaluate(net, p, test, problems)
     V = test["Y"][:, 0]
     assert V.max() > 0  # the trajectories fire: the stimulus at 1 ms was applied
-    assert metrics["max_abs_err"] < 1e-2 * (V.max() - V.min()) and extras["rollout_bounded"]  # float32 states
+    assert metrics["max_abs_err"] < 1e-3 and extras["rollout_bounded"]  # float32 states: ~1e-5 mV
     # the clock is what makes it right: with the time held at 0 the rollout never sees the stimulus
     n = int(test["trajectory"].max()) + 1
     Xt = test["X"].reshape(n, -1, test["X"].shape[1])
