@@ -389,9 +389,9 @@ def rollout_predictions(net, step_problem, source_problem, X: np.ndarray, n_traj
 
     Xt = X.reshape(n_traj, -1, X.shape[1])
     states, params = source_problem.split(source_problem.columns(Xt[:, 0]), n_traj)
-    y0, params = step_problem.rollout_inputs(states, params, n_traj)
+    y0, params = step_problem.rollout_inputs(states, params, n_traj, t0=Xt[:, 0, 0])
     per = whole_steps(source_problem.save_interval, step_problem.step, "ITNN step on the test grid")
-    R = rollout(net, y0, params, (Xt.shape[1] - 1) * per, keep_every=per)  # (K, n_traj, n_states)
+    R = rollout(net, y0, params, (Xt.shape[1] - 1) * per, keep_every=per, clock=step_problem.rollout_clock)
     return R.transpose(1, 0, 2).reshape(len(X), -1)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import NonFiniteStateError
+from solvers.myokit_import import cvodes_simulation, simulator_unavailable  # noqa: F401 (re-exported)
 
 SAVE = 0.1  # ms between compared samples
 TOLERANCE = 1e-10  # CVODES relative and absolute tolerances of the reference
@@ -52,19 +53,6 @@ def myokit_data() -> Path:
     return Path(myokit.__file__).parent / "tests" / "data"
 
 
-def simulator_unavailable() -> str | None:
-    """Why Myokit's simulator cannot run here (it compiles C against SUNDIALS), or ``None``."""
-    try:
-        import myokit
-    except ImportError as exc:
-        return f"myokit is not importable ({exc})"
-    if myokit.Sundials.version() is None:
-        return "Myokit's simulator needs SUNDIALS (Debian: apt-get install libsundials-dev; `make setup` does it as root)"
-    if myokit.Compiler.info() is None:
-        return "Myokit's simulator needs a C compiler (Debian: apt-get install gcc)"
-    return None
-
-
 def load_case(case: Case):
     """(CellModel, myokit model, protocol) for ``case``."""
     import myokit
@@ -86,11 +74,7 @@ def voltage_name(model) -> str:
 
 def reference_trace(mm, protocol, t_end: float, variable: str, save: float = SAVE) -> np.ndarray:
     """``variable`` every ``save`` ms on [0, t_end] by Myokit's CVODES simulation."""
-    import myokit
-
-    sim = myokit.Simulation(mm, protocol)
-    sim.set_tolerance(TOLERANCE, TOLERANCE)
-    d = sim.run(t_end + save / 2, log=[variable], log_interval=save)
+    d = cvodes_simulation(mm, protocol, TOLERANCE).run(t_end + save / 2, log=[variable], log_interval=save)
     return np.asarray(d[variable], dtype=np.float64)
 
 

@@ -234,8 +234,9 @@ class _Bench:
                 err = check_against_torch(sur.net, r, np.concatenate([Y0, P], axis=1)[:4096], prec, backend)
                 # a fused rollout advances one network: an ensemble (the mean increment each step) rolls out
                 # step by step through its runner
-                fused = None if sur.members else b.prepare_rollout(sur.net, Y0.shape[1], prec,
-                                                                   self.workdir / f"{sur.label}_{backend}")
+                # (a fused kernel keeps its inputs fixed: a paced model's time input rolls out step by step too)
+                fused = None if sur.members or sur.step.rollout_clock else b.prepare_rollout(
+                    sur.net, Y0.shape[1], prec, self.workdir / f"{sur.label}_{backend}")
                 if fused is None and prec != "fp32":
                     raise _Skip("step-by-step rollouts are timed in fp32 only (a fused rollout keeps the state in "
                                 "fp32 registers; a step-by-step one would round it every step)")
@@ -333,7 +334,7 @@ class _Bench:
         else:
             n_steps, keep_every = case.rollout_plan(sur.step)
             Y0, P = case.rollout_inputs(sur.step)
-            roll = fused or (lambda y, p, n, ke, kf: rollout_runner(r, y, p, n, ke, kf))
+            roll = fused or (lambda y, p, n, ke, kf: rollout_runner(r, y, p, n, ke, kf, sur.step.rollout_clock))
             if fused is not None:  # inputs placed once, as for the direct kernel-only time
                 y_d, p_d = r.device_input(Y0), r.device_input(P)
                 k = timed(lambda: roll(y_d, p_d, n_steps, keep_every, case.n_outputs > 1), clock)

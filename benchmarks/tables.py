@@ -121,6 +121,13 @@ def read_floors(test_sidecars, cfg=None) -> pd.DataFrame:
     return pd.DataFrame(floors)
 
 
+def floor_references(test_sidecars) -> list[str]:
+    """The high-accuracy solutions the test sidecars' Euler floors were measured against (each distinct one once,
+    e.g. ``myokit CVODES rtol=1e-10 atol=1e-10``), for a caption."""
+    refs = (read_sidecar(Path(f).with_suffix(".npz"))["euler_floor"].get("reference") for f in test_sidecars)
+    return sorted({r for r in refs if r})
+
+
 def accuracy_table(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
     """One row per (problem, surrogate, n_train, arch), means over seeds (the maximum error also with its
     smallest and largest seed's); plus one ``euler_floor`` row per

@@ -162,16 +162,24 @@ def _concat(a, b):
     raise TypeError(f"cannot concatenate arrays of type {type(a).__name__}")
 
 
-def rollout_runner(runner, y0, params, n_steps: int, keep_every: int, keep_first: bool) -> list:
+def rollout_runner(runner, y0, params, n_steps: int, keep_every: int, keep_first: bool, clock=None) -> list:
     """Roll an increment network out through an inference runner: y <- y + net([y, params]).
-    Cells go in chunks of at most CHUNK_ROWS; returns the kept states (device arrays), chunk by chunk."""
+    Cells go in chunks of at most CHUNK_ROWS; returns the kept states (device arrays), chunk by chunk.
+    ``clock``: ``(column, step)`` of a time input that advances by ``step`` each step (as in
+    ``surrogates.itnn.rollout``; the parameters go to the device again every step)."""
     kept = []
     for i in range(0, len(y0), CHUNK_ROWS):
         y, p = runner.device_input(y0[i:i + CHUNK_ROWS]), runner.device_input(params[i:i + CHUNK_ROWS])
+        if clock is not None:
+            host = np.array(params[i:i + CHUNK_ROWS], dtype=np.float32)
+            t0 = host[:, clock[0]].astype(np.float64)
         if keep_first:
             kept.append(y)
         for step in range(1, n_steps + 1):
             y = y + runner.run(_concat(y, p))
+            if clock is not None:
+                host[:, clock[0]] = t0 + step * clock[1]
+                p = runner.device_input(host)
             if step % keep_every == 0:
                 kept.append(y)
     return kept

@@ -27,7 +27,8 @@ from core.errors import InvalidInputError
 
 from .model import CellModel, Parameter, State, identifier
 
-__all__ = ["MYOKIT_PREFIX", "SUFFIXES", "from_myokit", "is_model_path", "load", "resolve"]
+__all__ = ["MYOKIT_PREFIX", "SUFFIXES", "cvodes_trajectories", "from_myokit", "is_model_path", "load", "resolve",
+           "simulator_unavailable"]
 
 SUFFIXES = (".mmt", ".cellml", ".xml")
 
@@ -103,6 +104,60 @@ def _read(path: Path):
     except Exception as exc:  # myokit.ParseError, myokit.formats.cellml.CellMLImportError, OSError, ...
         msg = " ".join(str(exc).split())
         raise InvalidInputError(f"model file {str(path)!r} cannot be read by Myokit: {type(exc).__name__}: {msg}") from None
+
+
+def simulator_unavailable() -> str | None:
+    """Why Myokit's simulator (CVODES, compiled against SUNDIALS) cannot run here, or ``None``."""
+    try:
+        import myokit
+    except ImportError as exc:
+        return f"myokit is not importable ({exc})"
+    if myokit.Sundials.version() is None:
+        return "Myokit's simulator needs SUNDIALS (Debian: apt-get install libsundials-dev; `make setup` does it as root)"
+    if myokit.Compiler.info() is None:
+        return "Myokit's simulator needs a C compiler (Debian: apt-get install gcc)"
+    return None
+
+
+def cvodes_simulation(model, protocol=None, tolerance: float = 1e-10):
+    """Myokit's ``Simulation`` (CVODES) of a ``myokit.Model`` paced by ``protocol``, relative and absolute
+    tolerances ``tolerance``."""
+    import myokit
+
+    sim = myokit.Simulation(model, protocol)
+    sim.set_tolerance(tolerance, tolerance)
+    return sim
+
+
+def cvodes_trajectories(model: CellModel, y0, params, times, tolerance: float = 1e-10):
+    """The states (K, n, n_states) of ``n`` cells at ``times`` (K evenly spaced from 0) by Myokit's CVODES, for a
+    :class:`CellModel` imported from a Myokit or CellML file (its ``reference``): cell ``i`` from ``y0[i]`` (model
+    state order) with ``params`` (name -> scalar or per-cell array). The file is read again; it must still
+    translate to the same states and parameters."""
+    import numpy as np
+
+    source = Path(model.reference) if model.reference else None
+    if source is None or not source.is_file() or source.suffix.lower() not in SUFFIXES:
+        raise InvalidInputError(f"model {model.name!r} was not imported from a Myokit or CellML file")
+    mm, protocol = _read(source)
+    states = [s.qname() for s in mm.states()]
+    if states != list(model.state_names) or any(not mm.has_variable(p) for p in params):
+        raise InvalidInputError(f"model file {str(source)!r} no longer matches the imported model {model.name!r}")
+    times = np.asarray(times, dtype=np.float64)
+    interval = float(times[1] - times[0]) if len(times) > 1 else float(times[-1]) or 1.0
+    if not np.allclose(times, np.arange(len(times)) * interval, rtol=0, atol=1e-9 * max(1.0, times[-1])):
+        raise InvalidInputError("cvodes_trajectories: the times must be evenly spaced from 0")
+    y0 = np.asarray(y0, dtype=np.float64)
+    sim = cvodes_simulation(mm, protocol, tolerance)
+    out = np.empty((len(times), len(y0), len(states)))
+    for i, y in enumerate(y0):
+        sim.reset()
+        sim.set_state(list(y))
+        for name, v in params.items():
+            sim.set_constant(name, float(np.broadcast_to(v, (len(y0),))[i]))
+        d = sim.run(times[-1] + interval / 2, log=states, log_interval=interval)
+        out[:, i] = np.stack([np.asarray(d[s], dtype=np.float64)[:len(times)] for s in states], axis=1)
+    return out
 
 
 def _model_name(path: Path) -> str:

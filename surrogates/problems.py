@@ -37,7 +37,8 @@ class Problem:
     """One learning problem: what the surrogate maps, and how its data are drawn and labelled.
 
     Kinds: ``trajectory`` (``t`` and sampled initial states ``<state>0`` / parameters -> states at t),
-    ``step`` (states and parameters -> states after ``step`` time units; an ITNN's one-step map), ``trace``
+    ``step`` (states and parameters -> states after ``step`` time units; an ITNN's one-step map; for a model
+    paced by a stimulus also the time ``t`` at the start of the step), ``trace``
     (one trace under a stimulus ``protocol``; rows are its saved time points).
     """
 
@@ -152,14 +153,24 @@ class Problem:
 
     @property
     def param_inputs(self) -> tuple[str, ...]:
-        """A step problem's inputs that are parameters (they stay fixed along a rollout)."""
+        """A step problem's inputs after its states: the parameters (fixed along a rollout) and, for a model
+        paced by a stimulus, the time ``t`` at the start of the step (advanced by the rollout)."""
         return tuple(n for n in self.inputs if n not in self.outputs)
 
-    def rollout_inputs(self, states: np.ndarray, params: Mapping, n: int):
+    @property
+    def rollout_clock(self) -> tuple[int, float] | None:
+        """``(column, step)``: where a step problem's time ``t`` sits among :attr:`param_inputs` and how much a
+        rollout advances it each step; ``None`` for a model that does not depend on time. The time is the
+        absolute time since the trajectory's start (not the phase within a pacing period): its box is the
+        span of the rollouts it is judged on."""
+        return (self.param_inputs.index("t"), float(self.step)) if "t" in self.inputs else None
+
+    def rollout_inputs(self, states: np.ndarray, params: Mapping, n: int, t0=0.0):
         """A step problem's rollout start: states (n, outputs) in its output order, parameters (n, param inputs).
 
         ``states`` are in the model's state order (from :meth:`initial_states` of the trajectory problem the
-        rollout replaces); ``params`` map parameter names to per-cell values or scalars.
+        rollout replaces); ``params`` map parameter names to per-cell values or scalars; ``t0`` (scalar or
+        per cell) is the start time where the step problem has the input ``t``.
         """
         if self.kind != "step":
             raise InvalidInputError(f"problem {self.name!r} is not a step problem")
@@ -167,7 +178,7 @@ class Problem:
         Y = np.asarray(states, dtype=np.float64)[:, idx]
         cols = []
         for name in self.param_inputs:
-            v = params.get(name, self.fixed.get(name, self.model.parameters[name].default))
+            v = t0 if name == "t" else params.get(name, self.fixed.get(name, self.model.parameters[name].default))
             cols.append(np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)))
         P = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
         return Y.astype(np.float32), P.astype(np.float32)
@@ -262,13 +273,15 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
                        test_trajectories=spec.get("test_trajectories"))
     if kind == "step":
         need("step", "test_from")
-        if model.time_ident is not None:
+        timed = model.time_ident is not None
+        if timed and "t" not in inputs:
             raise InvalidInputError(
-                f"config key {k}.kind: a step problem maps states to states without the time, but {model.name!r} "
-                f"depends on time (through {model.time_variable!r}: its stimulus); use a trajectory problem")
+                f"config key {k}.inputs: {model.name!r} depends on time (through {model.time_variable!r}: its "
+                "stimulus), so its one-step map needs the input 't' (the time at the start of the step)")
         for n in inputs:
-            if n not in states | params:
-                raise InvalidInputError(f"config key {k}.inputs: {n!r} is neither a state nor a parameter of {model.name!r}")
+            if n not in states | params and not (timed and n == "t"):
+                raise InvalidInputError(f"config key {k}.inputs: {n!r} is neither a state nor a parameter of {model.name!r}"
+                                        + ("" if n != "t" else " (and the model does not depend on time)"))
             if n not in ranges:
                 raise InvalidInputError(f"config key {k}.ranges: input {n!r} needs a range")
         if [n for n in inputs if n in states] != list(outputs):
@@ -279,6 +292,12 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
             raise InvalidInputError(f"config key {k}.test_from: {src!r} is not a trajectory problem of this config")
         whole_steps(problems[src]["save_interval"], spec["step"],
                     f"config key {k}.step: the rollout over {src}'s test grid (save_interval)")
+        if timed:  # the rollout over the source's trajectories starts steps at t = 0, step, ..., t_end - step
+            (lo, hi), last = ranges["t"], float(problems[src]["t_end"]) - float(spec["step"])
+            if lo > 0 or hi < last:
+                raise InvalidInputError(
+                    f"config key {k}.ranges.t: [{lo:g}, {hi:g}] does not cover the steps of the rollout over {src}'s "
+                    f"test trajectories, which start at t in [0, {last:g}]")
         return Problem(**common, ranges=ranges, step=float(spec["step"]), test_from=src)
     # trace
     need("t_end", "save_interval", "protocol", "test_fraction")

@@ -48,9 +48,9 @@ def evaluate(model, p: Problem, test: dict, problems: dict | None = None) -> tup
     K = len(X) // n_traj
     Xt, Yt = X.reshape(n_traj, K, -1), Y.reshape(n_traj, K, -1)
     states, params = src.split(src.columns(Xt[:, 0]), n_traj)
-    y0, params = p.rollout_inputs(states, params, n_traj)
+    y0, params = p.rollout_inputs(states, params, n_traj, t0=Xt[:, 0, 0])  # a trajectory's first input is t
     per = whole_steps(src.save_interval, p.step, f"ITNN step {p.step:g} on the test grid of {src.name!r}")
-    R = rollout(model, y0, params, (K - 1) * per, keep_every=per).transpose(1, 0, 2)  # (n_traj, K, n_states)
+    R = rollout(model, y0, params, (K - 1) * per, keep_every=per, clock=p.rollout_clock).transpose(1, 0, 2)
     t = Xt[:, :, 0]
     metrics = error_metrics(R.reshape(-1, R.shape[-1]), Yt.reshape(-1, Yt.shape[-1]), t.reshape(-1), p.outputs)
     err_t = np.abs(R - Yt).mean(axis=(0, 2))

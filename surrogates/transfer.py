@@ -48,7 +48,7 @@ def uncovered(step: Problem, src: Problem) -> str | None:
     lo, hi = step.box()
     for i, name in enumerate(step.inputs):
         key = f"{name}0" if name in step.model.states else name
-        a, b = _span(src, key)
+        a, b = (0.0, src.t_end - step.step) if name == "t" else _span(src, key)  # the rollout's step start times
         if a < lo[i] or b > hi[i]:
             return (f"problem {src.name!r} gives {key} in [{a:g}, {b:g}], outside the ITNN's training range of {name} "
                     f"[{lo[i]:g}, {hi[i]:g}] (problem {step.name!r})")

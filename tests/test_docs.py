@@ -97,3 +97,20 @@ def test_no_tracked_file_speaks_of_work_sessions_issues_or_device_calls():
             if pattern.search(allowed.sub("", line)):
                 hits.append(f"{name}:{i}: {line.strip()[:100]}")
     assert not hits, "\n".join(hits)
+
+
+def test_run_facts_read_both_summaries_of_a_reference_run():
+    """run.md's wall time, date and job count, from the log summary of the tracked grid and from the summary of
+    Snakemake's `benchmark:` records that benchmarks.runlog writes now (the LR1991 study's run.md)."""
+    from benchmarks.docs import run_facts
+
+    ref = ROOT / "benchmarks" / "reference"
+    for folder in (ref, ref / "lr1991"):
+        text = (folder / "run.md").read_text()
+        facts = run_facts(folder)
+        assert re.fullmatch(r"\d+:\d\d:\d\d", facts["wall"]) and f"**{facts['wall']}**" in text
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d", facts["day"]) and facts["day"] in text and facts["jobs"] > 0
+    assert "Wall time of the run" in (ref / "run.md").read_text()  # the older summary, still read
+    lr = run_facts(ref / "lr1991")
+    text = (ref / "lr1991" / "run.md").read_text()
+    assert f"(span **{lr['wall']}**)" in text and f"{lr['jobs']} jobs from {lr['day']} " in text

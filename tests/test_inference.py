@@ -315,6 +315,13 @@ def test_rollout_through_a_runner_matches_the_itnn_rollout(step_net, backend, tm
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     final_only = workloads.rollout_runner(r, Y0, P, n_steps=40, keep_every=40, keep_first=False)
     np.testing.assert_allclose(np.concatenate([r.to_host(k) for k in final_only]), ref[-1], rtol=1e-5, atol=1e-6)
+    # a clock (a paced model's time input) advances its column each step, as the ITNN rollout's does: here the
+    # current stands in for the time
+    ref_t = rollout(step_net, Y0, P, n_steps=40, keep_every=8, clock=(0, 1e-3))
+    assert np.abs(ref_t - ref).max() > 1e-5 and np.array_equal(P[:, 0], c["I"].astype(np.float32))  # P untouched
+    timed = workloads.rollout_runner(r, Y0, P, n_steps=40, keep_every=8, keep_first=True, clock=(0, 1e-3))
+    got_t = np.stack([np.concatenate([r.to_host(k) for k in timed[j::6]]) for j in range(6)])
+    np.testing.assert_allclose(got_t, ref_t, rtol=1e-5, atol=1e-6)
 
 
 def test_speed_run_times_an_itnn_by_rollout_on_the_same_k_states(step_net, tmp_path):

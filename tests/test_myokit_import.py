@@ -285,7 +285,7 @@ def test_the_physics_residual_gives_a_paced_model_its_time():
     assert loss(Rest()).item() == pytest.approx(float(np.mean(expected ** 2)), rel=1e-4)
 
 
-def test_a_step_problem_on_a_paced_model_is_refused():
+def test_a_step_problem_on_a_paced_model_without_the_time_is_refused():
     import copy
 
     from surrogates.config import load_config
@@ -293,8 +293,8 @@ def test_a_step_problem_on_a_paced_model_is_refused():
 
     cfg = copy.deepcopy(load_config())
     cfg["problems"]["S"] = dict(kind="step", model="myokit:lr-1991.mmt", inputs=["membrane.V"], outputs=["membrane.V"],
-                                ranges={"membrane.V": [-90.0, 40.0]}, step=0.1, test_from="C")
-    with pytest.raises(InvalidInputError, match=r"problems\.S\.kind: .*depends on time .*'engine\.time'"):
+                                ranges={"membrane.V": [-85.0, 40.0]}, step=0.1, test_from="C")
+    with pytest.raises(InvalidInputError, match=r"problems\.S\.inputs: .*depends on time .*'engine\.time'.*needs the input 't'"):
         problem_from_config("S", cfg)
 
 

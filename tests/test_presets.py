@@ -124,17 +124,19 @@ def test_the_run_one_problem_example_of_config_readme_is_a_valid_preset():
     assert list(cfg["problems"]) == ["X"] and {(p, k) for p, k, *_ in training_grid(cfg)} == {("X", "ddnn"), ("X", "pinn")}
 
 
-def test_the_luo_rudy_preset_trains_ddnn_and_pinn_on_every_state_and_times_its_beat():
+def test_the_luo_rudy_preset_trains_ddnn_pinn_and_a_timed_itnn_on_every_state_and_times_its_beat():
     """config/lr1991.yaml: one LR1991 problem whose outputs are all 8 states (the residual needs them), ddnn and
-    pinn on it with the residual's guards, no itnn (a step problem on a paced model is refused), and the speed
-    workload over the beat the surrogates learnt."""
+    pinn on it with the residual's guards, an itnn on its step problem lr_step (the time an input: the model is
+    paced), and the speed workload over the beat the surrogates learnt."""
     pytest.importorskip("myokit")
     cfg = load_config("config/config.yaml", "config/lr1991.yaml")
-    assert list(cfg["problems"]) == ["LR1991"]
-    p = problem_from_config("LR1991", cfg)
+    assert list(cfg["problems"]) == ["LR1991", "lr_step"]
+    p, s = problem_from_config("LR1991", cfg), problem_from_config("lr_step", cfg)
     assert sorted(p.outputs) == sorted(p.model.state_names) and list(p.outputs[:2]) == ["membrane.V", "ica.Ca_i"]
-    assert cfg["training"]["surrogates"] == {"ddnn": ["LR1991"], "pinn": ["LR1991"]}
-    assert {s for _, s, *_ in training_grid(cfg)} == {"ddnn", "pinn"}
+    assert s.outputs == p.outputs and s.test_from == "LR1991" and s.rollout_clock == (len(s.param_inputs) - 1, s.step)
+    assert s.box()[1][-1] >= p.t_end - s.step
+    assert cfg["training"]["surrogates"] == {"ddnn": ["LR1991"], "pinn": ["LR1991"], "itnn": ["lr_step"]}
+    assert {s for _, s, *_ in training_grid(cfg)} == {"ddnn", "pinn", "itnn"}
     assert cfg["training"]["physics"]["clamp_states"] and cfg["training"]["physics"]["rhs_dtype"] == "float64"
     assert cfg["speed"]["problem"] == "LR1991" and cfg["speed"]["t_end"] == p.t_end
-    assert cfg["speed"]["surrogates"] == ["ddnn", "pinn"]
+    assert cfg["speed"]["surrogates"] == ["ddnn", "pinn", "itnn"]

@@ -207,7 +207,8 @@ def test_the_accuracy_per_output_and_named_figures_are_copied_where_the_run_made
 
 def test_the_tracked_lr1991_tables_are_well_formed_and_finite():
     """benchmarks/reference/lr1991/ (config/lr1991.yaml's run): the table contracts' columns, finite errors and
-    timings, the V and Ca_i errors of every surrogate and of the Euler floor, a complete run."""
+    timings, the V and Ca_i errors of every surrogate and of the Euler floor (against Myokit's CVODES), a complete
+    run."""
     import numpy as np
     import pandas as pd
 
@@ -216,8 +217,8 @@ def test_the_tracked_lr1991_tables_are_well_formed_and_finite():
 
     folder = ROOT / "benchmarks/reference/lr1991"
     acc = pd.read_csv(folder / "accuracy.csv")
-    assert list(acc.columns) == ACCURACY_COLUMNS and set(acc["problem"]) == {"LR1991"}
-    assert set(acc["surrogate"]) >= {"euler_floor", "ddnn", "pinn"}
+    assert list(acc.columns) == ACCURACY_COLUMNS and set(acc["problem"]) == {"LR1991", "lr_step"}
+    assert set(acc["surrogate"]) >= {"euler_floor", "ddnn", "pinn", "itnn"}
     for col in ("mae_mean", "max_abs_err_mean", "rel_l2_mean"):
         assert np.isfinite(acc[col]).all() and (acc[col] > 0).all(), col
     trained = acc[acc["surrogate"] != "euler_floor"]
@@ -225,19 +226,22 @@ def test_the_tracked_lr1991_tables_are_well_formed_and_finite():
 
     by = pd.read_csv(folder / "accuracy_by_output.csv")
     assert list(by.columns) == BY_OUTPUT_COLUMNS and np.isfinite(by["mae_mean"]).all()
-    for kind, rows in by.groupby("surrogate"):
-        assert {"membrane.V", "ica.Ca_i"} <= set(rows["output"]), kind
-        assert rows["mae_mean"].mean() == pytest.approx(acc.set_index("surrogate").loc[kind, "mae_mean"], rel=1e-6)
+    keys = ["problem", "surrogate", "n_train"]
+    for key, rows in by.groupby(keys, dropna=False):
+        assert {"membrane.V", "ica.Ca_i"} <= set(rows["output"]), key
+        row = acc[(acc[keys[:2]] == key[:2]).all(axis=1) & ((acc.n_train == key[2]) | acc.n_train.isna() & pd.isna(key[2]))]
+        assert len(row) == 1 and rows["mae_mean"].mean() == pytest.approx(row["mae_mean"].item(), rel=1e-6), key
 
     sp = pd.read_csv(folder / "speedup.csv")
     assert list(sp.columns) == SPEEDUP_COLUMNS and len(sp) > 0
-    assert set(sp["surrogate"]) >= {"ddnn", "pinn"} and (sp["sweep"] == "K").any()
+    assert set(sp["surrogate"]) >= {"ddnn", "pinn", "itnn"} and (sp["sweep"] == "K").any()
     for col in ("solver_seconds", "surrogate_seconds", "speedup"):
         assert np.isfinite(sp[col]).all() and (sp[col] > 0).all(), col
     np.testing.assert_allclose(sp["speedup"], sp["solver_seconds"] / sp["surrogate_seconds"], rtol=1e-6)
 
     run = (folder / "run.md").read_text()
-    assert "(complete)" in run and "partial" not in run and "Wall time of the run" in run
+    assert "(complete)" in run and "partial" not in run and "Jobs of the run" in run
+    assert "against Myokit's CVODES" in run and "CVODES" in (folder / "accuracy.md").read_text()
 
 
 # ---------------------------------------------------------------- --evaluate on an ITNN (a step problem's network)

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir)))
 from _log import to_log  # noqa: E402
 
 to_log(snakemake)
-from benchmarks.tables import accuracy_by_output, accuracy_table, write_table  # noqa: E402
+from benchmarks.tables import accuracy_by_output, accuracy_table, floor_references, write_table  # noqa: E402
 from core.machine import describe_machine  # noqa: E402
 
 cfg = snakemake.config
@@ -16,8 +16,9 @@ write_table(df, snakemake.output.csv, snakemake.output.md, snakemake.output.tex,
             caption=f"Test-set accuracy (t = 0 excluded), mean over seeds; <kind>_ensemble: the mean of the seeds' "
                     f"networks as one surrogate (seeds: its members; train seconds: theirs, summed); "
                     f"euler_floor: the forward-Euler "
-                    f"(dt = {cfg['solver']['dt']:g}) labels against solve_ivp (DOP853, rtol "
-                    f"{cfg['solver']['floor_rtol']:g}). Tabulated on: {describe_machine()}.")
+                    f"(dt = {cfg['solver']['dt']:g}) labels against "
+                    f"{'; '.join(floor_references(snakemake.input.floors)) or 'a high-accuracy solution'}. "
+                    f"Tabulated on: {describe_machine()}.")
 print(df.to_string())
 by = accuracy_by_output(snakemake.input.metrics, snakemake.input.floors, cfg)
 write_table(by, snakemake.output.by_output_csv, snakemake.output.by_output_md, snakemake.output.by_output_tex,
