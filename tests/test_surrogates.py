@@ -383,6 +383,91 @@ def test_lbfgs_polish_lowers_the_loss(tmp_path):
     assert tr2.rows[-1]["total"] < plain
 
 
+@pytest.mark.parametrize("engine", ["autograd", "fused"])
+def test_polish_weight_decay_is_a_term_of_the_polish_and_shrinks_the_weights(tmp_path, engine):
+    """lbfgs_weight_decay adds lam / 2 * sum(w**2) over every parameter to the polish's objective (a column
+    of its own, in the total) and its gradient lam * w to what L-BFGS reads: the polished weights are
+    smaller than without it. The first-order steps are untouched (their rows have no such term)."""
+    lam = 1e-2
+    plain, m0 = _toy_trainer(tmp_path / "plain", val_every=10, lbfgs_iterations=40, engine=engine)
+    plain.train(20)
+    decayed, m1 = _toy_trainer(tmp_path / "decay", val_every=10, lbfgs_iterations=40, engine=engine,
+                               lbfgs_weight_decay=lam)
+    decayed.train(20)
+    log = pd.read_csv(tmp_path / "decay/losses.csv")
+    adam, polish = log[log["lr"].notna()], log[log["lr"].isna()]
+    assert adam["weight_decay"].isna().all() and list(polish["iteration"]) == [40, 60]
+    norm2 = sum(float(torch.sum(p.detach().double() ** 2)) for p in m1.parameters())
+    assert polish["weight_decay"].iloc[-1] == pytest.approx(0.5 * lam * norm2, rel=1e-5)
+    np.testing.assert_allclose(polish["total"], polish["data"] + polish["weight_decay"], rtol=1e-6)
+    assert "weight_decay" not in pd.read_csv(tmp_path / "plain/losses.csv")
+    size = [sum(float(torch.sum(p.detach() ** 2)) for p in m.parameters()) for m in (m0, m1)]
+    assert size[1] < size[0]
+
+
+def test_polish_weight_decay_gradient_is_that_of_the_penalised_objective(tmp_path):
+    """_penalised: value and gradient equal autograd's of data + lam / 2 * sum(w**2)."""
+    lam = 0.3
+    tr, model = _toy_trainer(tmp_path, lbfgs_weight_decay=lam)
+    X, Y = (torch.as_tensor(a, dtype=torch.float32) for a in _toy_data())
+    data = torch.mean((model(X) - Y) ** 2)
+    data.backward()
+    total, terms = tr._penalised(model, data.detach(), {"data": data.detach()}, gradients=True)
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    want = torch.mean((model(X) - Y) ** 2) + 0.5 * lam * sum(torch.sum(p * p) for p in model.parameters())
+    want.backward()
+    assert float(total) == pytest.approx(float(want), rel=1e-6) and set(terms) == {"data", "weight_decay"}
+    for g, p in zip(got, model.parameters()):
+        torch.testing.assert_close(g, p.grad)
+
+
+@pytest.mark.parametrize("bad", [-1e-3, float("nan"), float("inf"), "1e-5", True])
+def test_polish_weight_decay_must_be_a_finite_non_negative_number(tmp_path, bad):
+    with pytest.raises(InvalidInputError, match="lbfgs_weight_decay must be a finite number >= 0, got"):
+        Trainer(MLP(2, 1, [("Tanh", 4)]), tmp_path, lbfgs_weight_decay=bad)
+
+
+def test_config_checks_monitor_and_polish_weight_decay(cfg):
+    for key, value in (("monitor", "val_rmse"), ("lbfgs_weight_decay", -1.0)):
+        bad = copy.deepcopy(cfg)
+        bad["training"]["overrides"]["hh_m"][key] = value
+        with pytest.raises(InvalidInputError, match=f"training.overrides.hh_m.{key}"):
+            validate_config(bad)
+
+
+def test_configured_polish_weight_decay_is_per_training_row(cfg, data, tmp_path, monkeypatch):
+    """training.lbfgs_weight_decay weighs the penalty against the data loss summed over the rows: the
+    Trainer (whose data loss is their mean) gets it divided by n."""
+    import training.train as tt
+
+    made = []
+
+    class Recording(Trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(tt, "Trainer", Recording)
+    c = copy.deepcopy(cfg)
+    c["training"]["overrides"]["hh_m"]["lbfgs_weight_decay"] = 4.0
+    train_surrogate(c, "hh_m", "ddnn", 400, 0, data / "hh_m", tmp_path, iterations=1)
+    assert made[0].lbfgs_weight_decay == pytest.approx(4.0 / 400)
+
+
+@pytest.mark.slow
+def test_monitor_val_max_keeps_the_checkpoint_with_the_smallest_validation_max_error(cfg, data, tmp_path):
+    """training.monitor: val_max picks the kept weights by the validation rows' largest error (every
+    validation records val_mae and val_max); metrics.json gives the kept checkpoint's both."""
+    c = copy.deepcopy(cfg)
+    c["training"]["overrides"]["hh_m"].update(monitor="val_max", val_every=10)
+    r = train_surrogate(c, "hh_m", "ddnn", 400, 0, data / "hh_m", tmp_path, iterations=200)
+    log = pd.read_csv(tmp_path / "losses.csv")
+    best = log.loc[log["val_max"].idxmin()]
+    assert r["best_iteration"] == int(best["iteration"]) and r["val_max"] == pytest.approx(best["val_max"])
+    assert r["val_mae"] == pytest.approx(best["val_mae"])
+
+
 # ---------------------------------------------------------------- ITNN
 def test_rollout_advances_many_cells_by_increments():
     class Decay(nn.Module):  # increment = -0.1 * state, independent of the parameter

@@ -153,7 +153,8 @@ class Trainer:
                  val_every: int = 100, optimizer: str = "adam", lr: float = 1e-3, lr_schedule: str = "constant",
                  lr_final: float = 0.01, patience: int | None = None, lbfgs_iterations: int = 0, seed: int = 0,
                  resume: bool = True, progress: bool | None = None, fingerprint: dict | None = None,
-                 lbfgs_dtype: str = "float32", checkpoint_meta: dict | None = None, engine: str = "auto", capture="auto"):
+                 lbfgs_dtype: str = "float32", checkpoint_meta: dict | None = None, engine: str = "auto", capture="auto",
+                 lbfgs_weight_decay: float = 0.0):
         if optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"unknown optimizer {optimizer!r}; valid: {sorted(OPTIMIZERS)}")
         if lr_schedule not in SCHEDULES:
@@ -173,6 +174,10 @@ class Trainer:
         if lbfgs_dtype not in ("float32", "float64", "auto"):
             raise InvalidInputError(f"lbfgs_dtype must be 'float32', 'float64' or 'auto', got {lbfgs_dtype!r}")
         self.lbfgs_dtype = lbfgs_dtype
+        if isinstance(lbfgs_weight_decay, bool) or not isinstance(lbfgs_weight_decay, (int, float)) \
+                or not (math.isfinite(lbfgs_weight_decay) and lbfgs_weight_decay >= 0):
+            raise InvalidInputError(f"lbfgs_weight_decay must be a finite number >= 0, got {lbfgs_weight_decay!r}")
+        self.lbfgs_weight_decay = float(lbfgs_weight_decay)
         self.resume = resume
         # what the run is (settings, data): a checkpoint.pth written for anything else is not resumed
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str)) if fingerprint else None
@@ -568,6 +573,21 @@ class Trainer:
         opt = LBFGS(model.parameters(), lr=1.0, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
         return model, opt, self._polish_objective(fused)
 
+    def _penalised(self, model, total, terms, gradients: bool):
+        """The polish's objective with its weight penalty ``lbfgs_weight_decay / 2 * sum(w**2)`` over every
+        parameter of ``model`` (a term ``weight_decay`` of its own; ``gradients``: added to each ``.grad`` too);
+        unchanged without one."""
+        lam = self.lbfgs_weight_decay
+        if not lam:
+            return total, terms
+        with torch.no_grad():
+            params = list(model.parameters())
+            penalty = 0.5 * lam * sum(torch.sum(p * p) for p in params)
+            if gradients:
+                for p in params:
+                    p.grad.add_(p, alpha=lam)
+        return total + penalty.to(total.dtype), {**terms, "weight_decay": penalty}
+
     def _lbfgs_steps(self, t0: float):
         narrow = next(self.model.parameters()).dtype != torch.float64
         model, opt, objective = self._polish_setup(narrow and self.lbfgs_dtype == "float64")
@@ -591,11 +611,12 @@ class Trainer:
                 else:
                     opt.zero_grad(set_to_none=True)
                     total, terms = self._objective()
+                if objective is None:
+                    total.backward()
+                total, terms = self._penalised(model, total.detach(), terms, gradients=True)
                 last["v"] = (total, terms)
                 if not deferred:
                     self._check_finite(total, terms)
-                if objective is None:
-                    total.backward()
                 return total
 
             opt.step(closure)
@@ -605,6 +626,7 @@ class Trainer:
                         mine.copy_(polished)
             self.iteration += 20
             total, terms = objective() if objective is not None else self._objective_value()
+            total, terms = self._penalised(model, total, terms, gradients=False)
             self._check_finite(total, terms)
             self.elapsed = time.perf_counter() - t0
             self._record(terms, total, float("nan"), self._validate())
