@@ -436,6 +436,25 @@ def test_config_checks_monitor_and_polish_weight_decay(cfg):
             validate_config(bad)
 
 
+def test_configured_polish_weight_decay_is_per_training_row(cfg, data, tmp_path, monkeypatch):
+    """training.lbfgs_weight_decay weighs the penalty against the data loss summed over the rows: the
+    Trainer (whose data loss is their mean) gets it divided by n."""
+    import training.train as tt
+
+    made = []
+
+    class Recording(Trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(tt, "Trainer", Recording)
+    c = copy.deepcopy(cfg)
+    c["training"]["overrides"]["hh_m"]["lbfgs_weight_decay"] = 4.0
+    train_surrogate(c, "hh_m", "ddnn", 400, 0, data / "hh_m", tmp_path, iterations=1)
+    assert made[0].lbfgs_weight_decay == pytest.approx(4.0 / 400)
+
+
 @pytest.mark.slow
 def test_monitor_val_max_keeps_the_checkpoint_with_the_smallest_validation_max_error(cfg, data, tmp_path):
     """training.monitor: val_max picks the kept weights by the validation rows' largest error (every

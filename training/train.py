@@ -168,10 +168,13 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
         return {"val_mae": torch.mean(err), "val_max": torch.max(err)}
 
     settings = {k: v for k, v in s.items() if k != "architectures"}
+    # lbfgs_weight_decay weighs the polish's weight penalty against the data loss summed over the training rows:
+    # against their mean (the data loss) it is divided by n, a fixed prior whose pull fades as rows are added
     trainer = Trainer(model, out_dir, validation=validation, monitor=s.get("monitor", "val_mae"), val_every=s["val_every"],
                       optimizer=s["optimizer"], lr=s["lr"], lr_schedule=s["lr_schedule"], lr_final=s["lr_final"],
                       patience=s["patience"], lbfgs_iterations=s["lbfgs_iterations"],
-                      lbfgs_dtype=s.get("lbfgs_dtype", "float32"), lbfgs_weight_decay=s.get("lbfgs_weight_decay", 0.0),
+                      lbfgs_dtype=s.get("lbfgs_dtype", "float32"),
+                      lbfgs_weight_decay=s.get("lbfgs_weight_decay", 0.0) / len(Xtr),
                       engine=s.get("engine", "auto"), seed=seed,
                       progress=None,
                       fingerprint={**prov, "iterations": total, "settings": settings,
