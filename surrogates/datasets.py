@@ -136,11 +136,29 @@ def _pool(p: Problem):
 
 
 def _pool_indices(p: Problem, test_seed: int, seed: int):
+    """The pool's held-out test rows (sorted) and the order in which training and validation take the others:
+    a seeded permutation, or (``pool_order: space_filling``) the order of a scrambled one-dimensional Sobol
+    sequence over the remaining time points, so that any prefix is spread evenly over the time axis (the largest
+    gap between training rows stays near the mean gap; a permutation's prefix leaves gaps several times wider)."""
     K = pool_size(p)
     test = np.sort(np.random.default_rng(test_seed).permutation(K)[: n_test_pool(p)])
     rest = np.setdiff1d(np.arange(K), test)
+    if p.pool_order == "space_filling":
+        return test, rest[space_filling_order(rest.size, seed)]
     order = rest[np.random.default_rng(seed).permutation(rest.size)]
     return test, order
+
+
+def space_filling_order(n: int, seed: int) -> np.ndarray:
+    """A permutation of ``range(n)`` whose prefixes are spread evenly: the indices hit in turn by a scrambled
+    Sobol sequence in [0, 1) (each index once, at its first hit); those it never hits follow in a seeded
+    permutation. Prefixes nest, as the other designs' do."""
+    u = _sobol(1, 1 << max(1, int(np.ceil(np.log2(n)))), seed)[:, 0]
+    hits = np.minimum((u * n).astype(np.int64), n - 1)
+    _, first = np.unique(hits, return_index=True)
+    order = hits[np.sort(first)]
+    missed = np.setdiff1d(np.arange(n), order)
+    return np.concatenate([order, missed[np.random.default_rng(seed).permutation(missed.size)]])
 
 
 # ---------------------------------------------------------------- public functions
@@ -306,7 +324,8 @@ def _meta(p: Problem, cfg: dict, part: str, n: int | None = None, **extra) -> di
         "dt": p.dt,
         "save_interval": p.save_interval,
         "solver": {"method": "forward Euler", "backend": p.backend, "dtype": p.dtype},
-        "design": "permutation of the time grid" if p.uses_pool else "scrambled Sobol (scipy.stats.qmc)",
+        "design": (("space-filling order (scrambled Sobol) of the time grid" if p.pool_order == "space_filling"
+                    else "permutation of the time grid") if p.uses_pool else "scrambled Sobol (scipy.stats.qmc)"),
         "seed": cfg["datasets"]["seed"],
         "test_seed": cfg["datasets"]["test_seed"],
         "version": project_version(),

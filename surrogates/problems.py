@@ -56,6 +56,7 @@ class Problem:
     test_trajectories: int | None = None
     test_from: str | None = None
     protocol: Mapping[str, float] | None = None
+    pool_order: str = "permutation"
     sizes: tuple[int, ...] = ()
     dt: float = 0.01
     backend: str = "cpu"
@@ -189,6 +190,8 @@ class Problem:
                                            "test_fraction", "test_trajectories", "test_from", "dt")}
         d.update({"fixed": dict(self.fixed), "ranges": {k: list(v) for k, v in self.ranges.items()},
                   "protocol": dict(self.protocol) if self.protocol else None, "model": self.model.describe()})
+        if self.pool_order != "permutation":  # named only when chosen: the default's fingerprints stay as they were
+            d["pool_order"] = self.pool_order
         return d
 
     @cached_property
@@ -241,7 +244,11 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
     dt = float(cfg["solver"]["dt"])
     sizes = tuple(spec.get("sizes", cfg["datasets"]["sizes"]))
     common = dict(name=name, kind=kind, model=model, inputs=inputs, outputs=outputs, sizes=sizes, dt=dt,
-                  backend=cfg["solver"]["backend"], dtype=cfg["solver"]["dtype"])
+                  backend=cfg["solver"]["backend"], dtype=cfg["solver"]["dtype"],
+                  pool_order=spec.get("pool_order", "permutation"))
+    if "pool_order" in spec and not (kind == "trace" or (kind == "trajectory" and inputs == ("t",))):
+        raise InvalidInputError(f"config key {k}.pool_order: only a problem whose rows come from a pool of time "
+                                f"points (a trace, or a trajectory with the input t alone) has a pool to order")
 
     def need(*keys):
         for key in keys:
