@@ -7,7 +7,7 @@ from benchmarks.reference import copy_reference, main
 from core.errors import InvalidInputError
 from core.io import write_record
 from core.layout import Layout
-from surrogates.config import load_config, training_grid
+from surrogates.config import load_config
 
 INFO = {"cpu": "Test CPU", "cores": 2, "torch": "2.13.0+cpu", "numba": "0.68.1", "onnxruntime": "1.32.0"}
 
@@ -18,8 +18,8 @@ def _config(tiny_config):
 
 def test_a_partial_run_is_copied_and_marked_partial_with_what_is_missing(tiny_config, tmp_path):
     cfg = _config(tiny_config)
-    layout = Layout(cfg["results_dir"])
-    jobs = training_grid(cfg)
+    layout = Layout(cfg.results_dir)
+    jobs = cfg.training_grid()
     assert len(jobs) > 1
     first = jobs[0]
     metrics = layout.run_file("metrics", *first)
@@ -52,8 +52,8 @@ def test_a_partial_run_is_copied_and_marked_partial_with_what_is_missing(tiny_co
 
 def test_a_complete_run_is_not_marked_partial(tiny_config, tmp_path):
     cfg = _config(tiny_config)
-    layout = Layout(cfg["results_dir"])
-    for job in training_grid(cfg):
+    layout = Layout(cfg.results_dir)
+    for job in cfg.training_grid():
         f = layout.run_file("metrics", *job)
         write_record(f, {"version": "v1", "train_seconds": 1.0})
     for name, ext in [("accuracy", "csv"), ("accuracy", "md"), ("speedup", "csv"), ("speedup", "md")]:
@@ -99,7 +99,7 @@ def test_the_run_s_job_times_go_into_run_md_from_its_benchmark_records(tiny_conf
     from test_runlog import T0, record
 
     cfg = _config(tiny_config)
-    layout = Layout(cfg["results_dir"])
+    layout = Layout(cfg.results_dir)
     table = layout.table("accuracy", "csv")
     table.parent.mkdir(parents=True)
     table.write_text("problem,mae\n")
@@ -125,7 +125,6 @@ def test_evaluate_scores_a_shipped_network_on_fresh_trajectories_too(capsys):
     from benchmarks.reference import evaluate_checkpoint
     from conftest import ROOT
     from surrogates.datasets import make_test
-    from surrogates.problems import problem_from_config
 
     ckpt = ROOT / "benchmarks/reference/model_C/best_model.pth"
     cfg = load_config()
@@ -133,9 +132,9 @@ def test_evaluate_scores_a_shipped_network_on_fresh_trajectories_too(capsys):
     assert fresh["set"] == "fresh seed 7" and fresh["rows"] == 1000 * 201
     recorded = json.loads((ckpt.parent / "metrics.json").read_text())["test"]
     assert fresh["mae"] != pytest.approx(recorded["mae"], rel=1e-3)  # other trajectories, other errors
-    p = problem_from_config("C", cfg)
-    test, _ = make_test(p, cfg["datasets"]["test_seed"], cfg["datasets"]["seed"])
-    other, _ = make_test(p, 7, cfg["datasets"]["seed"])
+    p = cfg.problem("C")
+    test, _ = make_test(p, cfg.datasets.test_seed, cfg.datasets.seed)
+    other, _ = make_test(p, 7, cfg.datasets.seed)
     assert not np.isin(other["X"][:, 1], test["X"][:, 1]).any()  # no initial state of the test set again
     assert main(["--evaluate", str(ckpt), "--fresh-seeds", "7", "8"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -151,14 +150,13 @@ def test_evaluate_refuses_a_seed_the_datasets_use_and_a_single_trace(tmp_path, c
     import surrogates
     from benchmarks.reference import evaluate_checkpoint
     from conftest import ROOT
-    from surrogates.problems import problem_from_config
 
     cfg = load_config()
-    for seed in (cfg["datasets"]["seed"], cfg["datasets"]["seed"] + 1, cfg["datasets"]["test_seed"]):
+    for seed in (cfg.datasets.seed, cfg.datasets.seed + 1, cfg.datasets.test_seed):
         assert main(["--evaluate", str(ROOT / "benchmarks/reference/model_C/best_model.pth"),
                      "--fresh-seeds", "5", str(seed)]) == 2
         assert f"error: fresh seed {seed} is one the datasets use" in capsys.readouterr().err
-    p = problem_from_config("A", cfg)  # one trajectory: every point is in its datasets
+    p = cfg.problem("A")  # one trajectory: every point is in its datasets
     torch.manual_seed(0)
     model = surrogates.MLP(1, 2, [("Tanh", 4)])
     surrogates.save_checkpoint(model, tmp_path / "a.pth", meta={"provenance": {"problem": "A",
@@ -169,7 +167,7 @@ def test_evaluate_refuses_a_seed_the_datasets_use_and_a_single_trace(tmp_path, c
 
 def test_the_accuracy_per_output_and_named_figures_are_copied_where_the_run_made_them(tiny_config, tmp_path):
     cfg = _config(tiny_config)
-    layout = Layout(cfg["results_dir"])
+    layout = Layout(cfg.results_dir)
     for name in ("accuracy", "accuracy_by_output"):
         p = layout.table(name, "csv")
         p.parent.mkdir(parents=True, exist_ok=True)
