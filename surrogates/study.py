@@ -246,14 +246,11 @@ class Study:
         """The trajectory problem a step problem's ITNN is rolled out over (``{name: Problem}``); None for others."""
         return {p.test_from: self.problem(p.test_from)} if p.kind == "step" else None
 
-    def training(self, problem: str, kind: str | None = None) -> TrainingSettings:
-        """The training settings of ``problem``'s runs (``training`` with its overrides); the same for every
-        surrogate ``kind``."""
+    def training(self, problem: str) -> TrainingSettings:
+        """The training settings of ``problem``'s runs (``training`` with its overrides; the same for every
+        surrogate kind: overrides are per problem)."""
         self.problem(problem)
         return self.settings[problem]
-
-    def sizes(self, problem: str) -> tuple[int, ...]:
-        return self.problem(problem).sizes
 
     # ------------------------------------------------------------ the grid
     def training_grid(self) -> list[tuple[str, str, int, str, int]]:

@@ -114,3 +114,23 @@ def test_errors_still_name_the_key():
         validate_config(merge(read_config(QUICK), {"training": {"surrogates": {"pinn": ["B"]}}}))
     with pytest.raises(InvalidInputError, match=r"config key training\.surrogates\.itnn: itnn cannot train on 'A'"):
         validate_config(merge(read_config(QUICK), {"training": {"surrogates": {"itnn": ["A"]}}}))
+
+
+def test_every_key_of_the_schema_has_a_typed_field():
+    """A key added to core/config.schema.yaml gets its field in the study too (else it could only be read
+    by key, which tests/test_architecture.py refuses)."""
+    from core.config import schema
+    from surrogates.study import DatasetSettings, PhysicsSettings, SolverSettings, SpeedSettings
+
+    def fields(cls):
+        return {f.name for f in dataclasses.fields(cls)}
+
+    s = schema()
+    props = s["properties"]
+    for cls, section in ((SolverSettings, "solver"), (DatasetSettings, "datasets"), (SpeedSettings, "speed")):
+        assert set(props[section]["properties"]) <= fields(cls), section
+    assert set(s["$defs"]["physics"]["properties"]) <= fields(PhysicsSettings)
+    assert set(s["$defs"]["train_keys"]) <= fields(TrainingSettings)
+    grid = {"ensemble", "cohort", "side_by_side", "seeds", "architectures", "surrogates", "architecture"}
+    assert set(props["training"]["properties"]) - set(s["$defs"]["train_keys"]) - {"overrides"} <= grid & fields(Study)
+    assert {"results_dir", "model_paths", "problems"} <= fields(Study)
