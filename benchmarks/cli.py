@@ -2,7 +2,6 @@
 checks the configuration, errors as one line (:mod:`core.cli`) and the machine beside every row."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Mapping
 
@@ -10,6 +9,7 @@ import pandas as pd
 
 from core.cli import Parser, integer, number, run_main  # noqa: F401  (the programs use them through this module)
 from core.errors import InvalidInputError
+from surrogates.study import Study
 
 
 def parser(doc: str) -> Parser:
@@ -20,13 +20,13 @@ def parser(doc: str) -> Parser:
     return ap
 
 
-def narrow(cfg: Mapping, given: Mapping[str, tuple[str, object]]) -> dict:
-    """``cfg`` with each command-line option's value (``{"--backends": ("speed.backends", [...])}``; ``None``:
+def narrow(study: Study, given: Mapping[str, tuple[str, object]]) -> Study:
+    """``study`` with each command-line option's value (``{"--backends": ("speed.backends", [...])}``; ``None``:
     not given) put at its configuration key, then validated exactly as the workflow validates its
     configuration (:func:`surrogates.config.validate_config`), before any work. An error names the option."""
     from surrogates.config import validate_config
 
-    out = copy.deepcopy(dict(cfg))
+    out = study.as_dict()
     for key, value in given.values():
         if value is None:
             continue

@@ -16,7 +16,6 @@ from core.machine import machine_info
 from inference.backends import fastest_cpu_backend
 from surrogates.config import load_config
 from surrogates.network import MLP
-from surrogates.problems import problem_from_config
 
 
 def main(argv=None) -> int:
@@ -29,13 +28,13 @@ def _main(argv) -> int:
     ap.add_argument("--threads", type=cli.integer(1), default=torch.get_num_threads())
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    cfg = load_config(*a.config)
-    p = problem_from_config(cfg["speed"]["problem"], cfg)
+    study = load_config(*a.config)
+    p = study.problem(study.speed.problem)
     info = machine_info(gpu=False)
     print(f"{info['cpu']}, {a.threads} threads, torch {info.get('torch')}, onnxruntime {info.get('onnxruntime')}")
     print("| architecture | params | torch rows/s | onnxruntime rows/s | picked |")
     print("|---|---:|---:|---:|---|")
-    for name, hidden in cfg["training"]["architectures"].items():
+    for name, hidden in study.architectures.items():
         torch.manual_seed(0)
         net = MLP(len(p.inputs), len(p.outputs), hidden, input_range=p.box()).eval()
         best, rates = fastest_cpu_backend(net, rows=a.rows)

@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from core.io import load_dataset, read_record, write_bytes  # noqa: E402
+from surrogates.study import Study
 
 # ---------------------------------------------------------------- the palette: one definition for all figures
 EULER = "#000000"  # the reference solver: labels, floor, timings
@@ -77,23 +78,19 @@ def units_label(units: str | None) -> str:
     return "dimensionless" if units in (None, "", "1") else units
 
 
-def variable_units(cfg: dict, problem: str) -> dict:
+def variable_units(study: Study, problem: str) -> dict:
     """Units of a problem's variables from its model definition: ``t``, each state and each parameter."""
-    from surrogates.problems import problem_from_config
-
-    m = problem_from_config(problem, cfg).model
+    m = study.problem(problem).model
     return {"t": m.time_units, **{n: s.units for n, s in m.states.items()},
             **{n: p.units for n, p in m.parameters.items()}}
 
 
-def error_units(cfg: dict) -> dict:
+def error_units(study: Study) -> dict:
     """Axis-label text of each problem's errors: the unit its outputs share (else "state units")."""
-    from surrogates.problems import problem_from_config
-
     out = {}
-    for name in cfg["problems"]:
-        units = variable_units(cfg, name)
-        found = {units[o] for o in problem_from_config(name, cfg).outputs}
+    for name in study.problems:
+        units = variable_units(study, name)
+        found = {units[o] for o in study.problem(name).outputs}
         out[name] = units_label(found.pop()) if len(found) == 1 else "state units"
     return out
 
@@ -395,23 +392,22 @@ def rollout_predictions(net, step_problem, source_problem, X: np.ndarray, n_traj
     return R.transpose(1, 0, 2).reshape(len(X), -1)
 
 
-def load_network(cfg: dict, checkpoint, run) -> tuple:
+def load_network(study: Study, checkpoint, run) -> tuple:
     """(network, its provenance) of a checkpoint drawn in a figure: it must be the run ``[problem, kind, n,
     seed, arch]`` its input slot stands for, as every other consumer checks (else refused, naming the file)."""
     from surrogates.network import load_checkpoint
     from surrogates.scoring import expected_model
 
     p, kind, n, seed, arch = run
-    net, meta = load_checkpoint(checkpoint, expect=expected_model(cfg, p, kind, int(n), int(seed), arch))
+    net, meta = load_checkpoint(checkpoint, expect=expected_model(study, p, kind, int(n), int(seed), arch))
     return net.eval(), meta["provenance"]
 
 
-def load_test(cfg: dict, path, problem: str) -> dict:
+def load_test(study: Study, path, problem: str) -> dict:
     """The held-out test set of ``problem`` for a figure, checked (checksums, finite values, provenance)."""
     from surrogates.datasets import expected_provenance
-    from surrogates.problems import problem_from_config
 
-    return load_dataset(path, expect=expected_provenance(problem_from_config(problem, cfg), cfg, "test"))[0]
+    return load_dataset(path, expect=expected_provenance(study.problem(problem), study, "test"))[0]
 
 
 def test_trajectory_ids(z) -> np.ndarray:

@@ -47,6 +47,7 @@ from benchmarks import cli
 from core.io import write_text
 from core.layout import Layout
 from core.machine import describe_machine, machine_info
+from surrogates.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,22 +116,21 @@ def gpu_tests(out: Path, budget: Budget, seconds: float = 150.0, only=None) -> s
 
 
 # ---------------------------------------------------------------- 2. the solver
-def solver(cfg: dict, out: Path, budget: Budget) -> str:
+def solver(study: Study, out: Path, budget: Budget) -> str:
     import cupy as cp
 
     import solvers
     from inference.timing import measure
     from inference.workloads import Case
-    from surrogates.problems import problem_from_config
 
-    p = problem_from_config(cfg["speed"]["problem"], cfg)
+    p = study.problem(study.speed.problem)
     plain = cp.RawKernel(PLAIN_KERNEL, "plain_fhn")
     be = solvers.get_backend("cuda")
     rows = []
     for n in (20_000, 160_000, 1_000_000, 10_000_000):
         if budget.left() < 60:
             break
-        case = Case(p, n, cfg["speed"]["n_outputs"], cfg["speed"]["t_end"])
+        case = Case(p, n, study.speed.n_outputs, study.speed.t_end)
         y0, params = case.solver_inputs()
         launch = be.launcher(p.model, y0, p.parameter_matrix(case.cells, n, "float32"), p.dt, case.n_saves, case.save_every,
                              "float32")
@@ -158,17 +158,15 @@ def solver(cfg: dict, out: Path, budget: Budget) -> str:
 
 
 # ---------------------------------------------------------------- 3. training
-def training(cfg: dict, out: Path, budget: Budget, device: str = "cuda", iters: int = 3000) -> str:
+def training(study: Study, out: Path, budget: Budget, device: str = "cuda", iters: int = 3000) -> str:
     from benchmarks.training_speed import _data, reference_loop
-    from surrogates.config import training_settings
-    from surrogates.problems import problem_from_config
 
-    p = problem_from_config("C", cfg)
-    s = training_settings(cfg, "C")
-    hidden = [tuple(h) for h in s["architectures"][s["architecture"]]]
+    p = study.problem("C")
+    s = study.training("C")
+    hidden = [tuple(h) for h in s.architectures[s.architecture]]
     X, Y = _data(p, 100_000)
     rows = []
-    for name, fn in (("plain eager loop", lambda: reference_loop(p, hidden, X, Y, 1024, iters // 3, s["lr"], device)),
+    for name, fn in (("plain eager loop", lambda: reference_loop(p, hidden, X, Y, 1024, iters // 3, s.lr, device)),
                      ("fused engine", lambda: _rate(p, hidden, X, Y, "fused", False, device, iters)),
                      ("fused engine, CUDA graph", lambda: _rate(p, hidden, X, Y, "fused", True, device, iters)),
                      ("autograd path", lambda: _rate(p, hidden, X, Y, "autograd", False, device, iters))):
@@ -180,13 +178,13 @@ def training(cfg: dict, out: Path, budget: Budget, device: str = "cuda", iters: 
     return ", ".join(f"{r['variant']} {r['it_per_s']:.0f} it/s" for r in rows) + " (C, 3x64, batch 1024; training.csv)"
 
 
-def training_table(cfg: dict, out: Path, budget: Budget, device: str = "cuda") -> str:
+def training_table(study: Study, out: Path, budget: Budget, device: str = "cuda") -> str:
     """``benchmarks.training_speed``'s table on the GPU: DDNN and PINN steps (captured and not) against the
     plain eager loop, and the cost of a collocation row against a data row."""
     from benchmarks.training_speed import measure, table
 
     iters = 1000  # x 2 rounds: the capture included in each run's time, as in benchmarks/reference/recorded.md's figures
-    results, costs = measure(cfg, iters, 2, device)
+    results, costs = measure(study, iters, 2, device)
     write_text(out / "training_speed.md", table(results, costs, machine_info(), device, iters, 2))
     best = {r["problem"] + " " + r["variant"]: r["it_per_s"] for r in results}
     return "; ".join(f"{k} {v:.0f} it/s" for k, v in best.items() if "CUDA graph" in k or "stacked" in k) + " (training_speed.md)"
@@ -214,7 +212,7 @@ def _rate(p, hidden, X, Y, engine, capture, device="cuda", iters=3000):
 
 
 # ---------------------------------------------------------------- 3b. several trainings sharing the GPU
-def share(cfg: dict, out: Path, budget: Budget, counts=(1, 4, 8), steps: int = 10_000) -> str:
+def share(study: Study, out: Path, budget: Budget, counts=(1, 4, 8), steps: int = 10_000) -> str:
     """:mod:`benchmarks.gpu_share`: K training processes at once, aggregate network-iterations/s against one
     alone, without MPS and with a private MPS daemon where one starts."""
     from benchmarks.gpu_share import describe, sweep
@@ -235,7 +233,7 @@ def share(cfg: dict, out: Path, budget: Budget, counts=(1, 4, 8), steps: int = 1
 
 
 # ---------------------------------------------------------------- 4. networks
-def networks(cfg: dict, budget: Budget, iterations: int = 3000) -> tuple[dict, dict]:
+def networks(study: Study, budget: Budget, iterations: int = 3000) -> tuple[dict, dict]:
     """``(kind -> checkpoint, kind -> [checkpoint of each seed])`` for the speed benchmark: the configured
     trained models and ensembles, else brief GPU trainings (C's ddnn with three seeds, its ensemble timed
     too, and D's itnn)."""
@@ -245,24 +243,24 @@ def networks(cfg: dict, budget: Budget, iterations: int = 3000) -> tuple[dict, d
     from training.train import train_surrogate
 
     try:
-        models = configured_models(cfg)
+        models = configured_models(study)
         try:
-            return models, configured_ensembles(cfg)
+            return models, configured_ensembles(study)
         except InvalidInputError:
             return models, {}
     except InvalidInputError:
         pass
-    lay = Layout(cfg["results_dir"])
+    lay = Layout(study.results_dir)
     runs = [("C", "ddnn", 10_000, (0, 1, 2)), ("D", "itnn", 10_000, (0,))]
-    arch = cfg["training"]["architecture"]
-    ensure_datasets(cfg, [(p, k, n, arch, s) for p, k, n, seeds in runs for s in seeds])
+    arch = study.architecture
+    ensure_datasets(study, [(p, k, n, arch, s) for p, k, n, seeds in runs for s in seeds])
     out, ens = {}, {}
     for p, k, n, seeds in runs:
         paths = []
         for seed in seeds:
             d = lay.model_dir(p, k, n, arch, seed)
             if not (d / "metrics.json").exists():
-                train_surrogate(cfg, p, k, n, seed, lay.dataset_dir(p), d, arch, iterations=iterations)
+                train_surrogate(study, p, k, n, seed, lay.dataset_dir(p), d, arch, iterations=iterations)
             paths.append(d / "best_model.pth")
         out[k] = paths[0]
         if len(paths) > 1:
@@ -275,29 +273,28 @@ GRID_ORDER = [("C", "ddnn"), ("C", "pinn"), ("D", "itnn"), ("hh_m", "pinn"), ("h
               ("B", "pinn"), ("B", "ddnn"), ("A", "pinn"), ("A", "ddnn")]
 
 
-def grid(cfg: dict, out: Path, budget: Budget, reserve: float = 150.0, wide_iterations: int = 20_000) -> str:
+def grid(study: Study, out: Path, budget: Budget, reserve: float = 150.0, wide_iterations: int = 20_000) -> str:
     """One real training job of each (problem, surrogate) of the configured grid, as the workflow runs it
     (its datasets, settings, validation, checkpoints, scoring) at its largest n and first seed; the seeds of
     C's ddnn also as one stacked cohort; then the grid's trainings one after the other, estimated from these
     measured jobs (a job of a class costs what its measured job did: per-step cost does not depend on n)."""
     from benchmarks.surrogate_accuracy import ensure_datasets
-    from surrogates.config import training_grid, training_settings
     from training.train import train_surrogates
 
-    jobs = training_grid(cfg)
-    lay = Layout(cfg["results_dir"])
+    jobs = study.training_grid()
+    lay = Layout(study.results_dir)
     classes = {}
     for j in jobs:
         classes.setdefault((j[0], j[1]), []).append(j)
     order = [c for c in GRID_ORDER if c in classes] + [c for c in classes if c not in GRID_ORDER]
     picks = [max(classes[c], key=lambda j: (j[2], -j[4])) for c in order]
-    seeds = cfg["training"]["seeds"]
+    seeds = study.seeds
     picks = [(*j, None) for j in picks]  # (problem, surrogate, n, arch, seed(s), iterations or None)
     if ("C", "ddnn") in classes and len(seeds) > 1:  # the cohort: C's ddnn seeds together
         c = picks[0]
         picks.insert(1, (c[0], c[1], c[2], c[3], tuple(seeds), None))
     wide = "silu4x128"  # config/accurate.yaml's D: 3 seeds of the 4x128 ITNN stacked (20k of its 120k steps)
-    if wide_iterations and ("D", "itnn") in classes and wide in cfg["training"]["architectures"] and len(seeds) > 1:
+    if wide_iterations and ("D", "itnn") in classes and wide in study.architectures and len(seeds) > 1:
         d = next(j for j in picks if j[:2] == ("D", "itnn"))
         picks.insert(picks.index(d) + 1, (d[0], d[1], d[2], wide, tuple(seeds), wide_iterations))
     rows, work = [], Path(tempfile.mkdtemp(prefix="grid-"))
@@ -309,9 +306,9 @@ def grid(cfg: dict, out: Path, budget: Budget, reserve: float = 150.0, wide_iter
         sd = list(seed) if isinstance(seed, tuple) else [seed]
         try:
             t0 = time.perf_counter()
-            ensure_datasets(cfg, [(p, s, n, arch, x) for x in sd])
+            ensure_datasets(study, [(p, s, n, arch, x) for x in sd])
             t1 = time.perf_counter()
-            res = train_surrogates(cfg, p, s, n, sd, lay.dataset_dir(p),
+            res = train_surrogates(study, p, s, n, sd, lay.dataset_dir(p),
                                    [work / f"{p}-{s}-{n}-{arch}-{x}-{len(sd)}" for x in sd], arch, iterations=n_iter)
             t2 = time.perf_counter()
             r = res[0]
@@ -330,7 +327,7 @@ def grid(cfg: dict, out: Path, budget: Budget, reserve: float = 150.0, wide_iter
     df = pd.DataFrame(rows)
     df.to_csv(out / "grid.csv", index=False)
     timed = {(r["problem"], r["surrogate"], len(r["seeds"].split())): r["per_network_s"] for r in rows
-             if "per_network_s" in r and r["arch"] == training_settings(cfg, r["problem"])["architecture"]}
+             if "per_network_s" in r and r["arch"] == study.training(r["problem"]).architecture}
     lone = {(p, s): v for (p, s, k), v in timed.items() if k == 1}
     covered = [j for j in jobs if (j[0], j[1]) in lone]
     total = sum(lone[(j[0], j[1])] for j in covered)
@@ -346,7 +343,7 @@ def grid(cfg: dict, out: Path, budget: Budget, reserve: float = 150.0, wide_iter
     return text + " (grid.csv)"
 
 
-def lbfgs(cfg: dict, out: Path, budget: Budget, iterations: int = 200) -> str:
+def lbfgs(study: Study, out: Path, budget: Budget, iterations: int = 200) -> str:
     """Seconds per iteration of the L-BFGS polish on hh_m's full set (ddnn: data only; pinn_seed: with the
     gate residual), alternately in one process: torch.optim.LBFGS and training.lbfgs.LBFGS with the
     objective evaluated kernel by kernel, and training.lbfgs.LBFGS with the objective replayed from a CUDA
@@ -356,19 +353,19 @@ def lbfgs(cfg: dict, out: Path, budget: Budget, iterations: int = 200) -> str:
     import training.lbfgs as lb
     import training.trainer as tm
     from benchmarks.surrogate_accuracy import ensure_datasets
-    from surrogates.problems import problem_from_config
+    from core.config import merge
+    from surrogates.config import validate_config
     from training.train import train_surrogate
 
-    lay = Layout(cfg["results_dir"])
+    lay = Layout(study.results_dir)
     problem = "hh_m"
-    if problem not in cfg["problems"]:
+    if problem not in study.problems:
         return "no hh_m problem in the configuration"
-    n = max(problem_from_config(problem, cfg).sizes)
-    ensure_datasets(cfg, [(problem, "ddnn", n, None, 0)])
+    n = max(study.problem(problem).sizes)
+    ensure_datasets(study, [(problem, "ddnn", n, None, 0)])
     ours, theirs = lb.LBFGS, torch.optim.LBFGS
-    c = {**cfg, "training": {**cfg["training"], "overrides": {**cfg["training"]["overrides"]}}}
-    c["training"]["overrides"][problem] = {**c["training"]["overrides"].get(problem, {}), "iterations": 10,
-                                           "lbfgs_iterations": iterations}
+    c = validate_config(merge(study.as_dict(), {"training": {"overrides": {problem: {
+        "iterations": 10, "lbfgs_iterations": iterations}}}}))
     captured = tm.Trainer._polish_objective
 
     def op_by_op(self, fused):  # the objective evaluated kernel by kernel (no CUDA graph)
@@ -392,18 +389,17 @@ def lbfgs(cfg: dict, out: Path, budget: Budget, iterations: int = 200) -> str:
 
 
 # ---------------------------------------------------------------- 5. inference
-def kernels(cfg: dict, out: Path, budget: Budget) -> str:
+def kernels(study: Study, out: Path, budget: Budget) -> str:
     import torch
 
     from inference.backends import REGISTRY, check_against_torch
     from inference.timing import measure
     from surrogates.network import MLP
-    from surrogates.problems import problem_from_config
 
-    p = problem_from_config(cfg["speed"]["problem"], cfg)
+    p = study.problem(study.speed.problem)
     rows = []
     for arch in ("silu4x128", "mlp3x64"):  # the 4x128 first: the 3x64's figures are in benchmarks/reference/recorded.md
-        hidden = cfg["training"]["architectures"].get(arch)
+        hidden = study.architectures.get(arch)
         if hidden is None:
             continue
         torch.manual_seed(0)
@@ -454,27 +450,27 @@ def _spread_outputs(net, X) -> None:
         last.bias.sub_((lo + hi) / 2).mul_(s)
 
 
-def speed(cfg: dict, models: dict, out: Path, budget: Budget, backends=None, ensembles=None) -> str:
+def speed(study: Study, models: dict, out: Path, budget: Budget, backends=None, ensembles=None) -> str:
     from benchmarks.speedup import Settings, cases, run
 
-    sp = cfg["speed"]
-    backends = backends or [b for b in sp["backends"] if b not in ("torch", "onnxruntime")]  # the GPU side
-    settings = Settings(sp["repeats"], sp["max_repeats"], min(sp["backend_time_limit_s"], max(30.0, budget.left() / 8)),
+    sp = study.speed
+    backends = backends or [b for b in sp.backends if b not in ("torch", "onnxruntime")]  # the GPU side
+    settings = Settings(sp.repeats, sp.max_repeats, min(sp.backend_time_limit_s, max(30.0, budget.left() / 8)),
                         deadline=time.monotonic() + budget.left() - 20)
     # the configured point first, then the K sweep, then the N sweep: what the budget leaves out is the least
-    first = (sp["n_cells"][0], sp["n_outputs"])
-    points = sorted(cases(cfg), key=lambda c: ((c.n_cells, c.n_outputs) != first, c.sweep == "N", c.n_outputs, c.n_cells))
-    df = run(cfg, models, backends, sp["precisions"], points, settings, ensembles=ensembles)
+    first = (sp.n_cells[0], sp.n_outputs)
+    points = sorted(cases(study), key=lambda c: ((c.n_cells, c.n_outputs) != first, c.sweep == "N", c.n_outputs, c.n_cells))
+    df = run(study, models, backends, sp.precisions, points, settings, ensembles=ensembles)
     df.to_csv(out / "speed_raw.csv", index=False)
     timed = df[df["failed"].isna() & df["skipped"].isna()] if "failed" in df else df
-    at = timed[(timed.n_cells == sp["n_cells"][0]) & (timed.n_outputs == sp["n_outputs"])]
+    at = timed[(timed.n_cells == sp.n_cells[0]) & (timed.n_outputs == sp.n_outputs)]
     if at.empty:
         return "no timed rows (speed_raw.csv)"
     best = at.loc[at.kernel_speedup.idxmax()]
     failed = int(df["failed"].notna().sum()) if "failed" in df else 0
     ens = "".join(f"; {r.surrogate} ({r.backend} {r.precision}) end to end {r.speedup:.2f}x"
                   for r in at[at.surrogate.str.endswith("_ensemble")].itertuples())
-    return (f"best at N = {sp['n_cells'][0]}, K = {sp['n_outputs']}: {best.surrogate} {best.backend} {best.precision} "
+    return (f"best at N = {sp.n_cells[0]}, K = {sp.n_outputs}: {best.surrogate} {best.backend} {best.precision} "
             f"kernel speedup {best.kernel_speedup:.2f}x, end to end {best.speedup:.2f}x{ens}; {failed} failed row(s) "
             "(speed_raw.csv)")
 
@@ -493,8 +489,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     from surrogates.config import load_config
 
-    cfg = load_config(*a.config)
-    out = a.out or Layout(cfg["results_dir"]).root / "gpu_check"
+    study = load_config(*a.config)
+    out = a.out or Layout(study.results_dir).root / "gpu_check"
     out.mkdir(parents=True, exist_ok=True)
     budget = Budget(a.budget)
     info = machine_info()
@@ -509,26 +505,26 @@ def main(argv=None) -> int:
         summary.append(("GPU", "skipped", "", "torch sees no CUDA device: nothing here can be measured on this machine"))
     else:
         for name, fn, args in (("tests", gpu_tests, (out, budget, a.test_seconds, a.test_files)),
-                               ("training table", training_table, (cfg, out, budget)),
-                               ("lbfgs", lbfgs, (cfg, out, budget)),
-                               ("share", share, (cfg, out, budget)),
-                               ("grid", grid, (cfg, out, budget, a.grid_reserve)),
-                               ("kernels", kernels, (cfg, out, budget)), ("solver", solver, (cfg, out, budget)),
-                               ("training", training, (cfg, out, budget))):
+                               ("training table", training_table, (study, out, budget)),
+                               ("lbfgs", lbfgs, (study, out, budget)),
+                               ("share", share, (study, out, budget)),
+                               ("grid", grid, (study, out, budget, a.grid_reserve)),
+                               ("kernels", kernels, (study, out, budget)), ("solver", solver, (study, out, budget)),
+                               ("training", training, (study, out, budget))):
             if name not in a.skip:
                 step(name, summary, fn, *args)
         if "speed" not in a.skip:
             models, ensembles = {}, {}
 
             def _networks():
-                m, e = networks(cfg, budget)
+                m, e = networks(study, budget)
                 models.update(m)
                 ensembles.update(e)
                 return ", ".join(models) + "".join(f", {k} ensemble of {len(v)}" for k, v in ensembles.items())
 
             step("networks", summary, _networks)
             if models:
-                step("speed", summary, speed, cfg, models, out, budget, None, ensembles)
+                step("speed", summary, speed, study, models, out, budget, None, ensembles)
     lines = [f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')}", "", f"Machine: {describe_machine(info)}; "
              + ", ".join(f"{k} {info[k]}" for k in ("torch", "triton", "cupy-cuda12x", "cupy-cuda13x") if k in info)
              + f"; driver {info.get('gpu_driver')}", "", "| step | status | time | result |", "|---|---|---|---|"]

@@ -27,16 +27,17 @@ from core.layout import Layout
 from core.machine import describe_machine, machine_info
 from surrogates.config import load_config
 from surrogates.transfer import score_transfer
+from surrogates.study import Study
 
 
-def transfer(cfg: dict, problem: str, n: int, arch: str, checkpoints, on, data_dir=None) -> list[dict]:
+def transfer(study: Study, problem: str, n: int, arch: str, checkpoints, on, data_dir=None) -> list[dict]:
     """Rows ``{test, network, mae, max_abs_err, rel_l2, floor_mae, floor_max}``: each checkpoint, their mean (with
     the std over them) and, with two or more, the ensemble, on each trajectory problem of ``on``
     (:func:`surrogates.transfer.score_transfer`)."""
-    data_dir = Path(data_dir) if data_dir else Layout(cfg["results_dir"]).root / "datasets"
+    data_dir = Path(data_dir) if data_dir else Layout(study.results_dir).root / "datasets"
     rows = []
     for name in on:
-        r = score_transfer(cfg, problem, n, arch, checkpoints, name, data_dir / name / "test.npz")
+        r = score_transfer(study, problem, n, arch, checkpoints, name, data_dir / name / "test.npz")
         floor = r["euler_floor"] or {}
         base = {"test": name, "floor_mae": floor.get("mae"), "floor_max": floor.get("max_abs_err")}
         for run in r["runs"]:
@@ -77,15 +78,15 @@ def _main(argv) -> int:
     ap.add_argument("--on", nargs="+", required=True, help="trajectory problems whose test sets to roll out over")
     ap.add_argument("--data", type=Path, default=None, help="folder of the problems' datasets (default: results_dir/datasets)")
     a = ap.parse_args(argv)
-    cfg = load_config(*a.config)
+    study = load_config(*a.config)
     try:
-        rows = transfer(cfg, a.problem, a.n, a.arch, a.model, a.on, a.data)
+        rows = transfer(study, a.problem, a.n, a.arch, a.model, a.on, a.data)
     except (InvalidInputError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text = table(rows, a.problem, a.n, a.arch, machine_info())
     print(text)
-    out = Layout(cfg["results_dir"]).benchmark(f"itnn_transfer_{a.problem}_{a.arch}_n{a.n}.md")
+    out = Layout(study.results_dir).benchmark(f"itnn_transfer_{a.problem}_{a.arch}_n{a.n}.md")
     write_text(out, text)
     print(f"wrote {out}")
     return 0

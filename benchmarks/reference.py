@@ -42,13 +42,11 @@ BENCHMARKS = ["solver_throughput.csv"]
 OPTIONAL = [("accuracy_by_output", "csv"), ("accuracy_by_output", "md")]  # copied where the run made them
 
 
-def grid_state(cfg, layout: Layout) -> dict:
+def grid_state(study, layout: Layout) -> dict:
     """Which configured training jobs finished, their code versions, and training seconds per part."""
-    from surrogates.config import training_grid
-
     done, missing, versions = [], [], set()
     seconds = defaultdict(float)
-    for job in training_grid(cfg):
+    for job in study.training_grid():
         f = layout.run_file("metrics", *job)
         if not f.exists():
             missing.append(job)
@@ -95,16 +93,16 @@ def summary(state: dict, copied: list[str], absent: list[str], info: dict, note:
     return "\n".join(lines) + "\n"
 
 
-def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = None, figures=()) -> dict:
+def copy_reference(study, out: Path, note: str | None = None, info: dict | None = None, figures=()) -> dict:
     """Copy the run's tables (and the named ``figures``, files of its figures folder) under ``out`` and write
     ``out/run.md`` (with the run's times and seconds per rule from its jobs' ``benchmark:`` records, where it
     has them). Returns the grid state."""
     from .runlog import markdown, read_records
 
-    layout = Layout(cfg["results_dir"])
+    layout = Layout(study.results_dir)
     # a bad record is refused before anything is written
     timing = markdown(read_records(layout.job_records)) if layout.job_records.is_dir() else None
-    state = grid_state(cfg, layout)
+    state = grid_state(study, layout)
     sources = [layout.table(name, ext) for name, ext in TABLES] + [layout.benchmark(b) for b in BENCHMARKS]
     if not any(s.exists() for s in sources) and not state["done"]:
         raise InvalidInputError(f"nothing to copy: {layout.root} has no tables and no trained models "
@@ -132,49 +130,47 @@ def copy_reference(cfg, out: Path, note: str | None = None, info: dict | None = 
     return state
 
 
-def dataset_seeds(cfg) -> set[int]:
+def dataset_seeds(study) -> set[int]:
     """The Sobol seeds the configured datasets draw from: training, validation (``seed + 1``) and test."""
-    d = cfg["datasets"]
-    return {int(d["seed"]), int(d["seed"]) + 1, int(d["test_seed"])}
+    d = study.datasets
+    return {int(d.seed), int(d.seed) + 1, int(d.test_seed)}
 
 
-def check_fresh_seed(cfg, seed) -> int:
+def check_fresh_seed(study, seed) -> int:
     """``seed`` when it can draw fresh trajectories: an integer >= 0 that none of the datasets uses."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InvalidInputError(f"a fresh seed must be an integer >= 0, got {seed!r}")
-    if seed in dataset_seeds(cfg):
-        raise InvalidInputError(f"fresh seed {seed} is one the datasets use ({sorted(dataset_seeds(cfg))}); take another")
+    if seed in dataset_seeds(study):
+        raise InvalidInputError(f"fresh seed {seed} is one the datasets use ({sorted(dataset_seeds(study))}); take another")
     return seed
 
 
-def _checkpoint_problem(path, cfg):
+def _checkpoint_problem(path, study):
     """The network of a checkpoint and its configured problem (the provenance's fingerprint must match)."""
     from surrogates.network import load_checkpoint
-    from surrogates.problems import problem_from_config
 
     _, meta = load_checkpoint(path)
     prov = (meta or {}).get("provenance") or {}
     if "problem" not in prov:
         raise InvalidInputError(f"{path}: the checkpoint records no problem in its provenance")
-    p = problem_from_config(prov["problem"], cfg)
+    p = study.problem(prov["problem"])
     model, _ = load_checkpoint(path, expect={"problem": p.name, "problem_fingerprint": p.fingerprint})
     return model, p
 
 
-def rollout_problems(path, cfg) -> list[str]:
+def rollout_problems(path, study) -> list[str]:
     """The trajectory problems whose sets ``--evaluate`` scores a checkpoint on: its own problem, or for an
     ITNN (a step problem's network) its ``test_from`` and every other trajectory problem inside its input box
     (:func:`surrogates.transfer.covered`; FitzHugh-Nagumo's D: C, then B)."""
-    from surrogates.problems import problem_from_config
     from surrogates.transfer import covered
 
-    _, p = _checkpoint_problem(path, cfg)
+    _, p = _checkpoint_problem(path, study)
     if p.kind != "step":
         return [p.name]
-    return [p.test_from] + covered(p, {name: problem_from_config(name, cfg) for name in cfg["problems"]})
+    return [p.test_from] + covered(p, dict(study.problems))
 
 
-def evaluate_checkpoint(path, cfg, fresh_seed: int | None = None, on: str | None = None) -> dict:
+def evaluate_checkpoint(path, study, fresh_seed: int | None = None, on: str | None = None) -> dict:
     """Score a checkpoint on its problem's held-out test set, made afresh from the configuration (the same
     seeds, so the same rows as the run that trained it); the checkpoint's problem fingerprint must match the
     configuration's problem. Returns the test metrics (t = 0 excluded) and the Euler floor.
@@ -189,15 +185,14 @@ def evaluate_checkpoint(path, cfg, fresh_seed: int | None = None, on: str | None
     import dataclasses
 
     from surrogates.datasets import make_test
-    from surrogates.problems import problem_from_config
     from surrogates.scoring import evaluate
     from surrogates.transfer import uncovered
 
-    model, p = _checkpoint_problem(path, cfg)
+    model, p = _checkpoint_problem(path, study)
     problems = None
     if p.kind == "step":
         target = on or p.test_from
-        src = problem_from_config(target, cfg)
+        src = study.problem(target)
         why = uncovered(p, src) if target != p.test_from else None
         if why:
             raise InvalidInputError(f"{path}: {why}")
@@ -206,15 +201,15 @@ def evaluate_checkpoint(path, cfg, fresh_seed: int | None = None, on: str | None
     elif on is not None and on != p.name:
         raise InvalidInputError(f"{path}: a network of {p.kind} problem {p.name!r} is scored on {p.name!r}'s sets "
                                 f"only, not on {on!r} (other problems take a step problem's network)")
-    d = cfg["datasets"]
-    seed = d["test_seed"]
+    d = study.datasets
+    seed = d.test_seed
     if fresh_seed is not None:
         source = problems[p.test_from] if p.kind == "step" else p
         if source.uses_pool:
             raise InvalidInputError(f"problem {source.name!r} has one trace, whose every point is in its datasets: "
                                     f"there are no fresh trajectories to draw")
-        seed = check_fresh_seed(cfg, fresh_seed)
-    test, floor = make_test(p, seed, d["seed"], problems, float(cfg["solver"]["floor_rtol"]))
+        seed = check_fresh_seed(study, fresh_seed)
+    test, floor = make_test(p, seed, d.seed, problems, float(study.solver.floor_rtol))
     metrics, _ = evaluate(model, p, test, {**(problems or {}), p.name: p})
     return {"problem": p.name, "on": p.test_from if p.kind == "step" else p.name,
             "set": "held-out test set" if fresh_seed is None else f"fresh seed {fresh_seed}",
@@ -222,26 +217,26 @@ def evaluate_checkpoint(path, cfg, fresh_seed: int | None = None, on: str | None
             "euler_floor_mae": floor["mae"], "euler_floor_max_abs_err": floor["max_abs_err"]}
 
 
-def _evaluate(paths, cfg, fresh_seeds) -> int:
+def _evaluate(paths, study, fresh_seeds) -> int:
     """``--evaluate``: one line per checkpoint and set (an ITNN: per problem it is rolled out over); the range
     of the maxima over the fresh sets at the end of each."""
     try:
         for s in fresh_seeds:  # before any work
-            check_fresh_seed(cfg, s)
+            check_fresh_seed(study, s)
     except InvalidInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in paths:
         try:
-            targets = rollout_problems(path, cfg)
+            targets = rollout_problems(path, study)
         except InvalidInputError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         for on in targets:
             try:
-                results = [evaluate_checkpoint(path, cfg, on=on)]
+                results = [evaluate_checkpoint(path, study, on=on)]
                 for s in fresh_seeds:
-                    results.append(evaluate_checkpoint(path, cfg, s, on=on))
+                    results.append(evaluate_checkpoint(path, study, s, on=on))
             except InvalidInputError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
@@ -286,13 +281,13 @@ def _main(argv) -> int:
         return docs.main(check=a.check)
     from surrogates.config import load_config
 
-    cfg = load_config(*a.config)
+    study = load_config(*a.config)
     if a.evaluate is not None:
-        return _evaluate(a.evaluate, cfg, a.fresh_seeds)
+        return _evaluate(a.evaluate, study, a.fresh_seeds)
     if a.fresh_seeds:
         ap.error("--fresh-seeds goes with --evaluate")
     try:
-        state = copy_reference(cfg, a.out, a.note, figures=a.figure)
+        state = copy_reference(study, a.out, a.note, figures=a.figure)
     except InvalidInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

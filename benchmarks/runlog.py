@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         if a.results is None:
             from surrogates.config import load_config
 
-            a.results = load_config(*a.config)["results_dir"]
+            a.results = load_config(*a.config).results_dir
         jobs = read_records(Layout(a.results).job_records, a.since)
     except InvalidInputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,18 +29,18 @@ from core.precision import numpy_name
 from inference.timing import measure
 from inference.workloads import Case
 from surrogates.config import load_config
-from surrogates.problems import problem_from_config
+from surrogates.study import Study
 
 
-def run(cfg: dict, n_cells=None, backends=None, dtypes=("float32", "float64"), repeats: int = 5,
+def run(study: Study, n_cells=None, backends=None, dtypes=("float32", "float64"), repeats: int = 5,
         max_seconds: float | None = None, memory_fraction: float = 0.5) -> pd.DataFrame:
     """Measure every (backend, dtype, N); returns a tidy table. A larger N is skipped for a backend when
     one run of it would exceed ``max_seconds`` (extrapolated linearly from the previous N), or when the
     output would need more than ``memory_fraction`` of the machine's memory."""
-    sp = cfg["speed"]
-    problem = problem_from_config(sp["problem"], cfg)
-    n_cells = list(n_cells or sp["solver_n_cells"])
-    max_seconds = float(max_seconds or sp["solver_max_seconds"])
+    sp = study.speed
+    problem = study.problem(sp.problem)
+    n_cells = list(n_cells or sp.solver_n_cells)
+    max_seconds = float(max_seconds or sp.solver_max_seconds)
     status = solvers.available_backends()
     backends = list(backends or status)
     info = machine_info()
@@ -55,7 +55,7 @@ def run(cfg: dict, n_cells=None, backends=None, dtypes=("float32", "float64"), r
         for dtype in map(numpy_name, dtypes):
             too_slow = False
             for i, n in enumerate(n_cells):
-                case = Case(problem, int(n), sp["n_outputs"], sp["t_end"], "N")
+                case = Case(problem, int(n), sp.n_outputs, sp.t_end, "N")
                 out_bytes = (case.n_saves + 1) * n * m.n_states * np.dtype(dtype).itemsize
                 if too_slow or out_bytes > memory_fraction * mem:
                     why = "one run would exceed max_seconds" if too_slow else "output would not fit in memory"
@@ -104,11 +104,11 @@ def _main(argv) -> int:
                                                       "(default: speed.solver_max_seconds)")
     ap.add_argument("--out", type=Path, help="default: RESULTS/benchmarks/solver_throughput.csv")
     a = ap.parse_args(argv)
-    cfg = cli.narrow(load_config(*a.config), {"--n": ("speed.solver_n_cells", a.n),
+    study = cli.narrow(load_config(*a.config), {"--n": ("speed.solver_n_cells", a.n),
                                               "--max-seconds": ("speed.solver_max_seconds", a.max_seconds)})
     print("machine:", json.dumps(machine_info()), flush=True)
-    df = run(cfg, a.n, a.backends, a.dtypes, a.repeats, a.max_seconds)
-    out = a.out or Layout(cfg["results_dir"]).benchmark("solver_throughput.csv")
+    df = run(study, a.n, a.backends, a.dtypes, a.repeats, a.max_seconds)
+    out = a.out or Layout(study.results_dir).benchmark("solver_throughput.csv")
     write_text(out, df.to_csv(index=False))
     print(f"wrote {out}")
     return 0

@@ -47,9 +47,10 @@ from inference.backends import REGISTRY, check_against_torch, ensemble_runner
 from inference.timing import TimingStats, measure
 from inference import workloads
 from inference.workloads import Case, rollout_runner, run_chunked, run_from_cells
-from surrogates.config import load_config, speed_ensembles, speed_problem_of, training_settings, validate_config
+from surrogates.config import load_config
 from surrogates.network import load_checkpoint
-from surrogates.problems import Problem, problem_from_config
+from surrogates.problems import Problem
+from surrogates.study import Study
 
 BUDGET_SPENT = "not measured: the time budget of this run was spent"
 ROLLOUT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "bf16": 1e-1}  # of the state range, after the whole rollout
@@ -90,30 +91,30 @@ class Settings:
 
 
 # ---------------------------------------------------------------- what to measure
-def cases(cfg: dict, n_cells=None, n_outputs=None, k_sweep=None) -> list[Case]:
+def cases(study: Study, n_cells=None, n_outputs=None, k_sweep=None) -> list[Case]:
     """The points of the ``speed`` section: the N sweep at K, then the K sweep at the first N; a point that is
     in both is measured once (``sweep="N,K"``)."""
-    sp = cfg["speed"]
-    problem = problem_from_config(sp["problem"], cfg)
-    n_cells = list(n_cells or sp["n_cells"])
-    K = int(n_outputs or sp["n_outputs"])
-    sweep = list(sp["k_sweep"] if k_sweep is None else k_sweep)
+    sp = study.speed
+    problem = study.problem(sp.problem)
+    n_cells = list(n_cells or sp.n_cells)
+    K = int(n_outputs or sp.n_outputs)
+    sweep = list(sp.k_sweep if k_sweep is None else k_sweep)
     points: dict[tuple[int, int], str] = {(N, K): "N" for N in n_cells}
     for k in sweep:
         key = (n_cells[0], int(k))
         points[key] = "N,K" if points.get(key) == "N" else "K"
-    return [Case(problem, N, k, float(sp["t_end"]), s) for (N, k), s in points.items()]
+    return [Case(problem, N, k, float(sp.t_end), s) for (N, k), s in points.items()]
 
 
-def load_surrogates(cfg: dict, models: dict, expect: dict | None = None) -> dict[str, Surrogate]:
+def load_surrogates(study: Study, models: dict, expect: dict | None = None) -> dict[str, Surrogate]:
     """Load ``label -> checkpoint`` (the label is the surrogate kind), checking that each was made for the
     problem the speed benchmark times it on (``expect[label]`` adds n, seed, arch where the caller knows them)."""
     from core.provenance import check_provenance
 
     out = {}
     for label, path in models.items():
-        problem = speed_problem_of(cfg, label)
-        p = problem_from_config(problem, cfg)
+        problem = study.speed_problem_of(label)
+        p = study.problem(problem)
         need = {"problem": p.name, "problem_fingerprint": p.fingerprint, "surrogate": label,
                 **((expect or {}).get(label) or {})}
         net, meta = load_checkpoint(path, expect=need)
@@ -126,7 +127,7 @@ def load_surrogates(cfg: dict, models: dict, expect: dict | None = None) -> dict
     return out
 
 
-def load_ensembles(cfg: dict, ensembles: dict) -> dict[str, Surrogate]:
+def load_ensembles(study: Study, ensembles: dict) -> dict[str, Surrogate]:
     """Load ``kind -> [checkpoint, ...]`` as seed ensembles: every member checked to be the run of ``kind`` on
     its speed problem with the training size and architecture its first member records, each with its own
     seed, the seeds distinct (``surrogates.ensemble.load_members``). The MAE is the ensemble's own test score
@@ -136,10 +137,10 @@ def load_ensembles(cfg: dict, ensembles: dict) -> dict[str, Surrogate]:
     from surrogates import ensemble as ens
 
     out = {}
-    layout = Layout(cfg["results_dir"])
+    layout = Layout(study.results_dir)
     for kind, paths in ensembles.items():
-        p = speed_problem_of(cfg, kind)
-        prob = problem_from_config(p, cfg)
+        p = study.speed_problem_of(kind)
+        prob = study.problem(p)
         if len(paths) < 2:
             raise InvalidInputError(f"the {kind} ensemble needs at least 2 checkpoints, got {len(paths)}")
         _, meta = load_checkpoint(paths[0])
@@ -148,12 +149,12 @@ def load_ensembles(cfg: dict, ensembles: dict) -> dict[str, Surrogate]:
         if not isinstance(n, int) or not isinstance(arch, str):
             raise InvalidInputError(f"checkpoint {paths[0]} records no training size and architecture; it cannot be "
                                     f"a member of an ensemble")
-        members, seeds = ens.load_members(cfg, p, kind, n, arch, paths)
+        members, seeds = ens.load_members(study, p, kind, n, arch, paths)
         mae = np.nan
         scored = layout.ensemble_file(p, kind, n, arch)
         if scored.exists():
             metrics = read_record(scored, "ensemble metrics file")
-            check_provenance(metrics.get("provenance", {}), ens.expected_ensemble(cfg, p, kind, n, arch, seeds),
+            check_provenance(metrics.get("provenance", {}), ens.expected_ensemble(study, p, kind, n, arch, seeds),
                              f"ensemble metrics file {scored}")
             mae = metrics.get("mae", np.nan)
         label = ens.label(kind)
@@ -410,7 +411,7 @@ def _base(case: Case, sur: Surrogate, backend: str, prec: str, solver: SolverTim
             **solver.kernel.as_dict("solver_kernel_"), **solver.e2e.as_dict("solver_e2e_")}
 
 
-def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Case] | None = None,
+def run(study: Study, models: dict, backends=None, precisions=None, points: list[Case] | None = None,
         settings: Settings | None = None, workdir=None, expect: dict | None = None,
         ensembles: dict | None = None) -> pd.DataFrame:
     """Measure every (point, surrogate, backend, precision); returns the tidy table (one row each, timed,
@@ -420,18 +421,17 @@ def run(cfg: dict, models: dict, backends=None, precisions=None, points: list[Ca
     point of the N sweep only (the paper's workload: the first N at K = ``speed.n_outputs``), on each device
     with the backend and precision that ran one network of their kind fastest there (:func:`_fastest`): an
     ensemble costs one evaluation per member on any backend. Their rows are labelled ``<kind>_ensemble``."""
-    cfg = validate_config(cfg)
-    sp = cfg["speed"]
-    backends = list(backends or sp["backends"])
-    precisions = list(precisions or sp["precisions"])
-    budget = sp.get("time_budget_s")
-    settings = settings or Settings(sp["repeats"], sp["max_repeats"], sp["backend_time_limit_s"],
+    sp = study.speed
+    backends = list(backends or sp.backends)
+    precisions = list(precisions or sp.precisions)
+    budget = sp.time_budget_s
+    settings = settings or Settings(sp.repeats, sp.max_repeats, sp.backend_time_limit_s,
                                     time.monotonic() + budget if budget else None)
-    points = points if points is not None else cases(cfg)
+    points = points if points is not None else cases(study)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="speedup_"))
     info = machine_info()
-    surs = load_surrogates(cfg, models, expect)
-    surs.update(load_ensembles(cfg, ensembles or {}))
+    surs = load_surrogates(study, models, expect)
+    surs.update(load_ensembles(study, ensembles or {}))
     ens_point = next((c for c in points if "N" in c.sweep.split(",")), points[0] if points else None)
     status = {n: REGISTRY[n].unavailable_reason() for n in backends}
     rows = []
@@ -518,26 +518,26 @@ def _main(a) -> int:
     unknown = [b for b in a.backends or [] if b not in REGISTRY]  # the registry, not the schema: it may hold more
     if unknown:
         raise InvalidInputError(f"argument --backends: unknown speed backend(s) {unknown}; valid: {sorted(REGISTRY)}")
-    cfg = cli.narrow(load_config(*a.config), {
+    study = cli.narrow(load_config(*a.config), {
         "--precisions": ("speed.precisions", a.precisions),
         "--n": ("speed.n_cells", a.n), "--k": ("speed.n_outputs", a.k), "--k-sweep": ("speed.k_sweep", a.k_sweep),
         "--device": ("speed.device", a.device)})
-    sp = cfg["speed"]
+    sp = study.speed
     try:
-        device = resolve_device(sp["device"])
+        device = resolve_device(sp.device)
     except InvalidInputError as exc:
         raise InvalidInputError(f"{'argument --device: ' if a.device else ''}{exc}") from None
-    backends = backends_for(a.backends or sp["backends"], device)
-    layout = Layout(cfg["results_dir"])
-    models = dict(_pairs("--model", m) for m in a.model) or configured_models(cfg)
+    backends = backends_for(a.backends or sp.backends, device)
+    layout = Layout(study.results_dir)
+    models = dict(_pairs("--model", m) for m in a.model) or configured_models(study)
     ensembles = ({k: v.split(",") for k, v in (_pairs("--ensemble", e) for e in a.ensemble)} if a.ensemble
-                 else {} if a.model else configured_ensembles(cfg))
+                 else {} if a.model else configured_ensembles(study))
     for label, files in [*((k, [v]) for k, v in models.items()), *ensembles.items()]:
         missing = [f for f in files if not Path(f).is_file()]
         if missing:
             raise InvalidInputError(f"argument --model/--ensemble: {label}: checkpoint {missing[0]} does not exist")
     out = a.out or layout.benchmark("speed_raw.csv")
-    df = run(cfg, models, backends, sp["precisions"], cases(cfg), ensembles=ensembles)
+    df = run(study, models, backends, sp.precisions, cases(study), ensembles=ensembles)
     write_text(out, df.to_csv(index=False))
     print(f"wrote {out}")
     failed = df[df["failed"].notna()]
@@ -548,26 +548,26 @@ def _main(a) -> int:
     return 0
 
 
-def configured_models(cfg: dict) -> dict:
+def configured_models(study: Study) -> dict:
     """``kind -> best_model.pth`` of the surrogates the configuration times (largest n, first seed)."""
-    layout = Layout(cfg["results_dir"])
+    layout = Layout(study.results_dir)
     out = {}
-    for kind in cfg["speed"]["surrogates"]:
-        p = speed_problem_of(cfg, kind)
-        size = max(problem_from_config(p, cfg).sizes)
-        out[kind] = layout.run_file("model", p, kind, size, training_settings(cfg, p)["architecture"],
-                                    cfg["training"]["seeds"][0])
+    for kind in study.speed.surrogates:
+        p = study.speed_problem_of(kind)
+        size = max(study.problem(p).sizes)
+        out[kind] = layout.run_file("model", p, kind, size, study.training(p).architecture,
+                                    study.seeds[0])
         if not out[kind].exists():
             raise InvalidInputError(f"no trained {kind} model at {out[kind]}: run the workflow first, or name one "
                                     f"with --model {kind}=PATH")
     return out
 
 
-def configured_ensembles(cfg: dict) -> dict:
+def configured_ensembles(study: Study) -> dict:
     """``kind -> [best_model.pth of each seed]`` of the ensembles the configuration times (``speed.ensembles``)."""
-    layout = Layout(cfg["results_dir"])
+    layout = Layout(study.results_dir)
     out = {}
-    for kind, p, n, arch, seeds in speed_ensembles(cfg):
+    for kind, p, n, arch, seeds in study.speed_ensembles():
         out[kind] = [layout.run_file("model", p, kind, n, arch, s) for s in seeds]
         missing = [str(f) for f in out[kind] if not f.exists()]
         if missing:

@@ -28,14 +28,13 @@ from core.errors import InvalidInputError, PipelineError
 from core.io import write_text
 from core.layout import Layout
 from core.machine import machine_info
+from surrogates.study import Study
 
 
-def select_runs(cfg: dict, only=()) -> list[tuple]:
+def select_runs(study: Study, only=()) -> list[tuple]:
     """The configuration's runs ``(problem, surrogate, n, arch, seed)``, narrowed by ``only`` filters
     (``"C"``, ``"C:ddnn"``, ``"C:ddnn:1000"``)."""
-    from surrogates.config import training_grid
-
-    runs = training_grid(cfg)
+    runs = study.training_grid()
     if only:
         keep = []
         for spec in only:
@@ -51,37 +50,36 @@ def select_runs(cfg: dict, only=()) -> list[tuple]:
     return runs
 
 
-def ensure_datasets(cfg: dict, runs) -> None:
+def ensure_datasets(study: Study, runs) -> None:
     """Write the training, validation and test sets the runs need, where they are missing."""
     from surrogates.datasets import write_split, write_test
-    from surrogates.problems import problem_from_config
 
-    layout = Layout(cfg["results_dir"])
+    layout = Layout(study.results_dir)
     for p, _, n, _, _ in runs:
         tr, va = layout.split(p, n, "train"), layout.split(p, n, "val")
         if not (tr.exists() and va.exists()):
-            write_split(cfg, p, n, tr, va)
+            write_split(study, p, n, tr, va)
         if not layout.test(p).exists():
-            write_test(cfg, p, layout.test(p))
-        src = problem_from_config(p, cfg).test_from
+            write_test(study, p, layout.test(p))
+        src = study.problem(p).test_from
         if src and not layout.test(src).exists():
-            write_test(cfg, src, layout.test(src))
+            write_test(study, src, layout.test(src))
 
 
 def _one(args):
-    cfg, (problem, surrogate, n, arch, seed), iterations, threads = args
+    study, (problem, surrogate, n, arch, seed), iterations, threads = args
     import torch
 
     torch.set_num_threads(threads)
     from training.train import train_surrogate
 
-    layout = Layout(cfg["results_dir"])
+    layout = Layout(study.results_dir)
     out = layout.model_dir(problem, surrogate, n, arch, seed)
     if (out / "metrics.json").exists():
         from core.io import read_record
 
         return read_record(out / "metrics.json")
-    r = train_surrogate(cfg, problem, surrogate, n, seed, layout.dataset_dir(problem), out, arch,
+    r = train_surrogate(study, problem, surrogate, n, seed, layout.dataset_dir(problem), out, arch,
                         test_path=layout.test(problem), iterations=iterations)
     print(f"{problem:5s} {surrogate:9s} n={n:<6d} seed={seed}  MAE {r['mae']:.3e}  max {r['max_abs_err']:.3e}  "
           f"({r['train_seconds']:.0f} s, {r['device']})", flush=True)
@@ -97,9 +95,9 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
                  floor_max_abs_err=("floor_max_abs_err", "first")).reset_index()
 
 
-def run(cfg: dict, runs, iterations=None, workers: int = 1) -> pd.DataFrame:
-    ensure_datasets(cfg, runs)
-    jobs = [(cfg, r, iterations, 1 if workers > 1 else max(1, os.cpu_count() or 1)) for r in runs]
+def run(study: Study, runs, iterations=None, workers: int = 1) -> pd.DataFrame:
+    ensure_datasets(study, runs)
+    jobs = [(study, r, iterations, 1 if workers > 1 else max(1, os.cpu_count() or 1)) for r in runs]
     if workers > 1:
         # spawned, not forked: the parent has used OpenMP (datasets, torch) and a forked child of such a
         # process is killed by libgomp ("fork() called from a process already using GNU OpenMP")
@@ -156,14 +154,14 @@ def _main(argv) -> int:
     from surrogates.config import validate_config
 
     try:
-        cfg = cli.narrow(validate_config(merge(read_config(*a.config), overrides(a.set))),
+        study = cli.narrow(validate_config(merge(read_config(*a.config), overrides(a.set))),
                          {"--seeds": ("training.seeds", None if a.seeds is None else list(a.seeds))})
-        runs = select_runs(cfg, a.only)
-        df = run(cfg, runs, a.iterations, a.workers)
+        runs = select_runs(study, a.only)
+        df = run(study, runs, a.iterations, a.workers)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Layout(cfg["results_dir"]).benchmark("surrogate_accuracy.csv")
+    out = Layout(study.results_dir).benchmark("surrogate_accuracy.csv")
     write_text(out, df.to_csv(index=False))
     print(summarise(df).to_markdown(index=False, floatfmt=".3g"))
     print(f"wrote {out}")

@@ -21,31 +21,29 @@ ACCURACY_COLUMNS = ["problem", "surrogate", "n_train", "arch", "seeds", "mae_mea
 # more between seeds than the MAE does); an ensemble is one network, the floor one solver: min = max = mean
 
 
-def _expected_runs(cfg) -> dict:
+def _expected_runs(study) -> dict:
     """metrics.json path -> the provenance its model must have, for every run of the configuration."""
-    from surrogates.config import training_grid
     from surrogates.scoring import expected_model
 
-    from surrogates.config import ensemble_grid
     from surrogates.ensemble import expected_ensemble
 
-    layout = Layout(cfg["results_dir"])
-    runs = {layout.run_file("metrics", p, s, n, a, seed): expected_model(cfg, p, s, n, seed, a)
-            for p, s, n, a, seed in training_grid(cfg)}
-    runs.update({layout.ensemble_file(p, s, n, a): expected_ensemble(cfg, p, s, n, a, seeds)
-                 for p, s, n, a, seeds in ensemble_grid(cfg)})
+    layout = Layout(study.results_dir)
+    runs = {layout.run_file("metrics", p, s, n, a, seed): expected_model(study, p, s, n, seed, a)
+            for p, s, n, a, seed in study.training_grid()}
+    runs.update({layout.ensemble_file(p, s, n, a): expected_ensemble(study, p, s, n, a, seeds)
+                 for p, s, n, a, seeds in study.ensemble_grid()})
     return runs
 
 
-def read_runs(metrics_files, cfg=None) -> pd.DataFrame:
-    """One row per metrics file (its recorded fields); with ``cfg``, each file is checked to be the run its
+def read_runs(metrics_files, study=None) -> pd.DataFrame:
+    """One row per metrics file (its recorded fields); with ``study``, each file is checked to be the run its
     place in the layout stands for (a copied or stale file is refused, naming it and the differing key)."""
-    expected = _expected_runs(cfg) if cfg is not None else {}
+    expected = _expected_runs(study) if study is not None else {}
     rows = []
     for f in metrics_files:
         m = read_record(f, "metrics file")
         want = expected.get(Path(f).resolve())
-        if cfg is not None and want is None:
+        if study is not None and want is None:
             raise InvalidInputError(f"metrics file {f} is not a run of this configuration")
         if want is not None:
             check_provenance(m.get("provenance", {}), want, f"metrics file {f}")
@@ -57,22 +55,22 @@ TRANSFER_COLUMNS = ["test_on", "problem", "surrogate", "n_train", "arch", "netwo
                     "max_abs_err", "max_std", "rel_l2", "floor_mae", "floor_max"]
 
 
-def transfer_table(files, cfg=None) -> pd.DataFrame:
+def transfer_table(files, study=None) -> pd.DataFrame:
     """One row per network (each seed, the mean over seeds, the ensemble) of every ITNN rolled out over another
-    problem's test set (:mod:`surrogates.transfer`); with ``cfg`` each file is checked to be the configured
+    problem's test set (:mod:`surrogates.transfer`); with ``study`` each file is checked to be the configured
     transfer its place stands for."""
     expected = {}
-    if cfg is not None:
+    if study is not None:
         from surrogates.transfer import expected_transfer, transfer_grid
 
-        layout = Layout(cfg["results_dir"])
-        seeds = cfg["training"]["seeds"]
-        expected = {layout.transfer_file(p, s, n, a, t): expected_transfer(cfg, p, n, a, t, seeds)
-                    for p, s, n, a, t in transfer_grid(cfg)}
+        layout = Layout(study.results_dir)
+        seeds = study.seeds
+        expected = {layout.transfer_file(p, s, n, a, t): expected_transfer(study, p, n, a, t, seeds)
+                    for p, s, n, a, t in transfer_grid(study)}
     rows = []
     for f in files:
         r = read_record(f, "transfer metrics file")
-        if cfg is not None:
+        if study is not None:
             want = expected.get(Path(f).resolve())
             if want is None:
                 raise InvalidInputError(f"transfer metrics file {f} is not a transfer of this configuration")
@@ -95,23 +93,22 @@ def transfer_table(files, cfg=None) -> pd.DataFrame:
     return pd.DataFrame(rows)[TRANSFER_COLUMNS]
 
 
-def read_floors(test_sidecars, cfg=None) -> pd.DataFrame:
-    """One ``euler_floor`` row per test sidecar; each sidecar's own checksum is verified, and with ``cfg`` its
+def read_floors(test_sidecars, study=None) -> pd.DataFrame:
+    """One ``euler_floor`` row per test sidecar; each sidecar's own checksum is verified, and with ``study`` its
     problem must be the one its place names."""
     from surrogates.datasets import expected_provenance
-    from surrogates.problems import problem_from_config
 
-    layout = Layout(cfg["results_dir"]) if cfg is not None else None
-    by_path = {layout.sidecar(layout.test(p)): p for p in cfg["problems"]} if cfg is not None else {}
+    layout = Layout(study.results_dir) if study is not None else None
+    by_path = {layout.sidecar(layout.test(p)): p for p in study.problems} if study is not None else {}
     floors = []
     for f in test_sidecars:
         meta = read_sidecar(Path(f).with_suffix(".npz"))
         name = meta.get("provenance", {}).get("problem")
-        if cfg is not None:
+        if study is not None:
             want = by_path.get(Path(f).resolve())
             if want is None:
                 raise InvalidInputError(f"test sidecar {f} is not a test set of this configuration")
-            check_provenance(meta.get("provenance", {}), expected_provenance(problem_from_config(want, cfg), cfg, "test"),
+            check_provenance(meta.get("provenance", {}), expected_provenance(study.problem(want), study, "test"),
                              f"test sidecar {f}")
             name = want
         fl = meta["euler_floor"]
@@ -128,12 +125,12 @@ def floor_references(test_sidecars) -> list[str]:
     return sorted({r for r in refs if r})
 
 
-def accuracy_table(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
+def accuracy_table(metrics_files, test_sidecars, study=None) -> pd.DataFrame:
     """One row per (problem, surrogate, n_train, arch), means over seeds (the maximum error also with its
     smallest and largest seed's); plus one ``euler_floor`` row per
     problem (the Euler labels' own error against the high-accuracy solution). An ensemble
     (``<kind>_ensemble``, :mod:`surrogates.ensemble`) is one row of its own; its ``seeds`` are its members."""
-    runs = read_runs(metrics_files, cfg)
+    runs = read_runs(metrics_files, study)
     if runs.empty:
         raise InvalidInputError("no training results to tabulate")
     g = runs.groupby(["problem", "surrogate", "n_train", "arch"], sort=True)
@@ -146,7 +143,7 @@ def accuracy_table(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
         keys = ["problem", "surrogate", "n_train", "arch"]
         members = runs.dropna(subset=["members"]).set_index(keys)["members"].map(len).to_dict()
         table["seeds"] = [members.get(k, s) for k, s in zip(table.set_index(keys).index, table["seeds"])]
-    table = pd.concat([table, read_floors(test_sidecars, cfg)], ignore_index=True)
+    table = pd.concat([table, read_floors(test_sidecars, study)], ignore_index=True)
     table["n_train"] = table["n_train"].astype("Int64")
     table["n_params"] = table["n_params"].astype("Int64")
     table["_floor_last"] = table["surrogate"] != "euler_floor"  # the floor row first in each problem
@@ -162,11 +159,11 @@ def _count_seeds(seeds: pd.Series) -> int:
 BY_OUTPUT_COLUMNS = ["problem", "surrogate", "n_train", "arch", "seeds", "output", "mae_mean", "mae_std"]
 
 
-def accuracy_by_output(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
+def accuracy_by_output(metrics_files, test_sidecars, study=None) -> pd.DataFrame:
     """The MAE of each output (means over seeds), one row per (problem, surrogate, n_train, arch, output), with
     each problem's ``euler_floor`` rows: outputs in different units (mV, mM, gates) read apart. Runs and
     sidecars recorded without ``mae_by_output`` have no rows; none at all gives an empty table."""
-    runs = read_runs(metrics_files, cfg)
+    runs = read_runs(metrics_files, study)
     rows = [{"problem": r["problem"], "surrogate": r["surrogate"], "n_train": r["n_train"], "arch": r["arch"],
              "seed": (tuple(r["members"]) if isinstance(r.get("members"), list) else r.get("seed")),
              "output": name, "mae": v}
@@ -185,7 +182,7 @@ def accuracy_by_output(metrics_files, test_sidecars, cfg=None) -> pd.DataFrame:
     floors = []
     for f in test_sidecars:
         fl = read_sidecar(Path(f).with_suffix(".npz"))["euler_floor"].get("mae_by_output", {})
-        name = read_floors([f], cfg)["problem"].iloc[0]
+        name = read_floors([f], study)["problem"].iloc[0]
         floors += [{"problem": name, "surrogate": "euler_floor", "n_train": np.nan, "arch": "", "seeds": 0,
                     "output": o, "mae_mean": v, "mae_std": 0.0} for o, v in fl.items()]
         order.update({(name, o): i for i, o in enumerate(fl) if (name, o) not in order})

@@ -45,10 +45,10 @@ from core.errors import InvalidInputError
 from core.io import write_text
 from core.layout import Layout
 from core.machine import describe_machine, machine_info
-from surrogates.config import load_config, training_settings
+from surrogates.config import load_config
+from surrogates.study import Study
 from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
 from surrogates.network import MLP
-from surrogates.problems import problem_from_config
 from training.trainer import Trainer
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "training_speed.md"
@@ -107,10 +107,9 @@ from pathlib import Path
 if Path(T.__file__).resolve().parent != Path(args["upstream"], "fisiocomPinn").resolve():
     sys.exit(f"imported {T.__file__}, not the upstream checkout's fisiocomPinn")
 from benchmarks.training_speed import _data, _net
-from surrogates.config import load_config, training_settings
-from surrogates.problems import problem_from_config
-cfg = load_config(*args["config"])
-p = problem_from_config(args["problem"], cfg)
+from surrogates.config import load_config
+study = load_config(*args["config"])
+p = study.problem(args["problem"])
 X, Y = _data(p, 100_000)
 torch.manual_seed(0)
 net = _net(p, args["hidden"], X, Y, args["device"])
@@ -169,9 +168,9 @@ def trainer_rate(p, hidden, X, Y, batch, iters, lr, device, engine, physics=None
                      progress=False, capture=capture)
         tr.add_loss(DataLoss(X, Y, batch_size=batch, seed=0, name="data"))
         if physics:
-            tr.add_loss(ODEResidualLoss(p, physics["collocation_points"], physics["sampler"], seed=1), physics["weight"])
-            tr.add_loss(InitialConditionLoss(p, max(256, physics["collocation_points"] // 4), physics["sampler"], seed=2),
-                        physics["ic_weight"])
+            tr.add_loss(ODEResidualLoss(p, physics.collocation_points, physics.sampler, seed=1), physics.weight)
+            tr.add_loss(InitialConditionLoss(p, max(256, physics.collocation_points // 4), physics.sampler, seed=2),
+                        physics.ic_weight)
         _sync(device)
         t0 = time.perf_counter()
         tr.train(iters)
@@ -277,52 +276,52 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str | None = None,
+def measure(study: Study, iterations: int, rounds: int, device: str, upstream: str | None = None,
             config_files: list | None = None) -> tuple[list[dict], dict]:
     results = []
     costs = {}
     for name in ("C", "D"):
-        if name not in cfg["problems"]:
+        if name not in study.problems:
             continue
-        p = problem_from_config(name, cfg)
-        s = training_settings(cfg, name)
-        hidden = [tuple(h) for h in s["architectures"][s["architecture"]]]
-        batch = s["batch_size"] or 1024
+        p = study.problem(name)
+        s = study.training(name)
+        hidden = [tuple(h) for h in s.architectures[s.architecture]]
+        batch = s.batch_size or 1024
         X, Y = _data(p, 100_000)
-        variants = {"reference (plain eager loop)": lambda: reference_loop(p, hidden, X, Y, batch, iterations, s["lr"], device)}
+        variants = {"reference (plain eager loop)": lambda: reference_loop(p, hidden, X, Y, batch, iterations, s.lr, device)}
         if upstream:
             variants[UPSTREAM] = lambda: upstream_rate(upstream, config_files or [], name, hidden, batch, iterations,
-                                                       s["lr"], device)
+                                                       s.lr, device)
         variants |= {
-                    "trainer, autograd path": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "autograd"),
-                    "trainer, fused engine": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s["lr"], device, "fused")}
+                    "trainer, autograd path": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s.lr, device, "autograd"),
+                    "trainer, fused engine": lambda: trainer_rate(p, hidden, X, Y, batch, iterations, s.lr, device, "fused")}
         gpu = torch.device(device).type == "cuda"
         if not gpu:  # the data step in one compiled call (training.cpu_step), what engine "auto" picks here
             variants["trainer, compiled CPU steps"] = lambda: trainer_rate(
-                p, hidden, X, Y, batch, iterations, s["lr"], device, "cpp")
+                p, hidden, X, Y, batch, iterations, s.lr, device, "cpp")
         if gpu:  # on a GPU the fused step is captured by default ("auto"); the uncaptured one beside it
             variants["trainer, fused engine, CUDA graph"] = variants.pop("trainer, fused engine")
             variants["trainer, fused engine, not captured"] = lambda: trainer_rate(
-                p, hidden, X, Y, batch, iterations, s["lr"], device, "fused", capture=False)
+                p, hidden, X, Y, batch, iterations, s.lr, device, "fused", capture=False)
             # the data step in one Triton kernel (training.triton_step), captured as the fused step is
             variants["trainer, Triton data step, CUDA graph"] = lambda: trainer_rate(
-                p, hidden, X, Y, batch, iterations, s["lr"], device, "triton")
+                p, hidden, X, Y, batch, iterations, s.lr, device, "triton")
         variants["3 seeds as one stacked model (per network)"] = lambda: cohort_rate(
-            p, hidden, X, Y, batch, iterations, s["lr"], device)
+            p, hidden, X, Y, batch, iterations, s.lr, device)
         if p.kind == "trajectory":
-            phys = s["physics"]
+            phys = s.physics
             n_pinn = iterations if gpu else max(iterations // 8, 50)
-            variants["PINN, autograd path"] = lambda: trainer_rate(p, hidden, X, Y, batch, max(iterations // 8, 50), s["lr"],
+            variants["PINN, autograd path"] = lambda: trainer_rate(p, hidden, X, Y, batch, max(iterations // 8, 50), s.lr,
                                                                     device, "autograd", phys)
             variants["PINN, fused engine" + (", CUDA graph" if gpu else "")] = lambda: trainer_rate(
-                p, hidden, X, Y, batch, n_pinn, s["lr"], device, "fused", phys)
+                p, hidden, X, Y, batch, n_pinn, s.lr, device, "fused", phys)
             if not gpu:  # every term through the compiled CPU steps (engine "auto" on a CPU)
                 variants["PINN, compiled CPU steps"] = lambda: trainer_rate(
-                    p, hidden, X, Y, batch, n_pinn, s["lr"], device, "cpp", phys)
+                    p, hidden, X, Y, batch, n_pinn, s.lr, device, "cpp", phys)
             if gpu:  # its data and initial-condition terms through the Triton data step, the residual through
                 # the Triton residual step (training.triton_step)
                 variants["PINN, Triton steps, CUDA graph"] = lambda: trainer_rate(
-                    p, hidden, X, Y, batch, n_pinn, s["lr"], device, "triton", phys)
+                    p, hidden, X, Y, batch, n_pinn, s.lr, device, "triton", phys)
         rates = {k: [] for k in variants}
         for _ in range(rounds):
             for k, f in variants.items():
@@ -337,14 +336,14 @@ def measure(cfg: dict, iterations: int, rounds: int, device: str, upstream: str 
         ref = rates["reference (plain eager loop)"]
         up = rates.get(UPSTREAM)
         for k, r in rates.items():
-            results.append({"problem": name, "network": s["architecture"], "batch": batch, "variant": k,
+            results.append({"problem": name, "network": s.architecture, "batch": batch, "variant": k,
                             "it_per_s": _median(r), "vs_reference": _median([a / b for a, b in zip(r, ref)])})
             if up:
                 results[-1]["vs_upstream"] = _median([a / b for a, b in zip(r, up)])
             print(f"{name} {k:34s} {_median(r):9.1f} it/s  (x{results[-1]['vs_reference']:.2f} the reference; "
                   f"rounds {', '.join(f'{v:.0f}' for v in r)})", flush=True)
         if p.kind == "trajectory":
-            costs[name] = row_costs(p, hidden, X, Y, batch, s["physics"]["collocation_points"], device, rounds=rounds)
+            costs[name] = row_costs(p, hidden, X, Y, batch, s.physics.collocation_points, device, rounds=rounds)
     return results, costs
 
 
@@ -401,12 +400,12 @@ def _main(argv) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     if device == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError("argument --device: cuda, but torch sees no usable GPU on this machine")
-    cfg = load_config(*a.config)
+    study = load_config(*a.config)
     info = machine_info()
-    results, costs = measure(cfg, a.iterations, a.rounds, device, a.upstream, a.config)
+    results, costs = measure(study, a.iterations, a.rounds, device, a.upstream, a.config)
     text = table(results, costs, info, device, a.iterations, a.rounds)
     print(text)
-    out = Layout(cfg["results_dir"]).benchmark("training_speed.md")
+    out = Layout(study.results_dir).benchmark("training_speed.md")
     write_text(out, text)
     print(f"wrote {out}")
     if a.reference:

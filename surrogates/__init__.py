@@ -19,7 +19,7 @@ _PUBLIC = {
     "error_metrics": "metrics",
     "ACTIVATIONS": "network", "MLP": "network", "load_checkpoint": "network", "save_checkpoint": "network",
     "Problem": "problems", "problem_from_config": "problems",
-    "load_config": "config", "validate_config": "config",
+    "load_config": "config", "validate_config": "config", "Study": "study",
 }
 
 __all__ = sorted(_PUBLIC)

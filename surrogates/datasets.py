@@ -42,7 +42,8 @@ from core.io import save_dataset
 from core.provenance import project_version
 
 from .metrics import error_metrics
-from .problems import Problem, max_rows, n_test_pool, n_val, pool_size, problem_from_config
+from .problems import Problem, max_rows, n_test_pool, n_val, pool_size
+from .study import Study
 
 # ---------------------------------------------------------------- designs
 def _sobol(d: int, n: int, seed: int) -> np.ndarray:
@@ -302,21 +303,21 @@ def _reference_pool(p: Problem, rtol: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- files
-def provenance(p: Problem, cfg: dict, part: str, n: int | None = None) -> dict:
+def provenance(p: Problem, study: Study, part: str, n: int | None = None) -> dict:
     """What a dataset file is: the problem (name and fingerprint), the part, its size and the design's seeds.
     Training checks it against what it is asked to train on before any work is done."""
-    d = cfg["datasets"]
-    out = {"problem": p.name, "problem_fingerprint": p.fingerprint, "part": part, "test_seed": d["test_seed"]}
+    d = study.datasets
+    out = {"problem": p.name, "problem_fingerprint": p.fingerprint, "part": part, "test_seed": d.test_seed}
     if part != "test":
-        out.update({"n": int(n), "seed": d["seed"], "val_fraction": d["val_fraction"]})
+        out.update({"n": int(n), "seed": d.seed, "val_fraction": d.val_fraction})
     elif p.kind == "step":  # judged on another problem's trajectories: that problem's definition counts too
-        out.update({"test_from": p.test_from, "test_from_fingerprint": problem_from_config(p.test_from, cfg).fingerprint})
+        out.update({"test_from": p.test_from, "test_from_fingerprint": study.problem(p.test_from).fingerprint})
     return out
 
 
-def _meta(p: Problem, cfg: dict, part: str, n: int | None = None, **extra) -> dict:
+def _meta(p: Problem, study: Study, part: str, n: int | None = None, **extra) -> dict:
     return {
-        "provenance": provenance(p, cfg, part, n),
+        "provenance": provenance(p, study, part, n),
         "problem": p.describe(),
         "part": part,
         "model": p.model.name,
@@ -326,39 +327,38 @@ def _meta(p: Problem, cfg: dict, part: str, n: int | None = None, **extra) -> di
         "solver": {"method": "forward Euler", "backend": p.backend, "dtype": p.dtype},
         "design": (("space-filling order (scrambled Sobol) of the time grid" if p.pool_order == "space_filling"
                     else "permutation of the time grid") if p.uses_pool else "scrambled Sobol (scipy.stats.qmc)"),
-        "seed": cfg["datasets"]["seed"],
-        "test_seed": cfg["datasets"]["test_seed"],
+        "seed": study.datasets.seed,
+        "test_seed": study.datasets.test_seed,
         "version": project_version(),
         **extra,
     }
 
 
-def write_split(cfg: dict, problem: str, n: int, train_path, val_path) -> None:
+def write_split(study: Study, problem: str, n: int, train_path, val_path) -> None:
     """Generate and write the training and validation sets of ``problem`` at size ``n``."""
-    p = problem_from_config(problem, cfg)
-    d = cfg["datasets"]
-    train, val = make_split(p, n, d["seed"], d["test_seed"], d["val_fraction"])
-    save_dataset(train_path, train, _meta(p, cfg, "train", n))
-    save_dataset(val_path, val, _meta(p, cfg, "val", n, val_fraction=d["val_fraction"]))
+    p = study.problem(problem)
+    d = study.datasets
+    train, val = make_split(p, n, d.seed, d.test_seed, d.val_fraction)
+    save_dataset(train_path, train, _meta(p, study, "train", n))
+    save_dataset(val_path, val, _meta(p, study, "val", n, val_fraction=d.val_fraction))
 
 
-def write_test(cfg: dict, problem: str, out_path) -> None:
+def write_test(study: Study, problem: str, out_path) -> None:
     """Generate and write the test set of ``problem`` with its solver floor in the sidecar."""
-    p = problem_from_config(problem, cfg)
-    d = cfg["datasets"]
-    problems = {p.test_from: problem_from_config(p.test_from, cfg)} if p.kind == "step" else None
-    rtol = float(cfg["solver"]["floor_rtol"])
-    test, floor = make_test(p, d["test_seed"], d["seed"], problems, rtol)
+    p = study.problem(problem)
+    d = study.datasets
+    rtol = float(study.solver.floor_rtol)
+    test, floor = make_test(p, d.test_seed, d.seed, study.rollout_sources(p), rtol)
     extra = {"euler_floor": floor}
     if p.kind == "step":
         extra["test_from"] = p.test_from
-    save_dataset(out_path, test, _meta(p, cfg, "test", **extra))
+    save_dataset(out_path, test, _meta(p, study, "test", **extra))
 
 
-def expected_provenance(p: Problem, cfg: dict, part: str, n: int | None = None) -> dict:
+def expected_provenance(p: Problem, study: Study, part: str, n: int | None = None) -> dict:
     """What a consumer requires of a dataset it reads: everything :func:`provenance` records but the
     validation share (whose effect the row count and checksums already pin)."""
-    return {k: v for k, v in provenance(p, cfg, part, n).items() if k != "val_fraction"}
+    return {k: v for k, v in provenance(p, study, part, n).items() if k != "val_fraction"}
 
 
 def main(argv=None) -> int:
@@ -377,12 +377,12 @@ def main(argv=None) -> int:
     from .config import load_config
 
     def body():
-        cfg = load_config(a.config)
+        study = load_config(a.config)
         if a.cmd == "split":
-            write_split(cfg, a.problem, a.n, a.train, a.val)
+            write_split(study, a.problem, a.n, a.train, a.val)
             print(f"wrote {a.train} and {a.val}")
         else:
-            write_test(cfg, a.problem, a.out)
+            write_test(study, a.problem, a.out)
             print(f"wrote {a.out}")
 
     return run_main(body)  # a project error or the OS's (a full disk): one line, exit status 2

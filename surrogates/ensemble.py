@@ -28,7 +28,7 @@ from core.provenance import check_provenance, project_version
 from .config import load_config
 from .datasets import expected_provenance
 from .network import MLP, load_checkpoint
-from .problems import problem_from_config
+from .study import Study
 
 SUFFIX = "_ensemble"
 
@@ -63,15 +63,15 @@ def label(surrogate: str) -> str:
     return surrogate + SUFFIX
 
 
-def expected_ensemble(cfg: dict, problem: str, surrogate: str, n: int, arch: str, seeds) -> dict:
+def expected_ensemble(study: Study, problem: str, surrogate: str, n: int, arch: str, seeds) -> dict:
     """The provenance an ensemble's metrics must carry: its members' (less the seed) and their seeds."""
     from .scoring import expected_model
 
-    prov = {k: v for k, v in expected_model(cfg, problem, surrogate, n, 0, arch).items() if k != "seed"}
+    prov = {k: v for k, v in expected_model(study, problem, surrogate, n, 0, arch).items() if k != "seed"}
     return {**prov, "ensemble_of": sorted(int(s) for s in seeds)}
 
 
-def load_members(cfg: dict, problem: str, surrogate: str, n: int, arch: str, checkpoints) -> tuple[list[MLP], list[int]]:
+def load_members(study: Study, problem: str, surrogate: str, n: int, arch: str, checkpoints) -> tuple[list[MLP], list[int]]:
     """Load each checkpoint, checked against the run it must be (its own recorded seed), on the CPU."""
     from .scoring import expected_model
 
@@ -81,7 +81,7 @@ def load_members(cfg: dict, problem: str, surrogate: str, n: int, arch: str, che
         prov = meta.get("provenance", {})
         if not isinstance(prov.get("seed"), int):
             raise ProvenanceError(f"checkpoint {path} records no seed; it cannot be a member of an ensemble")
-        check_provenance(prov, expected_model(cfg, problem, surrogate, n, prov["seed"], arch), f"checkpoint {path}")
+        check_provenance(prov, expected_model(study, problem, surrogate, n, prov["seed"], arch), f"checkpoint {path}")
         members.append(model.eval())
         seeds.append(prov["seed"])
     if len(set(seeds)) != len(seeds):
@@ -101,18 +101,18 @@ def _members_training(checkpoints) -> float | None:
     return total
 
 
-def score_ensemble(cfg: dict, problem: str, surrogate: str, n: int, arch: str, checkpoints, test_path, out_path) -> dict:
+def score_ensemble(study: Study, problem: str, surrogate: str, n: int, arch: str, checkpoints, test_path, out_path) -> dict:
     """Score the mean of ``checkpoints`` on the held-out test set and write its ``metrics.json`` (atomically)."""
     from .scoring import evaluate
 
-    p = problem_from_config(problem, cfg)
-    members, seeds = load_members(cfg, problem, surrogate, n, arch, checkpoints)
-    test, test_meta = load_dataset(test_path, expect=expected_provenance(p, cfg, "test"))
+    p = study.problem(problem)
+    members, seeds = load_members(study, problem, surrogate, n, arch, checkpoints)
+    test, test_meta = load_dataset(test_path, expect=expected_provenance(p, study, "test"))
     model = Ensemble(members)
-    problems = {p.test_from: problem_from_config(p.test_from, cfg)} if p.kind == "step" else None
+    problems = study.rollout_sources(p)
     t0 = time.perf_counter()
     metrics, extras = evaluate(model, p, test, problems)
-    prov = expected_ensemble(cfg, problem, surrogate, n, arch, seeds)
+    prov = expected_ensemble(study, problem, surrogate, n, arch, seeds)
     result = {
         "provenance": prov, "problem": p.name, "surrogate": label(surrogate), "n_train": int(n), "seed": -1,
         "members": sorted(seeds), "arch": arch, "hidden": prov["hidden"], "test": metrics, "mae": metrics["mae"],

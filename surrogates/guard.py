@@ -16,25 +16,24 @@ from core.errors import InvalidInputError
 from core.io import load_dataset, sidecar_path
 from core.layout import Layout
 
-from .config import training_grid
 from .datasets import expected_provenance
-from .problems import problem_from_config
+from .study import Study
 
 OUTPUTS = ("metrics", "model", "losses")  # rules train and train_cohort
 
 
-def finished_jobs(cfg: dict) -> list[tuple]:
+def finished_jobs(study: Study) -> list[tuple]:
     """The training jobs of the grid whose outputs are all there: ``(problem, kind, n, arch, seed)``."""
-    lay = Layout(cfg["results_dir"])
-    return [job for job in training_grid(cfg) if all(lay.run_file(k, *job).exists() for k in OUTPUTS)]
+    lay = Layout(study.results_dir)
+    return [job for job in study.training_grid() if all(lay.run_file(k, *job).exists() for k in OUTPUTS)]
 
 
-def check_finished_inputs(cfg: dict) -> int:
-    """Refuse (``InvalidInputError``, one line) when a dataset read by a finished training job of ``cfg`` is
+def check_finished_inputs(study: Study) -> int:
+    """Refuse (``InvalidInputError``, one line) when a dataset read by a finished training job of ``study`` is
     there but no longer the file it was. Returns how many dataset files were checked."""
-    lay = Layout(cfg["results_dir"])
+    lay = Layout(study.results_dir)
     users: dict[Path, list] = {}
-    for job in finished_jobs(cfg):
+    for job in finished_jobs(study):
         p, _, n, _, _ = job
         for path, part, size in ((lay.split(p, n, "train"), "train", n), (lay.split(p, n, "val"), "val", n),
                                  (lay.test(p), "test", None)):
@@ -45,8 +44,8 @@ def check_finished_inputs(cfg: dict) -> int:
             continue  # deleted on purpose: the dataset rule makes it again, and these models train again
         checked += 1
         try:
-            problem = problem_from_config(p, cfg)
-            load_dataset(path, expect=expected_provenance(problem, cfg, part, size))
+            problem = study.problem(p)
+            load_dataset(path, expect=expected_provenance(problem, study, part, size))
         except InvalidInputError as exc:
             model = lay.run_file("model", *jobs[0])
             raise InvalidInputError(

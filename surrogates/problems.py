@@ -5,7 +5,8 @@ model's initial states and parameters, its input box, its time grid, and a finge
 definition (model equations included) that every artefact made for it records. Nothing else in the
 project re-derives these facts; the datasets, the losses, the speed workloads and the ITNN rollout ask
 the problem. Building one from the configuration is :func:`problem_from_config` (the configuration itself
-is validated in :mod:`surrogates.config`). Nothing here imports torch.
+is validated in :mod:`surrogates.config`; its study builds each problem once, ``study.problem(name)``).
+Nothing here imports torch.
 """
 from __future__ import annotations
 

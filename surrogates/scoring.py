@@ -8,10 +8,10 @@ import torch
 from core.errors import InvalidInputError
 from core.steps import whole_steps
 
-from .config import training_settings
 from .itnn import rollout
 from .metrics import error_metrics
-from .problems import Problem, problem_from_config
+from .problems import Problem
+from .study import Study
 
 
 def model_provenance(p: Problem, surrogate: str, n: int, seed: int, arch: str, hidden) -> dict:
@@ -21,14 +21,14 @@ def model_provenance(p: Problem, surrogate: str, n: int, seed: int, arch: str, h
             "outputs": list(p.outputs)}
 
 
-def expected_model(cfg: dict, problem: str, surrogate: str, n: int, seed: int, arch: str | None = None) -> dict:
+def expected_model(study: Study, problem: str, surrogate: str, n: int, seed: int, arch: str | None = None) -> dict:
     """The provenance a consumer requires of the model trained for these settings (see :func:`model_provenance`)."""
-    p = problem_from_config(problem, cfg)
-    s = training_settings(cfg, problem)
-    arch = arch or s["architecture"]
-    if arch not in s["architectures"]:
-        raise InvalidInputError(f"unknown architecture {arch!r}; valid: {sorted(s['architectures'])}")
-    return model_provenance(p, surrogate, n, seed, arch, s["architectures"][arch])
+    p = study.problem(problem)
+    s = study.training(problem)
+    arch = arch or s.architecture
+    if arch not in s.architectures:
+        raise InvalidInputError(f"unknown architecture {arch!r}; valid: {sorted(s.architectures)}")
+    return model_provenance(p, surrogate, n, seed, arch, s.architectures[arch])
 
 
 def evaluate(model, p: Problem, test: dict, problems: dict | None = None) -> tuple[dict, dict]:

@@ -12,12 +12,11 @@ Nothing at module level imports torch: the workflow calls :func:`transfer_grid` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
 
 from core.errors import InvalidInputError
 
-from .config import training_grid
-from .problems import Problem, problem_from_config
+from .problems import Problem
+from .study import Study
 
 
 def _span(p: Problem, name: str) -> tuple[float, float]:
@@ -62,12 +61,12 @@ def covered(step: Problem, problems: Mapping[str, Problem]) -> list[str]:
             if name != step.test_from and src.kind == "trajectory" and uncovered(step, src) is None]
 
 
-def transfer_grid(cfg: Mapping) -> list[tuple[str, str, int, str, str]]:
+def transfer_grid(study: Study) -> list[tuple[str, str, int, str, str]]:
     """``(step problem, "itnn", n, arch, target)`` for every ITNN configuration of the training grid and every
     trajectory problem it covers other than its own ``test_from`` (:func:`covered`)."""
     out = []
-    problems = {name: problem_from_config(name, cfg) for name in cfg["problems"]}
-    for p, kind, n, arch, _ in training_grid(cfg):
+    problems = {name: study.problem(name) for name in study.problems}
+    for p, kind, n, arch, _ in study.training_grid():
         if kind != "itnn":
             continue
         for name in covered(problems[p], problems):
@@ -76,17 +75,17 @@ def transfer_grid(cfg: Mapping) -> list[tuple[str, str, int, str, str]]:
     return out
 
 
-def expected_transfer(cfg: Mapping, problem: str, n: int, arch: str, target: str, seeds) -> dict:
+def expected_transfer(study: Study, problem: str, n: int, arch: str, target: str, seeds) -> dict:
     """What a transfer's metrics file must record: its networks' runs and the test set it was scored on."""
     from .datasets import expected_provenance
     from .scoring import expected_model
 
     return {"problem": problem, "surrogate": "itnn", "n_train": int(n), "arch": arch, "target": target,
-            "members": [expected_model(cfg, problem, "itnn", n, int(s), arch) for s in sorted(seeds)],
-            "target_test": expected_provenance(problem_from_config(target, cfg), cfg, "test")}
+            "members": [expected_model(study, problem, "itnn", n, int(s), arch) for s in sorted(seeds)],
+            "target_test": expected_provenance(study.problem(target), study, "test")}
 
 
-def score_transfer(cfg: Mapping, problem: str, n: int, arch: str, checkpoints, target: str, test_path,
+def score_transfer(study: Study, problem: str, n: int, arch: str, checkpoints, target: str, test_path,
                    out_path=None) -> dict:
     """Roll each checkpoint (and, with two or more, their mean) out over ``target``'s test trajectories.
     Every checkpoint is checked to be the run it stands for and the test set to be ``target``'s; writes the
@@ -101,12 +100,12 @@ def score_transfer(cfg: Mapping, problem: str, n: int, arch: str, checkpoints, t
     from .ensemble import Ensemble, load_members
     from .scoring import evaluate
 
-    step, src = problem_from_config(problem, cfg), problem_from_config(target, cfg)
+    step, src = study.problem(problem), study.problem(target)
     why = uncovered(step, src)
     if why:
         raise InvalidInputError(why)
-    members, seeds = load_members(cfg, problem, "itnn", n, arch, checkpoints)
-    test, meta = load_dataset(test_path, expect=expected_provenance(src, cfg, "test"))
+    members, seeds = load_members(study, problem, "itnn", n, arch, checkpoints)
+    test, meta = load_dataset(test_path, expect=expected_provenance(src, study, "test"))
     p = dataclasses.replace(step, test_from=target)
     keys = ("mae", "max_abs_err", "rel_l2")
     runs = []
@@ -122,7 +121,7 @@ def score_transfer(cfg: Mapping, problem: str, n: int, arch: str, checkpoints, t
               "mean": {k: float(np.mean([r[k] for r in runs])) for k in keys},
               "std": {k: float(np.std([r[k] for r in runs])) for k in keys},
               "euler_floor": meta.get("euler_floor"),
-              "provenance": expected_transfer(cfg, problem, n, arch, target, seeds)}
+              "provenance": expected_transfer(study, problem, n, arch, target, seeds)}
     if out_path is not None:
         result = write_record(Path(out_path), result)
     return result

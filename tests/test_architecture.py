@@ -10,11 +10,13 @@ layer over ``surrogates`` and ``training``. No room outgrows the others (a share
 modules inside a room import each other without cycles.
 """
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = {"core", "solvers", "surrogates", "training", "inference", "benchmarks", "fisiocomPinn", "workflow"}
@@ -160,3 +162,56 @@ def test_the_cycle_check_sees_a_cycle_of_lazy_imports(tmp_path):
     assert import_cycle(graph) == ["pkg.config", "pkg.datasets", "pkg.config"]
     (pkg / "datasets.py").write_text("import os\n")
     assert import_cycle(module_imports(pkg)) is None
+
+
+# ---------------------------------------------------------------- the study is read through its attributes
+# The configuration becomes a frozen, typed study (surrogates.study.Study) in the configuration modules; the
+# rest of the project reads its attributes (study.speed.t_end, study.training("C").lr, study.problem("C")),
+# never the validated dictionary's keys, and never builds problems or training settings from a dictionary.
+CONFIG_MODULES = {"core/config.py", "surrogates/config.py", "surrogates/study.py", "surrogates/problems.py"}
+SECTIONS = tuple(yaml.safe_load((ROOT / "core" / "config.schema.yaml").read_text())["properties"])
+RAW_READS = re.compile(
+    r"\b(?:cfg|config|study|STUDY)\[\s*[\"'](?:" + "|".join(SECTIONS) + r")[\"']"  # cfg["speed"], config["results_dir"]
+    r"|\[\s*[\"'](?:training|speed|solver|datasets|problems)[\"']\s*\]"  # ["training"] of any name
+    r"|\b(?:problem_from_config|training_settings)\s*\("  # a problem or settings built from a dictionary
+    r"|\bload_config\([^()]*\)\s*\["  # load_config(...)["results_dir"]
+    r"|\bas_dict\(\)\s*\[")  # the validated dictionary, read by key
+
+
+def raw_config_reads(text: str, name: str) -> list[str]:
+    """``name:line: code`` of each read of the configuration by key in ``text`` (full-line comments skipped)."""
+    return [f"{name}:{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1)
+            if not line.lstrip().startswith("#") and RAW_READS.search(line)]
+
+
+def source_files() -> list[Path]:
+    """The project's code outside tests/: every room's Python, the Snakefile and the workflow's rules."""
+    files = [f for room in sorted(PROJECT) for f in sorted((ROOT / room).rglob("*.py"))]
+    return files + [ROOT / "Snakefile", *sorted((ROOT / "workflow").rglob("*.smk"))]
+
+
+def test_the_study_is_read_through_its_attributes_outside_the_configuration_modules():
+    bad = []
+    for f in source_files():
+        name = str(f.relative_to(ROOT))
+        if name not in CONFIG_MODULES:
+            bad += raw_config_reads(f.read_text(), name)
+    assert not bad, "read the study's attributes (surrogates.study.Study), not the configuration's keys:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("line", [
+    'n = cfg["training"]["seeds"]', "t = config['speed']['t_end']", 'lay = Layout(study["results_dir"])',
+    'sp = snakemake.config["speed"]', 'd = c["datasets"]', "p = problem_from_config(name, cfg)",
+    "s = training_settings(cfg, p)", 'out = load_config(*paths)["results_dir"]', 'x = study.as_dict()["solver"]',
+    'names = list(spec["problems"])',
+])
+def test_the_scan_names_a_read_by_key(line):
+    assert raw_config_reads(f"import x\n\n    {line}  # a read\n", "planted.py") == [f"planted.py:3: {line}  # a read"]
+
+
+@pytest.mark.parametrize("line", [
+    "n = study.seeds", "t = study.speed.t_end", "p = study.problem(name)", "lr = study.training(p).lr",
+    'hidden = cfg["hidden"]', 'block = config["BLOCK_M"]', '# cfg["training"] in a comment', "s = study.as_dict()",
+])
+def test_the_scan_leaves_attribute_reads_and_other_mappings_alone(line):
+    assert raw_config_reads(line, "fine.py") == []

@@ -133,7 +133,6 @@ def test_a_cohort_checkpoint_resumes_alone_and_the_other_way_round(tmp_path):
 
 def test_what_a_cohort_refuses_trains_one_after_the_other(tmp_path, capsys):
     from surrogates.config import load_config
-    from surrogates.problems import problem_from_config
 
     a, _ = _trainer(tmp_path / "a", 0)
     b, _ = _trainer(tmp_path / "b", 1, batch=32)
@@ -144,7 +143,7 @@ def test_what_a_cohort_refuses_trains_one_after_the_other(tmp_path, capsys):
     assert "patience" in cohort_refusal([a, d])
     assert "fewer than two" in cohort_refusal([a])
     e, _ = _trainer(tmp_path / "e", 1)
-    e.add_loss(ODEResidualLoss(problem_from_config("C", load_config()), 16, "uniform", seed=5), 0.1)
+    e.add_loss(ODEResidualLoss(load_config().problem("C"), 16, "uniform", seed=5), 0.1)
     assert "physics" in cohort_refusal([a, e])
     same, _ = _trainer(tmp_path / "a", 2)
     with pytest.raises(Exception, match="same output folder"):

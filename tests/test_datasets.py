@@ -1,5 +1,4 @@
 """Datasets: labels are exact Euler states, test sets are held out, files are verified."""
-import copy
 import json
 import math
 
@@ -10,12 +9,11 @@ from core.errors import InvalidInputError
 from surrogates import datasets as ds
 from core.io import load_dataset, sha256_array
 from surrogates.config import load_config, validate_config
-from surrogates.problems import problem_from_config
 
 
 @pytest.fixture(scope="module")
 def cfg():
-    c = copy.deepcopy(load_config())
+    c = load_config().as_dict()
     for name in ("B", "C"):  # smaller held-out sets keep the suite fast; the logic is the same
         c["problems"][name]["test_trajectories"] = 40
     c["problems"]["hh_m"]["t_end"] = 40.0
@@ -24,7 +22,7 @@ def cfg():
 
 
 def _problem(cfg, name):
-    return problem_from_config(name, cfg)
+    return cfg.problem(name)
 
 
 def _euler_reference(model, y0, params, n_steps, dt=0.01):
@@ -103,13 +101,13 @@ def test_numpy_and_cpu_labels_agree(cfg):
 @pytest.mark.parametrize("name", ["B", "C"])
 def test_test_set_is_whole_held_out_trajectories(cfg, name):
     p = _problem(cfg, name)
-    test, floor = ds.make_test(p, cfg["datasets"]["test_seed"], 0)
-    n_traj = cfg["problems"][name]["test_trajectories"]
+    test, floor = ds.make_test(p, cfg.datasets.test_seed, 0)
+    n_traj = cfg.problem_spec(name)["test_trajectories"]
     assert test["X"].shape == (n_traj * 201, len(p.inputs))
     assert np.array_equal(np.bincount(test["trajectory"]), np.full(n_traj, 201))
     t = test["X"][:, 0].reshape(n_traj, 201)
     np.testing.assert_allclose(t, np.tile(np.arange(201) * 0.1, (n_traj, 1)), atol=1e-12)
-    train, val = ds.make_split(p, 2000, 0, cfg["datasets"]["test_seed"])
+    train, val = ds.make_split(p, 2000, 0, cfg.datasets.test_seed)
     ics_test = {tuple(r) for r in np.round(test["X"][:, 1:], 12)}
     ics_train = {tuple(r) for r in np.round(train["X"][:, 1:], 12)}
     ics_val = {tuple(r) for r in np.round(val["X"][:, 1:], 12)}
@@ -150,8 +148,8 @@ def test_files_round_trip_with_checksums_and_detect_damage(cfg, tmp_path):
     assert list(data["input_names"]) == ["t", "u0", "w0"] and data["X"].shape == (100, 3)
     assert meta["seed"] == 0 and meta["dt"] == 0.01 and meta["solver"]["dtype"] == "float64"
     assert meta["sha256"]["X"] == sha256_array(data["X"]) and meta["parameters"]["I"] == 0.08
-    assert meta["provenance"] == {"problem": "B", "problem_fingerprint": problem_from_config("B", cfg).fingerprint,
-                                  "part": "train", "n": 100, "seed": 0, "test_seed": cfg["datasets"]["test_seed"],
+    assert meta["provenance"] == {"problem": "B", "problem_fingerprint": cfg.problem("B").fingerprint,
+                                  "part": "train", "n": 100, "seed": 0, "test_seed": cfg.datasets.test_seed,
                                   "val_fraction": 0.1}
     first = (tmp_path / "n100/train.npz").read_bytes()
     ds.write_split(cfg, "B", 100, tmp_path / "again/train.npz", tmp_path / "again/val.npz")
@@ -195,7 +193,7 @@ def test_test_file_carries_the_solver_floor(cfg, tmp_path):
     ],
 )
 def test_bad_configs_fail_naming_the_key(edit, message):
-    c = copy.deepcopy(load_config())
+    c = load_config().as_dict()
     edit(c)
     with pytest.raises(InvalidInputError, match=message):
         validate_config(c)

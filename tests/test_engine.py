@@ -149,7 +149,7 @@ def test_physics_losses_have_fused_forms_that_match_autograd(tmp_path):
     from surrogates.problems import problem_from_config
     from surrogates.datasets import trace_states
 
-    cfg = load_config()
+    cfg = load_config().as_dict()
     c = problem_from_config("C", cfg)
     torch.manual_seed(0)
     m = MLP(4, 2, [("SiLU", 16), ("Tanh", 16)], input_range=c.box(), output_center=[0.4, 0.05], output_scale=[0.6, 0.1])
@@ -176,10 +176,9 @@ def test_physics_losses_have_fused_forms_that_match_autograd(tmp_path):
 def _pinn_trainer(out, capture, engine="fused"):
     from surrogates.config import load_config
     from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
-    from surrogates.problems import problem_from_config
     from training.trainer import Trainer
 
-    c = problem_from_config("C", load_config())
+    c = load_config().problem("C")
     g = np.random.default_rng(0)
     lo, hi = c.box()
     X = g.uniform(lo, hi, (500, 4)).astype(np.float32)
@@ -293,7 +292,7 @@ def test_the_closed_form_ode_residual_equals_autograd_in_float64(outputs):
     from surrogates.losses import ODEResidualLoss
     from surrogates.problems import problem_from_config
 
-    cfg = load_config()
+    cfg = load_config().as_dict()
     cfg["problems"]["C"] = {**cfg["problems"]["C"], "outputs": outputs}
     c = problem_from_config("C", cfg)
     assert c.model.has_jacobian()
@@ -343,7 +342,7 @@ def test_the_closed_form_gate_residual_equals_autograd_in_float64(variant, affin
     from surrogates.losses import GateResidualLoss
     from surrogates.problems import problem_from_config
 
-    cfg = load_config()
+    cfg = load_config().as_dict()
     cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": 12.0}  # through the first action potential
     hh = problem_from_config("hh_m", cfg)
     assert hh.model.has_jacobian()
@@ -377,7 +376,7 @@ def _gate_trainer(out, capture, t_end=12.0, engine="fused"):
     from surrogates.problems import problem_from_config
     from training.trainer import Trainer
 
-    cfg = load_config()
+    cfg = load_config().as_dict()
     cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": t_end}
     hh = problem_from_config("hh_m", cfg)
     t, S = trace_states(hh)
@@ -526,7 +525,7 @@ def test_the_data_term_inside_the_gate_residuals_pass_equals_the_two_terms_apart
     from surrogates.losses import DataLoss, GateResidualLoss
     from surrogates.problems import problem_from_config
 
-    cfg = load_config()
+    cfg = load_config().as_dict()
     cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": 12.0}
     hh = problem_from_config("hh_m", cfg)
     t, S = trace_states(hh)
@@ -620,7 +619,7 @@ def test_float32_held_terms_on_a_float64_engine_equal_float64_autograd():
     from surrogates.losses import DataLoss, GateResidualLoss
     from surrogates.problems import problem_from_config
 
-    cfg = load_config()
+    cfg = load_config().as_dict()
     cfg["problems"]["hh_m"] = {**cfg["problems"]["hh_m"], "t_end": 12.0}
     hh = problem_from_config("hh_m", cfg)
     t, S = trace_states(hh)

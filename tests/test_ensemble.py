@@ -13,7 +13,7 @@ from core.errors import InvalidInputError, ProvenanceError
 from core.io import read_json
 from core.layout import Layout
 from surrogates import datasets as ds
-from surrogates.config import ensemble_grid, training_grid, validate_config
+from surrogates.config import validate_config
 from surrogates.ensemble import Ensemble, main as ensemble_main, score_ensemble
 from surrogates.itnn import rollout
 from surrogates.network import MLP, load_checkpoint
@@ -72,14 +72,12 @@ def test_the_ensemble_is_scored_like_one_network_on_the_held_out_set(seeds_world
     members_time = sum(read_json(lay.run_file("metrics", problem, kind, 300, ARCH, s))["train_seconds"] for s in (0, 1, 2))
     assert r["train_seconds"] == pytest.approx(members_time)  # what the ensemble cost: its members' trainings
     # the same figure from the members' own outputs, averaged by hand
-    from surrogates.problems import problem_from_config
-
-    p = problem_from_config(problem, cfg)
+    p = cfg.problem(problem)
     test = np.load(lay.test(problem))
     nets = [load_checkpoint(m)[0].eval() for m in models(lay, problem, kind)]
     X, Y = test["X"], test["Y"]
     if p.kind == "step":
-        src = problem_from_config(p.test_from, cfg)
+        src = cfg.problem(p.test_from)
         n_traj = int(test["trajectory"].max()) + 1
         K = len(X) // n_traj
         y0, params = p.rollout_inputs(*src.split(src.columns(X.reshape(n_traj, K, -1)[:, 0]), n_traj), n_traj)
@@ -92,7 +90,7 @@ def test_the_ensemble_is_scored_like_one_network_on_the_held_out_set(seeds_world
     keep = X[:, 0] > 0
     assert r["mae"] == pytest.approx(np.abs(pred - Y)[keep].mean(), rel=1e-5)
     # and it differs from each member's own error (it is a different surrogate)
-    members = [evaluate(n, p, dict(test), {p.test_from: problem_from_config(p.test_from, cfg)} if p.test_from else None)[0]["mae"]
+    members = [evaluate(n, p, dict(test), cfg.rollout_sources(p))[0]["mae"]
                for n in nets]
     assert all(abs(m - r["mae"]) > 1e-9 for m in members)
 
@@ -113,7 +111,7 @@ def test_the_cli_reports_bad_members_without_a_traceback(seeds_world, tmp_path, 
     cfg, lay = seeds_world
     import yaml
 
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.as_dict()))
     args = ["--config", str(tmp_path / "cfg.yaml"), "--problem", "C", "--surrogate", "ddnn", "--n", "300", "--arch", ARCH,
             "--test", str(lay.test("C")), "--out", str(tmp_path / "m.json")]
     assert ensemble_main(args + ["--model", str(models(lay, "C", "ddnn")[0])]) == 2
@@ -124,12 +122,13 @@ def test_the_cli_reports_bad_members_without_a_traceback(seeds_world, tmp_path, 
 
 def test_the_grid_has_one_ensemble_per_configuration_of_seeds(tmp_path):
     cfg = tiny(tmp_path)
-    grid = ensemble_grid(cfg)
-    configs = {(p, s, n, a) for p, s, n, a, _ in training_grid(cfg)}
+    grid = cfg.ensemble_grid()
+    configs = {(p, s, n, a) for p, s, n, a, _ in cfg.training_grid()}
     assert {(p, s, n, a) for p, s, n, a, _ in grid} == configs and len(grid) == len(configs)
     assert all(seeds == (0, 1, 2) for *_, seeds in grid)
-    assert ensemble_grid(merge(cfg, {"training": {"ensemble": False}})) == []
-    assert ensemble_grid(merge(cfg, {"training": {"seeds": [4]}})) == []  # one seed: nothing to average
+    assert validate_config(merge(cfg.as_dict(), {"training": {"ensemble": False}})).ensemble_grid() == []
+    one_seed = validate_config(merge(cfg.as_dict(), {"training": {"seeds": [4]}}))
+    assert one_seed.ensemble_grid() == []  # one seed: nothing to average
 
 
 def test_the_accuracy_table_gives_the_ensemble_a_row_of_its_own(seeds_world, tmp_path):

@@ -17,7 +17,6 @@ from inference.timing import time_cpu
 from inference.workloads import Case, kept_times
 from surrogates.config import load_config, validate_config
 from surrogates.network import MLP, save_checkpoint
-from surrogates.problems import problem_from_config
 from surrogates.scoring import expected_model
 
 
@@ -35,7 +34,7 @@ def save_as(net, path, cfg, problem, kind, mae=0.01):
 
 
 def speed_cfg(**speed):
-    return merge(load_config(), {"speed": {"repeats": 2, "max_repeats": 2, **speed}})
+    return validate_config(merge(load_config().as_dict(), {"speed": {"repeats": 2, "max_repeats": 2, **speed}}))
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def net():
 
 @pytest.fixture(scope="module")
 def problem_c():
-    return problem_from_config("C", load_config())
+    return load_config().problem("C")
 
 
 def test_onnx_export_and_onnxruntime_agree_with_torch(net, tmp_path, problem_c):
@@ -299,7 +298,7 @@ def test_rollout_through_a_runner_matches_the_itnn_rollout(step_net, backend, tm
     from surrogates.itnn import rollout
 
     cfg = load_config()
-    d, c_problem = problem_from_config("D", cfg), problem_from_config("C", cfg)
+    d, c_problem = cfg.problem("D"), cfg.problem("C")
     case = Case(c_problem, 37, 2, 50.0)
     c = case.cells
     Y0, P = case.rollout_inputs(d)
@@ -388,7 +387,7 @@ def test_a_speed_run_stops_measuring_when_its_time_budget_is_spent(net, tmp_path
     assert ((skipped.n_cells == 100) & (skipped.backend == "torch")).sum() == 1  # the rest of the first point
     assert set(zip(skipped.n_cells, skipped.n_outputs)) == {(100, 26), (200, 26), (100, 2)}
     with pytest.raises(InvalidInputError, match="time_budget_s"):
-        validate_config(merge(load_config(), {"speed": {"time_budget_s": 0}}))
+        validate_config(merge(load_config().as_dict(), {"speed": {"time_budget_s": 0}}))
 
 
 def test_a_failing_backend_is_recorded_and_the_others_go_on(net, tmp_path, monkeypatch):
@@ -440,7 +439,7 @@ def test_the_gpu_check_steps_that_are_not_cuda_specific_run_on_a_cpu(tmp_path):
     from benchmarks import gpu_check
     from core.config import merge
 
-    cfg = merge(load_config(), {"results_dir": str(tmp_path / "r"), "datasets": {"sizes": [300]},
+    cfg = merge(load_config().as_dict(), {"results_dir": str(tmp_path / "r"), "datasets": {"sizes": [300]},
                                 "problems": {"C": {"test_trajectories": 10}},
                                 "speed": {"n_cells": [200], "k_sweep": [1], "repeats": 2, "max_repeats": 2}})
     from surrogates.config import validate_config
@@ -464,9 +463,9 @@ def test_the_gpu_checks_grid_and_lbfgs_steps_run_on_a_cpu(tmp_path):
 
     from benchmarks import gpu_check
     from core.config import merge
-    from surrogates.config import training_grid, validate_config
+    from surrogates.config import validate_config
 
-    cfg = merge(load_config(), {
+    cfg = merge(load_config().as_dict(), {
         "results_dir": str(tmp_path / "r"), "datasets": {"sizes": [300]},
         "problems": {"C": {"test_trajectories": 10}, "hh_m": {"sizes": [300], "t_end": 20.0}},
         "training": {"iterations": 30, "val_every": 10, "seeds": [0, 1],
@@ -480,7 +479,7 @@ def test_the_gpu_checks_grid_and_lbfgs_steps_run_on_a_cpu(tmp_path):
         ("C", "ddnn", "mlp3x64", "0"), ("C", "ddnn", "mlp3x64", "0 1"), ("D", "itnn", "mlp3x64", "0"),
         ("D", "itnn", "silu4x128", "0 1")]
     assert (df.device == "cpu").all() and (df.iterations == [30, 30, 30, 20]).all() and df.test_mae.notna().all()
-    n = len(training_grid(cfg))
+    n = len(cfg.training_grid())
     assert n == 4 and f"the {n} of {n} grid trainings" in text and "as a cohort of 2" in text
     stated = float(text.split("one after the other: ")[1].split(" s")[0])
     lone = df[df.seeds.astype(str) == "0"]
@@ -493,16 +492,16 @@ def test_the_gpu_checks_grid_and_lbfgs_steps_run_on_a_cpu(tmp_path):
 # ---------------------------------------------------------------- seed ensembles, timed as surrogates of their own
 def ensemble_cfg(tmp_path, **speed):
     """Problem C and D with a small architecture of their own, results under tmp_path."""
-    return merge(speed_cfg(**speed), {"results_dir": str(tmp_path / "results"), "training": {
-        "architecture": "tiny", "architectures": {"tiny": [["SiLU", 16], ["Tanh", 16]]}}})
+    return validate_config(merge(speed_cfg(**speed).as_dict(), {"results_dir": str(tmp_path / "results"), "training": {
+        "architecture": "tiny", "architectures": {"tiny": [["SiLU", 16], ["Tanh", 16]]}}}))
 
 
 def save_members(cfg, problem, kind, n_inputs, seeds=(0, 1, 2), scale=1.0):
     """A trained-looking network for each seed, saved where the workflow keeps them (largest n)."""
     from core.layout import Layout
 
-    p = problem_from_config(problem, cfg)
-    n, layout, paths = max(p.sizes), Layout(cfg["results_dir"]), []
+    p = cfg.problem(problem)
+    n, layout, paths = max(p.sizes), Layout(cfg.results_dir), []
     for s in seeds:
         torch.manual_seed(100 + s)
         net = MLP(n_inputs, 2, [("SiLU", 16), ("Tanh", 16)], output_scale=[scale, scale]).eval()
@@ -539,7 +538,7 @@ def test_an_ensemble_rolls_out_with_the_mean_increment_of_its_networks(tmp_path)
     from surrogates.itnn import rollout
 
     cfg = load_config()
-    d, c = problem_from_config("D", cfg), problem_from_config("C", cfg)
+    d, c = cfg.problem("D"), cfg.problem("C")
     torch.manual_seed(5)
     members = [MLP(3, 2, [("Tanh", 16)], input_range=([-0.1, 0.0, 0.08], [1.0, 0.2, 0.12]),
                    output_scale=[0.02, 0.002]).eval() for _ in range(3)]
@@ -563,8 +562,8 @@ def test_the_speed_benchmark_times_seed_ensembles_at_the_papers_point(tmp_path):
     cfg = ensemble_cfg(tmp_path, n_cells=[300, 600], n_outputs=26, k_sweep=[1])
     ddnn = save_members(cfg, "C", "ddnn", 4)
     itnn = save_members(cfg, "D", "itnn", 3, scale=0.01)
-    n_c = max(problem_from_config("C", cfg).sizes)
-    score = Layout(cfg["results_dir"]).ensemble_file("C", "ddnn", n_c, "tiny")
+    n_c = max(cfg.problem("C").sizes)
+    score = Layout(cfg.results_dir).ensemble_file("C", "ddnn", n_c, "tiny")
     score.parent.mkdir(parents=True)
     write_record(score, {"provenance": ens.expected_ensemble(cfg, "C", "ddnn", n_c, "tiny", [0, 1, 2]), "mae": 0.0042})
     df = speedup.run(cfg, {"ddnn": ddnn[0], "itnn": itnn[0]}, ["torch", "onnxruntime"], ["fp32"],
@@ -591,14 +590,13 @@ def test_the_speed_benchmark_times_seed_ensembles_at_the_papers_point(tmp_path):
 
 
 def test_configured_ensembles_follow_the_grids_ensembles(tmp_path):
-    from surrogates.config import speed_ensembles, validate_config
-
     cfg = ensemble_cfg(tmp_path)
-    got = speed_ensembles(cfg)
+    got = cfg.speed_ensembles()
     assert [(k, p, a, s) for k, p, _, a, s in got] == [("ddnn", "C", "tiny", (0, 1, 2)), ("itnn", "D", "tiny", (0, 1, 2))]
-    assert speed_ensembles(merge(cfg, {"training": {"seeds": [0]}})) == []  # no ensemble of one network
-    assert speed_ensembles(merge(cfg, {"training": {"ensemble": False}})) == []
+    one_seed = validate_config(merge(cfg.as_dict(), {"training": {"seeds": [0]}}))
+    assert one_seed.speed_ensembles() == []  # no ensemble of one network
+    assert validate_config(merge(cfg.as_dict(), {"training": {"ensemble": False}})).speed_ensembles() == []
     with pytest.raises(InvalidInputError, match=r"speed.ensembles.1: 'pinn_seed' is not one of speed.surrogates"):
-        validate_config(merge(cfg, {"speed": {"ensembles": ["ddnn", "pinn_seed"]}}))
+        validate_config(merge(cfg.as_dict(), {"speed": {"ensembles": ["ddnn", "pinn_seed"]}}))
     with pytest.raises(InvalidInputError, match="lacks trained members"):
         speedup.configured_ensembles(cfg)

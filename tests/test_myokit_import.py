@@ -248,17 +248,14 @@ def test_a_paced_beat_of_luo_rudy_1991_against_myokits_simulator_converges_at_fi
 
 def _lr_beginning():
     """LR1991 and a trajectory problem of its first 2 ms (the stimulus at 1 ms), every state an output."""
-    import copy
-
     from surrogates.config import load_config, validate_config
-    from surrogates.problems import problem_from_config
 
     m = solvers.get_model("myokit:lr-1991.mmt")
-    cfg = copy.deepcopy(load_config())
+    cfg = load_config().as_dict()
     cfg["problems"]["LR"] = dict(kind="trajectory", model="myokit:lr-1991.mmt", inputs=["t"],
                                  outputs=list(m.state_names), t_end=2.0, save_interval=0.01, test_fraction=0.2,
                                  sizes=[100])
-    return m, problem_from_config("LR", validate_config(cfg))
+    return m, validate_config(cfg).problem("LR")
 
 
 def test_the_physics_residual_gives_a_paced_model_its_time():
@@ -286,12 +283,10 @@ def test_the_physics_residual_gives_a_paced_model_its_time():
 
 
 def test_a_step_problem_on_a_paced_model_without_the_time_is_refused():
-    import copy
-
     from surrogates.config import load_config
     from surrogates.problems import problem_from_config
 
-    cfg = copy.deepcopy(load_config())
+    cfg = load_config().as_dict()
     cfg["problems"]["S"] = dict(kind="step", model="myokit:lr-1991.mmt", inputs=["membrane.V"], outputs=["membrane.V"],
                                 ranges={"membrane.V": [-85.0, 40.0]}, step=0.1, test_from="C")
     with pytest.raises(InvalidInputError, match=r"problems\.S\.inputs: .*depends on time .*'engine\.time'.*needs the input 't'"):

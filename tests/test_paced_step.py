@@ -1,22 +1,18 @@
 """Step problems (ITNN) on a model paced by a stimulus: the time is an input, the labels are Euler steps with the
 stimulus at their own times, and a rollout advances the time; the Euler floor of an imported model is taken
 against Myokit's CVODES where its simulator runs."""
-import copy
-
 import numpy as np
 import pytest
+import torch
 
-pytest.importorskip("myokit")
-torch = pytest.importorskip("torch")
-
-import solvers  # noqa: E402
-from core.errors import InvalidInputError  # noqa: E402
-from solvers.myokit_import import simulator_unavailable  # noqa: E402
-from surrogates import datasets as ds  # noqa: E402
-from surrogates.config import load_config, validate_config  # noqa: E402
-from surrogates.itnn import rollout  # noqa: E402
-from surrogates.problems import problem_from_config  # noqa: E402
-from surrogates.scoring import evaluate  # noqa: E402
+import solvers
+from core.errors import InvalidInputError
+from solvers.myokit_import import simulator_unavailable
+from surrogates import datasets as ds
+from surrogates.config import load_config, validate_config
+from surrogates.itnn import rollout
+from surrogates.problems import problem_from_config
+from surrogates.scoring import evaluate
 
 LR = "myokit:lr-1991.mmt"
 STATE_RANGES = {"membrane.V": [-85.5, 60.0], "ica.Ca_i": [1e-4, 1e-2], "ina.m": [0.0, 1.0], "ina.h": [0.0, 1.0],
@@ -28,7 +24,7 @@ def _config(t_end=6.0, **step):
     its step problem LRS (0.1 ms, the time an input)."""
     m = solvers.get_model(LR)
     outputs = list(STATE_RANGES)
-    cfg = copy.deepcopy(load_config())
+    cfg = load_config().as_dict()
     cfg["problems"]["LRT"] = dict(kind="trajectory", model=LR, inputs=["t", "ina.gNa"], outputs=outputs,
                                   ranges={"ina.gNa": [12.0, 20.0]}, t_end=t_end, save_interval=0.5,
                                   test_trajectories=3)
@@ -40,8 +36,8 @@ def _config(t_end=6.0, **step):
 
 
 def _problems(cfg=None):
-    cfg = cfg or _config()
-    return problem_from_config("LRS", cfg), problem_from_config("LRT", cfg)
+    study = cfg or _config()
+    return study.problem("LRS"), study.problem("LRT")
 
 
 def test_a_paced_step_dataset_s_labels_are_euler_steps_with_the_stimulus_at_their_times():
@@ -107,7 +103,7 @@ def test_a_rollout_of_the_exact_step_map_reproduces_the_paced_euler_trajectories
 
 
 def test_refusals_of_step_problems_name_the_time():
-    cfg = _config()
+    cfg = _config().as_dict()
     spec = cfg["problems"]["LRS"]
     cfg["problems"]["LRS"] = {**spec, "ranges": {**spec["ranges"], "t": [0.0, 3.0]}}
     with pytest.raises(InvalidInputError, match=r"problems\.LRS\.ranges\.t: \[0, 3\] does not cover .*\[0, 5\.9\]"):
@@ -137,5 +133,5 @@ def test_the_euler_floor_of_an_imported_model_is_taken_against_myokit_s_cvodes(m
 
 
 def test_the_euler_floor_of_a_built_in_model_stays_against_dop853():
-    p = problem_from_config("C", load_config())
+    p = load_config().problem("C")
     assert ds.floor_reference(p, 1e-10) == "solve_ivp DOP853 rtol=1e-10"

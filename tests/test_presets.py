@@ -10,8 +10,7 @@ import yaml
 from conftest import ROOT, TINY, run_snakemake
 from core.config import merge, read_config, read_yaml
 from core.layout import Layout
-from surrogates.config import load_config, training_grid, validate_config
-from surrogates.problems import problem_from_config
+from surrogates.config import load_config, validate_config
 from test_models import AP_MODEL
 
 PRESETS = ("config/quick.yaml", "config/tiny.yaml")
@@ -26,21 +25,22 @@ def _jobs(out: str) -> dict:
 def test_the_tiny_preset_is_a_file_of_config_that_the_tests_read():
     assert TINY == read_yaml(ROOT / "config/tiny.yaml")
     cfg = load_config(*PRESETS)
-    assert cfg["training"]["iterations"] == 60 and cfg["datasets"]["sizes"] == [300]
-    assert cfg["results_dir"] == "results/tiny"
+    assert cfg.training("C").iterations == 60 and cfg.datasets.sizes == (300,)
+    assert cfg.results_dir == "results/tiny"
 
 
 def test_a_preset_drops_problems_and_kinds_with_null_or_an_empty_list():
     cfg = validate_config(merge(read_config(*PRESETS), {"problems": {"A": None, "hh_m": None},
                                                         "training": {"surrogates": {"itnn": []}}}))
-    assert list(cfg["problems"]) == ["B", "C", "D"]
+    assert list(cfg.problems) == ["B", "C", "D"]
     # A and hh_m leave every list and override naming them; itnn (and pinn_seed, which trained on hh_m only) go
-    assert cfg["training"]["surrogates"] == {"ddnn": ["B", "C"], "pinn": ["B", "C"]}
-    assert "A" not in cfg["training"]["overrides"] and "hh_m" not in cfg["training"]["overrides"]
-    assert cfg["speed"]["surrogates"] == ["ddnn", "pinn"] and cfg["speed"]["ensembles"] == ["ddnn"]
-    assert {p for p, *_ in training_grid(cfg)} == {"B", "C"}
+    assert cfg.surrogates == {"ddnn": ("B", "C"), "pinn": ("B", "C")}
+    overrides = cfg.as_dict()["training"]["overrides"]
+    assert "A" not in overrides and "hh_m" not in overrides
+    assert cfg.speed.surrogates == ("ddnn", "pinn") and cfg.speed.ensembles == ("ddnn",)
+    assert {p for p, *_ in cfg.training_grid()} == {"B", "C"}
     kinds = validate_config(merge(read_config(*PRESETS), {"training": {"surrogates": {"pinn": None, "pinn_seed": None}}}))
-    assert set(kinds["training"]["surrogates"]) == {"ddnn", "itnn"} and kinds["speed"]["surrogates"] == ["ddnn", "itnn"]
+    assert set(kinds.surrogates) == {"ddnn", "itnn"} and kinds.speed.surrogates == ("ddnn", "itnn")
     # a name that was never there is still refused, naming the key
     with pytest.raises(ValueError, match=r"config key training\.surrogates\.ddnn: unknown problem 'Q'"):
         validate_config(merge(read_config(*PRESETS), {"training": {"surrogates": {"ddnn": ["B", "Q"]}}}))
@@ -64,9 +64,9 @@ def test_a_dry_run_of_a_preset_that_drops_plans_only_what_is_left(tmp_path):
 
 def test_time_ranges_come_from_the_problem():
     cfg = load_config(*PRESETS)
-    assert problem_from_config("C", cfg).time_range == "t in [0, 20]"
-    assert problem_from_config("hh_m", cfg).time_range == "t in [0, 40] ms"  # the tiny preset's t_end
-    assert problem_from_config("D", cfg).time_range == "one step of 0.1"
+    assert cfg.problem("C").time_range == "t in [0, 20]"
+    assert cfg.problem("hh_m").time_range == "t in [0, 40] ms"  # the tiny preset's t_end
+    assert cfg.problem("D").time_range == "one step of 0.1"
 
 
 def test_a_model_folder_the_configuration_names_is_searched_and_a_bad_one_named(tmp_path):
@@ -79,7 +79,7 @@ def test_a_model_folder_the_configuration_names_is_searched_and_a_bad_one_named(
     with pytest.raises(ValueError, match=r"config key problems\.E\.model: unknown model 'ap_test'"):
         validate_config(merge(base, {"problems": {"E": problem}}))
     cfg = validate_config(merge(base, {"model_paths": [str(tmp_path / "models")], "problems": {"E": problem}}))
-    assert problem_from_config("E", cfg).model.state_names == ("u", "v")
+    assert cfg.problem("E").model.state_names == ("u", "v")
     with pytest.raises(ValueError, match=r"config key model_paths: model folder .*nowhere: not a folder"):
         validate_config(merge(base, {"model_paths": [str(tmp_path / "nowhere")]}))
 
@@ -121,7 +121,7 @@ def test_a_new_model_is_its_file_plus_a_config_entry_and_runs_the_tiny_preset_th
 def test_the_run_one_problem_example_of_config_readme_is_a_valid_preset():
     block = re.search(r"```yaml\n(.*?)```", (ROOT / "config/README.md").read_text(), re.S).group(1)
     cfg = validate_config(merge(read_config(), yaml.safe_load(block)))
-    assert list(cfg["problems"]) == ["X"] and {(p, k) for p, k, *_ in training_grid(cfg)} == {("X", "ddnn"), ("X", "pinn")}
+    assert list(cfg.problems) == ["X"] and {(p, k) for p, k, *_ in cfg.training_grid()} == {("X", "ddnn"), ("X", "pinn")}
 
 
 def test_the_luo_rudy_preset_trains_ddnn_pinn_and_a_timed_itnn_on_every_state_and_times_its_beat():
@@ -130,13 +130,14 @@ def test_the_luo_rudy_preset_trains_ddnn_pinn_and_a_timed_itnn_on_every_state_an
     paced), and the speed workload over the beat the surrogates learnt."""
     pytest.importorskip("myokit")
     cfg = load_config("config/config.yaml", "config/lr1991.yaml")
-    assert list(cfg["problems"]) == ["LR1991", "lr_step"]
-    p, s = problem_from_config("LR1991", cfg), problem_from_config("lr_step", cfg)
+    assert list(cfg.problems) == ["LR1991", "lr_step"]
+    p, s = cfg.problem("LR1991"), cfg.problem("lr_step")
     assert sorted(p.outputs) == sorted(p.model.state_names) and list(p.outputs[:2]) == ["membrane.V", "ica.Ca_i"]
     assert s.outputs == p.outputs and s.test_from == "LR1991" and s.rollout_clock == (len(s.param_inputs) - 1, s.step)
     assert s.box()[1][-1] >= p.t_end - s.step
-    assert cfg["training"]["surrogates"] == {"ddnn": ["LR1991"], "pinn": ["LR1991"], "itnn": ["lr_step"]}
-    assert {s for _, s, *_ in training_grid(cfg)} == {"ddnn", "pinn", "itnn"}
-    assert cfg["training"]["physics"]["clamp_states"] and cfg["training"]["physics"]["rhs_dtype"] == "float64"
-    assert cfg["speed"]["problem"] == "LR1991" and cfg["speed"]["t_end"] == p.t_end
-    assert cfg["speed"]["surrogates"] == ["ddnn", "pinn", "itnn"]
+    assert cfg.surrogates == {"ddnn": ("LR1991",), "pinn": ("LR1991",), "itnn": ("lr_step",)}
+    assert {s for _, s, *_ in cfg.training_grid()} == {"ddnn", "pinn", "itnn"}
+    physics = cfg.training("LR1991").physics
+    assert physics.clamp_states and physics.rhs_dtype == "float64"
+    assert cfg.speed.problem == "LR1991" and cfg.speed.t_end == p.t_end
+    assert cfg.speed.surrogates == ("ddnn", "pinn", "itnn")

@@ -7,7 +7,7 @@ from benchmarks.reference import copy_reference, main
 from core.errors import InvalidInputError
 from core.io import write_record
 from core.layout import Layout
-from surrogates.config import load_config, training_grid
+from surrogates.config import load_config, validate_config
 
 INFO = {"cpu": "Test CPU", "cores": 2, "torch": "2.13.0+cpu", "numba": "0.68.1", "onnxruntime": "1.32.0"}
 
@@ -18,8 +18,8 @@ def _config(tiny_config):
 
 def test_a_partial_run_is_copied_and_marked_partial_with_what_is_missing(tiny_config, tmp_path):
     cfg = _config(tiny_config)
-    layout = Layout(cfg["results_dir"])
-    jobs = training_grid(cfg)
+    layout = Layout(cfg.results_dir)
+    jobs = cfg.training_grid()
     assert len(jobs) > 1
     first = jobs[0]
     metrics = layout.run_file("metrics", *first)
@@ -52,8 +52,8 @@ def test_a_partial_run_is_copied_and_marked_partial_with_what_is_missing(tiny_co
 
 def test_a_complete_run_is_not_marked_partial(tiny_config, tmp_path):
     cfg = _config(tiny_config)
-    layout = Layout(cfg["results_dir"])
-    for job in training_grid(cfg):
+    layout = Layout(cfg.results_dir)
+    for job in cfg.training_grid():
         f = layout.run_file("metrics", *job)
         write_record(f, {"version": "v1", "train_seconds": 1.0})
     for name, ext in [("accuracy", "csv"), ("accuracy", "md"), ("speedup", "csv"), ("speedup", "md")]:
@@ -115,7 +115,7 @@ def test_the_run_s_job_times_go_into_run_md_from_its_benchmark_records(tiny_conf
     from test_runlog import T0, record
 
     cfg = _config(tiny_config)
-    layout = Layout(cfg["results_dir"])
+    layout = Layout(cfg.results_dir)
     table = layout.table("accuracy", "csv")
     table.parent.mkdir(parents=True)
     table.write_text("problem,mae\n")
@@ -141,7 +141,6 @@ def test_evaluate_scores_a_shipped_network_on_fresh_trajectories_too(capsys):
     from benchmarks.reference import evaluate_checkpoint
     from conftest import ROOT
     from surrogates.datasets import make_test
-    from surrogates.problems import problem_from_config
 
     ckpt = ROOT / "benchmarks/reference/model_C/best_model.pth"
     cfg = load_config()
@@ -149,9 +148,9 @@ def test_evaluate_scores_a_shipped_network_on_fresh_trajectories_too(capsys):
     assert fresh["set"] == "fresh seed 7" and fresh["rows"] == 1000 * 201
     recorded = json.loads((ckpt.parent / "metrics.json").read_text())["test"]
     assert fresh["mae"] != pytest.approx(recorded["mae"], rel=1e-3)  # other trajectories, other errors
-    p = problem_from_config("C", cfg)
-    test, _ = make_test(p, cfg["datasets"]["test_seed"], cfg["datasets"]["seed"])
-    other, _ = make_test(p, 7, cfg["datasets"]["seed"])
+    p = cfg.problem("C")
+    test, _ = make_test(p, cfg.datasets.test_seed, cfg.datasets.seed)
+    other, _ = make_test(p, 7, cfg.datasets.seed)
     assert not np.isin(other["X"][:, 1], test["X"][:, 1]).any()  # no initial state of the test set again
     assert main(["--evaluate", str(ckpt), "--fresh-seeds", "7", "8"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -167,14 +166,13 @@ def test_evaluate_refuses_a_seed_the_datasets_use_and_a_single_trace(tmp_path, c
     import surrogates
     from benchmarks.reference import evaluate_checkpoint
     from conftest import ROOT
-    from surrogates.problems import problem_from_config
 
     cfg = load_config()
-    for seed in (cfg["datasets"]["seed"], cfg["datasets"]["seed"] + 1, cfg["datasets"]["test_seed"]):
+    for seed in (cfg.datasets.seed, cfg.datasets.seed + 1, cfg.datasets.test_seed):
         assert main(["--evaluate", str(ROOT / "benchmarks/reference/model_C/best_model.pth"),
                      "--fresh-seeds", "5", str(seed)]) == 2
         assert f"error: fresh seed {seed} is one the datasets use" in capsys.readouterr().err
-    p = problem_from_config("A", cfg)  # one trajectory: every point is in its datasets
+    p = cfg.problem("A")  # one trajectory: every point is in its datasets
     torch.manual_seed(0)
     model = surrogates.MLP(1, 2, [("Tanh", 4)])
     surrogates.save_checkpoint(model, tmp_path / "a.pth", meta={"provenance": {"problem": "A",
@@ -185,7 +183,7 @@ def test_evaluate_refuses_a_seed_the_datasets_use_and_a_single_trace(tmp_path, c
 
 def test_the_accuracy_per_output_and_named_figures_are_copied_where_the_run_made_them(tiny_config, tmp_path):
     cfg = _config(tiny_config)
-    layout = Layout(cfg["results_dir"])
+    layout = Layout(cfg.results_dir)
     for name in ("accuracy", "accuracy_by_output"):
         p = layout.table(name, "csv")
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +248,6 @@ def itnn(tmp_path_factory):
     """The tiny preset's test sets of B and C and an ITNN of D trained for a few steps (one module-wide run)."""
     from conftest import tiny
     from surrogates import datasets as ds
-    from surrogates.config import training_settings
     from training.train import train_surrogate
 
     root = tmp_path_factory.mktemp("itnn") / "results"
@@ -259,7 +256,7 @@ def itnn(tmp_path_factory):
     for p in ("B", "C", "D"):
         ds.write_test(cfg, p, lay.test(p))
     ds.write_split(cfg, "D", 300, lay.split("D", 300, "train"), lay.split("D", 300, "val"))
-    arch = training_settings(cfg, "D")["architecture"]
+    arch = cfg.training("D").architecture
     train_surrogate(cfg, "D", "itnn", 300, 0, lay.dataset_dir("D"), lay.model_dir("D", "itnn", 300, arch, 0),
                     iterations=5)
     return cfg, lay, arch
@@ -311,8 +308,6 @@ def test_evaluate_rolls_an_itnn_out_over_c_and_b_as_the_pipeline_scores_it(itnn,
 
 
 def test_evaluate_refuses_a_missing_checkpoint_and_problems_it_cannot_score(itnn, tmp_path, capsys):
-    import copy
-
     from benchmarks.reference import _evaluate, evaluate_checkpoint
     from conftest import ROOT
     from core.errors import ProvenanceError
@@ -326,11 +321,16 @@ def test_evaluate_refuses_a_missing_checkpoint_and_problems_it_cannot_score(itnn
         evaluate_checkpoint(ckpt, cfg, on="Z")
     with pytest.raises(InvalidInputError, match=r"an ITNN rolls out over trajectory problems; 'hh_m' is 'trace'"):
         evaluate_checkpoint(ckpt, cfg, on="hh_m")
-    no_d = {**cfg, "problems": {k: v for k, v in cfg["problems"].items() if k != "D"}}  # a config without D
-    assert _evaluate([ckpt], no_d, []) == 2
+    raw = cfg.as_dict()
+    raw["problems"].pop("D")  # a config without D (and so without the ITNN it trains)
+    raw["training"]["surrogates"].pop("itnn")
+    raw["speed"]["surrogates"] = [k for k in raw["speed"]["surrogates"] if k != "itnn"]
+    raw["speed"]["ensembles"] = [k for k in raw["speed"].get("ensembles", []) if k != "itnn"]
+    assert _evaluate([ckpt], validate_config(raw), []) == 2
     assert "error: unknown problem 'D'; valid: [" in capsys.readouterr().err
-    changed = copy.deepcopy(cfg)
+    changed = cfg.as_dict()
     changed["problems"]["D"]["ranges"]["I"] = [0.07, 0.12]
+    changed = validate_config(changed)
     with pytest.raises(ProvenanceError, match="problem_fingerprint"):
         evaluate_checkpoint(ckpt, changed, on="B")
     # a trajectory problem's network is scored on its own problem's sets only

@@ -5,7 +5,6 @@ checkpoint or a metrics file used for something else than it was made for is ref
 naming the file and the differing key; settings that cannot work fail when the configuration loads;
 OS errors on write name the path; two runs on one results folder, however it is spelt, cannot both start.
 """
-import copy
 import errno
 import json
 import os
@@ -25,6 +24,7 @@ from core.layout import Layout
 from core.lock import FolderBusyError, FolderLock
 from surrogates import datasets as ds
 from surrogates.network import load_checkpoint, save_checkpoint
+from surrogates.study import Study
 from surrogates.scoring import expected_model
 from training.train import main as train_main, train_surrogate
 
@@ -46,12 +46,12 @@ def world(tmp_path_factory):
     return cfg, lay
 
 
-def fresh(world, tmp_path, *problems) -> tuple[dict, Layout]:
+def fresh(world, tmp_path, *problems) -> tuple[Study, Layout]:
     """A private copy of the world's datasets and models (tests change files)."""
     cfg, lay = world
     new = Layout(tmp_path / "results")
     shutil.copytree(lay.root, new.root)
-    return {**cfg, "results_dir": str(new.root)}, new
+    return Study.of({**cfg.as_dict(), "results_dir": str(new.root)}, cfg.problems), new
 
 
 # ---------------------------------------------------------------- datasets used for something else
@@ -90,8 +90,9 @@ def test_an_edited_test_sidecar_never_reaches_the_accuracy_table(world, tmp_path
     from benchmarks.tables import accuracy_table
 
     cfg, lay = fresh(world, tmp_path)
-    cfg = {**cfg, "training": {**cfg["training"], "surrogates": {"ddnn": ["B", "C"]}},
-           "datasets": {**cfg["datasets"], "sizes": [300]}}
+    c = cfg.as_dict()
+    cfg = Study.of({**c, "training": {**c["training"], "surrogates": {"ddnn": ["B", "C"]}},
+                    "datasets": {**c["datasets"], "sizes": [300]}})
     metrics = [lay.run_file("metrics", p, "ddnn", 300, ARCH, 0) for p in ("B", "C")]
     sidecars = [lay.sidecar(lay.test(p)) for p in ("B", "C")]
     table = accuracy_table(metrics, sidecars, cfg)
@@ -107,8 +108,9 @@ def test_a_metrics_file_of_another_run_is_refused_by_the_table(world, tmp_path):
     from benchmarks.tables import accuracy_table
 
     cfg, lay = fresh(world, tmp_path)
-    cfg = {**cfg, "training": {**cfg["training"], "surrogates": {"ddnn": ["B", "C"]}},
-           "datasets": {**cfg["datasets"], "sizes": [300]}}
+    c = cfg.as_dict()
+    cfg = Study.of({**c, "training": {**c["training"], "surrogates": {"ddnn": ["B", "C"]}},
+                    "datasets": {**c["datasets"], "sizes": [300]}})
     metrics = [lay.run_file("metrics", p, "ddnn", 300, ARCH, 0) for p in ("B", "C")]
     shutil.copy(metrics[0], metrics[1])  # B's metrics where C's should be
     with pytest.raises(ProvenanceError, match=r"C/ddnn/n300/mlp3x64/seed0/metrics\.json was made for problem = 'B'"):
@@ -181,7 +183,7 @@ def test_generated_source_is_stored_whole_and_imported(tmp_path):
 def test_the_training_cli_takes_zero_iterations_literally_and_rejects_bad_seeds(world, tmp_path, capsys):
     cfg, lay = world
     cfgfile = tmp_path / "tiny.yaml"
-    cfgfile.write_text(yaml.safe_dump(cfg))
+    cfgfile.write_text(yaml.safe_dump(cfg.as_dict()))
     out = tmp_path / "zero"
     args = ["--config", str(cfgfile), "--problem", "B", "--surrogate", "ddnn", "--n", "300",
             "--data", str(lay.dataset_dir("B")), "--out", str(out)]
@@ -211,7 +213,7 @@ def test_the_training_cli_takes_zero_iterations_literally_and_rejects_bad_seeds(
 def test_the_training_cli_trains_several_seeds_together_into_one_folder_each(world, tmp_path, capsys):
     cfg, lay = world
     cfgfile = tmp_path / "tiny.yaml"
-    cfgfile.write_text(yaml.safe_dump(cfg))
+    cfgfile.write_text(yaml.safe_dump(cfg.as_dict()))
     args = ["--config", str(cfgfile), "--problem", "B", "--surrogate", "ddnn", "--n", "300",
             "--data", str(lay.dataset_dir("B")), "--iterations", "30", "--seed", "4", "5"]
     assert train_main([*args, "--out", str(tmp_path / "one")]) == 2  # two seeds, one folder: refused, named
@@ -243,7 +245,7 @@ def test_sidecars_record_the_parameters_really_used(world):
     assert c["parameters"]["I"] == {"sampled": [0.08, 0.12], "units": "1"}
     b = json.loads(lay.sidecar(lay.split("B", 300, "train")).read_text())
     assert b["parameters"]["I"] == 0.08
-    p = ds.problem_from_config("hh_m", cfg)
+    p = cfg.problem("hh_m")
     assert p.used_parameters()["I_stim"]["protocol"]["amplitude"] == 10.0
 
 
@@ -329,10 +331,10 @@ def test_a_checkpoint_is_not_scored_against_a_changed_problem(world):
     from benchmarks.reference import evaluate_checkpoint
 
     cfg, lay = world
-    changed = copy.deepcopy(cfg)
+    changed = cfg.as_dict()
     changed["problems"]["C"]["t_end"] = 30.0
     with pytest.raises(ProvenanceError, match="problem_fingerprint"):
-        evaluate_checkpoint(lay.run_file("model", "C", "ddnn", 300, ARCH, 0), changed)
+        evaluate_checkpoint(lay.run_file("model", "C", "ddnn", 300, ARCH, 0), Study.of(changed))
 
 
 # ---------------------------------------------------------------- a benchmark times the threads it asked for

@@ -6,7 +6,6 @@ import torch
 from core.errors import InvalidInputError
 from surrogates.config import load_config
 from surrogates.losses import DataLoss, contrast_weights, rate_weights
-from surrogates.problems import problem_from_config
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def _rows(p, n=4000, seed=0):
 
 
 def test_rate_weights_favour_the_fast_rows_and_keep_a_uniform_floor(cfg):
-    p = problem_from_config("C", cfg)
+    p = cfg.problem("C")
     X, Y = _rows(p)
     w = rate_weights(p, X, Y, 4.0)
     assert w.shape == (len(X),) and w.min() >= 1.0 and np.isfinite(w).all()
@@ -45,7 +44,7 @@ def test_rate_weights_favour_the_fast_rows_and_keep_a_uniform_floor(cfg):
 
 
 def test_rate_weights_of_a_step_problem_are_its_increments_and_other_kinds_are_refused(cfg):
-    d = problem_from_config("D", cfg)
+    d = cfg.problem("D")
     g = np.random.default_rng(1)
     X = g.uniform(*d.box(), (500, len(d.inputs)))
     inc = g.normal(size=(500, len(d.outputs))) * np.array([1e-2, 1e-3])
@@ -53,14 +52,14 @@ def test_rate_weights_of_a_step_problem_are_its_increments_and_other_kinds_are_r
     r = np.linalg.norm(inc / inc.std(0), axis=1)
     assert np.allclose(w, 1 + 2.0 * r / r.mean())
     with pytest.raises(InvalidInputError, match="sampling 'rate' needs a trajectory or a step problem; 'hh_m'"):
-        h = problem_from_config("hh_m", cfg)
+        h = cfg.problem("hh_m")
         rate_weights(h, np.zeros((3, len(h.inputs))), np.zeros((3, len(h.outputs))), 1.0)
 
 
 def test_contrast_weights_favour_rows_whose_neighbours_disagree(cfg):
     """Rows where the label jumps between neighbouring inputs (here: a step in u0 at 0.4, as a threshold)
     weigh more than rows in smooth regions; neighbours share the time."""
-    p = problem_from_config("C", cfg)
+    p = cfg.problem("C")
     g = np.random.default_rng(2)
     lo, hi = p.box()
     X = g.uniform(lo, hi, (3000, 4))
@@ -72,7 +71,7 @@ def test_contrast_weights_favour_rows_whose_neighbours_disagree(cfg):
     far = np.abs(X[:, 1] - 0.4) > 0.2
     assert np.median(w[near]) > 3 * np.median(w[far])
     with pytest.raises(InvalidInputError, match="sampling 'contrast' needs a trajectory or a step problem; 'hh_m'"):
-        h = problem_from_config("hh_m", cfg)
+        h = cfg.problem("hh_m")
         contrast_weights(h, np.zeros((30, len(h.inputs))), np.zeros((30, len(h.outputs))), 1.0)
     with pytest.raises(InvalidInputError, match="more than 8 training rows"):
         contrast_weights(p, X[:5], Y[:5], 1.0)
@@ -121,14 +120,14 @@ def test_training_takes_the_sampling_setting(cfg, tmp_path):
 
     c = validate_config(merge(merge(read_config(ROOT / "config/quick.yaml"), copy.deepcopy(TINY)),
                               {"results_dir": str(tmp_path / "r"), "training": {"sampling": "rate"}}))
-    lay = Layout(c["results_dir"])
+    lay = Layout(c.results_dir)
     ds.write_test(c, "C", lay.test("C"))
     ds.write_split(c, "C", 300, lay.split("C", 300, "train"), lay.split("C", 300, "val"))
     r = train_surrogate(c, "C", "ddnn", 300, 0, lay.dataset_dir("C"), tmp_path / "m", iterations=10)
     assert r["settings"]["sampling"] == "rate" and r["settings"]["sampling_strength"] == 4.0
     with pytest.raises(Exception, match="sampling"):
-        validate_config(merge(c, {"training": {"sampling": "adaptive"}}))
-    c2 = merge(c, {"results_dir": str(tmp_path / "r"), "training": {"sampling": "contrast"}})
+        validate_config(merge(c.as_dict(), {"training": {"sampling": "adaptive"}}))
+    c2 = merge(c.as_dict(), {"results_dir": str(tmp_path / "r"), "training": {"sampling": "contrast"}})
     r = train_surrogate(validate_config(c2), "C", "ddnn", 300, 0, lay.dataset_dir("C"), tmp_path / "m2", iterations=10)
     assert r["settings"]["sampling"] == "contrast"
 

@@ -6,7 +6,6 @@ import torch
 from surrogates.config import load_config
 from surrogates.losses import DataLoss, InitialConditionLoss, ODEResidualLoss
 from surrogates.network import MLP
-from surrogates.problems import problem_from_config
 from training.side_by_side import in_side_by_side_thread, train_side_by_side
 from training.trainer import Trainer, TrainingDivergedError
 
@@ -14,7 +13,7 @@ from training.trainer import Trainer, TrainingDivergedError
 def _pinn(out, seed, device="cpu", explode=False):
     """A small PINN on problem C (data, ODE residual, initial condition), validated every 10 steps, with a
     short L-BFGS polish: every kind of step a side-by-side job runs."""
-    c = problem_from_config("C", load_config())
+    c = load_config().problem("C")
     g = np.random.default_rng(seed)
     lo, hi = c.box()
     X = g.uniform(lo, hi, (300, 4)).astype(np.float32)

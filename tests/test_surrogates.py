@@ -1,5 +1,4 @@
 """Surrogate library: networks, losses, physics residual, trainer, ITNN rollout, seed README scenarios."""
-import copy
 import json
 import textwrap
 
@@ -16,14 +15,13 @@ from surrogates.itnn import rollout
 from surrogates.losses import DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, ResidualLoss
 from surrogates.network import MLP, load_checkpoint, load_weights, save_checkpoint
 from surrogates.config import load_config, validate_config
-from surrogates.problems import problem_from_config
 from training.train import train_surrogate
 from training.trainer import Trainer, TrainingDivergedError
 
 
 @pytest.fixture(scope="module")
 def cfg():
-    c = copy.deepcopy(load_config())
+    c = load_config().as_dict()
     for name in ("B", "C"):
         c["problems"][name]["test_trajectories"] = 30
     c["problems"]["hh_m"]["t_end"] = 40.0
@@ -148,7 +146,7 @@ class HermiteTrajectory(nn.Module):
 
 
 def test_physics_residual_vanishes_on_the_exact_trajectory_and_not_on_a_perturbed_one(cfg):
-    p = problem_from_config("A", cfg)
+    p = cfg.problem("A")
     exact = ODEResidualLoss(p, n_points=2048, sampler="uniform", seed=0)(HermiteTrajectory(p)).item()
     wrong = ODEResidualLoss(p, n_points=2048, sampler="uniform", seed=0)(HermiteTrajectory(p, perturb=0.02)).item()
     assert exact < 1e-8 and wrong > 1e-3
@@ -157,7 +155,7 @@ def test_physics_residual_vanishes_on_the_exact_trajectory_and_not_on_a_perturbe
 
 
 def test_physics_residual_uses_the_solvers_model_definition(cfg):
-    p = problem_from_config("C", cfg)
+    p = cfg.problem("C")
     loss = ODEResidualLoss(p, n_points=16, seed=0)
 
     class Const(nn.Module):  # y = (u0, w0): dy/dt = 0, so the residual is -f(u0, w0, I)
@@ -175,7 +173,7 @@ def test_physics_residual_uses_the_solvers_model_definition(cfg):
 
 
 def test_gate_residual_variants_differ_only_through_dV_dt(cfg):
-    p = problem_from_config("hh_m", cfg)
+    p = cfg.problem("hh_m")
     t, S = ds.trace_states(p)
 
     class Lin(nn.Module):  # m = a t + b V: dm/dt|_V = a, dm/dV = b
@@ -201,7 +199,7 @@ def test_gate_residual_variants_differ_only_through_dV_dt(cfg):
 def test_the_gate_residual_takes_dV_dt_from_the_trace_and_never_looks_at_the_test_points(cfg):
     """dV/dt is the trace's own (Euler's derivative with the stimulus pulses: the right-hand side without
     them is 10 mV/ms off on the pulses' points), and the training code's residual has no test time point."""
-    p = problem_from_config("hh_m", cfg)
+    p = cfg.problem("hh_m")
     t, S = ds.trace_states(p)
     loss = GateResidualLoss(p.model, "m", t, S, "total")
     pr = p.protocol
@@ -214,8 +212,8 @@ def test_the_gate_residual_takes_dV_dt_from_the_trace_and_never_looks_at_the_tes
     without = p.model.numpy_rhs(S[:-1])[:, 0]
     np.testing.assert_allclose((loss.dVdt.numpy()[:-1] - without)[on], pr["amplitude"], atol=1e-2)
 
-    points = ds.pool_training_points(p, cfg["datasets"]["test_seed"])
-    test = ds._pool_indices(p, cfg["datasets"]["test_seed"], 0)[0]
+    points = ds.pool_training_points(p, cfg.datasets.test_seed)
+    test = ds._pool_indices(p, cfg.datasets.test_seed, 0)[0]
     assert len(points) + len(test) == len(t) and not set(points) & set(test)
     sub = GateResidualLoss(p.model, "m", t, S, "total", points=points)
     np.testing.assert_array_equal(sub.x.numpy(), loss.x.numpy()[points])
@@ -430,7 +428,7 @@ def test_polish_weight_decay_must_be_a_finite_non_negative_number(tmp_path, bad)
 
 def test_config_checks_monitor_and_polish_weight_decay(cfg):
     for key, value in (("monitor", "val_rmse"), ("lbfgs_weight_decay", -1.0)):
-        bad = copy.deepcopy(cfg)
+        bad = cfg.as_dict()
         bad["training"]["overrides"]["hh_m"][key] = value
         with pytest.raises(InvalidInputError, match=f"training.overrides.hh_m.{key}"):
             validate_config(bad)
@@ -449,9 +447,9 @@ def test_configured_polish_weight_decay_is_per_training_row(cfg, data, tmp_path,
             made.append(self)
 
     monkeypatch.setattr(tt, "Trainer", Recording)
-    c = copy.deepcopy(cfg)
+    c = cfg.as_dict()
     c["training"]["overrides"]["hh_m"]["lbfgs_weight_decay"] = 4.0
-    train_surrogate(c, "hh_m", "ddnn", 400, 0, data / "hh_m", tmp_path, iterations=1)
+    train_surrogate(validate_config(c), "hh_m", "ddnn", 400, 0, data / "hh_m", tmp_path, iterations=1)
     assert made[0].lbfgs_weight_decay == pytest.approx(4.0 / 400)
 
 
@@ -459,9 +457,9 @@ def test_configured_polish_weight_decay_is_per_training_row(cfg, data, tmp_path,
 def test_monitor_val_max_keeps_the_checkpoint_with_the_smallest_validation_max_error(cfg, data, tmp_path):
     """training.monitor: val_max picks the kept weights by the validation rows' largest error (every
     validation records val_mae and val_max); metrics.json gives the kept checkpoint's both."""
-    c = copy.deepcopy(cfg)
+    c = cfg.as_dict()
     c["training"]["overrides"]["hh_m"].update(monitor="val_max", val_every=10)
-    r = train_surrogate(c, "hh_m", "ddnn", 400, 0, data / "hh_m", tmp_path, iterations=200)
+    r = train_surrogate(validate_config(c), "hh_m", "ddnn", 400, 0, data / "hh_m", tmp_path, iterations=200)
     log = pd.read_csv(tmp_path / "losses.csv")
     best = log.loc[log["val_max"].idxmin()]
     assert r["best_iteration"] == int(best["iteration"]) and r["val_max"] == pytest.approx(best["val_max"])
@@ -510,14 +508,12 @@ def test_a_tiny_training_run_reduces_test_error_and_writes_metrics(cfg, data, tm
 
 def test_the_configured_engine_trains_the_run(cfg, data, tmp_path):
     """training.engine reaches the Trainer (the run's metrics say which arithmetic trained it)."""
-    import copy
-
-    c = copy.deepcopy(cfg)
+    c = cfg.as_dict()
     c["training"]["engine"] = "fused"  # torch operators, not the compiled steps "auto" takes on a CPU
-    train_surrogate(c, "B", "ddnn", 1000, 0, data / "B", tmp_path / "f", iterations=3)
+    train_surrogate(validate_config(c), "B", "ddnn", 1000, 0, data / "B", tmp_path / "f", iterations=3)
     assert json.loads((tmp_path / "f/metrics.json").read_text())["training_path"] == "fused engine"
     c["training"]["engine"] = "autograd"
-    train_surrogate(c, "B", "pinn", 1000, 0, data / "B", tmp_path / "a", iterations=3)
+    train_surrogate(validate_config(c), "B", "pinn", 1000, 0, data / "B", tmp_path / "a", iterations=3)
     assert json.loads((tmp_path / "a/metrics.json").read_text())["training_path"] == "autograd"
 
 
@@ -535,12 +531,10 @@ def test_pinn_and_itnn_and_the_hh_m_variants_run(cfg, data, tmp_path):
 def test_physics_informed_runs_take_the_lbfgs_polish_and_zero_iterations(cfg, data, tmp_path):
     """The polish and the untrained score evaluate the objective without a step: a physics loss (which
     differentiates the network) must still be computable there."""
-    import copy
-
-    c = copy.deepcopy(cfg)
+    c = cfg.as_dict()
     c["training"]["overrides"]["hh_m"]["lbfgs_iterations"] = 40
     for kind in ("pinn", "pinn_seed"):
-        r = train_surrogate(c, "hh_m", kind, 400, 0, data / "hh_m", tmp_path / kind, iterations=20)
+        r = train_surrogate(validate_config(c), "hh_m", kind, 400, 0, data / "hh_m", tmp_path / kind, iterations=20)
         assert r["iterations"] == 60 and np.isfinite(r["mae"])
         log = pd.read_csv(tmp_path / kind / "losses.csv")
         polish = log[log["lr"].isna()]  # the L-BFGS rows (no learning rate): one per 20 iterations
@@ -555,7 +549,7 @@ def test_entry_point_rejects_impossible_requests(cfg, data, tmp_path):
         train_surrogate(cfg, "B", "itnn", 1000, 0, data / "B", tmp_path)
     with pytest.raises(InvalidInputError, match="unknown architecture 'big'"):
         train_surrogate(cfg, "B", "ddnn", 1000, 0, data / "B", tmp_path, architecture="big")
-    bad = copy.deepcopy(cfg)
+    bad = cfg.as_dict()
     bad["training"]["surrogates"]["itnn"] = ["C"]
     with pytest.raises(InvalidInputError, match="training.surrogates.itnn: itnn cannot train on 'C'"):
         validate_config(bad)
@@ -674,7 +668,7 @@ def test_an_itnn_rolls_out_over_other_trajectory_problems_test_sets(cfg, data, t
 def test_output_bounds_keep_a_gate_in_its_range_whatever_the_input(cfg, data, tmp_path):
     """training.overrides.hh_m.output_bounds (m in [0, 1]): a Tanh output layer onto the bounds, in the
     checkpoint too; far outside the trace the gate still lies in [0, 1] (an unbounded net gave -6.5 there)."""
-    assert cfg["training"]["overrides"]["hh_m"]["output_bounds"] == {"m": [0.0, 1.0]}
+    assert cfg.training("hh_m").output_bounds == {"m": (0.0, 1.0)}
     for kind in ("ddnn", "pinn"):
         train_surrogate(cfg, "hh_m", kind, 400, 0, data / "hh_m", tmp_path / kind, iterations=20)
         model, _ = load_checkpoint(tmp_path / kind / "best_model.pth")
@@ -693,7 +687,7 @@ def test_output_bounds_are_checked_naming_the_key(cfg):
     from training.train import build_model
 
     def with_bounds(problem, bounds):
-        c = copy.deepcopy(cfg)
+        c = cfg.as_dict()
         c["training"]["overrides"].setdefault(problem, {})["output_bounds"] = bounds
         return validate_config(c)
 
@@ -705,7 +699,7 @@ def test_output_bounds_are_checked_naming_the_key(cfg):
         with_bounds("hh_m", {"m": [1.0, 0.0]})
     with pytest.raises(InvalidInputError, match="'D' is a step problem"):
         with_bounds("D", {"u": [-1.0, 2.0], "w": [-1.0, 1.0]})
-    p = problem_from_config("hh_m", cfg)
+    p = cfg.problem("hh_m")
     X = np.array([[0.0, -70.0], [1.0, 20.0]])
     with pytest.raises(InvalidInputError, match=r"training labels of 'm' leave \[0, 0.5\] \(1 rows\)"):
         build_model(p, [("Tanh", 4)], X, np.array([[0.1], [0.7]]), 0, {"m": [0.0, 0.5]})

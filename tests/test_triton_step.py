@@ -143,9 +143,8 @@ RESIDUAL_NETS = {  # (hidden, problem): every activation's second derivative, wi
 
 def _problem(name):
     from surrogates.config import load_config
-    from surrogates.problems import problem_from_config
 
-    return problem_from_config(name, load_config())
+    return load_config().problem(name)
 
 
 @pytest.mark.slow

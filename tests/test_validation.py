@@ -23,6 +23,7 @@ from core.errors import InvalidInputError, ProvenanceError
 from core.layout import Layout
 from surrogates import datasets as ds
 from surrogates.network import load_checkpoint
+from surrogates.study import Study
 from surrogates.scoring import expected_model
 from training.train import train_surrogate
 
@@ -41,11 +42,11 @@ def trained(tmp_path_factory):
     return cfg, lay
 
 
-def fresh(trained, tmp_path) -> tuple[dict, Layout]:
+def fresh(trained, tmp_path) -> tuple[Study, Layout]:
     cfg, lay = trained
     new = Layout(tmp_path / "results")
     shutil.copytree(lay.root, new.root)
-    return {**cfg, "results_dir": str(new.root)}, new
+    return Study.of({**cfg.as_dict(), "results_dir": str(new.root)}, cfg.problems), new
 
 
 # ---------------------------------------------------------------- every number of the configuration finite
@@ -89,7 +90,7 @@ def test_a_results_dir_in_the_checkout_s_own_folders_is_refused(where, tmp_path,
 
 def test_a_results_dir_of_its_own_is_accepted(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert tiny(tmp_path, results_dir="results/somewhere")["results_dir"] == "results/somewhere"
+    assert tiny(tmp_path, results_dir="results/somewhere").results_dir == "results/somewhere"
 
 
 def test_the_workflow_refuses_results_dir_dot_when_it_parses(tiny_config, snakemake):
@@ -122,7 +123,8 @@ def test_nan_test_labels_with_checksums_recomputed_are_refused_before_training(t
 def _table(cfg, lay):
     from benchmarks.tables import accuracy_table
 
-    cfg = {**cfg, "training": {**cfg["training"], "surrogates": {"ddnn": ["B"]}}}
+    c = cfg.as_dict()
+    cfg = Study.of({**c, "training": {**c["training"], "surrogates": {"ddnn": ["B"]}}})
     return accuracy_table([lay.run_file("metrics", "B", "ddnn", 300, ARCH, 0)], [lay.sidecar(lay.test("B"))], cfg)
 
 
@@ -140,7 +142,8 @@ def test_an_edited_metrics_file_is_refused_by_every_reader(trained, tmp_path, ma
     with pytest.raises(InvalidInputError, match=message):
         _table(cfg, lay)
     with pytest.raises(InvalidInputError, match=message):
-        reference.grid_state({**cfg, "training": {**cfg["training"], "surrogates": {"ddnn": ["B"]}}}, lay)
+        c = cfg.as_dict()
+        reference.grid_state(Study.of({**c, "training": {**c["training"], "surrogates": {"ddnn": ["B"]}}}), lay)
     del m["content_sha256"]  # a record without its checksum (by hand, or an older version) is refused too
     f.write_text(json.dumps(m))
     with pytest.raises(InvalidInputError, match=rf"metrics file {f} records no content_sha256"):
@@ -166,7 +169,7 @@ def test_weights_overwritten_in_place_are_refused_by_every_consumer(trained, tmp
         load_checkpoint(model, expect=expected_model(cfg, "B", "ddnn", 300, 0, ARCH))
     with pytest.raises(InvalidInputError, match=message):
         figures.load_network(cfg, model, ["B", "ddnn", 300, 0, ARCH])
-    scfg = merge(cfg, {"speed": {"problem": "B", "surrogates": ["ddnn"], "ensembles": []}})
+    scfg = Study.of(merge(cfg.as_dict(), {"speed": {"problem": "B", "surrogates": ["ddnn"], "ensembles": []}}))
     with pytest.raises(InvalidInputError, match=message):
         speedup.load_surrogates(scfg, {"ddnn": model})
 

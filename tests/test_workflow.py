@@ -39,7 +39,7 @@ def test_dry_run_of_the_default_config_builds_the_full_grid(tmp_path):
     res = snakemake("-n", "--config", f"results_dir={tmp_path}")
     assert res.returncode == 0, res.stderr[-2000:]
     jobs = _job_counts(res.stdout)
-    # the longest training jobs first (surrogates.config.training_priority): hh_m's (an L-BFGS polish), then
+    # the longest training jobs first (surrogates.study.Study.training_priority): hh_m's (an L-BFGS polish), then
     # the PINNs, then the data-only runs
     assert _train_priorities(res.stdout) == {
         **{("train", "hh_m", k): {2} for k in ("ddnn", "pinn", "pinn_seed")},
@@ -78,7 +78,7 @@ def test_side_by_side_config_trains_the_seeds_of_every_kind_in_one_job(tmp_path)
     """training.side_by_side (with cohort): the PINN kinds' seeds too are one job per (problem, kind, n)
     (stacked where they can be, else side by side on a GPU); the rest of the DAG is unchanged, and the
     setting, like cohort, is not part of a run's fingerprint (the same run, whichever way its job is cut)."""
-    from surrogates.config import load_config, training_settings
+    from surrogates.config import load_config, validate_config
 
     extra = tmp_path / "sbs.yaml"
     extra.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "r"),
@@ -88,9 +88,9 @@ def test_side_by_side_config_trains_the_seeds_of_every_kind_in_one_job(tmp_path)
     jobs = _job_counts(res.stdout)
     assert jobs["train_cohort"] == (1 + 3 + 3 + 2) * 2 + 2 + 3 and "train" not in jobs
     assert jobs["export_onnx"] == 69 and jobs["ensemble"] == 23
-    cfg = load_config()
+    cfg = load_config().as_dict()
     cfg["training"]["side_by_side"] = True
-    assert "side_by_side" not in training_settings(cfg, "C")
+    assert validate_config(cfg).side_by_side and "side_by_side" not in validate_config(cfg).training("C").as_dict()
 
 
 def _preset_dry_run(preset: str, tmp_path):

@@ -26,12 +26,13 @@ from core.lock import FolderLock
 from core.machine import describe_machine, machine_info
 from core.provenance import project_version
 
-from surrogates.config import load_config, training_settings
+from surrogates.config import load_config
 from surrogates.datasets import expected_provenance
 from surrogates.losses import (DataLoss, GateResidualLoss, InitialConditionLoss, ODEResidualLoss, contrast_weights,
                                rate_weights)
 from surrogates.network import MLP
-from surrogates.problems import SURROGATE_KINDS as KINDS, Problem, problem_from_config
+from surrogates.problems import SURROGATE_KINDS as KINDS, Problem
+from surrogates.study import Study
 from surrogates.scoring import evaluate, expected_model
 
 from .trainer import Trainer
@@ -91,7 +92,7 @@ def build_model(p: Problem, hidden, X, Y, seed: int, bounds: dict | None = None)
                output_center=(hi + lo) / 2, output_scale=(hi - lo) / 2)
 
 
-def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, data_dir, out_dir,
+def train_surrogate(study: Study, problem: str, surrogate: str, n: int, seed: int, data_dir, out_dir,
                     architecture: str | None = None, test_path=None, iterations: int | None = None,
                     train_path=None, val_path=None) -> dict:
     """Train and score one surrogate; writes the Trainer's files and ``metrics.json`` into ``out_dir``.
@@ -101,11 +102,11 @@ def train_surrogate(cfg: dict, problem: str, surrogate: str, n: int, seed: int, 
     checked before any work. ``iterations`` (>= 0) overrides the configured number, 0 meaning none: the
     untrained network is scored. ``out_dir`` is locked for the run: a second run on it refuses at once.
     """
-    return train_surrogates(cfg, problem, surrogate, n, [seed], data_dir, [out_dir], architecture, test_path,
+    return train_surrogates(study, problem, surrogate, n, [seed], data_dir, [out_dir], architecture, test_path,
                             iterations, train_path, val_path)[0]
 
 
-def train_surrogates(cfg: dict, problem: str, surrogate: str, n: int, seeds, data_dir, out_dirs,
+def train_surrogates(study: Study, problem: str, surrogate: str, n: int, seeds, data_dir, out_dirs,
                      architecture: str | None = None, test_path=None, iterations: int | None = None,
                      train_path=None, val_path=None) -> list[dict]:
     """As :func:`train_surrogate`, for several seeds (one output folder each) trained together as one
@@ -114,7 +115,7 @@ def train_surrogates(cfg: dict, problem: str, surrogate: str, n: int, seeds, dat
     of the cohort's wall time (``cohort_seconds``: all of it)."""
     if surrogate not in KINDS:
         raise InvalidInputError(f"unknown surrogate {surrogate!r}; valid: {sorted(KINDS)}")
-    p = problem_from_config(problem, cfg)
+    p = study.problem(problem)
     if p.kind not in KINDS[surrogate]:
         raise InvalidInputError(f"surrogate {surrogate!r} cannot train on problem {problem!r} (kind {p.kind!r}); "
                                 f"it takes {list(KINDS[surrogate])} problems")
@@ -124,9 +125,9 @@ def train_surrogates(cfg: dict, problem: str, surrogate: str, n: int, seeds, dat
     if not seeds or len(seeds) != len(out_dirs) or len(set(seeds)) != len(seeds):
         raise InvalidInputError(f"give one output folder per seed and distinct seeds; got seeds {seeds} and "
                                 f"{len(out_dirs)} folders")
-    s = training_settings(cfg, problem)
-    arch = architecture or s["architecture"]
-    total = s["iterations"] if iterations is None else check_count(iterations, "iterations", minimum=0)
+    s = study.training(problem)
+    arch = architecture or s.architecture
+    total = s.iterations if iterations is None else check_count(iterations, "iterations", minimum=0)
     data_dir = Path(data_dir)
     with ExitStack() as locks:
         for out_dir in out_dirs:
@@ -134,10 +135,10 @@ def train_surrogates(cfg: dict, problem: str, surrogate: str, n: int, seeds, dat
             # held now: a temporary file here is a write that a killed run (SIGKILL) left half done
             for tmp in remove_stale_temporaries(out_dir):
                 print(f"removed {tmp.name}, a file a killed run left half written", flush=True)
-        train = load_dataset(train_path or data_dir / f"n{n}" / "train.npz", expect=expected_provenance(p, cfg, "train", n))
-        val = load_dataset(val_path or data_dir / f"n{n}" / "val.npz", expect=expected_provenance(p, cfg, "val", n))
-        test = load_dataset(test_path or data_dir / "test.npz", expect=expected_provenance(p, cfg, "test"))
-        runs = [_setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val)
+        train = load_dataset(train_path or data_dir / f"n{n}" / "train.npz", expect=expected_provenance(p, study, "train", n))
+        val = load_dataset(val_path or data_dir / f"n{n}" / "val.npz", expect=expected_provenance(p, study, "val", n))
+        test = load_dataset(test_path or data_dir / "test.npz", expect=expected_provenance(p, study, "test"))
+        runs = [_setup(study, p, surrogate, n, seed, arch, s, total, out_dir, train, val)
                 for seed, out_dir in zip(seeds, out_dirs)]
         if len(runs) == 1:
             summaries = [{**runs[0]["trainer"].train(total), "cohort": 1}]
@@ -145,20 +146,20 @@ def train_surrogates(cfg: dict, problem: str, surrogate: str, n: int, seeds, dat
             from .cohort import train_together
 
             summaries = train_together([r["trainer"] for r in runs], total,
-                                       side_by_side=bool(cfg["training"].get("side_by_side", False)))
-        return [_score(cfg, p, r, summary, test) for r, summary in zip(runs, summaries)]
+                                       side_by_side=bool(study.side_by_side))
+        return [_score(study, p, r, summary, test) for r, summary in zip(runs, summaries)]
 
 
-def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> dict:
+def _setup(study, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> dict:
     """One seed's network, Trainer and losses (nothing trained yet)."""
     (train, train_meta), (val, val_meta) = train, val
-    prov = expected_model(cfg, p.name, surrogate, n, seed, arch)
+    prov = expected_model(study, p.name, surrogate, n, seed, arch)
     hidden = [tuple(h) for h in prov["hidden"]]
-    device = resolve_device(s.get("device", "auto"))
+    device = resolve_device(s.device)
     Xtr, Ytr, Xv, Yv = train["X"], train["Y"], val["X"], val["Y"]
     if surrogate == "itnn":  # learn the increment of the state over one step
         Ytr = Ytr - Xtr[:, p.state_inputs]
-    model = build_model(p, hidden, Xtr, Ytr, seed, s.get("output_bounds")).to(device)
+    model = build_model(p, hidden, Xtr, Ytr, seed, s.output_bounds).to(device)
     Xv_t = torch.as_tensor(Xv, dtype=torch.float32, device=device)
     Yv_t = torch.as_tensor(Yv, dtype=torch.float32, device=device)
     base = Xv_t[:, p.state_inputs] if surrogate == "itnn" else 0.0
@@ -167,39 +168,38 @@ def _setup(cfg, p, surrogate, n, seed, arch, s, total, out_dir, train, val) -> d
         err = torch.abs(base + m(Xv_t) - Yv_t)
         return {"val_mae": torch.mean(err), "val_max": torch.max(err)}
 
-    settings = {k: v for k, v in s.items() if k != "architectures"}
+    settings = {k: v for k, v in s.as_dict().items() if k != "architectures"}
     # lbfgs_weight_decay weighs the polish's weight penalty against the data loss summed over the training rows:
     # against their mean (the data loss) it is divided by n, a fixed prior whose pull fades as rows are added
-    trainer = Trainer(model, out_dir, validation=validation, monitor=s.get("monitor", "val_mae"), val_every=s["val_every"],
-                      optimizer=s["optimizer"], lr=s["lr"], lr_schedule=s["lr_schedule"], lr_final=s["lr_final"],
-                      patience=s["patience"], lbfgs_iterations=s["lbfgs_iterations"],
-                      lbfgs_dtype=s.get("lbfgs_dtype", "float32"),
-                      lbfgs_weight_decay=s.get("lbfgs_weight_decay", 0.0) / len(Xtr),
-                      engine=s.get("engine", "auto"), seed=seed,
+    trainer = Trainer(model, out_dir, validation=validation, monitor=s.monitor, val_every=s.val_every,
+                      optimizer=s.optimizer, lr=s.lr, lr_schedule=s.lr_schedule, lr_final=s.lr_final,
+                      patience=s.patience, lbfgs_iterations=s.lbfgs_iterations,
+                      lbfgs_dtype=s.lbfgs_dtype, lbfgs_weight_decay=s.lbfgs_weight_decay / len(Xtr),
+                      engine=s.engine, seed=seed,
                       progress=None,
                       fingerprint={**prov, "iterations": total, "settings": settings,
                                    "train_sha256": train_meta.get("sha256"), "val_sha256": val_meta.get("sha256")},
                       checkpoint_meta={"provenance": prov})
-    sampling = s.get("sampling", "uniform")
+    sampling = s.sampling
     weights = None if sampling == "uniform" else \
-        (rate_weights if sampling == "rate" else contrast_weights)(p, Xtr, Ytr, s["sampling_strength"])
-    trainer.add_loss(DataLoss(Xtr, Ytr, batch_size=s["batch_size"], metric=s.get("data_loss", "mse"), seed=seed,
+        (rate_weights if sampling == "rate" else contrast_weights)(p, Xtr, Ytr, s.sampling_strength)
+    trainer.add_loss(DataLoss(Xtr, Ytr, batch_size=s.batch_size, metric=s.data_loss, seed=seed,
                               name="data", weights=weights), 1.0)
-    phys = s["physics"]
+    phys = s.physics
     if surrogate == "pinn" and p.kind == "trajectory":
-        bounds = (Ytr.min(axis=0), Ytr.max(axis=0)) if phys.get("clamp_states", False) else None
-        trainer.add_loss(ODEResidualLoss(p, phys["collocation_points"], phys["sampler"], seed=seed + 1000,
-                                         bounds=bounds, rhs_dtype=phys.get("rhs_dtype")), phys["weight"])
-        trainer.add_loss(InitialConditionLoss(p, max(256, phys["collocation_points"] // 4), phys["sampler"],
-                                              seed=seed + 2000), phys["ic_weight"])
+        bounds = (Ytr.min(axis=0), Ytr.max(axis=0)) if phys.clamp_states else None
+        trainer.add_loss(ODEResidualLoss(p, phys.collocation_points, phys.sampler, seed=seed + 1000,
+                                         bounds=bounds, rhs_dtype=phys.rhs_dtype), phys.weight)
+        trainer.add_loss(InitialConditionLoss(p, max(256, phys.collocation_points // 4), phys.sampler,
+                                              seed=seed + 2000), phys.ic_weight)
     elif surrogate in ("pinn", "pinn_seed"):
         from surrogates.datasets import pool_training_points, trace_states
 
         t_full, S = trace_states(p)
         gate = p.outputs[0]
         variant = "seed" if surrogate == "pinn_seed" else "total"
-        points = pool_training_points(p, cfg["datasets"]["test_seed"])  # the test split's time points: never
-        trainer.add_loss(GateResidualLoss(p.model, gate, t_full, S, variant, points=points), phys["weight"])
+        points = pool_training_points(p, study.datasets.test_seed)  # the test split's time points: never
+        trainer.add_loss(GateResidualLoss(p.model, gate, t_full, S, variant, points=points), phys.weight)
     return {"trainer": trainer, "model": model, "device": device, "prov": prov, "hidden": hidden, "seed": seed,
             "surrogate": surrogate, "n": n, "arch": arch, "settings": settings, "out_dir": Path(out_dir)}
 
@@ -213,11 +213,11 @@ def _best_validation(trainer, summary) -> dict:
     return out
 
 
-def _score(cfg, p, r, summary, test) -> dict:
+def _score(study, p, r, summary, test) -> dict:
     """Score a trained seed on the held-out test set; write its ``metrics.json``."""
     test, test_meta = test
     model, device, hidden, out_dir = r["model"], r["device"], r["hidden"], r["out_dir"]
-    problems = {p.test_from: problem_from_config(p.test_from, cfg)} if p.kind == "step" else None
+    problems = study.rollout_sources(p)
     metrics, extras = evaluate(model, p, test, problems)
     cohort = int(summary.get("cohort", 1))
     result = {
@@ -282,11 +282,11 @@ def main(argv=None) -> int:
 
 
 def _main(a) -> int:
-    cfg = load_config(*a.config)
+    study = load_config(*a.config)
     if len(a.seed) > 1 and "{seed}" not in str(a.out):
         raise InvalidInputError(f"with several seeds --out must hold {{seed}} (one folder each), got {a.out}")
     outs = [Path(str(a.out).replace("{seed}", str(seed))) for seed in a.seed]
-    results = train_surrogates(cfg, a.problem, a.surrogate, a.n, a.seed, a.data, outs, a.arch, a.test, a.iterations)
+    results = train_surrogates(study, a.problem, a.surrogate, a.n, a.seed, a.data, outs, a.arch, a.test, a.iterations)
     for r in results:
         print(f"{a.problem} {a.surrogate} n={a.n} seed={r['seed']}: test MAE {r['mae']:.3e}, max "
               f"{r['max_abs_err']:.3e}, rel L2 {r['rel_l2']:.3e} ({r['train_seconds']:.1f} s, {r['iterations']} "

@@ -8,8 +8,8 @@ rule benchmark_speed:
     output:
         raw=path(LAYOUT.benchmark("speed_raw.csv")),
     params:
-        speed=config["speed"],
-        device=config["speed"]["device"],  # `auto` is resolved on the node that runs the job
+        speed=STUDY.speed.as_dict(),
+        device=STUDY.speed.device,  # `auto` is resolved on the node that runs the job
     resources:
         gpu=1 if speed_wants_gpu() else 0,
     threads: 64  # timings own the machine (Snakemake scales this down to --cores)
@@ -42,8 +42,8 @@ rule benchmark_solver:
     output:
         csv=path(LAYOUT.benchmark("solver_throughput.csv")),
     params:
-        speed=config["speed"],
-        solver=config["solver"],
+        speed=STUDY.speed.as_dict(),
+        solver=STUDY.solver.as_dict(),
     threads: 64  # the compiled solver uses every core it is given (Snakemake scales this down to --cores)
     log:
         path(LAYOUT.log("benchmarks", "solver_throughput.log")),

@@ -8,19 +8,21 @@ min_version("9.0")
 from core.layout import Layout, RUN_FILES
 from core.lock import hold_for_process
 from core.machine import cuda_device_count
-from surrogates.config import (cohort_kinds, ensemble_grid, speed_ensembles, speed_problem_of, training_grid,
-                               training_priority, training_settings, validate_config)
+from surrogates.config import validate_config
 from surrogates.guard import check_finished_inputs
-from surrogates.problems import SURROGATE_KINDS, problem_from_config
+from surrogates.problems import SURROGATE_KINDS
 from surrogates.transfer import transfer_grid
 
 # Fails at load, naming the key, on unknown keys, wrong types, empty ranges, unknown models, K values the
-# time grid cannot produce, sizes a design cannot provide, ...
-config.update(validate_config(config))
+# time grid cannot produce, sizes a design cannot provide, ... The study (surrogates.study.Study) is what the
+# rules read; Snakemake's own config becomes the validated dictionary (its defaults filled in), which the
+# scripts turn into the study again (each: validate_config(snakemake.config)).
+STUDY = validate_config(config)
+config.update(STUDY.as_dict())
 
-LAYOUT = Layout(config["results_dir"])  # resolved to a real absolute path: one folder, however it is spelt
+LAYOUT = Layout(STUDY.results_dir)  # resolved to a real absolute path: one folder, however it is spelt
 RESULTS = str(LAYOUT.root)
-PROBLEMS = list(config["problems"])
+PROBLEMS = list(STUDY.problems)
 SURROGATES = list(SURROGATE_KINDS)
 
 
@@ -61,7 +63,7 @@ def sidecar(dataset):
 
 
 def sizes(problem):
-    return problem_from_config(problem, config).sizes
+    return STUDY.problem(problem).sizes
 
 
 def dataset_targets():
@@ -74,7 +76,7 @@ def dataset_targets():
 
 # ---------------------------------------------------------------- training targets
 def arch_of(problem):
-    return training_settings(config, problem)["architecture"]
+    return STUDY.training(problem).architecture
 
 
 def model_file(problem, surrogate, n, seed, kind="metrics"):
@@ -84,28 +86,28 @@ def model_file(problem, surrogate, n, seed, kind="metrics"):
 def trained(problem=None, surrogate=None, filename="metrics.json"):
     """Every training target of the configured grid (optionally of one problem / surrogate)."""
     kind = {v: k for k, v in RUN_FILES.items()}[filename]
-    return [path(LAYOUT.run_file(kind, p, s, n, a, seed)) for p, s, n, a, seed in training_grid(config)
+    return [path(LAYOUT.run_file(kind, p, s, n, a, seed)) for p, s, n, a, seed in STUDY.training_grid()
             if (problem is None or p == problem) and (surrogate is None or s == surrogate)]
 
 
 def ensembles():
     """The metrics of every ensemble of the configured grid (training.ensemble, with >= 2 seeds)."""
-    return [path(LAYOUT.ensemble_file(p, s, n, a)) for p, s, n, a, _ in ensemble_grid(config)]
+    return [path(LAYOUT.ensemble_file(p, s, n, a)) for p, s, n, a, _ in STUDY.ensemble_grid()]
 
 
 def ensemble_members(w, kind="model"):
     """The files of one kind (best models, metrics) of the seeds an ensemble averages."""
-    return [path(LAYOUT.run_file(kind, w.problem, w.surrogate, w.n, w.arch, seed)) for seed in config["training"]["seeds"]]
+    return [path(LAYOUT.run_file(kind, w.problem, w.surrogate, w.n, w.arch, seed)) for seed in STUDY.seeds]
 
 
 def transfers():
     """The metrics of every ITNN rolled out over another trajectory problem it covers (surrogates.transfer)."""
-    return [path(LAYOUT.transfer_file(p, s, n, a, t)) for p, s, n, a, t in transfer_grid(config)]
+    return [path(LAYOUT.transfer_file(p, s, n, a, t)) for p, s, n, a, t in transfer_grid(STUDY)]
 
 
 def transfer_members(w):
     """The best models of the seeds of the ITNN configuration a transfer rolls out."""
-    return [path(LAYOUT.run_file("model", w.problem, "itnn", w.n, w.arch, seed)) for seed in config["training"]["seeds"]]
+    return [path(LAYOUT.run_file("model", w.problem, "itnn", w.n, w.arch, seed)) for seed in STUDY.seeds]
 
 
 def test_sidecars():
@@ -115,21 +117,21 @@ def test_sidecars():
 # ---------------------------------------------------------------- speed and figures
 def trains_on_gpu(problem):
     """Whether this problem's training jobs will use the GPU (training.device, `auto` resolved here)."""
-    d = training_settings(config, problem).get("device", "auto")
+    d = STUDY.training(problem).device
     return d == "cuda" or (d == "auto" and cuda_device_count() > 0)
 
 
 def speed_wants_gpu():
     """Whether the timing job should hold the GPU resource. On a cluster the job runs on another node than
     this one, so the profile sets the resource there and the job script resolves `auto` where it runs."""
-    d = config["speed"]["device"]
+    d = STUDY.speed.device
     return cuda_device_count() > 0 if d == "auto" else d == "cuda"
 
 
 def speed_model(kind):
     """(problem, n, seed) of the `kind` surrogate the speed benchmark times: largest n, first seed."""
-    p = speed_problem_of(config, kind)  # an ITNN is trained on the step problem (D), timed on C's cells
-    return p, max(sizes(p)), config["training"]["seeds"][0]
+    p, n, seed, _ = STUDY.speed_model(kind)  # an ITNN is trained on the step problem (D), timed on C's cells
+    return p, n, seed
 
 
 def speed_models():
@@ -137,10 +139,10 @@ def speed_models():
     speed.ensembles its members' networks (`ensemble_KIND`, a list) and its test score (`ensemble_KIND_score`:
     the MAE of its row)."""
     out = {}
-    for k in config["speed"]["surrogates"]:
+    for k in STUDY.speed.surrogates:
         p, n, seed = speed_model(k)
         out[k] = model_file(p, k, n, seed, "model")
-    for k, p, n, arch, seeds in speed_ensembles(config):
+    for k, p, n, arch, seeds in STUDY.speed_ensembles():
         out[f"ensemble_{k}"] = [path(LAYOUT.run_file("model", p, k, n, arch, s)) for s in seeds]
         out[f"ensemble_{k}_score"] = path(LAYOUT.ensemble_file(p, k, n, arch))
     return out
@@ -151,7 +153,7 @@ def figure(name, ext="png"):
 
 
 def figure_targets():
-    trains = config["training"]["surrogates"]
+    trains = STUDY.surrogates
     out = [rules.figure_error_vs_size.output.png, rules.figure_training_curves.output.png,
            rules.figure_solver_throughput.output.png]
     if compared_with_ddnn():

@@ -4,7 +4,7 @@
 
 
 # Datasets first: a few seconds each, and every training waits on them. Above every training job's priority
-# (surrogates.config.training_priority), which Snakemake would otherwise prefer over a pending dataset job,
+# (surrogates.study.Study.training_priority), which Snakemake would otherwise prefer over a pending dataset job,
 # holding back the trainings (hh_m's, the longest) that wait on it.
 DATASET_PRIORITY = 10
 
@@ -16,9 +16,9 @@ rule dataset_split:
         val=split_pattern("val"),
         val_meta=sidecar(split_pattern("val")),
     params:
-        spec=lambda w: config["problems"][w.problem],  # a changed problem reruns its datasets
-        solver=config["solver"],
-        design=config["datasets"],
+        spec=lambda w: STUDY.problem_spec(w.problem),  # a changed problem reruns its datasets
+        solver=STUDY.solver.as_dict(),
+        design=STUDY.datasets.as_dict(),
     priority: DATASET_PRIORITY
     log:
         path(LAYOUT.log("datasets", "{problem}_n{n}.log")),
@@ -35,10 +35,10 @@ rule dataset_test:
         test=path(LAYOUT.test("{problem}")),
         meta=sidecar(LAYOUT.test("{problem}")),
     params:
-        spec=lambda w: config["problems"][w.problem],
-        source=lambda w: config["problems"].get(config["problems"][w.problem].get("test_from", ""), {}),
-        solver=config["solver"],
-        test_seed=config["datasets"]["test_seed"],
+        spec=lambda w: STUDY.problem_spec(w.problem),
+        source=lambda w: STUDY.problem_spec(STUDY.problem(w.problem).test_from or ""),
+        solver=STUDY.solver.as_dict(),
+        test_seed=STUDY.datasets.test_seed,
     priority: DATASET_PRIORITY
     log:
         path(LAYOUT.log("datasets", "{problem}_test.log")),

@@ -5,30 +5,30 @@ def judged_on(problem):
     """(kind, trained problem) of every surrogate drawn over `problem`'s test trajectories: those trained on it,
     and the iterative ones trained on a step problem judged on it (D for C)."""
     out = []
-    for kind, trained_on in config["training"]["surrogates"].items():
+    for kind, trained_on in STUDY.surrogates.items():
         for p in trained_on:
-            q = config["problems"][p]
-            if p == problem or (q.get("kind") == "step" and q.get("test_from") == problem):
+            q = STUDY.problem(p)
+            if p == problem or (q.kind == "step" and q.test_from == problem):
                 out.append((kind, p))
     return out
 
 
 def first_seed_models(problem):
     """The checkpoints drawn over `problem`'s held-out trajectories: each at its largest n, first seed."""
-    seed = config["training"]["seeds"][0]
+    seed = STUDY.seeds[0]
     return [model_file(p, kind, max(sizes(p)), seed, "model") for kind, p in judged_on(problem)]
 
 
 def first_seed_runs(problem):
     """What each of first_seed_models(problem) must be, in the same order: [problem, kind, n, seed, arch]
     (the script checks every checkpoint's provenance against it, as every other consumer does)."""
-    seed = config["training"]["seeds"][0]
+    seed = STUDY.seeds[0]
     return [[p, kind, max(sizes(p)), seed, arch_of(p)] for kind, p in judged_on(problem)]
 
 
 def compared_with_ddnn():
     """Problems where a data-only and a physics-informed network both train."""
-    s = config["training"]["surrogates"]
+    s = STUDY.surrogates
     physics = set(s.get("pinn", [])) | set(s.get("pinn_seed", []))
     return sorted(set(s.get("ddnn", [])) & physics)
 
@@ -95,7 +95,7 @@ rule figure_rollout_error:
 def trajectory_figures():
     """The trajectory problems that some surrogate is drawn over (trained on it, or an ITNN judged on it): one
     figure each (trajectories_<problem>)."""
-    return [p for p in PROBLEMS if config["problems"][p]["kind"] == "trajectory" and judged_on(p)]
+    return [p for p in PROBLEMS if STUDY.problem(p).kind == "trajectory" and judged_on(p)]
 
 
 rule figure_trajectories:
@@ -107,7 +107,7 @@ rule figure_trajectories:
         pdf=figure("trajectories_{problem}", "pdf"),
     params:
         problem=lambda w: w.problem,
-        time_range=lambda w: problem_from_config(w.problem, config).time_range,
+        time_range=lambda w: STUDY.problem(w.problem).time_range,
         runs=lambda w: first_seed_runs(w.problem),
     log:
         path(LAYOUT.log("figures", "trajectories_{problem}.log")),
@@ -146,7 +146,7 @@ rule figure_speed:
         e_png=report(figure("time_vs_error"), caption="../report/time_vs_error.rst", category="Figures"),
         e_pdf=figure("time_vs_error", "pdf"),
     params:
-        speed=config["speed"],
+        speed=STUDY.speed.as_dict(),
     log:
         path(LAYOUT.log("figures", "speed.log")),
     conda:

@@ -39,7 +39,7 @@ rule provenance:
     output:
         report(path(LAYOUT.provenance), caption="../report/provenance.rst", category="Provenance"),
     params:
-        config=config,
+        config=STUDY.as_dict(),
     log:
         path(LAYOUT.log("provenance.log")),
     conda:

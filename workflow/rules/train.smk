@@ -3,7 +3,7 @@
 # sidecars are inputs: training checks that each file was made for this problem, part and size.
 
 
-COHORT = cohort_kinds(config)  # training.cohort: these kinds train their seeds in one job (rule train_cohort)
+COHORT = STUDY.cohort_kinds()  # training.cohort: these kinds train their seeds in one job (rule train_cohort)
 
 
 rule train:
@@ -21,9 +21,9 @@ rule train:
         model=run_pattern("model"),
         losses=run_pattern("losses"),
     params:
-        settings=lambda w: training_settings(config, w.problem),
+        settings=lambda w: STUDY.training(w.problem).as_dict(),
     threads: 1  # small networks train fastest on one thread; jobs run side by side
-    priority: lambda w: training_priority(config, w.problem, w.surrogate)  # longest first (polish, PINN, data)
+    priority: lambda w: STUDY.training_priority(w.problem, w.surrogate)  # longest first (polish, PINN, data)
     resources:
         gpu_jobs=lambda w: 1 if trains_on_gpu(w.problem) else 0,  # a share of the GPU (profiles/gpu: 8 at once)
     log:
@@ -53,14 +53,14 @@ if COHORT:
             test=rules.dataset_test.output.test,
             test_meta=rules.dataset_test.output.meta,
         output:
-            metrics=expand(run_pattern("metrics"), seed=config["training"]["seeds"], allow_missing=True),
-            model=expand(run_pattern("model"), seed=config["training"]["seeds"], allow_missing=True),
-            losses=expand(run_pattern("losses"), seed=config["training"]["seeds"], allow_missing=True),
+            metrics=expand(run_pattern("metrics"), seed=STUDY.seeds, allow_missing=True),
+            model=expand(run_pattern("model"), seed=STUDY.seeds, allow_missing=True),
+            losses=expand(run_pattern("losses"), seed=STUDY.seeds, allow_missing=True),
         params:
-            settings=lambda w: training_settings(config, w.problem),
-            seeds=config["training"]["seeds"],
+            settings=lambda w: STUDY.training(w.problem).as_dict(),
+            seeds=list(STUDY.seeds),
         threads: 1
-        priority: lambda w: training_priority(config, w.problem, w.surrogate)
+        priority: lambda w: STUDY.training_priority(w.problem, w.surrogate)
         resources:
             gpu_jobs=lambda w: 1 if trains_on_gpu(w.problem) else 0,
         log:
@@ -115,4 +115,4 @@ rule itnn_transfer:
 # Before anything is scheduled: a finished model's dataset that was changed or damaged (not deleted) stops the
 # run here, naming the file; else Snakemake would delete the model to rerun a job that then refuses the file.
 if workflow.is_main_process:
-    check_finished_inputs(config)
+    check_finished_inputs(STUDY)

@@ -10,7 +10,10 @@ import numba  # noqa: E402
 
 from benchmarks.solver_throughput import run  # noqa: E402
 from core.io import write_text  # noqa: E402
+from surrogates.config import validate_config  # noqa: E402
+
+study = validate_config(snakemake.config)  # the workflow's study, from the configuration it validated
 
 numba.set_num_threads(min(snakemake.threads, numba.config.NUMBA_NUM_THREADS))
-df = run(snakemake.config)
+df = run(study)
 write_text(snakemake.output.csv, df.to_csv(index=False))

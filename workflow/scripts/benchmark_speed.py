@@ -11,25 +11,26 @@ import torch  # noqa: E402
 
 from benchmarks import speedup  # noqa: E402
 from core.io import write_text  # noqa: E402
-from surrogates.config import speed_problem_of, training_settings  # noqa: E402
-from surrogates.problems import problem_from_config  # noqa: E402
 from surrogates.scoring import expected_model  # noqa: E402
+from surrogates.config import validate_config  # noqa: E402
+
+study = validate_config(snakemake.config)  # the workflow's study, from the configuration it validated
 
 torch.set_num_threads(snakemake.threads)
-cfg, sp = dict(snakemake.config), snakemake.params.speed
+sp = study.speed
 # resolved here, on the node that runs the timings (a GPU node on a cluster); cuda where none is seen is refused
 device = speedup.resolve_device(snakemake.params.device)
-backends = speedup.backends_for(sp["backends"], device)
-kinds = sp["surrogates"]
+backends = speedup.backends_for(sp.backends, device)
+kinds = sp.surrogates
 models = {kind: snakemake.input[kind] for kind in kinds}
 ensembles = {name[len("ensemble_"):]: list(files) for name, files in snakemake.input.items()
              if name.startswith("ensemble_") and not name.endswith("_score")}
 expect = {}
 for kind in models:  # the workflow knows exactly which model it asked for: check all of it
-    p = speed_problem_of(cfg, kind)
-    expect[kind] = expected_model(cfg, p, kind, max(problem_from_config(p, cfg).sizes), cfg["training"]["seeds"][0],
-                                  training_settings(cfg, p)["architecture"])
-df = speedup.run(cfg, models, backends, sp["precisions"], workdir=Path(snakemake.output.raw).parent / "speed_work",
+    p = study.speed_problem_of(kind)
+    expect[kind] = expected_model(study, p, kind, max(study.problem(p).sizes), study.seeds[0],
+                                  study.training(p).architecture)
+df = speedup.run(study, models, backends, sp.precisions, workdir=Path(snakemake.output.raw).parent / "speed_work",
                  expect=expect, ensembles=ensembles)
 write_text(snakemake.output.raw, df.to_csv(index=False))
 failed = df[df["failed"].notna()]

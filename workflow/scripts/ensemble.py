@@ -9,9 +9,12 @@ to_log(snakemake)
 import torch  # noqa: E402
 
 from surrogates.ensemble import score_ensemble  # noqa: E402
+from surrogates.config import validate_config  # noqa: E402
+
+study = validate_config(snakemake.config)  # the workflow's study, from the configuration it validated
 
 torch.set_num_threads(snakemake.threads)
 w, i = snakemake.wildcards, snakemake.input
-r = score_ensemble(snakemake.config, w.problem, w.surrogate, int(w.n), w.arch, list(i.models), i.test,
+r = score_ensemble(study, w.problem, w.surrogate, int(w.n), w.arch, list(i.models), i.test,
                    snakemake.output.metrics)
 print(f"{r['surrogate']} of seeds {r['members']}: test MAE {r['mae']:.3e}, max {r['max_abs_err']:.3e}")

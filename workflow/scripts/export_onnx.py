@@ -13,14 +13,16 @@ from inference.backends import Runner, check_against_torch  # noqa: E402
 from inference.export import export_onnx  # noqa: E402
 from surrogates.datasets import expected_provenance  # noqa: E402
 from surrogates.network import load_checkpoint  # noqa: E402
-from surrogates.problems import problem_from_config  # noqa: E402
 from surrogates.scoring import expected_model  # noqa: E402
+from surrogates.config import validate_config  # noqa: E402
 
-w, cfg = snakemake.wildcards, snakemake.config
+study = validate_config(snakemake.config)  # the workflow's study, from the configuration it validated
+
+w = snakemake.wildcards
 # the checkpoint must be the model this folder names, and the validation set that problem's
 net, _ = load_checkpoint(snakemake.input.model,
-                         expect=expected_model(cfg, w.problem, w.surrogate, int(w.n), int(w.seed), w.arch))
-X = load_dataset(snakemake.input.val, expect=expected_provenance(problem_from_config(w.problem, cfg), cfg, "val",
+                         expect=expected_model(study, w.problem, w.surrogate, int(w.n), int(w.seed), w.arch))
+X = load_dataset(snakemake.input.val, expect=expected_provenance(study.problem(w.problem), study, "val",
                                                                   int(w.n)))[0]["X"]
 path = export_onnx(net, snakemake.output.onnx)
 sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -9,10 +9,13 @@ to_log(snakemake)
 import torch  # noqa: E402
 
 from surrogates.transfer import score_transfer  # noqa: E402
+from surrogates.config import validate_config  # noqa: E402
+
+study = validate_config(snakemake.config)  # the workflow's study, from the configuration it validated
 
 torch.set_num_threads(snakemake.threads)
 w, i = snakemake.wildcards, snakemake.input
-r = score_transfer(snakemake.config, w.problem, int(w.n), w.arch, list(i.models), w.target, i.test,
+r = score_transfer(study, w.problem, int(w.n), w.arch, list(i.models), w.target, i.test,
                    snakemake.output.metrics)
 for run in r["runs"]:
     print(f"{w.problem} itnn seed {run['seed']} on {w.target}: test MAE {run['mae']:.3e}, max {run['max_abs_err']:.3e}")

@@ -9,10 +9,12 @@ to_log(snakemake)
 import pandas as pd  # noqa: E402
 
 from benchmarks.tables import speedup_table, write_table  # noqa: E402
+from surrogates.config import validate_config  # noqa: E402
 
-from surrogates.problems import problem_from_config  # noqa: E402
+study = validate_config(snakemake.config)  # the workflow's study, from the configuration it validated
 
-problem = problem_from_config(snakemake.config["speed"]["problem"], snakemake.config)
+
+problem = study.problem(study.speed.problem)
 df = speedup_table(pd.read_csv(snakemake.input[0]))
 write_table(df, snakemake.output.csv, snakemake.output.md, snakemake.output.tex,
             caption="Surrogate inference vs the forward-Euler solver on the same N x K outputs (medians, end to end; "

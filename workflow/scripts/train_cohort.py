@@ -10,11 +10,14 @@ to_log(snakemake)
 import torch  # noqa: E402
 
 from training.train import train_surrogates  # noqa: E402
+from surrogates.config import validate_config  # noqa: E402
+
+study = validate_config(snakemake.config)  # the workflow's study, from the configuration it validated
 
 torch.set_num_threads(snakemake.threads)
 w, i = snakemake.wildcards, snakemake.input
 outs = [Path(m).parent for m in snakemake.output.metrics]
-results = train_surrogates(snakemake.config, w.problem, w.surrogate, int(w.n), snakemake.params.seeds,
+results = train_surrogates(study, w.problem, w.surrogate, int(w.n), snakemake.params.seeds,
                            Path(i.train).parents[1], outs, architecture=w.arch, train_path=i.train, val_path=i.val,
                            test_path=i.test)
 for r in results:
