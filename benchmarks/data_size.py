@@ -8,7 +8,10 @@ each problem at each size under two budgets and tabulates the test errors side b
 * ``passes``: the same number of passes over the training rows for every n (``--passes``), i.e.
   ``passes x steps_per_pass(n)`` steps, a pass being ``floor(n / batch_size)`` minibatches (the data loss
   starts a new shuffled pass when the rest of one is shorter than a batch), or one full-batch step when
-  the batch holds every row.
+  the batch holds every row;
+* ``long`` (asked for by ``--budgets``): for every n the steps that the problem's largest configured size
+  gets at equal passes. It separates the data from the compute: at equal passes a larger n also gets
+  more steps, and this budget gives the smaller n those steps too.
 
 Everything else is the configuration's (architecture, optimiser, learning-rate schedule over the run's
 steps, seeds). Runs of one step count share a folder, ``results_dir/data_size/steps<S>/`` (the layout of
@@ -35,7 +38,8 @@ from core.errors import InvalidInputError, PipelineError
 from core.io import write_text
 from core.layout import Layout
 
-BUDGETS = ("steps", "passes")
+BUDGETS = ("steps", "passes", "long")
+DEFAULT_BUDGETS = ("steps", "passes")
 SURROGATE = "ddnn"
 DEFAULT_OUT = Path("benchmarks/reference/data_size.csv")
 
@@ -52,12 +56,17 @@ def steps_per_pass(n: int, batch_size: int | None) -> int:
     return n // batch_size
 
 
-def budget_steps(budget: str, n: int, batch_size: int | None, steps: int, passes: int) -> int:
-    """The step count of ``budget`` at size ``n``: ``steps`` for every n, or ``passes`` passes over n rows."""
+def budget_steps(budget: str, n: int, batch_size: int | None, steps: int, passes: int, n_max: int | None = None) -> int:
+    """The step count of ``budget`` at size ``n``: ``steps`` for every n, ``passes`` passes over n rows, or
+    (``long``) ``passes`` passes over ``n_max`` rows for every n."""
     if budget == "steps":
         return steps
     if budget == "passes":
         return passes * steps_per_pass(n, batch_size)
+    if budget == "long":
+        if n_max is None:
+            raise InvalidInputError("the long budget needs the largest size n_max")
+        return passes * steps_per_pass(n_max, batch_size)
     raise InvalidInputError(f"unknown budget {budget!r}; valid: {list(BUDGETS)}")
 
 
@@ -72,6 +81,7 @@ def plan(cfg: dict, problems, sizes, budgets, steps: int, passes: int) -> list[d
     the problem does not have is an error naming it."""
     from benchmarks.surrogate_accuracy import select_runs
     from surrogates.config import training_settings
+    from surrogates.problems import problem_from_config
 
     if not problems or not sizes or not budgets:
         raise InvalidInputError("give at least one problem, one size and one budget")
@@ -84,10 +94,11 @@ def plan(cfg: dict, problems, sizes, budgets, steps: int, passes: int) -> list[d
         if s.get("patience") is not None:
             raise InvalidInputError(f"training.patience must be null for problem {p!r}: a budget is a step count "
                                     f"and early stopping would cut it")
+        n_max = max(int(m) for m in problem_from_config(p, cfg).sizes)
         for n in sizes:
             runs = select_runs(cfg, [f"{p}:{SURROGATE}:{n}"])
             for budget in budgets:
-                k = budget_steps(budget, n, s["batch_size"], steps, passes)
+                k = budget_steps(budget, n, s["batch_size"], steps, passes, n_max)
                 for run in runs:
                     out.append({"problem": p, "n_train": int(n), "budget": budget, "steps": k,
                                 "passes": passes_of(k, n, s["batch_size"]), "run": run})
@@ -175,7 +186,7 @@ def verdict(table: pd.DataFrame) -> list[str]:
     """What the table says, one line per (problem, budget) with more than one size, then the answer for the
     largest two sizes: does the test MAE keep falling with n at equal passes, beyond the seeds' spread
     (the drop larger than the two stds together)?"""
-    lines, falls = [], {}
+    lines, falls, long_falls = [], {}, {}
     for (p, budget), t in table.groupby(["problem", "budget"], sort=False):
         t = t.sort_values("n_train")
         if len(t) < 2:
@@ -190,6 +201,8 @@ def verdict(table: pd.DataFrame) -> list[str]:
                      f"by {abs(drop):.0%}, {'beyond' if real else 'within'} the seeds' spread (std sum {_fmt(spread)}).")
         if budget == "passes":
             falls[p] = bool(real and drop > 0)
+        if budget == "long":
+            long_falls[p] = bool(real and drop > 0)
     if falls:
         yes = [p for p, f in falls.items() if f]
         no = [p for p, f in falls.items() if not f]
@@ -202,6 +215,15 @@ def verdict(table: pd.DataFrame) -> list[str]:
         else:
             lines.append(f"\nAt equal passes the MAE keeps falling with n on {', '.join(yes)} (the budget limited them) "
                          f"but not beyond the seeds' spread on {', '.join(no)}.")
+    if long_falls:
+        yes = [p for p, f in long_falls.items() if f]
+        no = [p for p, f in long_falls.items() if not f]
+        if yes:
+            lines.append(f"With the largest size's steps for every n (`long`), the larger n is still more accurate on "
+                         f"{', '.join(yes)}: there the data, not only the extra steps, lowers the error.")
+        if no:
+            lines.append(f"With the largest size's steps for every n (`long`), the smaller n does as well on "
+                         f"{', '.join(no)}: there the gain at equal passes was the extra steps, not the extra data.")
     return lines
 
 
@@ -210,15 +232,17 @@ def markdown(table: pd.DataFrame, info: dict, missing, steps: int, passes: int, 
     configuration's default budget."""
     versions = ", ".join(f"{k} {info[k]}" for k in ("python", "numpy", "torch") if k in info)
     batches = ", ".join(f"{p}: {b if b is not None else 'full'}" for p, b in batch.items())
-    head = (f"Data-only surrogates ({SURROGATE}) at each training size n under two budgets: `steps`, the configuration's "
-            f"{steps} optimiser steps for every n, and `passes`, {passes} passes over the training rows for every n "
-            f"(a pass: floor(n / batch) steps; batch {batches}). `python -m benchmarks.data_size`.\n\n"
+    head = (f"Data-only surrogates ({SURROGATE}) at each training size n under different budgets: `steps`, the "
+            f"configuration's {steps} optimiser steps for every n; `passes`, {passes} passes over the training rows for "
+            f"every n (a pass: floor(n / batch) steps; batch {batches}); `long` (where present), for every n the steps "
+            f"that the problem's largest size gets at {passes} passes. `python -m benchmarks.data_size`.\n\n"
             f"Machine: {info.get('cpu')} ({info.get('cores')} cores), {info.get('os')}; {versions}; "
             f"commit {cli.git_commit()}. One torch thread per run; train_seconds_mean is wall time on this machine "
             "while it ran other work too.\n"
             "mae_*: test MAE over the problem's held-out trajectories, mean and std over seeds; max_abs_err_*: the "
             "largest absolute test error, mean and range over seeds.\n\n")
-    body = table.to_markdown(index=False, floatfmt=".4g") + "\n" if not table.empty else "(no run has finished)\n"
+    shown = table.assign(passes=[f"{x:.0f}" if x >= 100 else f"{x:.1f}" for x in table["passes"]])
+    body = shown.to_markdown(index=False, floatfmt=".4g") + "\n" if not table.empty else "(no run has finished)\n"
     if missing:
         gone = sorted({(e["problem"], e["n_train"], e["budget"], e["run"][4]) for e in missing})
         body += "\nMissing (not finished): " + "; ".join(f"{p} n={n} {b} seed {s}" for p, n, b, s in gone) + ".\n"
@@ -245,7 +269,8 @@ def _main(argv) -> int:
     ap = cli.parser(__doc__)
     ap.add_argument("--problems", nargs="+", default=["B", "C"], help="problems with a ddnn (default: B C)")
     ap.add_argument("--sizes", type=cli.integer(1), nargs="+", help="training sizes n (default: each problem's sizes)")
-    ap.add_argument("--budgets", nargs="+", choices=BUDGETS, default=list(BUDGETS), help="which budgets (default both)")
+    ap.add_argument("--budgets", nargs="+", choices=BUDGETS, default=list(DEFAULT_BUDGETS),
+                    help="which budgets (default: steps passes)")
     ap.add_argument("--steps", type=cli.integer(1), help="steps of the fixed budget (default: training.iterations)")
     ap.add_argument("--passes", type=cli.integer(1), default=2048, help="passes of the equal-passes budget (default 2048)")
     ap.add_argument("--seeds", type=cli.integer(0), nargs="+", help="default: training.seeds")

@@ -44,6 +44,11 @@ def test_budget_steps_and_passes():
     assert ds.budget_steps("passes", 1000, 1024, 20000, 2048) == 2048
     assert ds.passes_of(20000, 10000, 1024) == pytest.approx(2222.2, abs=0.1)
     assert ds.passes_of(20000, 100000, 1024) == pytest.approx(206.2, abs=0.1)
+    # long: the largest size's equal-passes steps for every n
+    assert ds.budget_steps("long", 10000, 1024, 20000, 2048, n_max=100000) == 198656
+    assert ds.budget_steps("long", 1000, 1024, 20000, 2048, n_max=100000) == 198656
+    with pytest.raises(InvalidInputError, match="n_max"):
+        ds.budget_steps("long", 1000, 1024, 20000, 2048)
     with pytest.raises(InvalidInputError, match="unknown budget 'epochs'"):
         ds.budget_steps("epochs", 1000, 1024, 1, 1)
     with pytest.raises(InvalidInputError, match="at least 1"):
@@ -52,9 +57,13 @@ def test_budget_steps_and_passes():
 
 def test_the_plan_names_what_it_cannot_run(tmp_path):
     cfg = tiny(tmp_path, training={"seeds": [0, 1]})
-    entries = ds.plan(cfg, ["B", "C"], [300], ds.BUDGETS, steps=50, passes=4)
+    entries = ds.plan(cfg, ["B", "C"], [300], ds.DEFAULT_BUDGETS, steps=50, passes=4)
     assert len(entries) == 2 * 2 * 2  # problems x budgets x seeds
     assert {(e["budget"], e["steps"], e["passes"]) for e in entries} == {("steps", 50, 50.0), ("passes", 4, 4.0)}
+    # the long budget takes the problem's largest configured size, whatever sizes are asked for
+    big = tiny(tmp_path, datasets={"sizes": [300, 3000]}, training={"batch_size": 100})
+    long = ds.plan(big, ["C"], [300], ["long", "passes"], steps=50, passes=4)
+    assert {(e["budget"], e["steps"], e["passes"]) for e in long} == {("long", 120, 40.0), ("passes", 12, 4.0)}
     assert {e["run"] for e in entries} == {(p, "ddnn", 300, "mlp3x64", s) for p in "BC" for s in (0, 1)}
     with pytest.raises(InvalidInputError, match="'D' has no ddnn"):
         ds.plan(cfg, ["D"], [300], ds.BUDGETS, 50, 4)
@@ -83,6 +92,11 @@ def test_the_verdict_weighs_the_drop_against_the_seeds_spread():
     assert "the budget's, not the data's" in lines[-1]
     data_bound = _table({("passes", 10): (1.0e-2, 1e-3), ("passes", 100): (0.9e-2, 1e-3)})
     assert "the data's (or the network's)" in ds.verdict(data_bound)[-1]
+    steps_only = _table({("passes", 10): (1.0e-2, 1e-4), ("passes", 100): (0.5e-2, 1e-4),
+                         ("long", 10): (0.5e-2, 1e-4), ("long", 100): (0.5e-2, 1e-4)})
+    assert "the extra steps, not the extra data" in ds.verdict(steps_only)[-1]
+    data_too = _table({("long", 10): (0.8e-2, 1e-4), ("long", 100): (0.5e-2, 1e-4)})
+    assert "the data, not only the extra steps" in ds.verdict(data_too)[-1]
 
 
 def test_the_program_trains_both_budgets_and_writes_the_tables(tmp_path, capsys):
