@@ -244,8 +244,12 @@ def markdown(table: pd.DataFrame, info: dict, missing, steps: int, passes: int, 
     shown = table.assign(passes=[f"{x:.0f}" if x >= 100 else f"{x:.1f}" for x in table["passes"]])
     body = shown.to_markdown(index=False, floatfmt=".4g") + "\n" if not table.empty else "(no run has finished)\n"
     if missing:
-        gone = sorted({(e["problem"], e["n_train"], e["budget"], e["run"][4]) for e in missing})
-        body += "\nMissing (not finished): " + "; ".join(f"{p} n={n} {b} seed {s}" for p, n, b, s in gone) + ".\n"
+        gone: dict = {}
+        for e in missing:
+            gone.setdefault((e["problem"], e["n_train"], e["budget"]), []).append(e["run"][4])
+        body += "\nMissing (not run or not finished): " + "; ".join(
+            f"{p} n={n} {b} (seed{'s' if len(v) > 1 else ''} {', '.join(map(str, sorted(v)))})"
+            for (p, n, b), v in sorted(gone.items())) + ".\n"
     lines = verdict(table)
     tail = "\n## What it says\n\n" + ("\n".join(lines) + "\n" if lines else "Too few sizes to compare.\n")
     tail += (

@@ -127,7 +127,7 @@ def test_the_program_trains_both_budgets_and_writes_the_tables(tmp_path, capsys)
     # a budget not trained yet is listed as missing, not invented
     assert ds.main(common + ["--passes", "5", "--collect"]) == 0
     md = out.with_suffix(".md").read_text()
-    assert "Missing (not finished): C n=300 passes seed 0; C n=300 passes seed 1." in md
+    assert "Missing (not run or not finished): C n=300 passes (seeds 0, 1)." in md
     assert pd.read_csv(out)["budget"].tolist() == ["steps"]
 
 
