@@ -198,7 +198,8 @@ def verdict(table: pd.DataFrame) -> list[str]:
         real = a["mae_mean"] - b["mae_mean"] > spread
         word = "falls" if drop > 0 else "rises"
         lines.append(f"- {p}, {budget} budget: test MAE {chain}; from n={a['n_train']} to n={b['n_train']} it {word} "
-                     f"by {abs(drop):.0%}, {'beyond' if real else 'within'} the seeds' spread (std sum {_fmt(spread)}).")
+                     f"by {abs(drop):.0%}, {'beyond' if real else 'within'} the seeds' spread (std sum {_fmt(spread)}); "
+                     f"max abs error {' -> '.join(_fmt(x) for x in t['max_abs_err_mean'])}.")
         if budget == "passes":
             falls[p] = bool(real and drop > 0)
         if budget == "long":
@@ -258,7 +259,7 @@ def markdown(table: pd.DataFrame, info: dict, missing, steps: int, passes: int, 
         "gives every job of the grid the same cost, so the rows of one table are bought with equal compute and the "
         "workflow's jobs are the same size. Its price is that a larger n gets fewer passes over its rows; where the "
         "`passes` rows above fall further, the large-n rows of the accuracy table measure the budget, and a study "
-        "after the data's limit should raise `training.iterations` for those sizes (e.g. "
+        "of the data's limit should raise `training.iterations` for those sizes (e.g. "
         "`python -m benchmarks.surrogate_accuracy --only C:ddnn:100000 --iterations 200000`).\n")
     return head + body + tail
 
