@@ -52,3 +52,14 @@ def table_with_machine(rows: list, info: dict) -> pd.DataFrame:
     for k, v in info.items():
         df[k] = v
     return df
+
+
+def git_commit() -> str:
+    """The short commit of the checkout this runs from (``unknown`` outside a git checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

@@ -173,13 +173,9 @@ def main(argv=None) -> int:
 
 def summary(df, info: dict) -> str:
     """The table in Markdown, under a header naming the machine and the versions."""
-    import subprocess
+    from benchmarks.cli import git_commit
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = git_commit()
     versions = ", ".join(f"{k} {info[k]}" for k in ("python", "numpy", "numba", "sympy", "myokit", "sundials") if k in info)
     cols = ["model", "backend", "dt_ms", "rms_mV", "apd90_ms", "apd90_ref_ms", "apd90_diff_ms", "default_dt_ms"]
     table = df[cols].copy()

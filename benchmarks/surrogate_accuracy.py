@@ -66,7 +66,9 @@ def ensure_datasets(study: Study, runs) -> None:
             write_test(study, src, layout.test(src))
 
 
-def _one(args):
+def train_one(args):
+    """Train one run ``(study, (problem, surrogate, n, arch, seed), iterations, threads)`` in this process and
+    return its metrics; a run whose ``metrics.json`` exists is read, not trained again."""
     study, (problem, surrogate, n, arch, seed), iterations, threads = args
     import torch
 
@@ -95,26 +97,33 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
                  floor_max_abs_err=("floor_max_abs_err", "first")).reset_index()
 
 
-def run(study: Study, runs, iterations=None, workers: int = 1) -> pd.DataFrame:
-    ensure_datasets(study, runs)
-    jobs = [(study, r, iterations, 1 if workers > 1 else max(1, os.cpu_count() or 1)) for r in runs]
-    if workers > 1:
+def execute(jobs, workers: int = 1) -> list[dict]:
+    """The metrics of :func:`train_one` for each job, in the jobs' order, in ``workers`` processes."""
+    if workers > 1 and len(jobs) > 1:
         # spawned, not forked: the parent has used OpenMP (datasets, torch) and a forked child of such a
         # process is killed by libgomp ("fork() called from a process already using GNU OpenMP")
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            results = list(ex.map(_one, jobs))
-    else:
-        results = [_one(j) for j in jobs]
+            return list(ex.map(train_one, jobs))
+    return [train_one(j) for j in jobs]
+
+
+def result_row(r: dict) -> dict:
+    """One run's row of the table (its metrics, flattened)."""
     keep = ("problem", "surrogate", "n_train", "seed", "arch", "mae", "max_abs_err", "rel_l2", "n_params",
             "train_seconds", "iterations", "best_iteration", "val_mae", "device", "device_name")
-    rows = []
-    for r in results:
-        row = {k: r[k] for k in keep}
-        row["floor_mae"], row["floor_max_abs_err"] = r["euler_floor"]["mae"], r["euler_floor"]["max_abs_err"]
-        if "rollout_bounded" in r:
-            row["rollout_bounded"] = r["rollout_bounded"]
-        rows.append(row)
-    df = pd.DataFrame(rows)
+    row = {k: r[k] for k in keep}
+    row["floor_mae"], row["floor_max_abs_err"] = r["euler_floor"]["mae"], r["euler_floor"]["max_abs_err"]
+    if "rollout_bounded" in r:
+        row["rollout_bounded"] = r["rollout_bounded"]
+    return row
+
+
+def run(study: Study, runs, iterations=None, workers: int = 1, threads: int | None = None) -> pd.DataFrame:
+    """Train (or read) the runs; ``threads`` torch threads each (default: one per worker when there are
+    several, else every core)."""
+    ensure_datasets(study, runs)
+    threads = threads or (1 if workers > 1 else max(1, os.cpu_count() or 1))
+    df = pd.DataFrame([result_row(r) for r in execute([(study, r, iterations, threads) for r in runs], workers)])
     for k, v in machine_info(gpu=False).items():
         df[k] = v
     return df

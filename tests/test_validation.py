@@ -253,6 +253,8 @@ def _bad_invocations(tmp_path):
     yield ("benchmarks.cpu_backends", "--config", quick, "--rows", "0"), ["--rows", "at least 1"]
     yield ("benchmarks.training_speed", "--config", quick, "--rounds", "-1"), ["--rounds", "at least 1"]
     yield ("benchmarks.surrogate_accuracy", "--config", quick, "--workers", "0"), ["--workers", "at least 1"]
+    yield ("benchmarks.data_size", "--config", quick, "--passes", "0"), ["--passes", "at least 1"]
+    yield ("benchmarks.data_size", "--config", quick, "--problems", "D"), ["'D' has no ddnn"]
     yield ("surrogates.datasets", "--config", missing, "test", "--problem", "B", "--out", tmp_path / "t.npz"), [str(missing)]
     yield ("surrogates.datasets", "--config", quick, "test", "--problem", "Z", "--out", tmp_path / "t.npz"), ["'Z'"]
     yield ("training.train", "--config", quick, "--problem", "B", "--surrogate", "nosuch", "--n", "300", "--data",
