@@ -149,6 +149,7 @@ def glance(ref: Path) -> str:
         ("hh_m with 1000 rows",
          f"pinn MAE {sci(h['pinn', 1000].mae_mean)} (max {sci(h['pinn', 1000].max_abs_err_mean)}); ddnn "
          f"{sci(h['ddnn', 1000].mae_mean)} (max {sci(h['ddnn', 1000].max_abs_err_mean)})", "`accuracy.csv`"),
+        ("Does a DDNN gain from more data (n = 10k to 100k)?", _data_size(ref), "`data_size.csv`"),
         (f"Is a surrogate faster than the solver (CPU, N = {PAPER_N:,}, K = {PAPER_K} kept states)?",
          f"no: best direct net {ratio(direct.speedup)}x ({direct.surrogate}, {direct.backend}), ITNN "
          f"{ratio(itnn.speedup)}x", "`speedup.csv`"),
@@ -164,6 +165,31 @@ def glance(ref: Path) -> str:
              "| question | answer | table |", "|---|---|---|"]
     lines += [f"| {q} | {a} | {t} |" for q, a, t in rows]
     return "\n".join(lines) + "\n"
+
+
+def _data_size(ref: Path) -> str:
+    """The glance's answer from ``data_size.csv`` (``benchmarks.data_size``): ddnn's test MAE from n = 10k to
+    100k on B and C, under the grid's fixed step budget and at equal passes over the rows."""
+    ds = _read(ref, "data_size.csv")
+
+    def mae(problem, budget, n):
+        rows = ds[(ds.problem == problem) & (ds.budget == budget) & (ds.n_train == n)]
+        if len(rows) != 1:
+            raise InvalidInputError(f"data_size.csv: expected one row for {problem} {budget} n = {n}, found {len(rows)}")
+        return rows.iloc[0]
+
+    parts, falls = {}, {}
+    for budget in ("steps", "passes"):
+        r = {p: (mae(p, budget, 10000), mae(p, budget, 100000)) for p in ("B", "C")}
+        # beyond the seeds' spread: the fall larger than the two rows' standard deviations together
+        falls[budget] = all(a.mae_mean - b.mae_mean > a.mae_std + b.mae_std for a, b in r.values())
+        what = (f"{int(r['B'][0].steps):,} steps for every n" if budget == "steps"
+                else f"{r['B'][0].passes:,.0f} passes over the rows")
+        parts[budget] = f"{what}: B {sci(r['B'][0].mae_mean)} -> {sci(r['B'][1].mae_mean)}, C " \
+                        f"{sci(r['C'][0].mae_mean)} -> {sci(r['C'][1].mae_mean)}"
+    verdict = ("yes, when the steps grow with n" if falls["passes"] and not falls["steps"] else
+               "yes, under either budget" if falls["passes"] and falls["steps"] else "not beyond the seeds' spread")
+    return f"{verdict}. MAE at {parts['steps']}; at {parts['passes']}"
 
 
 def _max_with_spread(r) -> str:
