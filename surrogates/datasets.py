@@ -46,6 +46,9 @@ from .problems import Problem, max_rows, n_test_pool, n_val, pool_size
 from .study import Study
 
 # ---------------------------------------------------------------- designs
+ARC_SHARE = 0.5  # pool_order arc_length: the share of the rows placed by arc length (the rest evenly in time)
+
+
 def _sobol(d: int, n: int, seed: int) -> np.ndarray:
     """The first n points of a scrambled Sobol sequence in [0, 1)^d (prefixes nest across n)."""
     with warnings.catch_warnings():  # prefixes of any length are wanted, not only powers of two
@@ -136,18 +139,27 @@ def _pool(p: Problem):
     return X, Y
 
 
-def _pool_indices(p: Problem, test_seed: int, seed: int):
-    """The pool's held-out test rows (sorted) and the order in which training and validation take the others:
-    a seeded permutation, or (``pool_order: space_filling``) the order of a scrambled one-dimensional Sobol
-    sequence over the remaining time points, so that any prefix is spread evenly over the time axis (the largest
-    gap between training rows stays near the mean gap; a permutation's prefix leaves gaps several times wider)."""
+def _test_rows(p: Problem, test_seed: int):
+    """A pool problem's held-out test rows (sorted) and the others (sorted): the split ``test_seed`` draws."""
     K = pool_size(p)
     test = np.sort(np.random.default_rng(test_seed).permutation(K)[: n_test_pool(p)])
-    rest = np.setdiff1d(np.arange(K), test)
+    return test, np.setdiff1d(np.arange(K), test)
+
+
+def _pool_indices(p: Problem, test_seed: int, seed: int, pool=None):
+    """A pool problem's held-out test rows (sorted) and the order in which training and validation take the
+    others (``problems.<p>.pool_order``): a seeded permutation; ``space_filling``, the order of a scrambled
+    one-dimensional Sobol sequence over the remaining time points, so that any prefix is spread evenly over the
+    time axis (the largest gap between training rows stays near the mean gap; a permutation's prefix leaves gaps
+    several times wider); or ``arc_length`` (:func:`arc_length_order`, which reads the pool's rows ``pool``, the
+    pair :func:`_pool` returns, computed here if not given): dense where the trace moves fast."""
+    test, rest = _test_rows(p, test_seed)
     if p.pool_order == "space_filling":
         return test, rest[space_filling_order(rest.size, seed)]
-    order = rest[np.random.default_rng(seed).permutation(rest.size)]
-    return test, order
+    if p.pool_order == "arc_length":
+        X, Y = _pool(p) if pool is None else pool
+        return test, rest[arc_length_order(X[rest], Y[rest], seed)]
+    return test, rest[np.random.default_rng(seed).permutation(rest.size)]
 
 
 def space_filling_order(n: int, seed: int) -> np.ndarray:
@@ -162,13 +174,38 @@ def space_filling_order(n: int, seed: int) -> np.ndarray:
     return np.concatenate([order, missed[np.random.default_rng(seed).permutation(missed.size)]])
 
 
+def arc_length_order(X: np.ndarray, Y: np.ndarray, seed: int, share: float = ARC_SHARE) -> np.ndarray:
+    """A permutation of the rows of a trace (``X`` its inputs, time first and increasing; ``Y`` its labels) whose
+    prefixes are spread evenly over a mixture of time and the trace's arc length: a scrambled Sobol sequence in
+    [0, 1) is mapped through ``(1 - share) * time + share * arc`` (each normalised to [0, 1]; the arc measured
+    over the other inputs and the labels, each scaled by its span) and each row is taken at its first hit; rows it
+    never hits follow in a seeded permutation. Where the trace moves fast (an upstroke) the rows are dense; where it
+    rests they are spread evenly in time. Prefixes nest."""
+    t = X[:, 0]
+    Z = np.concatenate([X[:, 1:], Y], axis=1)
+    span = np.ptp(Z, axis=0)
+    Z = Z / np.where(span > 0, span, 1.0)
+    d_arc = np.sqrt((np.diff(Z, axis=0) ** 2).sum(axis=1))
+    d_time = np.diff(t)
+    s = np.zeros(len(t))
+    s[1:] = (1 - share) * np.cumsum(d_time) / max(d_time.sum(), 1e-300) + share * np.cumsum(d_arc) / max(d_arc.sum(), 1e-300)
+    n = len(t)
+    u = _sobol(1, 1 << max(1, int(np.ceil(np.log2(8 * n)))), seed)[:, 0] * s[-1]
+    right = np.clip(np.searchsorted(s, u), 1, n - 1)
+    hits = np.where(u - s[right - 1] <= s[right] - u, right - 1, right)
+    _, first = np.unique(hits, return_index=True)
+    order = hits[np.sort(first)]
+    missed = np.setdiff1d(np.arange(n), order)
+    return np.concatenate([order, missed[np.random.default_rng(seed).permutation(missed.size)]])
+
+
 # ---------------------------------------------------------------- public functions
 def pool_training_points(p: Problem, test_seed: int) -> np.ndarray:
     """Indices of a pool problem's rows (time points) outside its held-out test split, in time order: where
     a physics term may look without seeing the test rows."""
     if not p.uses_pool:
         raise InvalidInputError(f"problem {p.name} has no pool of rows (kind {p.kind!r})")
-    return np.sort(_pool_indices(p, test_seed, 0)[1])
+    return _test_rows(p, test_seed)[1]
 
 
 def make_split(p: Problem, n: int, seed: int, test_seed: int, val_fraction: float = 0.1):
@@ -178,7 +215,7 @@ def make_split(p: Problem, n: int, seed: int, test_seed: int, val_fraction: floa
     names = dict(input_names=np.array(p.inputs), output_names=np.array(p.outputs))
     if p.uses_pool:
         X, Y = _pool(p)
-        _, order = _pool_indices(p, test_seed, seed)
+        _, order = _pool_indices(p, test_seed, seed, (X, Y))
         tr, va = np.sort(order[:n]), np.sort(order[n:n + nv])
         return dict(X=X[tr], Y=Y[tr], **names), dict(X=X[va], Y=Y[va], **names)
     return (dict(**_sobol_rows(p, n, seed), **names), dict(**_sobol_rows(p, nv, seed + 1), **names))
@@ -218,7 +255,7 @@ def make_test(p: Problem, test_seed: int, seed: int, problems: dict | None = Non
     names = dict(input_names=np.array(p.inputs), output_names=np.array(p.outputs))
     if p.uses_pool:
         X, Y = _pool(p)
-        test, _ = _pool_indices(p, test_seed, seed)
+        test, _ = _test_rows(p, test_seed)
         ref = _reference_pool(p, rtol)
         floor = error_metrics(Y[test], ref[test], X[test, 0], p.outputs)
         return dict(X=X[test], Y=Y[test], **names), {**floor, "reference": floor_reference(p, rtol)}

@@ -1,4 +1,5 @@
-"""The order in which a pool problem's training rows are taken: a permutation, or spread evenly in time."""
+"""The order in which a pool problem's training rows are taken: a permutation, spread evenly in time, or spread
+evenly along the trace (dense where it moves fast)."""
 import copy
 import dataclasses
 
@@ -23,10 +24,9 @@ def test_space_filling_order_is_a_nested_permutation_with_even_prefixes():
         assert even <= 3.5 * n / k < rand, (k, even, rand)
 
 
-def test_hh_m_takes_its_rows_spread_in_time_and_keeps_the_test_rows_apart():
+def test_the_space_filling_order_takes_rows_spread_in_time_and_keeps_the_test_rows_apart():
     study = load_config()
-    p = study.problem("hh_m")
-    assert p.pool_order == "space_filling"
+    p = dataclasses.replace(study.problem("hh_m"), pool_order="space_filling")
     test_seed, seed, vf = study.datasets.test_seed, study.datasets.seed, study.datasets.val_fraction
     test, order = ds._pool_indices(p, test_seed, seed)
     assert not set(test) & set(order) and len(test) + len(order) == ds.pool_size(p)
@@ -41,6 +41,7 @@ def test_hh_m_takes_its_rows_spread_in_time_and_keeps_the_test_rows_apart():
     other, _ = ds.make_split(q, 1000, seed, test_seed, vf)
     assert np.diff(np.sort(other["X"][:, 0])).max() > np.diff(t).max()
     assert q.fingerprint != p.fingerprint and "pool_order" not in q.describe()
+    assert study.problem("hh_m").pool_order == "arc_length"  # the configuration's choice (tested below)
 
 
 def test_pool_order_is_refused_where_there_is_no_pool():
@@ -53,3 +54,35 @@ def test_pool_order_is_refused_where_there_is_no_pool():
     bad["problems"]["hh_m"]["pool_order"] = "sorted"
     with pytest.raises(InvalidInputError, match=r"problems\.hh_m\.pool_order"):
         validate_config(bad)
+
+
+def test_arc_length_order_puts_rows_where_the_trace_moves_and_keeps_time_covered():
+    """On hh_m's trace the arc-length order's 1000 rows follow each upstroke closely (no two neighbouring rows
+    more than 0.1 apart in m, where the time-even order leaves jumps near 0.3), still cover the resting trace (no
+    gap in time above 0.5 ms), nest, and leave the test rows as they are."""
+    study = load_config()
+    test_seed, seed, vf = study.datasets.test_seed, study.datasets.seed, study.datasets.val_fraction
+    p = dataclasses.replace(study.problem("hh_m"), pool_order="arc_length")
+    even = dataclasses.replace(p, pool_order="space_filling")
+    X, Y = ds._pool(p)
+    test, order = ds._pool_indices(p, test_seed, seed, (X, Y))
+    assert sorted(order) == sorted(ds._test_rows(p, test_seed)[1])  # a permutation of the non-test rows
+    np.testing.assert_array_equal(test, ds._pool_indices(even, test_seed, seed)[0])
+    np.testing.assert_array_equal(order, ds._pool_indices(p, test_seed, seed)[1])  # the pool computed or passed
+
+    def jumps(q, n):
+        train, _ = ds.make_split(q, n, seed, test_seed, vf)
+        at = np.argsort(train["X"][:, 0])
+        return np.diff(train["X"][at, 0]).max(), np.abs(np.diff(train["Y"][at, 0])).max(), train
+
+    gap, dm, train = jumps(p, 1000)
+    gap_even, dm_even, _ = jumps(even, 1000)
+    assert dm < 0.1 < 0.25 < dm_even and gap < 0.5, (dm, dm_even, gap)
+    # where m moves fast (|dm/dt| above 1 / ms: the upstrokes) the rows are several times denser
+    rate = np.abs(np.gradient(Y[:, 0], X[:, 0]))
+    fast = set(np.round(X[rate > 1.0, 0], 6))
+    share = np.mean([t in fast for t in np.round(train["X"][:, 0], 6)])
+    assert share > 3 * len(fast) / len(X), (share, len(fast) / len(X))
+    small, _ = ds.make_split(p, 500, seed, test_seed, vf)
+    assert set(np.round(small["X"][:, 0], 6)) <= set(np.round(train["X"][:, 0], 6))  # prefixes nest
+    assert p.fingerprint != even.fingerprint and p.describe()["pool_order"] == "arc_length"
