@@ -190,6 +190,8 @@ def test_test_file_carries_the_solver_floor(cfg, tmp_path):
         (lambda c: c["datasets"].__setitem__("test_seed", 0), r"datasets\.test_seed: must differ"),
         (lambda c: c["problems"]["C"].__setitem__("inputs", ["t", "u0", "v0", "I"]), r"'v0' is neither"),
         (lambda c: c["problems"]["D"].__setitem__("test_from", "Z"), r"problems\.D\.test_from"),
+        (lambda c: c["problems"]["D"].update(inputs=["w", "u", "I"], outputs=["w", "u"]),
+         r"problems\.D\.outputs: \['w', 'u'\] must be C's outputs \['u', 'w'\] in their order"),
     ],
 )
 def test_bad_configs_fail_naming_the_key(edit, message):
