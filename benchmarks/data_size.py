@@ -131,8 +131,10 @@ def budget_config(study, steps: int):
 
 
 def metrics_path(study, entry: dict) -> Path:
+    """Where the run of ``entry`` writes its metrics (a lookup: nothing is made or validated)."""
     p, kind, n, arch, seed = entry["run"]
-    return Layout(budget_config(study, entry["steps"]).results_dir).run_file("metrics", p, kind, n, arch, seed)
+    root = Layout(study.results_dir).root / "data_size" / f"steps{entry['steps']}"
+    return Layout(root).run_file("metrics", p, kind, n, arch, seed)
 
 
 def train(study, entries, workers: int = 1, threads: int = 1) -> None:
