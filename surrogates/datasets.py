@@ -352,6 +352,13 @@ def provenance(p: Problem, study: Study, part: str, n: int | None = None) -> dic
     return out
 
 
+POOL_DESIGNS = {  # the sidecar's words for each pool_order
+    "permutation": "permutation of the time grid",
+    "space_filling": "space-filling order (scrambled Sobol) of the time grid",
+    "arc_length": f"scrambled Sobol order over {1 - ARC_SHARE:g} time and {ARC_SHARE:g} the trace's arc length",
+}
+
+
 def _meta(p: Problem, study: Study, part: str, n: int | None = None, **extra) -> dict:
     return {
         "provenance": provenance(p, study, part, n),
@@ -362,8 +369,7 @@ def _meta(p: Problem, study: Study, part: str, n: int | None = None, **extra) ->
         "dt": p.dt,
         "save_interval": p.save_interval,
         "solver": {"method": "forward Euler", "backend": p.backend, "dtype": p.dtype},
-        "design": (("space-filling order (scrambled Sobol) of the time grid" if p.pool_order == "space_filling"
-                    else "permutation of the time grid") if p.uses_pool else "scrambled Sobol (scipy.stats.qmc)"),
+        "design": POOL_DESIGNS[p.pool_order] if p.uses_pool else "scrambled Sobol (scipy.stats.qmc)",
         "seed": study.datasets.seed,
         "test_seed": study.datasets.test_seed,
         "version": project_version(),

@@ -2,6 +2,7 @@
 evenly along the trace (dense where it moves fast)."""
 import copy
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,17 @@ def test_arc_length_order_puts_rows_where_the_trace_moves_and_keeps_time_covered
     small, _ = ds.make_split(p, 500, seed, test_seed, vf)
     assert set(np.round(small["X"][:, 0], 6)) <= set(np.round(train["X"][:, 0], 6))  # prefixes nest
     assert p.fingerprint != even.fingerprint and p.describe()["pool_order"] == "arc_length"
+
+
+def test_a_split_s_sidecar_names_its_pool_order(tmp_path):
+    import re
+
+    from core.io import load_dataset
+
+    study = load_config("config/tiny.yaml")
+    ds.write_split(study, "hh_m", 300, tmp_path / "train.npz", tmp_path / "val.npz")
+    _, meta = load_dataset(tmp_path / "train.npz")
+    assert meta["design"] == ds.POOL_DESIGNS["arc_length"] and "arc length" in meta["design"]
+    schema = (Path(__file__).parents[1] / "core" / "config.schema.yaml").read_text()
+    orders = re.search(r"pool_order: \{enum: \[([^]]*)\]\}", schema).group(1)
+    assert set(ds.POOL_DESIGNS) == {o.strip() for o in orders.split(",")}  # every order the schema allows has words
