@@ -146,20 +146,31 @@ def _test_rows(p: Problem, test_seed: int):
     return test, np.setdiff1d(np.arange(K), test)
 
 
-def _pool_indices(p: Problem, test_seed: int, seed: int, pool=None):
-    """A pool problem's held-out test rows (sorted) and the order in which training and validation take the
-    others (``problems.<p>.pool_order``): a seeded permutation; ``space_filling``, the order of a scrambled
-    one-dimensional Sobol sequence over the remaining time points, so that any prefix is spread evenly over the
-    time axis (the largest gap between training rows stays near the mean gap; a permutation's prefix leaves gaps
-    several times wider); or ``arc_length`` (:func:`arc_length_order`, which reads the pool's rows ``pool``, the
-    pair :func:`_pool` returns, computed here if not given): dense where the trace moves fast."""
+def _pool_indices(p: Problem, test_seed: int, seed: int, pool=None, val_fraction: float = 0.1):
+    """A pool problem's held-out test rows (sorted), the order in which training takes the others, and the
+    order in which validation takes its rows (None: the training order's rows after the training rows), by
+    ``problems.<p>.pool_order``:
+
+    * ``permutation``: a seeded permutation;
+    * ``space_filling``: the order of a scrambled one-dimensional Sobol sequence over the remaining time points, so
+      that any prefix is spread evenly over the time axis (the largest gap between training rows stays near the
+      mean gap; a permutation's prefix leaves gaps several times wider);
+    * ``arc_length``: validation rows first set apart, a seeded random draw as large as the largest training size
+      needs (so they stand for the trace as the test rows do, and nest across sizes), then the others in
+      :func:`arc_length_order` (dense where the trace moves fast; it reads the pool's rows ``pool``, the pair
+      :func:`_pool` returns, computed here if not given). Taken after the training rows, as the other orders'
+      validation rows are, they would be the rows the order reaches last: where the trace rests.
+    """
     test, rest = _test_rows(p, test_seed)
     if p.pool_order == "space_filling":
-        return test, rest[space_filling_order(rest.size, seed)]
+        return test, rest[space_filling_order(rest.size, seed)], None
     if p.pool_order == "arc_length":
         X, Y = _pool(p) if pool is None else pool
-        return test, rest[arc_length_order(X[rest], Y[rest], seed)]
-    return test, rest[np.random.default_rng(seed).permutation(rest.size)]
+        drawn = rest[np.random.default_rng(seed).permutation(rest.size)]
+        held = max_rows(p, val_fraction)  # rows the largest training set may take; the others validate
+        train = np.sort(drawn[:held])
+        return test, train[arc_length_order(X[train], Y[train], seed)], drawn[held:]
+    return test, rest[np.random.default_rng(seed).permutation(rest.size)], None
 
 
 def space_filling_order(n: int, seed: int) -> np.ndarray:
@@ -215,8 +226,9 @@ def make_split(p: Problem, n: int, seed: int, test_seed: int, val_fraction: floa
     names = dict(input_names=np.array(p.inputs), output_names=np.array(p.outputs))
     if p.uses_pool:
         X, Y = _pool(p)
-        _, order = _pool_indices(p, test_seed, seed, (X, Y))
-        tr, va = np.sort(order[:n]), np.sort(order[n:n + nv])
+        _, order, val_order = _pool_indices(p, test_seed, seed, (X, Y), val_fraction)
+        tr = np.sort(order[:n])
+        va = np.sort(order[n:n + nv] if val_order is None else val_order[:nv])
         return dict(X=X[tr], Y=Y[tr], **names), dict(X=X[va], Y=Y[va], **names)
     return (dict(**_sobol_rows(p, n, seed), **names), dict(**_sobol_rows(p, nv, seed + 1), **names))
 

@@ -29,7 +29,7 @@ def test_the_space_filling_order_takes_rows_spread_in_time_and_keeps_the_test_ro
     study = load_config()
     p = dataclasses.replace(study.problem("hh_m"), pool_order="space_filling")
     test_seed, seed, vf = study.datasets.test_seed, study.datasets.seed, study.datasets.val_fraction
-    test, order = ds._pool_indices(p, test_seed, seed)
+    test, order, _ = ds._pool_indices(p, test_seed, seed)
     assert not set(test) & set(order) and len(test) + len(order) == ds.pool_size(p)
     train, val = ds.make_split(p, 1000, seed, test_seed, vf)
     t = np.sort(train["X"][:, 0])
@@ -66,10 +66,11 @@ def test_arc_length_order_puts_rows_where_the_trace_moves_and_keeps_time_covered
     p = dataclasses.replace(study.problem("hh_m"), pool_order="arc_length")
     even = dataclasses.replace(p, pool_order="space_filling")
     X, Y = ds._pool(p)
-    test, order = ds._pool_indices(p, test_seed, seed, (X, Y))
-    assert sorted(order) == sorted(ds._test_rows(p, test_seed)[1])  # a permutation of the non-test rows
+    test, order, val_order = ds._pool_indices(p, test_seed, seed, (X, Y), vf)
+    assert sorted(np.concatenate([order, val_order])) == sorted(ds._test_rows(p, test_seed)[1])  # every non-test row once
+    assert len(order) == ds.max_rows(p, vf)  # the validation rows leave the largest size its rows
     np.testing.assert_array_equal(test, ds._pool_indices(even, test_seed, seed)[0])
-    np.testing.assert_array_equal(order, ds._pool_indices(p, test_seed, seed)[1])  # the pool computed or passed
+    np.testing.assert_array_equal(order, ds._pool_indices(p, test_seed, seed, None, vf)[1])  # the pool computed or passed
 
     def jumps(q, n):
         train, _ = ds.make_split(q, n, seed, test_seed, vf)
@@ -84,9 +85,19 @@ def test_arc_length_order_puts_rows_where_the_trace_moves_and_keeps_time_covered
     fast = set(np.round(X[rate > 1.0, 0], 6))
     share = np.mean([t in fast for t in np.round(train["X"][:, 0], 6)])
     assert share > 3 * len(fast) / len(X), (share, len(fast) / len(X))
-    small, _ = ds.make_split(p, 500, seed, test_seed, vf)
+    small, small_val = ds.make_split(p, 500, seed, test_seed, vf)
     assert set(np.round(small["X"][:, 0], 6)) <= set(np.round(train["X"][:, 0], 6))  # prefixes nest
     assert p.fingerprint != even.fingerprint and p.describe()["pool_order"] == "arc_length"
+    # the validation rows are a random draw apart from the training order: at the largest size they still
+    # cover the upstrokes as the trace does (the order's last rows, where it rests, would not), and they nest
+    big, big_val = ds.make_split(p, 7000, seed, test_seed, vf)
+    on_fast = np.mean([t in fast for t in np.round(big_val["X"][:, 0], 6)])
+    last = order[7000:7700]  # what validation would be if it took the training order's next rows
+    on_fast_last = np.mean([t in fast for t in np.round(X[last, 0], 6)])
+    assert len(big_val["X"]) == 700 and 0.5 < on_fast / (len(fast) / len(X)) < 2 and on_fast_last < 0.2 * on_fast
+    for tr, va in ((small, small_val), (big, big_val)):
+        assert not set(np.round(tr["X"][:, 0], 6)) & set(np.round(va["X"][:, 0], 6))
+    assert set(np.round(small_val["X"][:, 0], 6)) <= set(np.round(big_val["X"][:, 0], 6))
 
 
 def test_a_split_s_sidecar_names_its_pool_order(tmp_path):
