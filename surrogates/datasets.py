@@ -8,8 +8,9 @@ Every label is an exact forward-Euler state (``solver.dt``, float64 by default) 
   likewise, from a second sequence seeded ``seed + 1``). ``t`` takes the Sobol coordinate onto the saved
   grid, so each row has its own initial condition and time.
 * pools of time points (A, hh_m): the test rows are a share of the time grid drawn with ``test_seed``;
-  the remaining points are permuted with ``seed`` and training takes the first n (nested too), validation
-  the next ones.
+  the remaining points are ordered with ``seed`` (``problems.<p>.pool_order``: a permutation, evenly in time,
+  or along the trace's arc length) and training takes the first n (nested too), validation the next ones
+  (``arc_length``: a random draw set apart first).
 * test sets: whole trajectories from initial conditions drawn with ``test_seed`` (B, C), C's trajectories
   for the iterative problem D, the held-out time points for A and hh_m. One per problem, shared by every
   size and surrogate.
