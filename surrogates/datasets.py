@@ -179,7 +179,12 @@ def space_filling_order(n: int, seed: int) -> np.ndarray:
     Sobol sequence in [0, 1) (each index once, at its first hit); those it never hits follow in a seeded
     permutation. Prefixes nest, as the other designs' do."""
     u = _sobol(1, 1 << max(1, int(np.ceil(np.log2(n)))), seed)[:, 0]
-    hits = np.minimum((u * n).astype(np.int64), n - 1)
+    return _first_hits(np.minimum((u * n).astype(np.int64), n - 1), n, seed)
+
+
+def _first_hits(hits: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A permutation of ``range(n)``: the indices in the order ``hits`` first reaches them, then those it never
+    reaches in a seeded permutation."""
     _, first = np.unique(hits, return_index=True)
     order = hits[np.sort(first)]
     missed = np.setdiff1d(np.arange(n), order)
@@ -204,11 +209,7 @@ def arc_length_order(X: np.ndarray, Y: np.ndarray, seed: int, share: float = ARC
     n = len(t)
     u = _sobol(1, 1 << max(1, int(np.ceil(np.log2(8 * n)))), seed)[:, 0] * s[-1]
     right = np.clip(np.searchsorted(s, u), 1, n - 1)
-    hits = np.where(u - s[right - 1] <= s[right] - u, right - 1, right)
-    _, first = np.unique(hits, return_index=True)
-    order = hits[np.sort(first)]
-    missed = np.setdiff1d(np.arange(n), order)
-    return np.concatenate([order, missed[np.random.default_rng(seed).permutation(missed.size)]])
+    return _first_hits(np.where(u - s[right - 1] <= s[right] - u, right - 1, right), n, seed)
 
 
 # ---------------------------------------------------------------- public functions

@@ -298,9 +298,10 @@ def problem_from_config(name: str, cfg: Mapping) -> Problem:
         src = spec["test_from"]
         if src not in problems or problems[src].get("kind") != "trajectory" or src == name:
             raise InvalidInputError(f"config key {k}.test_from: {src!r} is not a trajectory problem of this config")
-        if list(outputs) != list(problems[src].get("outputs", ())):
+        src_outputs = list(problems[src].get("outputs", ()))
+        if list(outputs) != src_outputs:
             raise InvalidInputError(
-                f"config key {k}.outputs: {list(outputs)} must be {src}'s outputs {list(problems[src].get('outputs', ()))} "
+                f"config key {k}.outputs: {list(outputs)} must be {src}'s outputs {src_outputs} "
                 f"in their order: the rollout is scored against {src}'s test labels column by column (test_from)")
         whole_steps(problems[src]["save_interval"], spec["step"],
                     f"config key {k}.step: the rollout over {src}'s test grid (save_interval)")
